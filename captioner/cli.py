@@ -1,0 +1,238 @@
+"""`captioner data | train | caption | evaluate`: the only module that reads argv or prints.
+
+Errors the user can fix print one line (`captioner: error: ...`) and exit 2; `caption` exits 1 when some
+images failed and the rest were captioned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="captioner", description="Image captioning with Keras 3 / TensorFlow.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = commands.add_parser("data", help="generate the built-in dataset")
+    data.add_argument("dataset", choices=["shapes"], help="dataset to generate")
+    data.add_argument("--out", required=True, help="output folder")
+    data.add_argument("--train", type=int, default=6000, help="train images (default 6000)")
+    data.add_argument("--val", type=int, default=1000, help="val images (default 1000)")
+    data.add_argument("--test", type=int, default=1000, help="test images (default 1000)")
+    data.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    data.add_argument("--image-size", type=_positive_int, default=64, help="image side in pixels (default 64)")
+
+    train = commands.add_parser("train", help="train a captioner and write a run directory")
+    add_train_arguments(train)
+
+    caption = commands.add_parser("caption", help="caption image files, folders or globs")
+    caption.add_argument("--run", required=True, help="run directory written by `captioner train`")
+    caption.add_argument("images", nargs="+", help="image files, folders or glob patterns")
+    caption.add_argument("--beam-size", type=_positive_int, default=None, help="beam width (default: the run's, 1 = greedy)")
+    caption.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch (default 64)")
+    caption.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    evaluate = commands.add_parser("evaluate", help="caption a split and print corpus BLEU-1..4")
+    evaluate.add_argument("--run", required=True, help="run directory")
+    evaluate.add_argument("--split", default="test", help="split to score (default test)")
+    evaluate.add_argument("--data-dir", default=None, help="dataset folder (default: the one the run was trained on)")
+    evaluate.add_argument("--beam-size", type=_positive_int, default=None, help="beam width (default: the run's, 1 = greedy)")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=256, help="images per batch (default 256)")
+    evaluate.add_argument("--max-images", type=_positive_int, default=None, help="score only the first N images")
+    evaluate.add_argument("--out", default=None, help="save the generated captions to this JSON file")
+    evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    return parser
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `captioner train`, shared with scripts/train.py."""
+    parser.add_argument("--run", required=True, help="output run directory")
+    parser.add_argument("--preset", default="shapes", help="starting configuration: shapes (default) or tiny")
+    parser.add_argument("--data-dir", default=None, help="dataset folder (default data/shapes)")
+    parser.add_argument("--dataset", default=None, help="dataset loader (default shapes)")
+    parser.add_argument("--decoder", default=None, choices=["show-tell"], help="decoder architecture")
+    parser.add_argument("--encoder", default=None, help="small_cnn or a keras.applications name, e.g. mobilenet_v2")
+    parser.add_argument("--encoder-weights", default=None, help="none, imagenet or a weights file (backbones)")
+    parser.add_argument("--epochs", type=_positive_int, default=None)
+    parser.add_argument("--batch-size", type=_positive_int, default=None)
+    parser.add_argument("--learning-rate", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--max-train-images", type=_positive_int, default=None, help="train on the first N images only")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="any other setting, e.g. model.hidden_dim=512")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+_TRAIN_FLAGS = {
+    "data_dir": "data.data_dir",
+    "dataset": "data.dataset",
+    "decoder": "model.decoder",
+    "encoder": "model.encoder",
+    "encoder_weights": "model.encoder_weights",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "learning_rate": "train.learning_rate",
+    "seed": "train.seed",
+    "max_train_images": "train.max_train_images",
+}
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from captioner.config import apply_overrides, preset
+    from captioner.errors import CaptionerError
+    from captioner.train import train
+
+    try:
+        config = preset(args.preset)
+        overrides = {key: str(getattr(args, flag)) for flag, key in _TRAIN_FLAGS.items() if getattr(args, flag) is not None}
+        for item in args.set:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise CaptionerError(f"--set expects SECTION.FIELD=VALUE, got '{item}'")
+            overrides[key.strip()] = value.strip()
+        apply_overrides(config, overrides)
+    except ValueError as exc:
+        raise CaptionerError(str(exc)) from None
+    metrics = train(config, args.run, verbose=0 if args.quiet else "auto")
+    stats = metrics["train"]
+    print(
+        f"trained {stats['epochs_run']} epochs in {stats['seconds']:.0f}s "
+        f"({stats['images_per_second']:.0f} images/s, {stats['captions_per_second']:.0f} captions/s, "
+        f"peak memory {stats['peak_rss_mib']:.0f} MiB); best val loss {stats['best_val_loss']:.4f} "
+        f"at epoch {stats['best_epoch']}; run saved to {args.run}"
+    )
+    return EXIT_OK
+
+
+def expand_image_arguments(arguments: Sequence[str]) -> list[str]:
+    """Files as given; folders become their image files (sorted); glob patterns are expanded.
+
+    A pattern that matches nothing is kept as is, so it is reported as a missing file.
+    """
+    from captioner.images import IMAGE_SUFFIXES
+
+    paths: list[str] = []
+    for argument in arguments:
+        if Path(argument).is_dir():
+            paths += sorted(str(p) for p in Path(argument).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif any(ch in argument for ch in "*?[") and not Path(argument).exists():
+            paths += sorted(glob.glob(argument)) or [argument]
+        else:
+            paths.append(argument)
+    return paths
+
+
+def run_caption(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from captioner.decoding import CaptionGenerator
+    from captioner.errors import CaptionerError
+    from captioner.images import load_image
+    from captioner.run import load_run
+
+    run = load_run(args.run)
+    beam_size = args.beam_size or run.config.decode.beam_size
+    generator = CaptionGenerator(run.model, run.vocab, run.config.decode.max_length, beam_size=beam_size)
+    size = run.model.encoder.image_size
+    paths = expand_image_arguments(args.images)
+    if not paths:
+        raise CaptionerError("no image files found in the given folders")
+    results: list[dict] = []
+    good: list[tuple[int, np.ndarray]] = []
+    for path in paths:
+        try:
+            good.append((len(results), load_image(path, size)))
+            results.append({"image": path})
+        except CaptionerError as exc:
+            results.append({"image": path, "error": str(exc)})
+    for start in range(0, len(good), args.batch_size):
+        chunk = good[start : start + args.batch_size]
+        generated = generator(np.stack([image for _, image in chunk]))
+        for (index, _), caption, score in zip(chunk, generated.captions, generated.scores):
+            results[index].update(caption=caption, score=float(score))
+    failed = [r for r in results if "error" in r]
+    if args.json:
+        print(json.dumps(results, indent=2))
+    for result in results:
+        if "error" in result:
+            print(f"captioner: error: {result['error']}", file=sys.stderr)
+        elif not args.json:
+            print(result["caption"] if len(paths) == 1 else f"{result['image']}\t{result['caption']}")
+    if failed:
+        print(f"captioner: {len(failed)} of {len(results)} images could not be captioned", file=sys.stderr)
+        return EXIT_PARTIAL
+    return EXIT_OK
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from captioner.errors import CaptionerError
+    from captioner.evaluate import evaluate, summary_lines
+    from captioner.run import load_run
+
+    if args.out is not None and not Path(args.out).resolve().parent.is_dir():
+        raise CaptionerError(f"cannot write {args.out}: folder {Path(args.out).parent} does not exist")
+    run = load_run(args.run)
+    beam_size = args.beam_size or run.config.decode.beam_size
+    result = evaluate(run, args.split, args.data_dir, beam_size, args.batch_size, args.out, args.max_images)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print("\n".join(summary_lines(result)))
+    return EXIT_OK
+
+
+def run_data(args: argparse.Namespace) -> int:
+    import time
+
+    from captioner.datasets.shapes import ShapesSpec, generate
+    from captioner.errors import CaptionerError
+
+    for name in ("train", "val", "test"):
+        if getattr(args, name) < 0:
+            raise CaptionerError(f"--{name} must not be negative")
+    started = time.perf_counter()
+    spec = ShapesSpec(image_size=args.image_size, num_train=args.train, num_val=args.val, num_test=args.test, seed=args.seed)
+    sizes = generate(args.out, spec)
+    counts = ", ".join(f"{n} {split}" for split, n in sizes.items())
+    print(f"wrote shapes ({counts} images) to {args.out} in {time.perf_counter() - started:.1f}s")
+    return EXIT_OK
+
+
+COMMANDS = {"data": run_data, "train": run_train, "caption": run_caption, "evaluate": run_evaluate}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # Before TensorFlow is imported: keep its C++ INFO/WARNING chatter out of the user's terminal.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    from captioner.errors import CaptionerError
+
+    try:
+        return COMMANDS[args.command](args)
+    except CaptionerError as exc:
+        print(f"captioner: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("captioner: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

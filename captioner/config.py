@@ -1,0 +1,173 @@
+"""Typed configuration: dataclasses for data, model, training and decoding, named presets,
+JSON round-trip and typed overrides (`--set train.epochs=3`).
+
+Nothing here imports TensorFlow; every other module reads these objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+FORMAT_VERSION = 1  # bump when the run-directory layout or config schema changes incompatibly
+
+
+@dataclass
+class DataConfig:
+    """Where the captions come from and how text and images are shaped."""
+
+    dataset: str = "shapes"  # name of a dataset loader in captioner.datasets
+    data_dir: str = "data/shapes"  # folder holding the annotation files and images
+    image_size: int = 64  # images are resized to image_size x image_size (pretrained encoders override it)
+    max_caption_length: int = 24  # words kept per caption, before <start>/<end> are added
+    min_word_count: int = 1  # words seen fewer times in the training captions map to <unk>
+    captions_per_image: int = 5  # references decoded per image per step (padded/truncated to this)
+    cache_images: bool = True  # keep decoded images in memory after the first epoch (small datasets)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture hyper-parameters of the encoder and decoder."""
+
+    decoder: str = "show-tell"  # "show-tell" (Vinyals et al. 2015)
+    encoder: str = "small_cnn"  # "small_cnn" or a keras.applications backbone name, e.g. "mobilenet_v2"
+    encoder_weights: str | None = None  # None, "imagenet" or a path to a .weights.h5 file (backbones only)
+    encoder_filters: list[int] = field(default_factory=lambda: [32, 64, 128, 128])  # small_cnn channels per stage
+    encoder_trainable: bool = True  # train the CNN together with the decoder
+    encoder_norm: str = "group"  # small_cnn normalisation: "group", "batch" or "none"
+    feature_dim: int = 256  # width of the pooled image vector when encoder_pooling is "flatten"
+    encoder_pooling: str | None = None  # "flatten" or "avg"; None: flatten for small_cnn, avg for backbones
+    embedding_dim: int = 128  # word-embedding width
+    hidden_dim: int = 256  # LSTM units
+    dropout_rate: float = 0.2  # dropout on the LSTM output before the vocabulary projection
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings."""
+
+    epochs: int = 12  # upper bound; early stopping may end sooner
+    batch_size: int = 32  # images per step (each with captions_per_image captions)
+    learning_rate: float = 2e-3  # Adam step size
+    clip_norm: float = 5.0  # global gradient-norm clipping
+    patience: int = 3  # epochs without validation-loss improvement before stopping
+    seed: int = 0  # seeds Python, NumPy and TensorFlow
+    train_split: str = "train"  # split trained on
+    val_split: str = "val"  # split used for validation loss and best-checkpoint selection
+    max_train_images: int | None = None  # use only the first N training images (quick runs, tests)
+    max_val_images: int | None = None  # likewise for validation
+
+
+@dataclass
+class DecodeConfig:
+    """How captions are generated at inference time."""
+
+    max_length: int = 26  # generated tokens at most, <end> included
+    beam_size: int = 1  # 1 = greedy
+
+
+@dataclass
+class RunConfig:
+    """Everything a run directory needs to rebuild and describe itself."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    preset: str = "shapes"  # the preset these values started from
+    task: str = "caption"  # what the run's model does: "caption"
+    format_version: int = FORMAT_VERSION  # layout version of the run directory
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+        """Rebuild from `to_dict` output; unknown keys are an error, missing keys take defaults."""
+        sections = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(values) - set(sections)
+        if unknown:
+            raise ValueError(f"unknown config sections: {sorted(unknown)}")
+        kwargs: dict[str, Any] = {}
+        for name, value in values.items():
+            section_type = _SECTION_TYPES.get(name)
+            if section_type is None:
+                kwargs[name] = value
+                continue
+            known = {f.name for f in dataclasses.fields(section_type)}
+            bad = set(value) - known
+            if bad:
+                raise ValueError(f"unknown keys in config section '{name}': {sorted(bad)}")
+            kwargs[name] = section_type(**value)
+        return cls(**kwargs)
+
+
+_SECTION_TYPES = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "decode": DecodeConfig}
+
+
+def preset(name: str) -> RunConfig:
+    """Named starting points.
+
+    - `shapes`: the built-in dataset, sized so `make demo` trains in a few minutes on 2 CPU cores.
+    - `tiny`: a few-second model for tests and the notebook (vocab ~40, 32x32 images).
+    """
+    if name == "shapes":
+        return RunConfig(preset="shapes")
+    if name == "tiny":
+        return RunConfig(
+            data=DataConfig(image_size=32, cache_images=True),
+            model=ModelConfig(
+                encoder_filters=[8, 16, 16], feature_dim=32, embedding_dim=16, hidden_dim=32, dropout_rate=0.0
+            ),
+            train=TrainConfig(epochs=2, batch_size=16, learning_rate=1e-2, patience=5),
+            preset="tiny",
+        )
+    raise ValueError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
+
+
+PRESETS = ("shapes", "tiny")
+
+
+def apply_overrides(config: RunConfig, overrides: dict[str, str]) -> RunConfig:
+    """Set `section.field` values given as strings, converted to the field's declared type.
+
+    Args:
+        config: RunConfig. Changed in place and returned.
+        overrides: dict[str, str]. e.g. {"train.epochs": "3", "model.encoder_weights": "none"}.
+    """
+    for key, raw in overrides.items():
+        section_name, _, field_name = key.partition(".")
+        section = getattr(config, section_name, None)
+        if section is None or not dataclasses.is_dataclass(section) or not field_name:
+            raise ValueError(f"unknown setting '{key}'; use section.field with section in {sorted(_SECTION_TYPES)}")
+        hints = typing.get_type_hints(type(section))
+        if field_name not in hints:
+            raise ValueError(f"unknown setting '{key}'")
+        setattr(section, field_name, _convert(raw, hints[field_name], key))
+    return config
+
+
+def _convert(raw: Any, hint: Any, key: str) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    args = typing.get_args(hint)
+    if type(None) in args:  # Optional[X]
+        if raw.lower() in ("none", "null", ""):
+            return None
+        hint = next(a for a in args if a is not type(None))
+    origin = typing.get_origin(hint)
+    try:
+        if hint is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if origin is list:
+            (item,) = typing.get_args(hint)
+            return [item(part) for part in raw.split(",") if part]
+        return hint(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"setting '{key}' expects {getattr(hint, '__name__', hint)}, got '{raw}'") from None

@@ -1,0 +1,187 @@
+"""`ImageEncoder`: an image batch to a spatial feature grid and a pooled vector.
+
+Two kinds behind one class: a small CNN trained from scratch (the default for `shapes`) and any
+`keras.applications` backbone in BACKBONES, each with its own input size and `preprocess_input`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import keras
+from keras import layers, ops
+
+from captioner.errors import CaptionerError
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """How to build one keras.applications network and feed it."""
+
+    build: Callable[..., keras.Model]
+    preprocess: Callable
+    image_size: int  # the input size the ImageNet weights were trained at
+
+
+BACKBONES: dict[str, Backbone] = {
+    "mobilenet_v2": Backbone(keras.applications.MobileNetV2, keras.applications.mobilenet_v2.preprocess_input, 224),
+    "efficientnet_b0": Backbone(keras.applications.EfficientNetB0, keras.applications.efficientnet.preprocess_input, 224),
+    "inception_v3": Backbone(keras.applications.InceptionV3, keras.applications.inception_v3.preprocess_input, 299),
+    "resnet50": Backbone(keras.applications.ResNet50, keras.applications.resnet50.preprocess_input, 224),
+}
+ENCODERS = ("small_cnn", *BACKBONES)
+
+
+def default_image_size(encoder: str, fallback: int) -> int:
+    """The input size an encoder expects: the backbone's own, or `fallback` for the small CNN."""
+    return BACKBONES[encoder].image_size if encoder in BACKBONES else fallback
+
+
+@keras.saving.register_keras_serializable(package="captioner")
+class ImageEncoder(layers.Layer):
+    """CNN feature extractor returning `(grid, pooled)`.
+
+    Args:
+        encoder: str. "small_cnn" or a key of BACKBONES. Defaults to "small_cnn".
+        image_size: int. Input side in pixels; images arrive as 0-255 values. Defaults to 64.
+        filters: list[int]. small_cnn channels per stage; every stage but the last halves the grid. Defaults to [32, 64, 128, 128].
+        feature_dim: int. Width of the pooled vector when `pooling="flatten"`. Defaults to 256.
+        pooling: str. "flatten" (a dense layer over the whole grid, which keeps where things are, like the fc
+            layers of VGG in Show-and-Tell) or "avg" (global average, the usual choice for backbones).
+            Defaults to "flatten" for small_cnn, "avg" for backbones.
+        weights: str | None. Backbones only: None, "imagenet" or a path to a weights file. Used at construction;
+            a reloaded model takes its weights from the saved file instead.
+        encoder_trainable: bool. Whether the CNN's weights are trained. Defaults to True.
+        norm: str. small_cnn normalisation: "group" (GroupNorm, same in training and inference), "batch"
+            (BatchNorm, momentum 0.9) or "none". Defaults to "group".
+
+    Call returns:
+        grid: (batch, num_pixels, encoder_dim) float32.
+        pooled: (batch, pooled_dim) float32.
+    """
+
+    def __init__(
+        self,
+        encoder: str = "small_cnn",
+        image_size: int = 64,
+        filters: list[int] | tuple[int, ...] = (32, 64, 128, 128),
+        feature_dim: int = 256,
+        pooling: str | None = None,
+        weights: str | None = None,
+        encoder_trainable: bool = True,
+        norm: str = "group",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if encoder not in ENCODERS:
+            raise CaptionerError(f"unknown encoder '{encoder}'; choose one of: {', '.join(ENCODERS)}")
+        self.encoder = encoder
+        self.image_size = int(image_size)
+        self.filters = [int(f) for f in filters]
+        self.feature_dim = int(feature_dim)
+        self.pooling = pooling or ("flatten" if encoder == "small_cnn" else "avg")
+        if self.pooling not in ("flatten", "avg"):
+            raise CaptionerError(f"unknown pooling '{self.pooling}'; use 'flatten' or 'avg'")
+        self.weights_source = weights
+        self.encoder_trainable = bool(encoder_trainable)
+        if norm not in ("group", "batch", "none"):
+            raise CaptionerError(f"unknown norm '{norm}'; use group, batch or none")
+        self.norm = norm
+        if encoder == "small_cnn":
+            if weights not in (None, "none"):
+                raise CaptionerError("the small_cnn encoder has no pretrained weights; use --encoder-weights none")
+            self.cnn = self._small_cnn()
+            self._preprocess = lambda images: images / 255.0
+        else:
+            backbone = BACKBONES[encoder]
+            self.cnn = _build_backbone(encoder, backbone, self.image_size, weights)
+            self._preprocess = backbone.preprocess
+        self.cnn.trainable = self.encoder_trainable
+        # Batch-standardised pooled features: each feature has unit variance across images, so small
+        # differences between images are not drowned by a large shared component (see decoder.py).
+        self.projection = layers.Dense(self.feature_dim, use_bias=False, name="pooled_projection") if self.pooling == "flatten" else None
+        self.pooled_norm = layers.BatchNormalization(name="pooled_norm")
+        grid_side = self.cnn.compute_output_shape((None, self.image_size, self.image_size, 3))
+        self.grid_shape = (int(grid_side[1]), int(grid_side[2]), int(grid_side[3]))
+        self.num_pixels = self.grid_shape[0] * self.grid_shape[1]
+        self.encoder_dim = self.grid_shape[2]
+        self.pooled_dim = self.feature_dim if self.pooling == "flatten" else self.encoder_dim
+
+    def _small_cnn(self) -> keras.Sequential:
+        """Conv-norm-ReLU stages, halving the grid after every stage but the last."""
+        stack: list[layers.Layer] = [layers.Input((self.image_size, self.image_size, 3))]
+        for stage, width in enumerate(self.filters):
+            stack.append(layers.Conv2D(width, 3, padding="same", use_bias=self.norm == "none", name=f"conv{stage}"))
+            if self.norm == "group":
+                stack.append(layers.GroupNormalization(groups=min(8, width), name=f"norm{stage}"))
+            elif self.norm == "batch":
+                stack.append(layers.BatchNormalization(momentum=0.9, name=f"norm{stage}"))
+            stack.append(layers.ReLU(name=f"relu{stage}"))
+            if stage < len(self.filters) - 1:
+                stack.append(layers.MaxPooling2D(2, name=f"pool{stage}"))
+        return keras.Sequential(stack, name="small_cnn")
+
+    def build(self, input_shape):
+        if self.built:  # Keras may build nested layers from their own build configs first
+            return
+        if self.projection is not None:
+            self.projection.build((None, self.num_pixels * self.encoder_dim))
+        self.pooled_norm.build((None, self.pooled_dim))
+        self.built = True
+
+    def call(self, images, training=None):
+        x = self._preprocess(ops.cast(images, "float32"))  # (batch, size, size, 3)
+        # A frozen backbone keeps its BatchNorm statistics (inference mode) even while the decoder trains.
+        grid = self.cnn(x, training=training if self.encoder_trainable else False)  # (batch, h, w, encoder_dim)
+        grid = ops.reshape(grid, (-1, self.num_pixels, self.encoder_dim))  # (batch, num_pixels, encoder_dim)
+        if self.projection is not None:
+            pooled = self.projection(ops.reshape(grid, (-1, self.num_pixels * self.encoder_dim)))  # (batch, feature_dim)
+        else:
+            pooled = ops.mean(grid, axis=1)  # (batch, encoder_dim)
+        return grid, self.pooled_norm(pooled, training=training)  # (batch, pooled_dim)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.num_pixels, self.encoder_dim), (input_shape[0], self.pooled_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            encoder=self.encoder,
+            image_size=self.image_size,
+            filters=self.filters,
+            feature_dim=self.feature_dim,
+            pooling=self.pooling,
+            weights=self.weights_source,
+            encoder_trainable=self.encoder_trainable,
+            norm=self.norm,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        # Saved weights replace the initial ones, so never download or read the original source again.
+        return cls(**{**config, "weights": None})
+
+
+def _build_backbone(name: str, backbone: Backbone, image_size: int, weights: str | None) -> keras.Model:
+    source = None if weights in (None, "none") else weights
+    is_file = source not in (None, "imagenet")
+    if is_file and not Path(source).is_file():
+        raise CaptionerError(f"encoder weights file {source} does not exist")
+    try:
+        model = backbone.build(include_top=False, weights=None if is_file else source, input_shape=(image_size, image_size, 3))
+    except Exception as exc:  # network errors surface as many types (URLError, OSError, HTTPError...)
+        if source == "imagenet":
+            raise CaptionerError(
+                f"could not download ImageNet weights for {name} ({exc.__class__.__name__}); on a machine without "
+                f"internet pass --encoder-weights PATH to a local .weights.h5/.h5 file"
+            ) from None
+        raise
+    if is_file:
+        try:
+            model.load_weights(source)
+        except Exception as exc:
+            raise CaptionerError(f"cannot load encoder weights from {source}: {exc}") from None
+    return model

@@ -1,0 +1,71 @@
+"""The one image reader every command uses (training, captioning, evaluation).
+
+Pillow decodes; EXIF orientation is applied; every mode becomes 8-bit RGB (transparency composited on
+white); the result is resized to a square. Anything unreadable raises CaptionerError with one line.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from captioner.errors import CaptionerError
+
+MAX_PIXELS = 40_000_000  # refuse larger images before decoding them (decompression bombs)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB from any Pillow mode; transparent pixels become white, 16-bit values are scaled."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Decoded, upright, RGB Pillow image at its original size."""
+    path = Path(path)
+    if not path.exists():
+        raise CaptionerError(f"{path}: no such file")
+    if path.is_dir():
+        raise CaptionerError(f"{path}: is a directory, not an image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > MAX_PIXELS:
+                    raise CaptionerError(f"{path}: {width}x{height} pixels is more than the {MAX_PIXELS:,} allowed")
+                image.seek(0)  # animated images: first frame
+                image.load()
+                upright = ImageOps.exif_transpose(image)
+                return to_rgb(upright)
+    except CaptionerError:
+        raise
+    except UnidentifiedImageError:
+        raise CaptionerError(f"{path}: not an image Pillow can read") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise CaptionerError(f"{path}: cannot decode image ({exc})") from None
+
+
+def load_image(path: str | Path, size: int) -> np.ndarray:
+    """Read `path` and resize it to `size` x `size`.
+
+    Returns:
+        np.ndarray: uint8, shape (size, size, 3).
+    """
+    image = open_image(path)
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)  # (size, size, 3)

@@ -1,0 +1,105 @@
+"""Run directories that describe themselves: model.keras, vocab.json, config.json, history.json, metrics.json.
+
+Every file is written atomically; loading checks that the files are there, that the layout version is one
+this code reads, and loads the model with `safe_mode=True` (no arbitrary code from the file).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from captioner import __version__
+from captioner.config import FORMAT_VERSION, RunConfig
+from captioner.errors import CaptionerError
+from captioner.fileio import atomic_path, write_json
+from captioner.models import CaptionModel
+from captioner.vocab import Vocabulary
+
+MODEL_FILE, VOCAB_FILE, CONFIG_FILE = "model.keras", "vocab.json", "config.json"
+HISTORY_FILE, METRICS_FILE = "history.json", "metrics.json"
+REQUIRED_FILES = (MODEL_FILE, VOCAB_FILE, CONFIG_FILE)
+
+
+@dataclass
+class Run:
+    """A loaded run: where it lives, how it was configured, its vocabulary and model."""
+
+    path: Path
+    config: RunConfig
+    vocab: Vocabulary
+    model: CaptionModel
+
+
+def save_model(model: keras.Model, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        model.save(tmp)
+
+
+def save_config(config: RunConfig, run_dir: str | Path) -> None:
+    write_json(Path(run_dir) / CONFIG_FILE, {"captioner_version": __version__, **config.to_dict()})
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    if not path.exists():
+        return default
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CaptionerError(f"{path} is not valid JSON ({exc}); the run directory is damaged") from None
+
+
+def update_metrics(run_dir: str | Path, values: dict[str, Any]) -> dict[str, Any]:
+    """Merge `values` into metrics.json (atomically) and return the whole file."""
+    path = Path(run_dir) / METRICS_FILE
+    metrics = read_json(path, {})
+    metrics.update(values)
+    write_json(path, metrics)
+    return metrics
+
+
+def load_config(run_dir: str | Path) -> RunConfig:
+    path = Path(run_dir) / CONFIG_FILE
+    payload = read_json(path)
+    if payload is None:
+        raise CaptionerError(f"{run_dir} has no {CONFIG_FILE}; is it a run directory written by `captioner train`?")
+    payload = dict(payload)
+    payload.pop("captioner_version", None)
+    version = payload.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CaptionerError(
+            f"{run_dir} was written with run format {version}, this captioner reads format {FORMAT_VERSION}; "
+            f"retrain it or use the captioner version that wrote it"
+        )
+    try:
+        return RunConfig.from_dict(payload)
+    except (TypeError, ValueError) as exc:
+        raise CaptionerError(f"{path} does not match this captioner version ({exc}); retrain the run") from None
+
+
+def load_run(run_dir: str | Path, task: str = "caption") -> Run:
+    """Load a finished (or checkpointed) run directory; every problem is a one-line CaptionerError."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise CaptionerError(f"run directory {path} does not exist; train one with `captioner train --run {path}`")
+    missing = [name for name in REQUIRED_FILES if not (path / name).exists()]
+    if missing:
+        raise CaptionerError(f"run directory {path} is missing {', '.join(missing)}; it is incomplete or not a run directory")
+    config = load_config(path)
+    if config.task != task:
+        raise CaptionerError(f"{path} is a {config.task} run, not a {task} run")
+    vocab = Vocabulary.load(path / VOCAB_FILE)
+    try:
+        model = keras.saving.load_model(path / MODEL_FILE, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises many types for damaged or foreign files
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise CaptionerError(f"cannot load {path / MODEL_FILE}: {first_line[:300]}") from None
+    if not isinstance(model, CaptionModel):
+        raise CaptionerError(f"{path / MODEL_FILE} holds a {type(model).__name__}, not a captioner CaptionModel")
+    if model.decoder.vocab_size != len(vocab):
+        raise CaptionerError(f"{path}: model has {model.decoder.vocab_size} output words but vocab.json has {len(vocab)}")
+    return Run(path, config, vocab, model)

@@ -1,0 +1,111 @@
+"""Word <-> id mapping with `<pad>`=0, `<start>`, `<end>`, `<unk>`; tokenisation; JSON (never pickle)."""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from captioner.errors import CaptionerError
+from captioner.fileio import write_json
+
+PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
+SPECIAL_TOKENS = (PAD, START, END, UNK)
+MAX_VOCAB_SIZE = 1_000_000  # a vocabulary file larger than this is refused as corrupt or hostile
+_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-case and split into alphanumeric words; punctuation is dropped ("a dog's ball." -> a, dog, s, ball)."""
+    return _TOKEN.findall(text.lower())
+
+
+class Vocabulary:
+    """An ordered word list; a word's id is its position. Ids 0-3 are the special tokens.
+
+    Args:
+        words: Sequence[str]. All tokens, special tokens first, in id order.
+    """
+
+    def __init__(self, words: Sequence[str]):
+        words = list(words)
+        if tuple(words[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+            raise ValueError(f"a vocabulary must start with {SPECIAL_TOKENS}")
+        if len(set(words)) != len(words):
+            duplicates = sorted(w for w, n in collections.Counter(words).items() if n > 1)
+            raise ValueError(f"duplicate words in vocabulary: {duplicates[:5]}")
+        self.words = words
+        self.index = {w: i for i, w in enumerate(words)}
+
+    pad_id, start_id, end_id, unk_id = 0, 1, 2, 3
+
+    @classmethod
+    def build(cls, texts: Iterable[str], min_count: int = 1, max_size: int | None = None) -> "Vocabulary":
+        """Words seen at least `min_count` times, most frequent first (ties alphabetical, so the result is deterministic)."""
+        counts = collections.Counter(word for text in texts for word in tokenize(text))
+        kept = sorted((w for w, n in counts.items() if n >= min_count and w not in SPECIAL_TOKENS), key=lambda w: (-counts[w], w))
+        if max_size is not None:
+            kept = kept[: max(0, max_size - len(SPECIAL_TOKENS))]
+        return cls(list(SPECIAL_TOKENS) + kept)
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocabulary) and self.words == other.words
+
+    def encode(self, text: str, max_length: int | None = None) -> list[int]:
+        """Word ids of `text` (no special tokens), unknown words as `<unk>`, cut to `max_length` words."""
+        ids = [self.index.get(w, self.unk_id) for w in tokenize(text)]
+        return ids[:max_length] if max_length is not None else ids
+
+    def encode_caption(self, text: str, max_length: int | None = None) -> list[int]:
+        """`<start> w1 ... wn <end>` as ids."""
+        return [self.start_id, *self.encode(text, max_length), self.end_id]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Words up to the first `<end>`; `<pad>` and `<start>` are skipped."""
+        words = []
+        for i in ids:
+            i = int(i)
+            if i == self.end_id:
+                break
+            if i in (self.pad_id, self.start_id):
+                continue
+            words.append(self.words[i] if 0 <= i < len(self.words) else UNK)
+        return " ".join(words)
+
+    def unknown_rate(self, texts: Iterable[str]) -> float:
+        """Share of word tokens in `texts` that map to `<unk>`."""
+        total = unknown = 0
+        for text in texts:
+            for word in tokenize(text):
+                total += 1
+                unknown += word not in self.index
+        return unknown / total if total else 0.0
+
+    def to_json(self) -> dict:
+        return {"type": "captioner.Vocabulary", "words": self.words}
+
+    @classmethod
+    def from_json(cls, payload: dict) -> "Vocabulary":
+        words = payload.get("words") if isinstance(payload, dict) else None
+        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+            raise ValueError("expected {'words': [str, ...]}")
+        if len(words) > MAX_VOCAB_SIZE:
+            raise ValueError(f"{len(words)} words is more than the {MAX_VOCAB_SIZE} allowed")
+        return cls(words)
+
+    def save(self, path: str | Path) -> None:
+        write_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Vocabulary":
+        try:
+            return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise CaptionerError(f"missing vocabulary file {path}") from None
+        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+            raise CaptionerError(f"invalid vocabulary file {path}: {exc}") from None

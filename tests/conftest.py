@@ -1,0 +1,52 @@
+"""Shared fixtures: a tiny `shapes` dataset and one tiny trained run, built once per session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pathlib import Path
+
+import pytest
+
+from captioner.config import apply_overrides, preset
+from captioner.datasets.shapes import ShapesSpec, generate
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """32 train / 16 val / 16 test images of 32x32 with at most two objects."""
+    out = tmp_path_factory.mktemp("shapes")
+    generate(out, ShapesSpec(image_size=32, num_train=32, num_val=16, num_test=16, seed=1, max_objects=2), workers=1)
+    return out
+
+
+def tiny_config(data_dir: Path, **overrides: str):
+    config = preset("tiny")
+    apply_overrides(config, {"data.data_dir": str(data_dir), **overrides})
+    return config
+
+
+@pytest.fixture(scope="session")
+def overfit_run(tiny_data, tmp_path_factory) -> Path:
+    """A tiny model trained to memorise the 32 training images (validated on the same images)."""
+    from captioner.train import train
+
+    config = tiny_config(
+        tiny_data,
+        **{
+            "train.epochs": "60",
+            "train.val_split": "train",
+            "train.patience": "60",
+            "train.learning_rate": "0.01",
+            "train.batch_size": "8",
+            "model.hidden_dim": "64",
+            "model.feature_dim": "64",
+        },
+    )
+    run_dir = tmp_path_factory.mktemp("runs") / "overfit"
+    train(config, run_dir, verbose=0)
+    return run_dir

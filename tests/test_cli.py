@@ -1,0 +1,145 @@
+"""The command line: outputs, exit codes, and one-line errors for bad input."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from captioner.cli import expand_image_arguments, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _one_line_error(captured):
+    lines = [line for line in captured.err.strip().splitlines() if line]
+    assert lines and all(line.startswith("captioner:") for line in lines), captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_caption_prints_one_caption_per_image(overfit_run, tiny_data, capsys):
+    images = sorted((tiny_data / "images").glob("test_*.png"))[:3]
+    assert main(["caption", "--run", str(overfit_run), *map(str, images)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and all("\t" in line and line.split("\t")[1] for line in lines)
+
+
+def test_caption_json_folder_and_glob(overfit_run, tiny_data, capsys):
+    assert main(["caption", "--run", str(overfit_run), "--json", str(tiny_data / "images" / "val_*.png")]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert len(results) == 16 and all(r["caption"] for r in results)
+    assert len(expand_image_arguments([str(tiny_data / "images")])) == 64
+
+
+def test_bad_images_are_reported_and_the_rest_still_captioned(overfit_run, tiny_data, tmp_path, capsys):
+    good = sorted((tiny_data / "images").glob("test_*.png"))[:2]
+    (tmp_path / "fake.png").write_text("this is text")
+    args = ["caption", "--run", str(overfit_run), "--json", str(good[0]), str(tmp_path / "missing.jpg"), str(tmp_path / "fake.png"), str(good[1])]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    results = json.loads(captured.out)
+    assert [("caption" in r) for r in results] == [True, False, False, True]
+    assert "missing.jpg: no such file" in captured.err and "fake.png: not an image" in captured.err
+    _one_line_error(captured)
+
+
+def test_missing_run_directory(tmp_path, capsys):
+    assert main(["caption", "--run", str(tmp_path / "nope"), "x.png"]) == 2
+    captured = capsys.readouterr()
+    _one_line_error(captured)
+    assert "does not exist" in captured.err
+
+
+def test_run_directory_missing_files(overfit_run, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(overfit_run, broken)
+    (broken / "vocab.json").unlink()
+    assert main(["evaluate", "--run", str(broken)]) == 2
+    captured = capsys.readouterr()
+    _one_line_error(captured)
+    assert "missing vocab.json" in captured.err
+
+
+def test_run_directory_from_an_incompatible_version(overfit_run, tmp_path, capsys):
+    old = tmp_path / "old"
+    shutil.copytree(overfit_run, old)
+    config = json.loads((old / "config.json").read_text())
+    config["format_version"] = 99
+    (old / "config.json").write_text(json.dumps(config))
+    assert main(["caption", "--run", str(old), "x.png"]) == 2
+    captured = capsys.readouterr()
+    _one_line_error(captured)
+    assert "format 99" in captured.err
+
+
+def test_damaged_model_file(overfit_run, tmp_path, capsys):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(overfit_run, damaged)
+    (damaged / "model.keras").write_bytes(b"garbage")
+    assert main(["caption", "--run", str(damaged), "x.png"]) == 2
+    _one_line_error(capsys.readouterr())
+
+
+def test_dataset_directory_without_annotations(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["train", "--preset", "tiny", "--data-dir", str(tmp_path / "empty"), "--run", str(tmp_path / "run"), "--quiet"]) == 2
+    captured = capsys.readouterr()
+    _one_line_error(captured)
+    assert "no annotation file" in captured.err
+
+
+def test_empty_captions_are_refused(tiny_data, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    payload = json.loads((data / "train.json").read_text())
+    payload["records"][3]["captions"] = ["", "  "]
+    (data / "train.json").write_text(json.dumps(payload))
+    assert main(["train", "--preset", "tiny", "--data-dir", str(data), "--run", str(tmp_path / "run"), "--quiet"]) == 2
+    captured = capsys.readouterr()
+    _one_line_error(captured)
+    assert "empty captions" in captured.err
+
+
+def test_evaluate_prints_bleu_and_saves_captions(overfit_run, tmp_path, capsys):
+    out = tmp_path / "captions.json"
+    assert main(["evaluate", "--run", str(overfit_run), "--split", "test", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "BLEU-4=" in printed and "distinct captions" in printed
+    saved = json.loads(out.read_text())
+    assert len(saved) == 16 and all(item["caption"] for item in saved)
+    metrics = json.loads((overfit_run / "metrics.json").read_text())
+    assert 0.0 <= metrics["eval_test"]["bleu4"] <= 1.0
+
+
+def test_evaluate_refuses_an_output_in_a_missing_folder(overfit_run, tmp_path, capsys):
+    assert main(["evaluate", "--run", str(overfit_run), "--out", str(tmp_path / "no" / "such" / "dir.json")]) == 2
+    _one_line_error(capsys.readouterr())
+
+
+def test_bad_flag_values_exit_non_zero(overfit_run):
+    with pytest.raises(SystemExit) as info:
+        main(["caption", "--run", str(overfit_run), "--beam-size", "0", "x.png"])
+    assert info.value.code == 2
+
+
+def test_unknown_setting_is_a_one_line_error(tiny_data, tmp_path, capsys):
+    args = ["train", "--preset", "tiny", "--data-dir", str(tiny_data), "--run", str(tmp_path / "r"), "--set", "model.bogus=1"]
+    assert main(args) == 2
+    _one_line_error(capsys.readouterr())
+
+
+def test_train_script_and_cli_share_the_code(tiny_data, tmp_path):
+    command = [sys.executable, str(ROOT / "scripts" / "train.py"), "--preset", "tiny", "--data-dir", str(tiny_data),
+               "--run", str(tmp_path / "script_run"), "--epochs", "1", "--max-train-images", "8", "--quiet"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "trained 1 epochs" in done.stdout
+    assert (tmp_path / "script_run" / "model.keras").is_file()
+
+
+def test_data_command_writes_the_dataset(tmp_path, capsys):
+    assert main(["data", "shapes", "--out", str(tmp_path / "d"), "--train", "4", "--val", "2", "--test", "2", "--image-size", "32"]) == 0
+    assert len(list((tmp_path / "d" / "images").glob("*.png"))) == 8
+    assert "wrote shapes" in capsys.readouterr().out

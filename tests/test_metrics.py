@@ -1,0 +1,51 @@
+import math
+
+import pytest
+
+from captioner.metrics import bleu_scores, distinct_share, oracle_bleu
+
+
+def test_perfect_match_scores_one():
+    refs = [[["a", "red", "circle", "on", "gray"]], [["two", "blue", "squares", "here", "now"]]]
+    hyps = [["a", "red", "circle", "on", "gray"], ["two", "blue", "squares", "here", "now"]]
+    assert bleu_scores(refs, hyps) == {"bleu1": 1.0, "bleu2": 1.0, "bleu3": 1.0, "bleu4": 1.0}
+
+
+def test_matches_hand_computed_value():
+    # hypothesis: "the cat sat on the mat" (6 words); reference: "the cat is on the mat" (6 words)
+    # clipped matches: 1-grams 5/6, 2-grams 3/5 (the cat, on the, the mat), 3-grams 1/4 (on the mat), 4-grams 0/3
+    refs = [[["the", "cat", "is", "on", "the", "mat"]]]
+    hyps = [["the", "cat", "sat", "on", "the", "mat"]]
+    scores = bleu_scores(refs, hyps)
+    assert scores["bleu1"] == pytest.approx(5 / 6)
+    assert scores["bleu2"] == pytest.approx(math.sqrt(5 / 6 * 3 / 5))
+    assert scores["bleu3"] == pytest.approx((5 / 6 * 3 / 5 * 1 / 4) ** (1 / 3))
+    assert scores["bleu4"] == pytest.approx(0.0, abs=1e-9)  # no 4-gram matches, no smoothing
+
+
+def test_brevity_penalty_and_multiple_references():
+    # Closest reference length is 4 (not 2), hypothesis has 3 words -> BP = exp(1 - 4/3).
+    refs = [[["red", "circle", "on", "gray"], ["a", "b", "c", "d", "e", "f"]]]
+    hyps = [["red", "circle", "on"]]
+    assert bleu_scores(refs, hyps)["bleu1"] == pytest.approx(math.exp(1 - 4 / 3))
+
+
+def test_corpus_level_pools_counts_rather_than_averaging():
+    refs = [[["a", "b"]], [["c", "d"]]]
+    hyps = [["a", "b"], ["x", "y"]]
+    assert bleu_scores(refs, hyps)["bleu1"] == pytest.approx(0.5)
+
+
+def test_oracle_scores_one_reference_against_the_rest():
+    refs = [[["a", "b", "c", "d"], ["a", "b", "c", "d"], ["e", "f", "g", "h"]]]
+    assert oracle_bleu(refs)["bleu4"] == pytest.approx(1.0)
+
+
+def test_distinct_share():
+    assert distinct_share(["a", "a", "a", "a"]) == 0.25
+    assert distinct_share(["a", "b"]) == 1.0
+
+
+def test_mismatched_lengths_are_an_error():
+    with pytest.raises(ValueError):
+        bleu_scores([[["a"]]], [])
