@@ -36,7 +36,7 @@ class ModelConfig:
     encoder_weights: str | None = None  # None, "imagenet" or a path to a .weights.h5 file (backbones only)
     encoder_filters: list[int] = field(default_factory=lambda: [32, 64, 128, 128])  # small_cnn channels per stage
     encoder_trainable: bool = True  # train the CNN together with the decoder
-    encoder_norm: str = "group"  # small_cnn normalisation: "group", "batch" or "none"
+    encoder_norm: str = "none"  # small_cnn normalisation: "none", "group" or "batch" (see README: collapse)
     feature_dim: int = 256  # width of the pooled image vector when encoder_pooling is "flatten"
     encoder_pooling: str | None = None  # "flatten" or "avg"; None: flatten for small_cnn, avg for backbones
     embedding_dim: int = 128  # word-embedding width

@@ -54,8 +54,8 @@ def greedy_search(step_fn: StepFn, state: tuple, start_id: int, end_id: int, max
         state,
         tf.zeros([batch], tf.bool),
         tf.zeros([batch], tf.float32),
-        tf.TensorArray(tf.int32, size=max_length, element_shape=tf.TensorShape([None])),
-        tf.TensorArray(tf.float32, size=max_length, element_shape=tf.TensorShape([None, num_pixels])),
+        tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=tf.TensorShape([None])),
+        tf.TensorArray(tf.float32, size=0, dynamic_size=True, element_shape=tf.TensorShape([None, num_pixels])),
     )
     steps, _, _, _, scores, token_array, attention_array = tf.while_loop(not_done, body, loop, maximum_iterations=max_length)
     pad = max_length - steps

@@ -55,7 +55,7 @@ class ImageEncoder(layers.Layer):
             a reloaded model takes its weights from the saved file instead.
         encoder_trainable: bool. Whether the CNN's weights are trained. Defaults to True.
         norm: str. small_cnn normalisation: "group" (GroupNorm, same in training and inference), "batch"
-            (BatchNorm, momentum 0.9) or "none". Defaults to "group".
+            (BatchNorm, momentum 0.9) or "none". Defaults to "none".
 
     Call returns:
         grid: (batch, num_pixels, encoder_dim) float32.
@@ -71,7 +71,7 @@ class ImageEncoder(layers.Layer):
         pooling: str | None = None,
         weights: str | None = None,
         encoder_trainable: bool = True,
-        norm: str = "group",
+        norm: str = "none",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -99,10 +99,7 @@ class ImageEncoder(layers.Layer):
             self.cnn = _build_backbone(encoder, backbone, self.image_size, weights)
             self._preprocess = backbone.preprocess
         self.cnn.trainable = self.encoder_trainable
-        # Batch-standardised pooled features: each feature has unit variance across images, so small
-        # differences between images are not drowned by a large shared component (see decoder.py).
-        self.projection = layers.Dense(self.feature_dim, use_bias=False, name="pooled_projection") if self.pooling == "flatten" else None
-        self.pooled_norm = layers.BatchNormalization(name="pooled_norm")
+        self.projection = layers.Dense(self.feature_dim, activation="relu", name="pooled_projection") if self.pooling == "flatten" else None
         grid_side = self.cnn.compute_output_shape((None, self.image_size, self.image_size, 3))
         self.grid_shape = (int(grid_side[1]), int(grid_side[2]), int(grid_side[3]))
         self.num_pixels = self.grid_shape[0] * self.grid_shape[1]
@@ -128,7 +125,6 @@ class ImageEncoder(layers.Layer):
             return
         if self.projection is not None:
             self.projection.build((None, self.num_pixels * self.encoder_dim))
-        self.pooled_norm.build((None, self.pooled_dim))
         self.built = True
 
     def call(self, images, training=None):
@@ -140,7 +136,7 @@ class ImageEncoder(layers.Layer):
             pooled = self.projection(ops.reshape(grid, (-1, self.num_pixels * self.encoder_dim)))  # (batch, feature_dim)
         else:
             pooled = ops.mean(grid, axis=1)  # (batch, encoder_dim)
-        return grid, self.pooled_norm(pooled, training=training)  # (batch, pooled_dim)
+        return grid, pooled
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.num_pixels, self.encoder_dim), (input_shape[0], self.pooled_dim)

@@ -128,7 +128,7 @@ def train(config: RunConfig, run_dir: str | Path, verbose: int | str = "auto") -
     log = RunLog(run_dir / HISTORY_FILE, len(train_records), data.captions_per_image)
     callbacks = [checkpoint, log, keras.callbacks.EarlyStopping(monitor="val_loss", patience=train_cfg.patience)]
     started = time.perf_counter()
-    model.fit(batches(train_records, True), validation_data=batches(val_records, False), epochs=train_cfg.epochs, callbacks=callbacks, verbose=verbose)
+    model.fit(batches(train_records, True), validation_data=batches(val_records, False), epochs=train_cfg.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
     elapsed = time.perf_counter() - started
     if checkpoint.best_epoch < 0:  # validation loss was never finite: keep the last weights all the same
         save_model(model, run_dir / MODEL_FILE)

@@ -38,10 +38,10 @@ def overfit_run(tiny_data, tmp_path_factory) -> Path:
     config = tiny_config(
         tiny_data,
         **{
-            "train.epochs": "60",
+            "train.epochs": "150",
             "train.val_split": "train",
-            "train.patience": "60",
-            "train.learning_rate": "0.01",
+            "train.patience": "150",
+            "train.learning_rate": "0.003",
             "train.batch_size": "8",
             "model.hidden_dim": "64",
             "model.feature_dim": "64",

@@ -17,7 +17,7 @@ def test_run_directory_describes_itself(overfit_run):
     config = json.loads((overfit_run / "config.json").read_text())
     assert config["model"]["decoder"] == "show-tell" and config["data"]["dataset"] == "shapes"
     history = json.loads((overfit_run / "history.json").read_text())
-    assert len(history["loss"]) == len(history["val_loss"]) == 60
+    assert len(history["loss"]) == len(history["val_loss"]) == 150
     metrics = json.loads((overfit_run / "metrics.json").read_text())
     assert metrics["status"] == "finished" and metrics["train"]["images_per_second"] > 0
     assert not [p for p in overfit_run.iterdir() if ".tmp" in p.name]  # no temporary files left behind
