@@ -65,7 +65,7 @@ class DecodeConfig:
     """How captions are generated at inference time."""
 
     max_length: int = 26  # generated tokens at most, <end> included
-    beam_size: int = 1  # 1 = greedy
+    beam_size: int = 3  # default beam width of caption and evaluate; 1 = greedy
 
 
 @dataclass

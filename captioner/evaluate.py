@@ -81,8 +81,7 @@ def evaluate(
     )
     if out is not None:
         write_json(out, [{"image": r.image, "caption": c, "references": list(r.captions)} for r, c in zip(records, captions)])
-    key = f"{split}" if beam_size == 1 else f"{split}_beam{beam_size}"
-    update_metrics(run.path, {f"eval_{key}": result})
+    update_metrics(run.path, {f"eval_{split}_beam{beam_size}": result})
     return result
 
 
