@@ -1,4 +1,4 @@
-"""`captioner data | train | caption | evaluate`: the only module that reads argv or prints.
+"""`captioner data | train | caption | evaluate | plot-history`: the only module that reads argv or prints.
 
 Errors the user can fix print one line (`captioner: error: ...`) and exit 2; `caption` exits 1 when some
 images failed and the rest were captioned.
@@ -27,9 +27,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit code 2), like every other error here."""
+
+    def error(self, message: str):
+        self.exit(EXIT_ERROR, f"captioner: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="captioner", description="Image captioning with Keras 3 / TensorFlow.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = _Parser(prog="captioner", description="Image captioning with Keras 3 / TensorFlow.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     data = commands.add_parser("data", help="generate the built-in dataset")
     data.add_argument("dataset", choices=["shapes"], help="dataset to generate")
@@ -49,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--beam-size", type=_positive_int, default=None, help="beam width (default: the run's, 1 = greedy)")
     caption.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch (default 64)")
     caption.add_argument("--json", action="store_true", help="print JSON instead of text")
+    caption.add_argument("--attention", default=None, metavar="PNG", help="write the attention map of each word (attention runs)")
+
+    plot = commands.add_parser("plot-history", help="draw training and validation loss per epoch")
+    plot.add_argument("--run", required=True, help="run directory")
+    plot.add_argument("--out", default=None, help="PNG to write (default RUN/history.png)")
 
     evaluate = commands.add_parser("evaluate", help="caption a split and print corpus BLEU-1..4")
     evaluate.add_argument("--run", required=True, help="run directory")
@@ -68,7 +80,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="shapes", help="starting configuration: shapes (default) or tiny")
     parser.add_argument("--data-dir", default=None, help="dataset folder (default data/shapes)")
     parser.add_argument("--dataset", default=None, help="dataset loader (default shapes)")
-    parser.add_argument("--decoder", default=None, choices=["show-tell"], help="decoder architecture")
+    parser.add_argument("--decoder", default=None, choices=["show-tell", "attention"], help="show-tell (default) or attention (Show-Attend-Tell)")
     parser.add_argument("--encoder", default=None, help="small_cnn or a keras.applications name, e.g. mobilenet_v2")
     parser.add_argument("--encoder-weights", default=None, help="none, imagenet or a weights file (backbones)")
     parser.add_argument("--epochs", type=_positive_int, default=None)
@@ -148,12 +160,16 @@ def run_caption(args: argparse.Namespace) -> int:
     from captioner.run import load_run
 
     run = load_run(args.run)
-    beam_size = args.beam_size or run.config.decode.beam_size
-    generator = CaptionGenerator(run.model, run.vocab, run.config.decode.max_length, beam_size=beam_size)
-    size = run.model.encoder.image_size
     paths = expand_image_arguments(args.images)
     if not paths:
         raise CaptionerError("no image files found in the given folders")
+    if args.attention is not None:
+        if not run.model.decoder.uses_attention:
+            raise CaptionerError(f"{args.run} is a {run.config.model.decoder} run: it has no attention weights; train one with --decoder attention")
+        _check_output_folder(args.attention)
+    beam_size = args.beam_size or run.config.decode.beam_size
+    generator = CaptionGenerator(run.model, run.vocab, run.config.decode.max_length, beam_size=beam_size)
+    size = run.model.encoder.image_size
     results: list[dict] = []
     good: list[tuple[int, np.ndarray]] = []
     for path in paths:
@@ -165,8 +181,12 @@ def run_caption(args: argparse.Namespace) -> int:
     for start in range(0, len(good), args.batch_size):
         chunk = good[start : start + args.batch_size]
         generated = generator(np.stack([image for _, image in chunk]))
-        for (index, _), caption, score in zip(chunk, generated.captions, generated.scores):
+        for row, ((index, image), caption, score) in enumerate(zip(chunk, generated.captions, generated.scores)):
             results[index].update(caption=caption, score=float(score))
+            if args.attention is not None:
+                picture = _attention_path(args.attention, results[index]["image"], single=len(paths) == 1)
+                _draw_attention(run, image, generated.tokens[row], generated.attention[row], picture)
+                results[index]["attention_map"] = str(picture)
     failed = [r for r in results if "error" in r]
     if args.json:
         print(json.dumps(results, indent=2))
@@ -181,13 +201,52 @@ def run_caption(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def run_evaluate(args: argparse.Namespace) -> int:
+def _check_output_folder(path: str) -> None:
     from captioner.errors import CaptionerError
+
+    if not Path(path).resolve().parent.is_dir():
+        raise CaptionerError(f"cannot write {path}: folder {Path(path).parent} does not exist")
+
+
+def _attention_path(out: str, image: str, single: bool) -> Path:
+    """`out` itself for one image; `OUT-STEM_IMAGE-STEM.png` beside it for several."""
+    out_path = Path(out)
+    return out_path if single else out_path.with_name(f"{out_path.stem}_{Path(image).stem}{out_path.suffix or '.png'}")
+
+
+def _draw_attention(run, image, tokens, attention, path: Path) -> None:
+    from captioner.viz import attention_figure
+
+    words = []
+    for token in tokens:
+        words.append(run.vocab.words[int(token)])
+        if int(token) == run.vocab.end_id or len(words) == len(tokens):
+            break
+    grid = run.model.encoder.grid_shape
+    attention_figure(image, words, attention[: len(words)], (grid[0], grid[1]), path)
+
+
+def run_plot_history(args: argparse.Namespace) -> int:
+    from captioner.errors import CaptionerError
+    from captioner.run import HISTORY_FILE, read_json
+    from captioner.viz import history_figure
+
+    history = read_json(Path(args.run) / HISTORY_FILE)
+    if not history:
+        raise CaptionerError(f"{args.run} has no {HISTORY_FILE}; is it a run directory written by `captioner train`?")
+    out = args.out or str(Path(args.run) / "history.png")
+    _check_output_folder(out)
+    history_figure(history, out)
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
     from captioner.evaluate import evaluate, summary_lines
     from captioner.run import load_run
 
-    if args.out is not None and not Path(args.out).resolve().parent.is_dir():
-        raise CaptionerError(f"cannot write {args.out}: folder {Path(args.out).parent} does not exist")
+    if args.out is not None:
+        _check_output_folder(args.out)
     run = load_run(args.run)
     beam_size = args.beam_size or run.config.decode.beam_size
     result = evaluate(run, args.split, args.data_dir, beam_size, args.batch_size, args.out, args.max_images)
@@ -215,7 +274,13 @@ def run_data(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"data": run_data, "train": run_train, "caption": run_caption, "evaluate": run_evaluate}
+COMMANDS = {
+    "data": run_data,
+    "train": run_train,
+    "caption": run_caption,
+    "evaluate": run_evaluate,
+    "plot-history": run_plot_history,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

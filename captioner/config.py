@@ -31,7 +31,7 @@ class DataConfig:
 class ModelConfig:
     """Architecture hyper-parameters of the encoder and decoder."""
 
-    decoder: str = "show-tell"  # "show-tell" (Vinyals et al. 2015)
+    decoder: str = "show-tell"  # "show-tell" (Vinyals et al. 2015) or "attention" (Xu et al. 2015, soft attention)
     encoder: str = "small_cnn"  # "small_cnn" or a keras.applications backbone name, e.g. "mobilenet_v2"
     encoder_weights: str | None = None  # None, "imagenet" or a path to a .weights.h5 file (backbones only)
     encoder_filters: list[int] = field(default_factory=lambda: [32, 64, 128, 128])  # small_cnn channels per stage
@@ -42,6 +42,9 @@ class ModelConfig:
     embedding_dim: int = 128  # word-embedding width
     hidden_dim: int = 256  # LSTM units
     dropout_rate: float = 0.2  # dropout on the LSTM output before the vocabulary projection
+    attention_dim: int = 128  # width of the additive attention (decoder "attention")
+    attention_regularization: float = 1.0  # lambda of the doubly stochastic attention penalty
+    init_from: str | None = None  # LSTM state from "pooled" or "grid_mean"; None: grid_mean with attention
 
 
 @dataclass

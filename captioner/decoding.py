@@ -176,17 +176,19 @@ class CaptionGenerator:
         self.trace_count += 1  # Python side effect: runs only while tracing
         decoder = self.model.decoder
         grid, pooled = self.model.encode(images)  # (batch, num_pixels, encoder_dim), (batch, pooled_dim)
-        state = decoder.initial_state(pooled)
-        num_pixels = 0  # Show-and-Tell has no attention weights
+        state = decoder.initial_state(pooled, grid)
+        memory = decoder.memory(grid)  # attended features, projected once per image
+        num_pixels = self.model.encoder.num_pixels if decoder.uses_attention else 0
+        if self.beam_size > 1:
+            # Beams of one image share its memory: repeat once here; beam reordering never moves rows across images.
+            state, memory = tf.nest.map_structure(lambda s: tf.repeat(s, self.beam_size, axis=0), (state, memory))
 
         def step_fn(tokens, state):
-            logits, state = decoder.step(tokens, state)
-            return logits, state, tf.zeros([tf.shape(tokens)[0], num_pixels])
+            return decoder.step(tokens, state, memory)
 
         start, end = self.vocab.start_id, self.vocab.end_id
         if self.beam_size == 1:
             return greedy_search(step_fn, state, start, end, self.max_length, num_pixels)
-        state = tf.nest.map_structure(lambda s: tf.repeat(s, self.beam_size, axis=0), state)
         return beam_search(step_fn, state, start, end, self.max_length, self.beam_size, self.length_penalty, num_pixels)
 
     def __call__(self, images: np.ndarray) -> Generated:

@@ -1,4 +1,4 @@
-"""`CaptionModel`: one `ImageEncoder` feeding one `LSTMDecoder`.
+"""`CaptionModel`: one `ImageEncoder` feeding one `LSTMDecoder` (Show-and-Tell or Show-Attend-Tell).
 
 Each image is encoded once per step and all of its reference captions are decoded against that one
 encoding: images (batch, H, W, 3) and tokens (batch, captions_per_image, steps) go in, logits
@@ -37,7 +37,8 @@ class CaptionModel(keras.Model):
             return
         size = self.encoder.image_size
         self.encoder.build((None, size, size, 3))
-        self.decoder.build((None, None), (None, self.encoder.pooled_dim))
+        grid_shape = (None, self.encoder.num_pixels, self.encoder.encoder_dim)
+        self.decoder.build((None, None), (None, self.encoder.pooled_dim), grid_shape)
         self.built = True
 
     def get_build_config(self):
@@ -48,11 +49,12 @@ class CaptionModel(keras.Model):
 
     def call(self, inputs, training=None):
         images, tokens = inputs["images"], inputs["tokens"]
-        _, pooled = self.encoder(images, training=training)  # (batch, pooled_dim)
-        captions, steps = ops.shape(tokens)[1], ops.shape(tokens)[2]
+        grid, pooled = self.encoder(images, training=training)  # (batch, num_pixels, encoder_dim), (batch, pooled_dim)
+        captions, steps = tokens.shape[1], tokens.shape[2]
         flat_tokens = ops.reshape(tokens, (-1, steps))  # (batch * captions, steps)
         flat_pooled = ops.repeat(pooled, captions, axis=0)  # (batch * captions, pooled_dim)
-        logits = self.decoder(flat_tokens, flat_pooled, training=training)  # (batch * captions, steps, vocab)
+        flat_grid = ops.repeat(grid, captions, axis=0)  # (batch * captions, num_pixels, encoder_dim)
+        logits = self.decoder(flat_tokens, flat_pooled, flat_grid, training=training)  # (batch * captions, steps, vocab)
         return ops.reshape(logits, (-1, captions, steps, self.decoder.vocab_size))  # (batch, captions, steps, vocab)
 
     def encode(self, images):
@@ -88,11 +90,15 @@ def build_caption_model(model_config, vocab_size: int, image_size: int) -> Capti
         norm=model_config.encoder_norm,
         name="image_encoder",
     )
+    attention = model_config.decoder == "attention"
     decoder = LSTMDecoder(
         vocab_size=vocab_size,
         embedding_dim=model_config.embedding_dim,
         hidden_dim=model_config.hidden_dim,
         dropout_rate=model_config.dropout_rate,
+        attention_dim=model_config.attention_dim if attention else None,
+        attention_regularization=model_config.attention_regularization,
+        init_from=model_config.init_from or ("grid_mean" if attention else "pooled"),
         name="decoder",
     )
     model = CaptionModel(encoder, decoder, name="caption_model")

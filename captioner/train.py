@@ -22,6 +22,7 @@ from captioner.fileio import write_json
 from captioner.models import build_caption_model
 from captioner.preprocessing import caption_dataset
 from captioner.run import HISTORY_FILE, MODEL_FILE, VOCAB_FILE, save_config, save_model, update_metrics
+from captioner.viz import history_figure
 from captioner.vocab import Vocabulary
 
 
@@ -132,6 +133,7 @@ def train(config: RunConfig, run_dir: str | Path, verbose: int | str = "auto") -
     elapsed = time.perf_counter() - started
     if checkpoint.best_epoch < 0:  # validation loss was never finite: keep the last weights all the same
         save_model(model, run_dir / MODEL_FILE)
+    history_figure(log.history, run_dir / "history.png")
     return update_metrics(
         run_dir,
         {

@@ -50,3 +50,14 @@ def overfit_run(tiny_data, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "overfit"
     train(config, run_dir, verbose=0)
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def attention_run(tiny_data, tmp_path_factory) -> Path:
+    """A tiny Show-Attend-Tell run (briefly trained; for the CLI paths, not for quality)."""
+    from captioner.train import train
+
+    config = tiny_config(tiny_data, **{"model.decoder": "attention", "model.attention_dim": "16", "train.epochs": "2"})
+    run_dir = tmp_path_factory.mktemp("runs") / "attention"
+    train(config, run_dir, verbose=0)
+    return run_dir

@@ -118,10 +118,40 @@ def test_evaluate_refuses_an_output_in_a_missing_folder(overfit_run, tmp_path, c
     _one_line_error(capsys.readouterr())
 
 
-def test_bad_flag_values_exit_non_zero(overfit_run):
+@pytest.mark.parametrize("value", ["0", "-2", "three"])
+def test_bad_beam_sizes_are_one_line_errors(overfit_run, value, capsys):
     with pytest.raises(SystemExit) as info:
-        main(["caption", "--run", str(overfit_run), "--beam-size", "0", "x.png"])
+        main(["caption", "--run", str(overfit_run), "--beam-size", value, "x.png"])
     assert info.value.code == 2
+    _one_line_error(capsys.readouterr())
+
+
+def test_attention_maps_are_written_per_image(attention_run, tiny_data, tmp_path, capsys):
+    images = sorted((tiny_data / "images").glob("test_*.png"))[:2]
+    assert main(["caption", "--run", str(attention_run), "--attention", str(tmp_path / "one.png"), str(images[0])]) == 0
+    assert (tmp_path / "one.png").stat().st_size > 1000
+    assert main(["caption", "--run", str(attention_run), "--beam-size", "3", "--attention", str(tmp_path / "map.png"), *map(str, images)]) == 0
+    assert sorted(p.name for p in tmp_path.glob("map_*.png")) == [f"map_{p.stem}.png" for p in images]
+
+
+def test_attention_on_a_show_tell_run_is_refused(overfit_run, tiny_data, tmp_path, capsys):
+    image = str(sorted((tiny_data / "images").glob("test_*.png"))[0])
+    assert main(["caption", "--run", str(overfit_run), "--attention", str(tmp_path / "a.png"), image]) == 2
+    captured = capsys.readouterr()
+    _one_line_error(captured)
+    assert "no attention weights" in captured.err
+
+
+def test_attention_map_in_a_missing_folder_is_refused(attention_run, tiny_data, tmp_path, capsys):
+    image = str(sorted((tiny_data / "images").glob("test_*.png"))[0])
+    assert main(["caption", "--run", str(attention_run), "--attention", str(tmp_path / "no" / "a.png"), image]) == 2
+    _one_line_error(capsys.readouterr())
+
+
+def test_training_curves(overfit_run, tmp_path, capsys):
+    assert (overfit_run / "history.png").stat().st_size > 1000  # written at the end of training
+    assert main(["plot-history", "--run", str(overfit_run), "--out", str(tmp_path / "curves.png")]) == 0
+    assert (tmp_path / "curves.png").stat().st_size > 1000
 
 
 def test_unknown_setting_is_a_one_line_error(tiny_data, tmp_path, capsys):

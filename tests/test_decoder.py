@@ -1,27 +1,66 @@
+import keras
 import numpy as np
+import pytest
 
+from captioner.attention import SoftAttention
 from captioner.decoder import LSTMDecoder
 
+RNG = np.random.default_rng(0)
+TOKENS = RNG.integers(1, 20, (3, 6)).astype(np.int32)
+POOLED = RNG.normal(size=(3, 10)).astype(np.float32)
+GRID = RNG.normal(size=(3, 9, 12)).astype(np.float32)
 
-def test_stepping_reproduces_teacher_forced_logits():
-    decoder = LSTMDecoder(vocab_size=20, embedding_dim=8, hidden_dim=16, dropout_rate=0.0)
-    tokens = np.random.default_rng(0).integers(1, 20, (3, 6)).astype(np.int32)
-    pooled = np.random.default_rng(1).normal(size=(3, 10)).astype(np.float32)
-    full = np.asarray(decoder(tokens, pooled))  # (3, 6, 20)
-    state = decoder.initial_state(pooled)
-    for t in range(tokens.shape[1]):
-        logits, state = decoder.step(tokens[:, t], state)
+
+def _decoder(**kwargs):
+    decoder = LSTMDecoder(vocab_size=20, embedding_dim=8, hidden_dim=16, dropout_rate=0.0, **kwargs)
+    decoder(TOKENS, POOLED, GRID)
+    return decoder
+
+
+@pytest.mark.parametrize("attention_dim", [None, 7])
+def test_stepping_reproduces_teacher_forced_logits(attention_dim):
+    decoder = _decoder(attention_dim=attention_dim)
+    full = np.asarray(decoder(TOKENS, POOLED, GRID))  # (3, 6, 20)
+    state, memory = decoder.initial_state(POOLED, GRID), decoder.memory(GRID)
+    for t in range(TOKENS.shape[1]):
+        logits, state, alpha = decoder.step(TOKENS[:, t], state, memory)
         np.testing.assert_allclose(np.asarray(logits), full[:, t], rtol=1e-4, atol=1e-5)
+        assert alpha.shape == ((3, 9) if attention_dim else (3, 0))
 
 
 def test_image_vector_changes_the_prediction():
-    decoder = LSTMDecoder(vocab_size=20, embedding_dim=8, hidden_dim=16)
-    tokens = np.ones((2, 3), np.int32)
-    pooled = np.random.default_rng(2).normal(size=(2, 10)).astype(np.float32)
-    logits = np.asarray(decoder(tokens, pooled))
+    decoder = _decoder()
+    pooled = RNG.normal(size=(2, 10)).astype(np.float32)
+    logits = np.asarray(decoder(np.ones((2, 3), np.int32), pooled))
     assert not np.allclose(logits[0], logits[1])
 
 
-def test_config_round_trip():
-    decoder = LSTMDecoder(vocab_size=20, embedding_dim=8, hidden_dim=16, dropout_rate=0.3)
+def test_attention_weights_are_a_distribution_over_pixels():
+    attention = SoftAttention(5)
+    context, alpha = attention(GRID, attention.project(GRID), RNG.normal(size=(3, 16)).astype(np.float32))
+    np.testing.assert_allclose(np.asarray(alpha).sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(context), np.einsum("bl,bld->bd", np.asarray(alpha), GRID), rtol=1e-4, atol=1e-5)
+
+
+def test_doubly_stochastic_penalty_only_in_training():
+    decoder = _decoder(attention_dim=7, attention_regularization=2.0)
+    decoder(TOKENS, POOLED, GRID, training=False)
+    assert not decoder.losses
+    decoder(TOKENS, POOLED, GRID, training=True)
+    (penalty,) = decoder.losses
+    assert float(penalty) > 0
+
+
+def test_state_from_the_grid_mean_ignores_the_pooled_vector():
+    decoder = _decoder(attention_dim=7, init_from="grid_mean")
+    h_a, _ = decoder.initial_state(POOLED, GRID)
+    h_b, _ = decoder.initial_state(POOLED * 5, GRID)
+    np.testing.assert_allclose(np.asarray(h_a), np.asarray(h_b))
+
+
+@pytest.mark.parametrize("attention_dim", [None, 7])
+def test_config_round_trip(attention_dim):
+    decoder = LSTMDecoder(vocab_size=20, embedding_dim=8, hidden_dim=16, dropout_rate=0.3, attention_dim=attention_dim)
     assert LSTMDecoder.from_config(decoder.get_config()).get_config() == decoder.get_config()
+    attention = SoftAttention(5)
+    assert SoftAttention.from_config(attention.get_config()).get_config() == attention.get_config()

@@ -66,11 +66,11 @@ def test_beam_width_one_equals_greedy(random_model):
     beam = CaptionGenerator(model, vocab, max_length=10, beam_size=1, length_penalty=0.0)(images)
     np.testing.assert_array_equal(greedy.tokens, beam.tokens)
     # The beam code path itself (k=1 through beam_search) gives the same tokens as greedy.
-    state = model.decoder.initial_state(model.encode(images)[1])
+    grid, pooled = model.encode(images)
+    state = model.decoder.initial_state(pooled, grid)
 
     def step(tokens, state):
-        logits, state = model.decoder.step(tokens, state)
-        return logits, state, tf.zeros([tf.shape(tokens)[0], 0])
+        return model.decoder.step(tokens, state)
 
     beam_tokens, _, _ = beam_search(step, state, vocab.start_id, vocab.end_id, 10, beam_size=1)
     np.testing.assert_array_equal(beam_tokens.numpy(), greedy.tokens)

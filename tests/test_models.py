@@ -16,8 +16,10 @@ def _batch(vocab_size=20, batch=4, captions=3, steps=6, size=32, seed=0):
     return {"images": images, "tokens": tokens}, targets
 
 
-def _model():
-    return build_caption_model(preset("tiny").model, vocab_size=20, image_size=32)
+def _model(decoder="show-tell"):
+    config = preset("tiny").model
+    config.decoder = decoder
+    return build_caption_model(config, vocab_size=20, image_size=32)
 
 
 def test_output_shape_and_one_encoding_per_image():
@@ -42,8 +44,9 @@ def test_loss_is_cross_entropy_averaged_over_real_tokens_only():
     assert loss == pytest.approx(expected, rel=1e-4)
 
 
-def test_gradients_reach_the_encoder():
-    model = _model()
+@pytest.mark.parametrize("decoder", ["show-tell", "attention"])
+def test_gradients_reach_the_encoder(decoder):
+    model = _model(decoder)
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0))
     inputs, targets = _batch()
     first_conv = model.encoder.cnn.layers[0].kernel
@@ -52,11 +55,19 @@ def test_gradients_reach_the_encoder():
     assert np.abs(first_conv.numpy() - before).max() > 0
 
 
-def test_save_and_load_give_identical_outputs(tmp_path):
-    model = _model()
+@pytest.mark.parametrize("decoder", ["show-tell", "attention"])
+def test_save_and_load_give_identical_outputs(tmp_path, decoder):
+    model = _model(decoder)
     inputs, _ = _batch()
     model.save(tmp_path / "model.keras")
     loaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
     assert isinstance(loaded, CaptionModel)
     np.testing.assert_array_equal(np.asarray(model(inputs)), np.asarray(loaded(inputs)))
     assert loaded.get_config() == model.get_config()
+
+
+def test_attention_penalty_is_part_of_the_training_loss():
+    model = _model("attention")
+    inputs, targets = _batch()
+    model(inputs, training=True)
+    assert len(model.losses) == 1 and float(model.losses[0]) > 0

@@ -1,0 +1,74 @@
+"""Pictures a user can look at: attention maps over an image, and training curves. PNG, written atomically.
+
+Uses matplotlib's object API (Figure + Agg canvas), so nothing touches pyplot's global state or a display.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
+
+from captioner.fileio import atomic_path
+
+
+def upsample(alpha: np.ndarray, grid_shape: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """Attention weights of one word (num_pixels,) as a (height, width) map, bilinear-upsampled to `size`."""
+    grid = alpha.reshape(grid_shape).astype(np.float32)  # (grid_h, grid_w)
+    resized = Image.fromarray(grid, mode="F").resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    return np.asarray(resized)  # (height, width)
+
+
+def _save(figure: Figure, path: str | Path) -> None:
+    FigureCanvasAgg(figure)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+
+
+def attention_figure(
+    image: np.ndarray, words: Sequence[str], alphas: np.ndarray, grid_shape: tuple[int, int], path: str | Path, columns: int = 6
+) -> None:
+    """The image, then one panel per generated word with its attention weights overlaid as a heat map.
+
+    Args:
+        image: (height, width, 3) uint8, the image as the model saw it.
+        words: the generated words, `<end>` included if generated.
+        alphas: (len(words), num_pixels) attention weights.
+        grid_shape: (grid_h, grid_w) of the encoder's feature grid.
+        path: PNG file to write.
+        columns: panels per row. Defaults to 6.
+    """
+    panels = 1 + len(words)
+    rows = math.ceil(panels / columns)
+    figure = Figure(figsize=(2.0 * min(panels, columns), 2.2 * rows))
+    size = image.shape[:2]
+    for index in range(panels):
+        ax = figure.add_subplot(rows, min(panels, columns), index + 1)
+        ax.imshow(image, interpolation="bilinear")
+        if index == 0:
+            ax.set_title("input", fontsize=10)
+        else:
+            heat = upsample(alphas[index - 1], grid_shape, size)
+            ax.imshow(heat, cmap="inferno", alpha=0.6, interpolation="bilinear", extent=(-0.5, size[1] - 0.5, size[0] - 0.5, -0.5))
+            ax.set_title(words[index - 1], fontsize=10)
+        ax.axis("off")
+    _save(figure, path)
+
+
+def history_figure(history: dict[str, list[float]], path: str | Path) -> None:
+    """Training and validation loss per epoch."""
+    figure = Figure(figsize=(5, 3.2))
+    ax = figure.add_subplot(1, 1, 1)
+    for key, label in (("loss", "training loss"), ("val_loss", "validation loss")):
+        if history.get(key):
+            ax.plot(range(1, len(history[key]) + 1), history[key], marker="o", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("cross-entropy per word")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(figure, path)
