@@ -51,7 +51,7 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation settings."""
 
-    epochs: int = 12  # upper bound; early stopping may end sooner
+    epochs: int = 20  # upper bound; early stopping may end sooner
     batch_size: int = 32  # images per step (each with captions_per_image captions)
     learning_rate: float = 2e-3  # Adam step size
     clip_norm: float = 5.0  # global gradient-norm clipping

@@ -28,6 +28,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as written:
             os.fsync(written.fileno())
+        # mkstemp makes the file private (0600); give it the mode the old file had, or an ordinary 0644.
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:

@@ -16,6 +16,7 @@ from captioner.errors import CaptionerError
 
 MAX_PIXELS = 40_000_000  # refuse larger images before decoding them (decompression bombs)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")  # Pillow decoders allowed; whatever the file is named
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -43,7 +44,7 @@ def open_image(path: str | Path) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(path, formats=FORMATS) as image:
                 width, height = image.size
                 if width * height > MAX_PIXELS:
                     raise CaptionerError(f"{path}: {width}x{height} pixels is more than the {MAX_PIXELS:,} allowed")
@@ -54,7 +55,7 @@ def open_image(path: str | Path) -> Image.Image:
     except CaptionerError:
         raise
     except UnidentifiedImageError:
-        raise CaptionerError(f"{path}: not an image Pillow can read") from None
+        raise CaptionerError(f"{path}: not a JPEG, PNG, WebP, GIF or BMP image") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise CaptionerError(f"{path}: cannot decode image ({exc})") from None
 

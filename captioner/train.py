@@ -23,7 +23,7 @@ from captioner.models import build_caption_model
 from captioner.preprocessing import caption_dataset
 from captioner.run import HISTORY_FILE, MODEL_FILE, VOCAB_FILE, save_config, save_model, update_metrics
 from captioner.viz import history_figure
-from captioner.vocab import Vocabulary
+from captioner.vocab import Vocabulary, tokenize
 
 
 class BestCheckpoint(keras.callbacks.Callback):
@@ -107,7 +107,10 @@ def train(config: RunConfig, run_dir: str | Path, verbose: int | str = "auto") -
 
     vocab = Vocabulary.build((c for r in train_records for c in r.captions), min_count=data.min_word_count)
     image_size = default_image_size(config.model.encoder, data.image_size)
-    config = replace(config, data=replace(data, image_size=image_size, data_dir=str(Path(data.data_dir).resolve())))
+    # Pad to the longest training caption, not further: padded steps cost time (the attention loop unrolls them).
+    longest = max(len(tokenize(c)) for r in train_records for c in r.captions)
+    data = replace(data, image_size=image_size, data_dir=str(Path(data.data_dir).resolve()), max_caption_length=min(data.max_caption_length, longest))
+    config = replace(config, data=data)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     vocab.save(run_dir / VOCAB_FILE)

@@ -41,7 +41,7 @@ def test_bad_images_are_reported_and_the_rest_still_captioned(overfit_run, tiny_
     captured = capsys.readouterr()
     results = json.loads(captured.out)
     assert [("caption" in r) for r in results] == [True, False, False, True]
-    assert "missing.jpg: no such file" in captured.err and "fake.png: not an image" in captured.err
+    assert "missing.jpg: no such file" in captured.err and "fake.png: not a JPEG, PNG" in captured.err
     _one_line_error(captured)
 
 

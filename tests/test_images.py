@@ -36,6 +36,26 @@ def test_missing_and_non_image_files_raise_one_line_errors(tmp_path):
     with pytest.raises(CaptionerError, match="no such file"):
         load_image(tmp_path / "missing.png", 8)
     (tmp_path / "notes.png").write_text("not an image")
-    with pytest.raises(CaptionerError, match="not an image") as info:
+    with pytest.raises(CaptionerError, match="not a JPEG, PNG") as info:
         load_image(tmp_path / "notes.png", 8)
     assert "\n" not in str(info.value)
+
+
+def test_only_image_formats_a_captioner_needs_are_opened(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "disguised.png", format="TIFF")
+    with pytest.raises(CaptionerError, match="not a JPEG, PNG"):
+        load_image(tmp_path / "disguised.png", 8)
+
+
+def test_truncated_files_are_an_error(tmp_path):
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(tmp_path / "full.jpg", quality=90)
+    data = (tmp_path / "full.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CaptionerError, match="cannot decode"):
+        load_image(tmp_path / "cut.jpg", 8)
+
+
+def test_animated_images_use_the_first_frame(tmp_path):
+    frames = [Image.new("RGB", (8, 8), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    assert load_image(tmp_path / "anim.gif", 8)[0, 0, 0] > 200
