@@ -170,16 +170,16 @@ def run_caption(args: argparse.Namespace) -> int:
     beam_size = args.beam_size or run.config.decode.beam_size
     generator = CaptionGenerator(run.model, run.vocab, run.config.decode.max_length, beam_size=beam_size)
     size = run.model.encoder.image_size
-    results: list[dict] = []
-    good: list[tuple[int, np.ndarray]] = []
-    for path in paths:
-        try:
-            good.append((len(results), load_image(path, size)))
-            results.append({"image": path})
-        except CaptionerError as exc:
-            results.append({"image": path, "error": str(exc)})
-    for start in range(0, len(good), args.batch_size):
-        chunk = good[start : start + args.batch_size]
+    results: list[dict] = [{"image": path} for path in paths]
+    for start in range(0, len(paths), args.batch_size):  # one batch of decoded images in memory at a time
+        chunk: list[tuple[int, np.ndarray]] = []
+        for index in range(start, min(start + args.batch_size, len(paths))):
+            try:
+                chunk.append((index, load_image(paths[index], size)))
+            except CaptionerError as exc:
+                results[index]["error"] = str(exc)
+        if not chunk:
+            continue
         generated = generator(np.stack([image for _, image in chunk]))
         for row, ((index, image), caption, score) in enumerate(zip(chunk, generated.captions, generated.scores)):
             results[index].update(caption=caption, score=float(score))

@@ -26,11 +26,18 @@ def generate_captions(generator: CaptionGenerator, paths: Sequence[str], batch_s
 
 
 def score(records: Sequence[CaptionRecord], captions: Sequence[str]) -> dict[str, Any]:
-    """BLEU-1..4, distinct-caption share, and BLEU per number of objects where records say it."""
+    """BLEU-1..4, distinct-caption share, the oracle (reference #0 against the others), and BLEU per number
+    of objects where the records say it."""
     references = [[tokenize(c) for c in r.captions] for r in records]
     hypotheses = [tokenize(c) for c in captions]
-    result: dict[str, Any] = {**bleu_scores(references, hypotheses), "distinct_captions": distinct_share(captions),
-                              "mean_length": mean_caption_length(captions), "images": len(records)}
+    result: dict[str, Any] = {
+        **bleu_scores(references, hypotheses),
+        "distinct_captions": distinct_share(captions),
+        "mean_length": mean_caption_length(captions),
+        "images": len(records),
+    }
+    if any(len(refs) > 1 for refs in references):  # needs a second reference to score the first against
+        result["oracle"] = oracle_bleu(references)
     counts = [r.meta.get("num_objects") for r in records]
     if all(c is not None for c in counts):
         groups: dict[str, list[int]] = {}
@@ -76,7 +83,6 @@ def evaluate(
         split=split,
         beam_size=beam_size,
         seconds=seconds,
-        oracle=oracle_bleu([[tokenize(c) for c in r.captions] for r in records]),
         tokenization="captioner.vocab.tokenize: lower-case, punctuation dropped, alphanumeric words",
     )
     if out is not None:

@@ -7,6 +7,7 @@ this code reads, and loads the model with `safe_mode=True` (no arbitrary code fr
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,39 @@ def load_config(run_dir: str | Path) -> RunConfig:
         raise CaptionerError(f"{path} does not match this captioner version ({exc}); retrain the run") from None
 
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+ZIP_SIGNATURE = b"PK\x03\x04"
+
+
+def check_model_file(path: Path) -> None:
+    """Refuse, before Keras reads it, a model file that is not a plain `.keras` archive of known layers.
+
+    HDF5 (.h5) models are refused outright (`safe_mode` does not cover them), and so is any model whose
+    config names a `Lambda` layer (arbitrary Python code); captioner models never contain one.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if head.startswith(HDF5_SIGNATURE):
+        raise CaptionerError(f"{path} is an HDF5 (.h5) model; captioner loads only the .keras format, which it can check")
+    if not head.startswith(ZIP_SIGNATURE):
+        raise CaptionerError(f"{path} is not a .keras archive (damaged or another format)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError, UnicodeDecodeError) as exc:
+        raise CaptionerError(f"{path} is a damaged .keras archive ({exc.__class__.__name__})") from None
+    if _names_class(config, "Lambda"):
+        raise CaptionerError(f"{path} contains a Lambda layer (arbitrary Python code); refusing to load it")
+
+
+def _names_class(node: Any, class_name: str) -> bool:
+    if isinstance(node, dict):
+        return node.get("class_name") == class_name or any(_names_class(v, class_name) for v in node.values())
+    if isinstance(node, list):
+        return any(_names_class(v, class_name) for v in node)
+    return False
+
+
 def load_run(run_dir: str | Path, task: str = "caption") -> Run:
     """Load a finished (or checkpointed) run directory; every problem is a one-line CaptionerError."""
     path = Path(run_dir)
@@ -93,6 +127,7 @@ def load_run(run_dir: str | Path, task: str = "caption") -> Run:
     if config.task != task:
         raise CaptionerError(f"{path} is a {config.task} run, not a {task} run")
     vocab = Vocabulary.load(path / VOCAB_FILE)
+    check_model_file(path / MODEL_FILE)
     try:
         model = keras.saving.load_model(path / MODEL_FILE, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types for damaged or foreign files
