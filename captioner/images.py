@@ -41,6 +41,8 @@ def open_image(path: str | Path) -> Image.Image:
         raise CaptionerError(f"{path}: no such file")
     if path.is_dir():
         raise CaptionerError(f"{path}: is a directory, not an image")
+    if path.stat().st_size == 0:
+        raise CaptionerError(f"{path}: is empty (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -56,7 +58,9 @@ def open_image(path: str | Path) -> Image.Image:
         raise
     except UnidentifiedImageError:
         raise CaptionerError(f"{path}: not a JPEG, PNG, WebP, GIF or BMP image") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise CaptionerError(f"{path}: declares more than the {MAX_PIXELS:,} pixels allowed (decompression bomb?)") from None
+    except (OSError, ValueError, SyntaxError) as exc:
         raise CaptionerError(f"{path}: cannot decode image ({exc})") from None
 
 

@@ -6,6 +6,7 @@ this code reads, and loads the model with `safe_mode=True` (no arbitrary code fr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 from dataclasses import dataclass
@@ -22,8 +23,9 @@ from captioner.models import CaptionModel
 from captioner.vocab import Vocabulary
 
 MODEL_FILE, VOCAB_FILE, CONFIG_FILE = "model.keras", "vocab.json", "config.json"
-HISTORY_FILE, METRICS_FILE = "history.json", "metrics.json"
-REQUIRED_FILES = (MODEL_FILE, VOCAB_FILE, CONFIG_FILE)
+HISTORY_FILE, METRICS_FILE, MANIFEST_FILE = "history.json", "metrics.json", "manifest.json"
+REQUIRED_FILES = (MODEL_FILE, VOCAB_FILE, CONFIG_FILE, MANIFEST_FILE)
+CHECKED_FILES = (MODEL_FILE, VOCAB_FILE, CONFIG_FILE)  # what the manifest vouches for
 
 
 @dataclass
@@ -36,9 +38,44 @@ class Run:
     model: CaptionModel
 
 
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(run_dir: Path, also_accept: dict[str, str] | None = None) -> None:
+    """manifest.json: the SHA-256 of every file a load reads, and the versions that wrote them.
+
+    `also_accept` adds a second accepted hash for a file about to be replaced, so that a kill between
+    the manifest write and the replacement leaves a run that still loads (old file, old hash listed).
+    """
+    files = {name: [sha256(run_dir / name)] for name in CHECKED_FILES if (run_dir / name).exists()}
+    for name, digest in (also_accept or {}).items():
+        files.setdefault(name, []).append(digest)
+    write_json(run_dir / MANIFEST_FILE, {"captioner_version": __version__, "format_version": FORMAT_VERSION, "sha256": files})
+
+
 def save_model(model: keras.Model, path: str | Path) -> None:
+    """Save atomically and keep manifest.json true at every instant (see `write_manifest`)."""
+    path = Path(path)
     with atomic_path(path) as tmp:
         model.save(tmp)
+        write_manifest(path.parent, also_accept={path.name: sha256(tmp)})
+    write_manifest(path.parent)
+
+
+def verify_manifest(run_dir: Path) -> None:
+    manifest = read_json(run_dir / MANIFEST_FILE)
+    try:
+        accepted = {name: set(manifest["sha256"][name]) for name in CHECKED_FILES}
+    except (KeyError, TypeError):
+        raise CaptionerError(f"{run_dir / MANIFEST_FILE} is malformed; the run directory is damaged") from None
+    for name in CHECKED_FILES:
+        if sha256(run_dir / name) not in accepted[name]:
+            raise CaptionerError(f"{run_dir / name} does not match manifest.json: it changed or was damaged after training")
 
 
 def save_config(config: RunConfig, run_dir: str | Path) -> None:
@@ -123,11 +160,13 @@ def load_run(run_dir: str | Path, task: str = "caption") -> Run:
     missing = [name for name in REQUIRED_FILES if not (path / name).exists()]
     if missing:
         raise CaptionerError(f"run directory {path} is missing {', '.join(missing)}; it is incomplete or not a run directory")
+    # Most specific complaint first: a foreign model file, then an old layout, then any changed byte.
+    check_model_file(path / MODEL_FILE)
     config = load_config(path)
+    verify_manifest(path)
     if config.task != task:
         raise CaptionerError(f"{path} is a {config.task} run, not a {task} run")
     vocab = Vocabulary.load(path / VOCAB_FILE)
-    check_model_file(path / MODEL_FILE)
     try:
         model = keras.saving.load_model(path / MODEL_FILE, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types for damaged or foreign files

@@ -21,7 +21,7 @@ from captioner.errors import CaptionerError
 from captioner.fileio import write_json
 from captioner.models import build_caption_model
 from captioner.preprocessing import caption_dataset
-from captioner.run import HISTORY_FILE, MODEL_FILE, VOCAB_FILE, save_config, save_model, update_metrics
+from captioner.run import HISTORY_FILE, MODEL_FILE, VOCAB_FILE, save_config, save_model, update_metrics, write_manifest
 from captioner.viz import history_figure
 from captioner.vocab import Vocabulary, tokenize
 
@@ -136,6 +136,7 @@ def train(config: RunConfig, run_dir: str | Path, verbose: int | str = "auto") -
     elapsed = time.perf_counter() - started
     if checkpoint.best_epoch < 0:  # validation loss was never finite: keep the last weights all the same
         save_model(model, run_dir / MODEL_FILE)
+    write_manifest(run_dir)
     history_figure(log.history, run_dir / "history.png")
     return update_metrics(
         run_dir,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from captioner.cli import expand_image_arguments, main
+from hostile import write_hostile_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -173,3 +174,20 @@ def test_data_command_writes_the_dataset(tmp_path, capsys):
     assert main(["data", "shapes", "--out", str(tmp_path / "d"), "--train", "4", "--val", "2", "--test", "2", "--image-size", "32"]) == 0
     assert len(list((tmp_path / "d" / "images").glob("*.png"))) == 8
     assert "wrote shapes" in capsys.readouterr().out
+
+
+def test_hostile_folder_in_one_call(overfit_run, tmp_path):
+    """Every good file is captioned, every bad one gets one line, the exit code says some failed."""
+    expected = write_hostile_folder(tmp_path / "hostile")
+    command = [sys.executable, "-m", "captioner.cli", "caption", "--run", str(overfit_run), "--json", str(tmp_path / "hostile")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    results = {Path(r["image"]).name: r for r in json.loads(done.stdout)}
+    assert set(results) == set(expected)
+    for name, good in expected.items():
+        assert ("caption" in results[name]) == good, (name, results[name])
+    error_lines = [line for line in done.stderr.splitlines() if line.startswith("captioner: error:")]
+    assert len(error_lines) == sum(not good for good in expected.values())
+    assert "Traceback" not in done.stderr
+    assert "pixels allowed" in results["huge_30000x30000.png"]["error"]
+    assert "0 bytes" in results["empty.jpg"]["error"]

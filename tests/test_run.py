@@ -39,13 +39,47 @@ def test_lambda_layer_is_refused(overfit_run, tmp_path):
         load_run(run)
 
 
-def test_flipped_byte_is_refused(overfit_run, tmp_path):
-    run = _copy(overfit_run, tmp_path, "flipped")
-    data = bytearray((run / "model.keras").read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    (run / "model.keras").write_bytes(bytes(data))
-    with pytest.raises(CaptionerError):
+def _flip_middle_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _swap_two_words(path):
+    payload = json.loads(path.read_text())
+    payload["words"][4], payload["words"][5] = payload["words"][5], payload["words"][4]
+    path.write_text(json.dumps(payload))
+
+
+def _change_a_setting(path):
+    payload = json.loads(path.read_text())
+    payload["model"]["hidden_dim"] += 1
+    path.write_text(json.dumps(payload))
+
+
+@pytest.mark.parametrize(
+    "name,change", [("model.keras", _flip_middle_byte), ("vocab.json", _swap_two_words), ("config.json", _change_a_setting)]
+)
+def test_a_changed_file_is_refused_by_the_manifest(overfit_run, tmp_path, name, change):
+    run = _copy(overfit_run, tmp_path, "changed")
+    change(run / name)
+    with pytest.raises(CaptionerError, match=f"{name} does not match manifest.json"):
         load_run(run)
+
+
+def test_manifest_lists_every_loaded_file(overfit_run):
+    manifest = json.loads((overfit_run / "manifest.json").read_text())
+    assert set(manifest["sha256"]) == {"model.keras", "vocab.json", "config.json"}
+    assert all(len(hashes) == 1 for hashes in manifest["sha256"].values())
+
+
+def test_a_kill_during_a_model_save_leaves_a_loadable_run(overfit_run, tmp_path):
+    """The moment between the manifest write and the rename: old model, both hashes accepted."""
+    from captioner.run import sha256, write_manifest
+
+    run = _copy(overfit_run, tmp_path, "killed")
+    write_manifest(run, also_accept={"model.keras": "0" * 64})  # state right before os.replace of a new model
+    assert load_run(run).model is not None
 
 
 def test_duplicate_vocabulary_is_refused(overfit_run, tmp_path):
@@ -53,6 +87,9 @@ def test_duplicate_vocabulary_is_refused(overfit_run, tmp_path):
     payload = json.loads((run / "vocab.json").read_text())
     payload["words"].append(payload["words"][5])
     (run / "vocab.json").write_text(json.dumps(payload))
+    from captioner.run import write_manifest
+
+    write_manifest(run)  # a vocabulary that is consistent with the manifest but invalid in itself
     with pytest.raises(CaptionerError, match="duplicate"):
         load_run(run)
 
