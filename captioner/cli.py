@@ -89,6 +89,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--max-train-images", type=_positive_int, default=None, help="train on the first N images only")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="any other setting, e.g. model.hidden_dim=512")
+    parser.add_argument("--restart", action="store_true", help="discard an existing run directory's training and start over")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -122,8 +123,12 @@ def run_train(args: argparse.Namespace) -> int:
         apply_overrides(config, overrides)
     except ValueError as exc:
         raise CaptionerError(str(exc)) from None
-    metrics = train(config, args.run, verbose=0 if args.quiet else "auto")
+    metrics = train(config, args.run, verbose=0 if args.quiet else "auto", restart=args.restart)
     stats = metrics["train"]
+    if metrics.get("already_finished"):
+        print(f"run {args.run} is finished ({stats['epochs_run']} epochs, best val loss {stats['best_val_loss']:.4f}); "
+              f"pass --restart to train it again")
+        return EXIT_OK
     print(
         f"trained {stats['epochs_run']} epochs in {stats['seconds']:.0f}s "
         f"({stats['images_per_second']:.0f} images/s, {stats['captions_per_second']:.0f} captions/s, "

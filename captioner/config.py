@@ -61,6 +61,7 @@ class TrainConfig:
     val_split: str = "val"  # split used for validation loss and best-checkpoint selection
     max_train_images: int | None = None  # use only the first N training images (quick runs, tests)
     max_val_images: int | None = None  # likewise for validation
+    backup_every_steps: int = 100  # mid-epoch backup of weights and optimizer state, for resuming after a kill
 
 
 @dataclass

@@ -30,7 +30,7 @@ def bleu_scores(references: Sequence[Sequence[Sequence[str]]], hypotheses: Seque
         raise ValueError("no captions to score")
     with warnings.catch_warnings():
         # nltk warns when an n-gram order has no match; BLEU-n is then 0, which is the answer we want.
-        warnings.filterwarnings("ignore", message=".*0 counts of", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r"\s*The hypothesis contains 0 counts", category=UserWarning)
         scores = corpus_bleu([list(map(list, refs)) for refs in references], [list(h) for h in hypotheses], weights=BLEU_WEIGHTS)
     return {f"bleu{n}": float(s) for n, s in enumerate(scores, start=1)}
 

@@ -79,18 +79,22 @@ class CaptionModel(keras.Model):
 
 def build_caption_model(model_config, vocab_size: int, image_size: int) -> CaptionModel:
     """A built CaptionModel from a ModelConfig (captioner.config)."""
+    attention = model_config.decoder == "attention"
+    init_from = model_config.init_from or ("grid_mean" if attention else "pooled")
+    # A decoder that starts from the grid mean never reads the pooled vector: skip the flatten projection
+    # (2M unused weights that would get no gradient).
+    pooling = model_config.encoder_pooling or ("avg" if init_from == "grid_mean" else None)
     encoder = ImageEncoder(
         encoder=model_config.encoder,
         image_size=image_size,
         filters=model_config.encoder_filters,
         feature_dim=model_config.feature_dim,
-        pooling=model_config.encoder_pooling,
+        pooling=pooling,
         weights=model_config.encoder_weights,
         encoder_trainable=model_config.encoder_trainable,
         norm=model_config.encoder_norm,
         name="image_encoder",
     )
-    attention = model_config.decoder == "attention"
     decoder = LSTMDecoder(
         vocab_size=vocab_size,
         embedding_dim=model_config.embedding_dim,
@@ -98,7 +102,7 @@ def build_caption_model(model_config, vocab_size: int, image_size: int) -> Capti
         dropout_rate=model_config.dropout_rate,
         attention_dim=model_config.attention_dim if attention else None,
         attention_regularization=model_config.attention_regularization,
-        init_from=model_config.init_from or ("grid_mean" if attention else "pooled"),
+        init_from=init_from,
         name="decoder",
     )
     model = CaptionModel(encoder, decoder, name="caption_model")
