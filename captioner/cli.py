@@ -161,7 +161,7 @@ def run_caption(args: argparse.Namespace) -> int:
 
     from captioner.decoding import CaptionGenerator
     from captioner.errors import CaptionerError
-    from captioner.images import load_image
+    from captioner.images import read_image
     from captioner.run import load_run
 
     run = load_run(args.run)
@@ -180,7 +180,9 @@ def run_caption(args: argparse.Namespace) -> int:
         chunk: list[tuple[int, np.ndarray]] = []
         for index in range(start, min(start + args.batch_size, len(paths))):
             try:
-                chunk.append((index, load_image(paths[index], size)))
+                image, (width, height) = read_image(paths[index], size)
+                chunk.append((index, image))
+                results[index].update(width=width, height=height)  # upright: EXIF orientation applied
             except CaptionerError as exc:
                 results[index]["error"] = str(exc)
         if not chunk:

@@ -58,3 +58,14 @@ def _fsync_dir(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete temporary files `atomic_path` left in `directory` when a process was killed mid-write.
+
+    Call it only where no other writer can be at work in that directory (e.g. when training starts).
+    """
+    stale = [p for p in Path(directory).glob(".*.tmp*") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale

@@ -64,13 +64,19 @@ def open_image(path: str | Path) -> Image.Image:
         raise CaptionerError(f"{path}: cannot decode image ({exc})") from None
 
 
-def load_image(path: str | Path, size: int) -> np.ndarray:
-    """Read `path` and resize it to `size` x `size`.
+def read_image(path: str | Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Read `path`, resized to `size` x `size`, and its upright (width, height) before resizing.
 
     Returns:
-        np.ndarray: uint8, shape (size, size, 3).
+        np.ndarray: uint8, shape (size, size, 3); and (width, height) after EXIF orientation.
     """
     image = open_image(path)
+    upright = image.size
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.uint8)  # (size, size, 3)
+    return np.asarray(image, dtype=np.uint8), upright  # (size, size, 3)
+
+
+def load_image(path: str | Path, size: int) -> np.ndarray:
+    """`read_image` without the size: uint8 (size, size, 3)."""
+    return read_image(path, size)[0]

@@ -19,7 +19,7 @@ from captioner.config import RunConfig
 from captioner.datasets import CaptionRecord, load_split
 from captioner.encoder import default_image_size
 from captioner.errors import CaptionerError
-from captioner.fileio import write_json
+from captioner.fileio import remove_stale_temporaries, write_json
 from captioner.models import build_caption_model
 from captioner.preprocessing import caption_dataset
 from captioner.run import (
@@ -155,6 +155,8 @@ def train(config: RunConfig, run_dir: str | Path, verbose: int | str = "auto", r
     previous = read_json(run_dir / METRICS_FILE, {}) if (run_dir / CONFIG_FILE).exists() else None
     if previous is not None and previous.get("status") == "finished" and not restart:
         return {**previous, "already_finished": True}
+    if run_dir.is_dir():
+        remove_stale_temporaries(run_dir)  # left by a kill during an atomic write; this process is the only writer
     if restart:
         _clear_run(run_dir)
     resuming = previous is not None and not restart

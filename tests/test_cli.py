@@ -190,4 +190,6 @@ def test_hostile_folder_in_one_call(overfit_run, tmp_path):
     assert len(error_lines) == sum(not good for good in expected.values())
     assert "Traceback" not in done.stderr
     assert "pixels allowed" in results["huge_30000x30000.png"]["error"]
+    assert (results["rgba.png"]["width"], results["rgba.png"]["height"]) == (64, 48)
+    assert (results["exif_rotated.jpg"]["width"], results["exif_rotated.jpg"]["height"]) == (48, 64)  # swapped
     assert "0 bytes" in results["empty.jpg"]["error"]

@@ -50,6 +50,7 @@ def test_kill_minus_nine_then_resume(tiny_data, tmp_path):
     # Resumed from the backup's iteration count: at most one partial epoch is repeated.
     assert planned <= metrics["optimizer_iterations"] <= planned + STEPS_PER_EPOCH
     assert not (run / "backup").exists()
+    assert not list(run.glob(".*.tmp*"))  # temporaries of writes the kill interrupted are cleaned up
 
     uninterrupted = tmp_path / "uninterrupted"
     assert subprocess.run(_command(tiny_data, uninterrupted), capture_output=True, timeout=600).returncode == 0

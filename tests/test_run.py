@@ -97,3 +97,25 @@ def test_duplicate_vocabulary_is_refused(overfit_run, tmp_path):
 def test_a_run_of_another_task_is_refused(overfit_run):
     with pytest.raises(CaptionerError, match="caption run, not a vqa run"):
         load_run(overfit_run, task="vqa")
+
+
+def test_kill_minus_nine_during_model_saves_leaves_a_loadable_run(overfit_run, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    run = _copy(overfit_run, tmp_path, "saving")
+    code = (
+        "from captioner.run import load_run, save_model\n"
+        f"run = load_run({str(run)!r})\n"
+        "print('ready', flush=True)\n"
+        "while True:\n"
+        "    save_model(run.model, run.path / 'model.keras')\n"
+    )
+    for delay in (0.03, 0.17, 0.41):  # different moments of a save
+        child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert child.stdout.readline().strip() == b"ready"
+        time.sleep(delay)
+        child.kill()
+        child.wait()
+        assert load_run(run).model is not None
