@@ -1,4 +1,5 @@
-"""`captioner data | train | caption | evaluate | plot-history`: the only module that reads argv or prints.
+"""`captioner data | train | train-vqa | caption | ask | evaluate | plot-history`: the only module that reads
+argv or prints.
 
 Errors the user can fix print one line (`captioner: error: ...`) and exit 2; `caption` exits 1 when some
 images failed and the rest were captioned.
@@ -47,8 +48,22 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     data.add_argument("--image-size", type=_positive_int, default=64, help="image side in pixels (default 64)")
 
+    features = commands.add_parser("features", help="run a frozen CNN once per image and cache its grid features")
+    features.add_argument("--dataset", required=True, choices=["shapes", "flickr8k", "karpathy", "coco"])
+    features.add_argument("--data-dir", required=True, help="dataset folder")
+    features.add_argument("--encoder", required=True, help="a keras.applications backbone, e.g. mobilenet_v2")
+    features.add_argument("--encoder-weights", default="imagenet", help="imagenet (default), none or a weights file")
+    features.add_argument("--splits", default="train,val,test", help="comma-separated splits (default train,val,test)")
+    features.add_argument("--cache-dir", default=None, help="cache folder (default DATA_DIR/features, as train uses)")
+    features.add_argument("--batch-size", type=_positive_int, default=32, help="images per CNN batch (default 32)")
+    features.add_argument("--seed", type=int, default=0, help="with --encoder-weights none: the seed train will use (default 0)")
+    features.add_argument("--verbose", action="store_true", help="list every skipped entry")
+
     train = commands.add_parser("train", help="train a captioner and write a run directory")
     add_train_arguments(train)
+
+    train_vqa = commands.add_parser("train-vqa", help="train a VQA model (question answering) and write a run directory")
+    add_train_vqa_arguments(train_vqa)
 
     caption = commands.add_parser("caption", help="caption image files, folders or globs")
     caption.add_argument("--run", required=True, help="run directory written by `captioner train`")
@@ -58,26 +73,48 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--json", action="store_true", help="print JSON instead of text")
     caption.add_argument("--attention", default=None, metavar="PNG", help="write the attention map of each word (attention runs)")
 
+    ask = commands.add_parser("ask", help="answer questions about an image with a VQA run")
+    ask.add_argument("--run", required=True, help="run directory written by `captioner train-vqa`")
+    ask.add_argument("image", help="image file")
+    ask.add_argument("questions", nargs="+", metavar="QUESTION", help="one or more questions (quote each)")
+    ask.add_argument("--top", type=_positive_int, default=5, help="answers listed with their probabilities (default 5)")
+    ask.add_argument("--json", action="store_true", help="print JSON instead of text")
+
     plot = commands.add_parser("plot-history", help="draw training and validation loss per epoch")
     plot.add_argument("--run", required=True, help="run directory")
     plot.add_argument("--out", default=None, help="PNG to write (default RUN/history.png)")
 
-    evaluate = commands.add_parser("evaluate", help="caption a split and print corpus BLEU-1..4")
+    evaluate = commands.add_parser("evaluate", help="score a run on a split: BLEU-1..4 (caption runs) or VQA accuracy (VQA runs)")
     evaluate.add_argument("--run", required=True, help="run directory")
     evaluate.add_argument("--split", default="test", help="split to score (default test)")
     evaluate.add_argument("--data-dir", default=None, help="dataset folder (default: the one the run was trained on)")
-    evaluate.add_argument("--beam-size", type=_positive_int, default=None, help="beam width (default: the run's, 1 = greedy)")
+    evaluate.add_argument("--beam-size", type=_positive_int, default=None, help="caption runs: beam width (default: the run's, 1 = greedy)")
     evaluate.add_argument("--batch-size", type=_positive_int, default=256, help="images per batch (default 256)")
     evaluate.add_argument("--max-images", type=_positive_int, default=None, help="score only the first N images")
-    evaluate.add_argument("--out", default=None, help="save the generated captions to this JSON file")
+    evaluate.add_argument("--out", default=None, help="save the generated captions (or answers) to this JSON file")
+    evaluate.add_argument("--meteor", action="store_true", help="caption runs: also METEOR (pycocoevalcap + Java; slower)")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    score = commands.add_parser("score", help="score captions from files (no model): BLEU with nltk, COCO metrics with pycocoevalcap")
+    source = score.add_mutually_exclusive_group(required=True)
+    source.add_argument("--hypotheses", help="generated captions: {image: caption} JSON, or the file `evaluate --out` writes")
+    source.add_argument("--human", action="store_true", help="score reference #0 of every image against its other references")
+    score.add_argument("--references", help="{image: [captions]} JSON (default: the references in --hypotheses, or --dataset)")
+    score.add_argument("--dataset", choices=["shapes", "flickr8k", "karpathy", "coco"], help="take the references from a dataset split")
+    score.add_argument("--data-dir", help="folder of --dataset")
+    score.add_argument("--split", default="test", help="split of --dataset (default test)")
+    score.add_argument("--images", help="score only the image names listed in this file, one a line")
+    score.add_argument("--tokenization", choices=["words", "whitespace"], default="words",
+                       help="words: lower-case alphanumeric words (default, as evaluate); whitespace: lower-case, ' .' removed, split on spaces")
+    score.add_argument("--no-meteor", action="store_true", help="skip METEOR (it starts a Java program)")
+    score.add_argument("--json", action="store_true", help="print the scores as JSON")
     return parser
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `captioner train`, shared with scripts/train.py."""
     parser.add_argument("--run", required=True, help="output run directory")
-    parser.add_argument("--preset", default="shapes", help="starting configuration: shapes (default) or tiny")
+    parser.add_argument("--preset", default="shapes", help="starting configuration: shapes (default), flickr8k or tiny")
     parser.add_argument("--data-dir", default=None, help="dataset folder (default data/shapes)")
     parser.add_argument("--dataset", default=None, help="dataset loader (default shapes)")
     parser.add_argument("--decoder", default=None, choices=["show-tell", "attention"], help="show-tell (default) or attention (Show-Attend-Tell)")
@@ -89,6 +126,31 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--max-train-images", type=_positive_int, default=None, help="train on the first N images only")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="any other setting, e.g. model.hidden_dim=512")
+    parser.add_argument("--fine-tune-encoder", action="store_true", help="train a pretrained backbone too (no feature cache; slow on a CPU)")
+    parser.add_argument("--cache-dir", default=None, help="feature cache of a frozen backbone (default DATA_DIR/features)")
+    parser.add_argument("--restart", action="store_true", help="discard an existing run directory's training and start over")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_train_vqa_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `captioner train-vqa`."""
+    parser.add_argument("--run", required=True, help="output run directory")
+    parser.add_argument("--preset", default=None, help="starting configuration: shapes-vqa (default), easy-vqa (with --dataset easy-vqa) or tiny")
+    parser.add_argument("--dataset", default=None, choices=["shapes", "easy-vqa", "vqa"], help="shapes (default), easy-vqa (the PyPI package) or vqa (VQA v2 JSON)")
+    parser.add_argument("--data-dir", default=None, help="dataset folder (default data/shapes; not used by easy-vqa)")
+    parser.add_argument("--encoder-from", default=None, metavar="RUN", help="start from this captioning run's trained encoder (frozen)")
+    parser.add_argument("--fine-tune-encoder", action="store_true", help="train the encoder taken with --encoder-from")
+    parser.add_argument("--fusion", default=None, choices=["multiply", "concat"], help="how image and question meet (default multiply)")
+    parser.add_argument("--attention", action="store_true", help="the question attends over the image grid")
+    parser.add_argument("--question-only", action="store_true", help="zero the image features: a blind model, for ablations")
+    parser.add_argument("--encoder", default=None, help="small_cnn or a keras.applications name (without --encoder-from)")
+    parser.add_argument("--encoder-weights", default=None, help="none, imagenet or a weights file (backbones)")
+    parser.add_argument("--epochs", type=_positive_int, default=None)
+    parser.add_argument("--batch-size", type=_positive_int, default=None, help="images per step")
+    parser.add_argument("--learning-rate", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--max-train-images", type=_positive_int, default=None, help="train on the questions of the first N images only")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="any other setting, e.g. vqa.num_answers=500")
     parser.add_argument("--restart", action="store_true", help="discard an existing run directory's training and start over")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -104,38 +166,89 @@ _TRAIN_FLAGS = {
     "learning_rate": "train.learning_rate",
     "seed": "train.seed",
     "max_train_images": "train.max_train_images",
+    "cache_dir": "data.feature_cache_dir",
 }
 
 
-def run_train(args: argparse.Namespace) -> int:
+_TRAIN_VQA_FLAGS = {
+    "data_dir": "data.data_dir",
+    "dataset": "data.dataset",
+    "encoder": "model.encoder",
+    "encoder_weights": "model.encoder_weights",
+    "encoder_from": "vqa.encoder_from",
+    "fusion": "vqa.fusion",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "learning_rate": "train.learning_rate",
+    "seed": "train.seed",
+    "max_train_images": "train.max_train_images",
+}
+
+
+def _configure(args: argparse.Namespace, preset_name: str, flags: dict[str, str], fixed: dict[str, str]):
+    """A preset with the command line's flags, then its --set values, applied as typed overrides."""
     from captioner.config import apply_overrides, preset
     from captioner.errors import CaptionerError
-    from captioner.train import train
 
     try:
-        config = preset(args.preset)
-        overrides = {key: str(getattr(args, flag)) for flag, key in _TRAIN_FLAGS.items() if getattr(args, flag) is not None}
+        config = preset(preset_name)
+        overrides = {key: str(getattr(args, flag)) for flag, key in flags.items() if getattr(args, flag) is not None}
+        overrides.update(fixed)
         for item in args.set:
             key, sep, value = item.partition("=")
             if not sep:
                 raise CaptionerError(f"--set expects SECTION.FIELD=VALUE, got '{item}'")
             overrides[key.strip()] = value.strip()
-        apply_overrides(config, overrides)
+        return apply_overrides(config, overrides)
     except ValueError as exc:
         raise CaptionerError(str(exc)) from None
-    metrics = train(config, args.run, verbose=0 if args.quiet else "auto", restart=args.restart)
+
+
+def _report_training(metrics: dict, run: str, item_name: str) -> int:
     stats = metrics["train"]
     if metrics.get("already_finished"):
-        print(f"run {args.run} is finished ({stats['epochs_run']} epochs, best val loss {stats['best_val_loss']:.4f}); "
+        print(f"run {run} is finished ({stats['epochs_run']} epochs, best val loss {stats['best_val_loss']:.4f}); "
               f"pass --restart to train it again")
         return EXIT_OK
+    if stats.get("skipped"):
+        print(f"captioner: {stats['skipped']}", file=sys.stderr)
     print(
         f"trained {stats['epochs_run']} epochs in {stats['seconds']:.0f}s "
-        f"({stats['images_per_second']:.0f} images/s, {stats['captions_per_second']:.0f} captions/s, "
+        f"({stats['images_per_second']:.0f} images/s, {stats[f'{item_name}_per_second']:.0f} {item_name}/s, "
         f"peak memory {stats['peak_rss_mib']:.0f} MiB); best val loss {stats['best_val_loss']:.4f} "
-        f"at epoch {stats['best_epoch']}; run saved to {args.run}"
+        f"at epoch {stats['best_epoch']}; run saved to {run}"
     )
     return EXIT_OK
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from captioner.train import train
+
+    config = _configure(args, args.preset, _TRAIN_FLAGS, {"model.encoder_trainable": "true"} if args.fine_tune_encoder else {})
+    metrics = train(config, args.run, verbose=0 if args.quiet else "auto", restart=args.restart)
+    return _report_training(metrics, args.run, "captions")
+
+
+def run_train_vqa(args: argparse.Namespace) -> int:
+    from captioner.errors import CaptionerError
+    from captioner.train import train
+
+    if args.fine_tune_encoder and not args.encoder_from:
+        raise CaptionerError("--fine-tune-encoder needs --encoder-from RUN (an encoder trained from scratch is always trained)")
+    if args.encoder_from and (args.encoder or args.encoder_weights):
+        raise CaptionerError("--encoder-from takes the encoder from that run; drop --encoder/--encoder-weights")
+    name = args.preset or ("easy-vqa" if args.dataset == "easy-vqa" else "shapes-vqa")
+    fixed = {"task": "vqa"}
+    if args.attention:
+        fixed["vqa.attention"] = "true"
+    if args.question_only:
+        fixed["vqa.use_image"] = "false"
+    if args.fine_tune_encoder:
+        fixed["vqa.fine_tune_encoder"] = "true"
+    config = _configure(args, name, _TRAIN_VQA_FLAGS, {k: v for k, v in fixed.items() if k != "task"})
+    config.task = "vqa"
+    metrics = train(config, args.run, verbose=0 if args.quiet else "auto", restart=args.restart)
+    return _report_training(metrics, args.run, "questions")
 
 
 def expand_image_arguments(arguments: Sequence[str]) -> list[str]:
@@ -248,19 +361,149 @@ def run_plot_history(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_task(run_dir: str) -> str:
+    """The task a run directory's config.json names; "caption" when it cannot tell (load_run then says why)."""
+    from captioner.run import CONFIG_FILE
+
+    try:
+        return str(json.loads((Path(run_dir) / CONFIG_FILE).read_text(encoding="utf-8")).get("task", "caption"))
+    except (OSError, ValueError, AttributeError):
+        return "caption"
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
-    from captioner.evaluate import evaluate, summary_lines
+    from captioner.evaluate import evaluate, evaluate_vqa, summary_lines, vqa_summary_lines
     from captioner.run import load_run
 
     if args.out is not None:
         _check_output_folder(args.out)
+    if _run_task(args.run) == "vqa":
+        run = load_run(args.run, task="vqa")
+        result = evaluate_vqa(run, args.split, args.data_dir, args.batch_size, args.out, args.max_images)
+        print(json.dumps(result, indent=2) if args.json else "\n".join(vqa_summary_lines(result)))
+        return EXIT_OK
     run = load_run(args.run)
     beam_size = args.beam_size or run.config.decode.beam_size
-    result = evaluate(run, args.split, args.data_dir, beam_size, args.batch_size, args.out, args.max_images)
+    result = evaluate(run, args.split, args.data_dir, beam_size, args.batch_size, args.out, args.max_images, meteor=args.meteor)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print("\n".join(summary_lines(result)))
+    return EXIT_OK
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from captioner.datasets import Skipped, load_split
+    from captioner.errors import CaptionerError
+    from captioner.evaluate import read_hypotheses, read_references, score_captions, score_lines
+
+    hypotheses = read_hypotheses(args.hypotheses) if args.hypotheses else None
+    if args.references:
+        references = read_references(args.references)
+    elif args.dataset:
+        if not args.data_dir:
+            raise CaptionerError("--dataset needs --data-dir")
+        skipped = Skipped()
+        references = {r.image_id: list(r.captions) for r in load_split(args.dataset, args.data_dir, args.split, skipped)}
+        if skipped.count():
+            print(f"captioner: {skipped.summary('entries')}", file=sys.stderr)
+    elif args.hypotheses:
+        references = read_references(args.hypotheses)
+    else:
+        raise CaptionerError("--human needs --references FILE or --dataset NAME --data-dir DIR")
+    if args.images:
+        try:
+            keep = {Path(line.strip()).name for line in Path(args.images).read_text(encoding="utf-8").splitlines() if line.strip()}
+        except OSError as exc:
+            raise CaptionerError(f"cannot read {args.images}: {exc.strerror}") from None
+        references = {name: refs for name, refs in references.items() if name in keep}
+        if hypotheses is not None:
+            hypotheses = {name: c for name, c in hypotheses.items() if name in keep}
+    if not references or hypotheses == {}:
+        raise CaptionerError("nothing to score: no image has both references and a caption")
+    result = score_captions(references, hypotheses, args.tokenization, meteor=not args.no_meteor)
+    print(json.dumps(result, indent=2) if args.json else "\n".join(score_lines(result)))
+    return EXIT_OK
+
+
+def run_features(args: argparse.Namespace) -> int:
+    import time
+
+    import keras
+
+    from captioner.config import ModelConfig
+    from captioner.datasets import Skipped, load_split
+    from captioner.encoder import BACKBONES, default_image_size
+    from captioner.errors import CaptionerError
+    from captioner.features import FeatureCache
+    from captioner.models import build_image_encoder
+
+    if args.encoder not in BACKBONES:
+        raise CaptionerError(f"--encoder must be a pretrained backbone ({', '.join(BACKBONES)}); the small CNN trains with the decoder")
+    keras.utils.set_random_seed(args.seed)  # as train does before building the model, for --encoder-weights none
+    weights = None if args.encoder_weights.lower() == "none" else args.encoder_weights
+    model_config = ModelConfig(encoder=args.encoder, encoder_weights=weights, encoder_trainable=False)
+    encoder = build_image_encoder(model_config, default_image_size(args.encoder, 224))
+    skipped = Skipped()
+    records = [r for split in args.splits.split(",") if split for r in load_split(args.dataset, args.data_dir, split.strip(), skipped)]
+    cache = FeatureCache(args.cache_dir or str(Path(args.data_dir) / "features"), encoder)
+    started = time.perf_counter()
+    computed = cache.extract([r.image for r in records], batch_size=args.batch_size,
+                             on_error=lambda path, message: skipped.add("unreadable image", message))
+    seconds = time.perf_counter() - started
+    if skipped.count():
+        print(f"captioner: {skipped.summary('entries')}" + ("" if args.verbose else " (--verbose lists them)"), file=sys.stderr)
+        if args.verbose:
+            for line in skipped.details():
+                print(f"  {line}", file=sys.stderr)
+    images = len({r.image for r in records})
+    rate = f" ({computed / seconds:.1f} images/s)" if computed else ""
+    print(f"{computed} of {images} images computed in {seconds:.0f}s{rate}, the rest were cached; features in {cache.folder}")
+    return EXIT_OK if "unreadable image" not in skipped.reasons else EXIT_PARTIAL
+
+
+def run_ask(args: argparse.Namespace) -> int:
+    from captioner.answering import Answerer
+    from captioner.images import read_image
+    from captioner.run import load_run
+
+    run = load_run(args.run, task="vqa")
+    answerer = Answerer(run.model, run.vocab, run.answers, run.config.vqa.max_question_length)
+    image, (width, height) = read_image(args.image, run.model.encoder.image_size)
+    results: list[dict] = []
+    for question in args.questions:
+        result: dict = {"question": question}
+        encoded = answerer.encode(question)
+        if not encoded.ids:
+            result["error"] = f"question {question!r} has no words; ask something, e.g. \"what color is the circle?\""
+        elif encoded.all_unknown:
+            result["warning"] = f"no word of {question!r} is known to this model; the answer rests on the image alone"
+        elif encoded.unknown_words:
+            result["warning"] = f"unknown word(s) in {question!r} ignored: {', '.join(encoded.unknown_words)}"
+        result["_encoded"] = encoded
+        results.append(result)
+    answerable = [r for r in results if "error" not in r]
+    if answerable:
+        probabilities, _ = answerer(image[None], answerer.question_array([[r["_encoded"] for r in answerable]]))
+        for result, distribution in zip(answerable, probabilities[0]):
+            top = answerer.top(distribution, args.top)
+            result.update(answer=top[0][0], top=[{"answer": a, "probability": p} for a, p in top])
+    for result in results:
+        del result["_encoded"]
+        for key in ("error", "warning"):
+            if key in result:
+                print(f"captioner: {key}: {result[key]}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"image": args.image, "width": width, "height": height, "answers": results}, indent=2))
+    else:
+        for result in answerable:
+            if len(args.questions) > 1:
+                print(result["question"])
+            print(result["answer"])
+            for item in result["top"]:
+                print(f"  {item['probability']:6.1%}  {item['answer']}")
+    if len(answerable) < len(results):
+        return EXIT_PARTIAL if answerable else EXIT_ERROR
     return EXIT_OK
 
 
@@ -284,7 +527,11 @@ def run_data(args: argparse.Namespace) -> int:
 COMMANDS = {
     "data": run_data,
     "train": run_train,
+    "train-vqa": run_train_vqa,
     "caption": run_caption,
+    "ask": run_ask,
+    "score": run_score,
+    "features": run_features,
     "evaluate": run_evaluate,
     "plot-history": run_plot_history,
 }

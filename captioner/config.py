@@ -25,6 +25,8 @@ class DataConfig:
     min_word_count: int = 1  # words seen fewer times in the training captions map to <unk>
     captions_per_image: int = 5  # references decoded per image per step (padded/truncated to this)
     cache_images: bool = True  # keep decoded images in memory after the first epoch (small datasets)
+    max_length_percentile: float = 100.0  # pad captions to this percentile of training caption lengths (at most max_caption_length)
+    feature_cache_dir: str = ""  # frozen backbones: where grid features are cached ("" = DATA_DIR/features)
 
 
 @dataclass
@@ -35,7 +37,7 @@ class ModelConfig:
     encoder: str = "small_cnn"  # "small_cnn" or a keras.applications backbone name, e.g. "mobilenet_v2"
     encoder_weights: str | None = None  # None, "imagenet" or a path to a .weights.h5 file (backbones only)
     encoder_filters: list[int] = field(default_factory=lambda: [32, 64, 128, 128])  # small_cnn channels per stage
-    encoder_trainable: bool = True  # train the CNN together with the decoder
+    encoder_trainable: bool | None = None  # train the CNN with the decoder; None: small_cnn yes, backbones no (frozen, features cached)
     encoder_norm: str = "none"  # small_cnn normalisation: "none", "group" or "batch" (see README: collapse)
     feature_dim: int = 256  # width of the pooled image vector when encoder_pooling is "flatten"
     encoder_pooling: str | None = None  # "flatten" or "avg"; None: flatten for small_cnn, avg for backbones
@@ -73,6 +75,27 @@ class DecodeConfig:
 
 
 @dataclass
+class VQAConfig:
+    """The VQA head (Antol et al. 2015, "LSTM Q + I"): question LSTM, fused image features, answer classifier."""
+
+    num_answers: int = 1000  # classes: the most frequent training answers; the rest are <other>, never predicted
+    max_question_length: int = 20  # question words kept
+    questions_per_image: int = 16  # questions decoded against one image encoding per step (more: split in groups)
+    question_embedding_dim: int = 128  # question word-embedding width
+    question_hidden_dim: int = 256  # question LSTM units
+    fusion: str = "multiply"  # "multiply" (element-wise product, as Antol et al.) or "concat"
+    fusion_dim: int = 256  # width both inputs are projected to before fusion
+    mlp_dim: int = 256  # hidden layer of the classifier
+    dropout_rate: float = 0.3  # dropout before and after the classifier's hidden layer
+    image_norm: str = "batch"  # image features before fusion: "batch" (BatchNorm) or "l2" (Antol et al.)
+    attention: bool = False  # the question attends over the image grid (one stacked-attention hop)
+    attention_dim: int = 128  # width of that attention
+    use_image: bool = True  # False: image features zeroed, a question-only (blind) model, for ablations
+    encoder_from: str | None = None  # caption run whose trained ImageEncoder starts this model
+    fine_tune_encoder: bool = False  # train an encoder taken from encoder_from (frozen otherwise)
+
+
+@dataclass
 class RunConfig:
     """Everything a run directory needs to rebuild and describe itself."""
 
@@ -80,8 +103,9 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    vqa: VQAConfig = field(default_factory=VQAConfig)
     preset: str = "shapes"  # the preset these values started from
-    task: str = "caption"  # what the run's model does: "caption"
+    task: str = "caption"  # what the run's model does: "caption" or "vqa"
     format_version: int = FORMAT_VERSION  # layout version of the run directory
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,7 +132,7 @@ class RunConfig:
         return cls(**kwargs)
 
 
-_SECTION_TYPES = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "decode": DecodeConfig}
+_SECTION_TYPES = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "decode": DecodeConfig, "vqa": VQAConfig}
 
 
 def preset(name: str) -> RunConfig:
@@ -116,6 +140,9 @@ def preset(name: str) -> RunConfig:
 
     - `shapes`: the built-in dataset, sized so `make demo` trains in a few minutes on 2 CPU cores.
     - `tiny`: a few-second model for tests and the notebook (vocab ~40, 32x32 images).
+    - `flickr8k`: Show-Attend-Tell on Flickr8k with a frozen ImageNet MobileNetV2 and cached features.
+    - `shapes-vqa`, `easy-vqa`: the VQA head on the built-in shapes questions or on the easy-VQA package's
+      dataset (64x64 images, 13 answers).
     """
     if name == "shapes":
         return RunConfig(preset="shapes")
@@ -126,12 +153,36 @@ def preset(name: str) -> RunConfig:
                 encoder_filters=[8, 16, 16], feature_dim=32, embedding_dim=16, hidden_dim=32, dropout_rate=0.0
             ),
             train=TrainConfig(epochs=2, batch_size=16, learning_rate=1e-2, patience=5),
+            vqa=VQAConfig(question_embedding_dim=16, question_hidden_dim=32, fusion_dim=32, mlp_dim=32, dropout_rate=0.0, attention_dim=16),
             preset="tiny",
+        )
+    if name == "flickr8k":
+        # Show-Attend-Tell on Flickr8k with a frozen ImageNet MobileNetV2 (features cached once per image);
+        # sizes follow sgrvinod's tutorial, scaled down for a CPU.
+        return RunConfig(
+            data=DataConfig(dataset="flickr8k", data_dir="data/flickr8k", min_word_count=5, max_length_percentile=95.0, cache_images=False),
+            model=ModelConfig(decoder="attention", encoder="mobilenet_v2", encoder_weights="imagenet", embedding_dim=256,
+                              hidden_dim=512, attention_dim=256, dropout_rate=0.5),
+            train=TrainConfig(epochs=20, batch_size=32, learning_rate=4e-4, patience=4),
+            decode=DecodeConfig(max_length=30, beam_size=3),
+            preset="flickr8k",
+        )
+    if name in ("easy-vqa", "shapes-vqa"):
+        # BatchNorm in the CNN: without it the image features of a CNN trained from scratch collapse to one
+        # vector for every image and the model answers from the question alone (README, "VQA").
+        return RunConfig(
+            data=DataConfig(dataset="easy-vqa", data_dir="") if name == "easy-vqa" else DataConfig(),
+            model=ModelConfig(encoder_norm="batch", encoder_pooling="avg"),
+            # Small image batches: each image carries ~10 questions, so 8 images make ~80 questions a step.
+            train=TrainConfig(epochs=30, batch_size=8, learning_rate=1e-3, patience=5),
+            vqa=VQAConfig(dropout_rate=0.1),
+            task="vqa",
+            preset=name,
         )
     raise ValueError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
 
 
-PRESETS = ("shapes", "tiny")
+PRESETS = ("shapes", "tiny", "flickr8k", "shapes-vqa", "easy-vqa")
 
 
 def apply_overrides(config: RunConfig, overrides: dict[str, str]) -> RunConfig:

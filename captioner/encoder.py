@@ -131,7 +131,11 @@ class ImageEncoder(layers.Layer):
         x = self._preprocess(ops.cast(images, "float32"))  # (batch, size, size, 3)
         # A frozen backbone keeps its BatchNorm statistics (inference mode) even while the decoder trains.
         grid = self.cnn(x, training=training if self.encoder_trainable else False)  # (batch, h, w, encoder_dim)
-        grid = ops.reshape(grid, (-1, self.num_pixels, self.encoder_dim))  # (batch, num_pixels, encoder_dim)
+        return self.pool(ops.reshape(grid, (-1, self.num_pixels, self.encoder_dim)))
+
+    def pool(self, grid):
+        """(grid, pooled) from a grid (batch, num_pixels, encoder_dim) the CNN computed earlier (a feature cache)."""
+        grid = ops.cast(grid, "float32")  # (batch, num_pixels, encoder_dim)
         if self.projection is not None:
             pooled = self.projection(ops.reshape(grid, (-1, self.num_pixels * self.encoder_dim)))  # (batch, feature_dim)
         else:

@@ -1,18 +1,32 @@
-"""Decode a split with a trained run and score the generated captions (never teacher-forced output)."""
+"""Score a trained run on a split: caption runs by BLEU on generated captions (never teacher-forced output),
+VQA runs by VQA accuracy, per answer type and question type, beside blind baselines."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from captioner.datasets import CaptionRecord, load_split
+from captioner.answering import Answerer
+from captioner.datasets import CaptionRecord, QARecord, Skipped, load_qa_split, load_split
 from captioner.decoding import CaptionGenerator
+from captioner.errors import CaptionerError
 from captioner.fileio import write_json
-from captioner.metrics import bleu_scores, distinct_share, oracle_bleu
-from captioner.preprocessing import image_dataset
+from captioner.metrics import (
+    TOKENIZATIONS,
+    accuracy_table,
+    bleu_scores,
+    blind_baselines,
+    coco_scores,
+    distinct_share,
+    human_agreement,
+    oracle_bleu,
+    tokenize_for_scoring,
+)
+from captioner.preprocessing import group_questions, image_dataset, question_arrays
 from captioner.run import Run, update_metrics
 from captioner.vocab import tokenize
 
@@ -25,13 +39,14 @@ def generate_captions(generator: CaptionGenerator, paths: Sequence[str], batch_s
     return captions
 
 
-def score(records: Sequence[CaptionRecord], captions: Sequence[str]) -> dict[str, Any]:
-    """BLEU-1..4, distinct-caption share, the oracle (reference #0 against the others), and BLEU per number
-    of objects where the records say it."""
+def score(records: Sequence[CaptionRecord], captions: Sequence[str], meteor: bool = False) -> dict[str, Any]:
+    """BLEU-1..4, the COCO metrics (pycocoevalcap, when installed), distinct-caption share, the oracle
+    (reference #0 against the others), and BLEU per number of objects where the records say it."""
     references = [[tokenize(c) for c in r.captions] for r in records]
     hypotheses = [tokenize(c) for c in captions]
     result: dict[str, Any] = {
         **bleu_scores(references, hypotheses),
+        "coco": coco_scores(references, hypotheses, meteor=meteor),
         "distinct_captions": distinct_share(captions),
         "mean_length": mean_caption_length(captions),
         "images": len(records),
@@ -60,6 +75,7 @@ def evaluate(
     batch_size: int = 256,
     out: str | Path | None = None,
     max_images: int | None = None,
+    meteor: bool = False,
 ) -> dict[str, Any]:
     """Caption every image of `split`, score against all references, record in metrics.json.
 
@@ -71,6 +87,7 @@ def evaluate(
         batch_size: int. Images per generation batch.
         out: path. Where to save the generated captions as JSON, if given.
         max_images: int. Score only the first N images.
+        meteor: bool. Also METEOR (pycocoevalcap, runs Java).
     """
     data = run.config.data
     records = load_split(data.dataset, data_dir or data.data_dir, split)[:max_images]
@@ -78,13 +95,8 @@ def evaluate(
     started = time.perf_counter()
     captions = generate_captions(generator, [r.image for r in records], batch_size)
     seconds = time.perf_counter() - started
-    result = score(records, captions)
-    result.update(
-        split=split,
-        beam_size=beam_size,
-        seconds=seconds,
-        tokenization="captioner.vocab.tokenize: lower-case, punctuation dropped, alphanumeric words",
-    )
+    result = score(records, captions, meteor=meteor)
+    result.update(split=split, beam_size=beam_size, seconds=seconds, tokenization=TOKENIZATIONS["words"])
     if out is not None:
         write_json(out, [{"image": r.image, "caption": c, "references": list(r.captions)} for r, c in zip(records, captions)])
     update_metrics(run.path, {f"eval_{split}_beam{beam_size}": result})
@@ -95,9 +107,15 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     """Human-readable lines for the CLI."""
     bleu = " ".join(f"BLEU-{n}={result[f'bleu{n}']:.4f}" for n in range(1, 5))
     lines = [
-        f"{result['split']} ({result['images']} images, beam {result['beam_size']}): {bleu}",
+        f"{result['split']} ({result['images']} images, beam {result['beam_size']}): {bleu}"
+        + "  (x100: " + " / ".join(f"{100 * result[f'bleu{n}']:.1f}" for n in range(1, 5)) + ")",
         f"distinct captions: {result['distinct_captions']:.1%} of images",
     ]
+    coco = result.get("coco")
+    if coco:
+        meteor = "" if coco.get("meteor") is None else f" METEOR={coco['meteor']:.4f}"
+        lines.append(f"pycocoevalcap: BLEU-4={coco['bleu4']:.4f}{meteor} ROUGE-L={coco['rouge_l']:.4f} CIDEr={coco['cider']:.4f}"
+                     f"  (x100: {100 * coco['bleu4']:.1f} / {100 * coco['rouge_l']:.1f} / {100 * coco['cider']:.1f})")
     oracle = result.get("oracle")
     if oracle:
         lines.append("oracle (reference #0 vs the others): " + " ".join(f"BLEU-{n}={oracle[f'bleu{n}']:.4f}" for n in range(1, 5)))
@@ -108,3 +126,159 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
 
 def mean_caption_length(captions: Sequence[str]) -> float:
     return float(np.mean([len(tokenize(c)) for c in captions])) if captions else 0.0
+
+
+def answer_records(answerer: Answerer, records: Sequence[QARecord], questions_per_image: int, batch_size: int = 256) -> list[str]:
+    """The predicted answer to every record's question, images decoded in parallel and encoded once per group."""
+    groups = group_questions(records, questions_per_image)
+    questions, _ = question_arrays(groups, answerer.vocab, answerer.answers, questions_per_image, answerer.max_question_length)
+    by_record: dict[str, str] = {}
+    images = image_dataset([image for image, _ in groups], answerer.model.encoder.image_size).batch(batch_size).prefetch(1)
+    for start, batch in zip(range(0, len(groups), batch_size), images):
+        probabilities, _ = answerer(batch.numpy(), questions[start : start + batch_size])
+        for (_, group), row in zip(groups[start : start + batch_size], probabilities):
+            for record, distribution in zip(group, row):
+                by_record[record.question_id] = answerer.answers.answers[int(np.argmax(distribution))]
+    return [by_record[r.question_id] for r in records]
+
+
+def evaluate_vqa(
+    run: Run,
+    split: str = "test",
+    data_dir: str | None = None,
+    batch_size: int = 256,
+    out: str | Path | None = None,
+    max_images: int | None = None,
+) -> dict[str, Any]:
+    """Answer every question of `split`, score VQA accuracy, compare with blind baselines, record in metrics.json.
+
+    Args:
+        run: Run. A loaded VQA run directory.
+        split: str. Split to score. Defaults to "test".
+        data_dir: str. Dataset folder; defaults to the one the run was trained on.
+        batch_size: int. Images per batch.
+        out: path. Where to save every question's answer as JSON, if given.
+        max_images: int. Score only the questions of the first N images.
+    """
+    data, vqa = run.config.data, run.config.vqa
+    skipped = Skipped()
+    records = load_qa_split(data.dataset, data_dir or data.data_dir, split, skipped)
+    if max_images is not None:
+        keep = set(list(dict.fromkeys(r.image for r in records))[:max_images])
+        records = [r for r in records if r.image in keep]
+    if len({r.question_id for r in records}) != len(records):  # ids key the predictions
+        records = [QARecord(r.image, r.question, r.answers, r.question_type, r.answer_type, str(i)) for i, r in enumerate(records)]
+    answerer = Answerer(run.model, run.vocab, run.answers, vqa.max_question_length)
+    started = time.perf_counter()
+    predictions = answer_records(answerer, records, vqa.questions_per_image, batch_size)
+    seconds = time.perf_counter() - started
+    train_records = load_qa_split(data.dataset, data_dir or data.data_dir, run.config.train.train_split)
+    result = {
+        **accuracy_table(records, predictions),
+        "split": split,
+        "images": len({r.image for r in records}),
+        "answer_coverage": run.answers.coverage(r.answer for r in records),
+        "blind_baselines": blind_baselines(train_records, records),
+        "use_image": vqa.use_image,
+        "seconds": seconds,
+        "skipped": skipped.summary("questions"),
+    }
+    if out is not None:
+        write_json(out, [
+            {"image": r.image, "question": r.question, "answer": a, "answers": list(r.answers), "question_type": r.question_type}
+            for r, a in zip(records, predictions)
+        ])
+    update_metrics(run.path, {f"eval_{split}": result})
+    return result
+
+
+def vqa_summary_lines(result: dict[str, Any]) -> list[str]:
+    """Human-readable lines for the CLI."""
+    lines = [
+        f"{result['split']} ({result['questions']} questions on {result['images']} images): VQA accuracy {result['accuracy']:.2%}"
+        + ("" if result["use_image"] else " (question-only model: image features zeroed)"),
+        f"answers in the answer vocabulary: {result['answer_coverage']:.1%} (the ceiling)",
+    ]
+    for title, key in (("answer type", "by_answer_type"), ("question type", "by_question_type")):
+        lines.append(f"by {title}:")
+        lines += [f"  {name:<14} {g['accuracy']:7.2%}  ({g['questions']} questions)" for name, g in result[key].items()]
+    blind = result["blind_baselines"]
+    lines.append(
+        f"blind baselines: always 'yes' {blind['always_yes']:.2%}, most frequent answer {blind['most_frequent']:.2%}, "
+        f"most frequent answer to the same question text {blind['question_prior']:.2%}"
+    )
+    if result.get("skipped"):
+        lines.append(result["skipped"])
+    return lines
+
+
+def read_hypotheses(path: str | Path) -> dict[str, str]:
+    """Generated captions keyed by image file name, from `{image: caption}` or the list `evaluate --out` writes."""
+    payload = _read_json(path)
+    if isinstance(payload, dict) and all(isinstance(v, str) for v in payload.values()):
+        return {Path(k).name: v for k, v in payload.items()}
+    if isinstance(payload, list) and all(isinstance(x, dict) and isinstance(x.get("caption"), str) and "image" in x for x in payload):
+        return {Path(str(x["image"])).name: x["caption"] for x in payload}
+    raise CaptionerError(f"{path}: expected {{image: caption}} or a list of {{\"image\", \"caption\"}} objects")
+
+
+def read_references(path: str | Path) -> dict[str, list[str]]:
+    """Reference captions keyed by image file name, from `{image: [captions]}` or `evaluate --out`'s list."""
+    payload = _read_json(path)
+    if isinstance(payload, dict) and all(isinstance(v, list) for v in payload.values()):
+        return {Path(k).name: [str(c) for c in v] for k, v in payload.items()}
+    if isinstance(payload, list) and all(isinstance(x, dict) and isinstance(x.get("references"), list) and "image" in x for x in payload):
+        return {Path(str(x["image"])).name: [str(c) for c in x["references"]] for x in payload}
+    raise CaptionerError(f"{path}: expected {{image: [captions]}} or a list of {{\"image\", \"references\"}} objects")
+
+
+def _read_json(path: str | Path):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CaptionerError(f"{path} does not exist") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CaptionerError(f"{path} is not valid JSON ({exc.__class__.__name__})") from None
+
+
+def score_captions(
+    references: dict[str, list[str]],
+    hypotheses: dict[str, str] | None,
+    tokenization: str = "words",
+    meteor: bool = True,
+) -> dict[str, Any]:
+    """nltk corpus BLEU-1..4 and the pycocoevalcap metrics of `hypotheses` against `references` (matched by image
+    name); with hypotheses None, the human agreement (caption #0 against the others)."""
+    if hypotheses is None:
+        return human_agreement(list(references.values()), tokenization=tokenization, meteor=meteor)
+    missing = sorted(set(hypotheses) - set(references))
+    if missing:
+        raise CaptionerError(f"{len(missing)} captioned image(s) have no references (first: {missing[0]})")
+    names = sorted(hypotheses)
+    refs = [[tokenize_for_scoring(c, tokenization) for c in references[n]] for n in names]
+    hyps = [tokenize_for_scoring(hypotheses[n], tokenization) for n in names]
+    return {
+        "images": len(names),
+        "tokenization": tokenization,
+        "nltk": bleu_scores(refs, hyps),
+        "coco": coco_scores(refs, hyps, meteor=meteor),
+        "unscored_reference_images": len(set(references) - set(hypotheses)),
+    }
+
+
+def score_lines(result: dict[str, Any]) -> list[str]:
+    """Fractions and x100, as papers print them."""
+    lines = [f"{result['images']} images, tokenization: {result['tokenization']} ({TOKENIZATIONS[result['tokenization']]})"]
+    nltk = result["nltk"]
+    lines.append("nltk corpus BLEU-1..4:  " + " / ".join(f"{nltk[f'bleu{n}']:.4f}" for n in range(1, 5))
+                 + "   (x100: " + " / ".join(f"{100 * nltk[f'bleu{n}']:.1f}" for n in range(1, 5)) + ")")
+    coco = result.get("coco")
+    if coco is None:
+        lines.append("COCO metrics: unavailable (pip install -e '.[coco]' for pycocoevalcap)")
+        return lines
+    lines.append("pycocoevalcap BLEU-1..4: " + " / ".join(f"{coco[f'bleu{n}']:.4f}" for n in range(1, 5))
+                 + "   (x100: " + " / ".join(f"{100 * coco[f'bleu{n}']:.1f}" for n in range(1, 5)) + ")")
+    meteor = "unavailable (needs a Java runtime)" if coco["meteor"] is None else f"{coco['meteor']:.4f} (x100: {100 * coco['meteor']:.1f})"
+    lines.append(f"METEOR {meteor}; ROUGE-L {coco['rouge_l']:.4f} (x100: {100 * coco['rouge_l']:.1f}); "
+                 f"CIDEr {coco['cider']:.4f} (x100: {100 * coco['cider']:.1f})")
+    return lines

@@ -1,8 +1,9 @@
-"""`CaptionModel`: one `ImageEncoder` feeding one `LSTMDecoder` (Show-and-Tell or Show-Attend-Tell).
+"""`CaptionModel` and `VQAModel`: one `ImageEncoder` feeding an `LSTMDecoder` or a question encoder + `VQAHead`.
 
-Each image is encoded once per step and all of its reference captions are decoded against that one
-encoding: images (batch, H, W, 3) and tokens (batch, captions_per_image, steps) go in, logits
-(batch, captions_per_image, steps, vocab) come out.
+Each image is encoded once per step and all of its reference captions (or questions) are decoded against
+that one encoding: images (batch, H, W, 3) and tokens (batch, captions_per_image, steps) go in, logits
+(batch, captions_per_image, steps, vocab) come out; for VQA, questions (batch, questions_per_image, steps)
+go in and answer logits (batch, questions_per_image, num_answers) come out.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from keras import ops
 
 from captioner.decoder import LSTMDecoder
 from captioner.encoder import ImageEncoder
+from captioner.vqa import QuestionEncoder, VQAHead
 
 
 @keras.saving.register_keras_serializable(package="captioner")
@@ -23,7 +25,8 @@ class CaptionModel(keras.Model):
         decoder: LSTMDecoder. The language model.
 
     Call:
-        inputs: dict with "images" (batch, size, size, 3) 0-255 and "tokens" (batch, captions, steps) int ids.
+        inputs: dict with "images" (batch, size, size, 3) 0-255, or "features" (batch, num_pixels, encoder_dim) from
+            a FeatureCache of this (frozen) encoder, and "tokens" (batch, captions, steps) int ids.
         returns logits (batch, captions, steps, vocab_size).
     """
 
@@ -48,8 +51,11 @@ class CaptionModel(keras.Model):
         self.build()
 
     def call(self, inputs, training=None):
-        images, tokens = inputs["images"], inputs["tokens"]
-        grid, pooled = self.encoder(images, training=training)  # (batch, num_pixels, encoder_dim), (batch, pooled_dim)
+        tokens = inputs["tokens"]
+        if "features" in inputs:  # cached CNN output: only the pooling runs
+            grid, pooled = self.encoder.pool(inputs["features"])  # (batch, num_pixels, encoder_dim), (batch, pooled_dim)
+        else:
+            grid, pooled = self.encoder(inputs["images"], training=training)  # (batch, num_pixels, encoder_dim), (batch, pooled_dim)
         captions, steps = tokens.shape[1], tokens.shape[2]
         flat_tokens = ops.reshape(tokens, (-1, steps))  # (batch * captions, steps)
         flat_pooled = ops.repeat(pooled, captions, axis=0)  # (batch * captions, pooled_dim)
@@ -77,24 +83,35 @@ class CaptionModel(keras.Model):
         return cls(encoder=encoder, decoder=decoder, **config)
 
 
+def encoder_is_trainable(model_config) -> bool:
+    """`encoder_trainable` as configured; by default the small CNN trains and pretrained backbones stay frozen."""
+    if model_config.encoder_trainable is None:
+        return model_config.encoder == "small_cnn"
+    return bool(model_config.encoder_trainable)
+
+
+def build_image_encoder(model_config, image_size: int, pooling: str | None = None) -> ImageEncoder:
+    """An ImageEncoder from a ModelConfig (captioner.config)."""
+    return ImageEncoder(
+        encoder=model_config.encoder,
+        image_size=image_size,
+        filters=model_config.encoder_filters,
+        feature_dim=model_config.feature_dim,
+        pooling=model_config.encoder_pooling or pooling,
+        weights=model_config.encoder_weights,
+        encoder_trainable=encoder_is_trainable(model_config),
+        norm=model_config.encoder_norm,
+        name="image_encoder",
+    )
+
+
 def build_caption_model(model_config, vocab_size: int, image_size: int) -> CaptionModel:
     """A built CaptionModel from a ModelConfig (captioner.config)."""
     attention = model_config.decoder == "attention"
     init_from = model_config.init_from or ("grid_mean" if attention else "pooled")
     # A decoder that starts from the grid mean never reads the pooled vector: skip the flatten projection
     # (2M unused weights that would get no gradient).
-    pooling = model_config.encoder_pooling or ("avg" if init_from == "grid_mean" else None)
-    encoder = ImageEncoder(
-        encoder=model_config.encoder,
-        image_size=image_size,
-        filters=model_config.encoder_filters,
-        feature_dim=model_config.feature_dim,
-        pooling=pooling,
-        weights=model_config.encoder_weights,
-        encoder_trainable=model_config.encoder_trainable,
-        norm=model_config.encoder_norm,
-        name="image_encoder",
-    )
+    encoder = build_image_encoder(model_config, image_size, "avg" if init_from == "grid_mean" else None)
     decoder = LSTMDecoder(
         vocab_size=vocab_size,
         embedding_dim=model_config.embedding_dim,
@@ -106,5 +123,111 @@ def build_caption_model(model_config, vocab_size: int, image_size: int) -> Capti
         name="decoder",
     )
     model = CaptionModel(encoder, decoder, name="caption_model")
+    model.build()
+    return model
+
+
+@keras.saving.register_keras_serializable(package="captioner")
+class VQAModel(keras.Model):
+    """Image encoder + question encoder + VQA head, classifying over an answer vocabulary.
+
+    Args:
+        encoder: ImageEncoder. The CNN (possibly taken from a captioning run and frozen).
+        question_encoder: QuestionEncoder.
+        head: VQAHead.
+        use_image: bool. False zeroes the image features (a question-only model for ablations). Defaults to True.
+
+    Call:
+        inputs: dict with "images" (batch, size, size, 3) 0-255 and "questions" (batch, questions, steps) int ids.
+        returns logits (batch, questions, num_answers).
+    """
+
+    def __init__(self, encoder: ImageEncoder, question_encoder: QuestionEncoder, head: VQAHead, use_image: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.question_encoder = question_encoder
+        self.head = head
+        self.use_image = bool(use_image)
+
+    def build(self, input_shape=None):
+        if self.built:
+            return
+        size = self.encoder.image_size
+        self.encoder.build((None, size, size, 3))
+        self.question_encoder.build((None, None))
+        grid_shape = (None, self.encoder.num_pixels, self.encoder.encoder_dim)
+        self.head.build((None, self.question_encoder.hidden_dim), (None, self.encoder.pooled_dim), grid_shape)
+        self.built = True
+
+    def get_build_config(self):
+        return {}
+
+    def build_from_config(self, config):
+        self.build()
+
+    def call(self, inputs, training=None):
+        logits, _ = self.answer(inputs["images"], inputs["questions"], training=training)
+        return logits
+
+    def answer(self, images, questions, training=None):
+        """Logits (batch, questions, num_answers) and attention (batch, questions, num_pixels)."""
+        if self.use_image:
+            grid, pooled = self.encoder(images, training=training)  # (batch, num_pixels, encoder_dim), (batch, pooled_dim)
+        else:  # the blind ablation: never run the CNN
+            batch = ops.shape(images)[0]
+            grid = ops.zeros((batch, self.encoder.num_pixels, self.encoder.encoder_dim))  # (batch, num_pixels, encoder_dim)
+            pooled = ops.zeros((batch, self.encoder.pooled_dim))  # (batch, pooled_dim)
+        count, steps = ops.shape(questions)[1], questions.shape[2]  # questions per image may vary between calls
+        encoded = self.question_encoder(ops.reshape(questions, (-1, steps)), training=training)  # (batch * questions, question_dim)
+        flat_pooled = ops.repeat(pooled, count, axis=0)  # (batch * questions, pooled_dim)
+        flat_grid = ops.repeat(grid, count, axis=0)  # (batch * questions, num_pixels, encoder_dim)
+        logits, alpha = self.head(encoded, flat_pooled, flat_grid, training=training)  # (batch * questions, num_answers)
+        logits = ops.reshape(logits, (-1, count, self.head.num_answers))  # (batch, questions, num_answers)
+        return logits, ops.reshape(alpha, (-1, count, self.encoder.num_pixels))  # (batch, questions, num_pixels)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            encoder=keras.saving.serialize_keras_object(self.encoder),
+            question_encoder=keras.saving.serialize_keras_object(self.question_encoder),
+            head=keras.saving.serialize_keras_object(self.head),
+            use_image=self.use_image,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        parts = {name: keras.saving.deserialize_keras_object(config.pop(name)) for name in ("encoder", "question_encoder", "head")}
+        return cls(**parts, **config)
+
+
+def build_vqa_model(run_config, question_vocab_size: int, num_answers: int, image_size: int, encoder: ImageEncoder | None = None) -> VQAModel:
+    """A built VQAModel from a RunConfig's `model` and `vqa` sections.
+
+    Args:
+        encoder: ImageEncoder. A trained encoder to start from (`--encoder-from`); frozen unless
+            `vqa.fine_tune_encoder`. Defaults to a new one built from `model`.
+    """
+    vqa = run_config.vqa
+    if encoder is None:  # attention reads the grid only: no flatten projection that would get no gradient
+        encoder = build_image_encoder(run_config.model, image_size, "avg" if vqa.attention else None)
+    elif not vqa.fine_tune_encoder:
+        encoder.trainable = False
+    if not vqa.use_image:
+        encoder.trainable = False  # it receives no gradient
+    question_encoder = QuestionEncoder(question_vocab_size, vqa.question_embedding_dim, vqa.question_hidden_dim, name="question_encoder")
+    head = VQAHead(
+        num_answers,
+        fusion=vqa.fusion,
+        fusion_dim=vqa.fusion_dim,
+        mlp_dim=vqa.mlp_dim,
+        dropout_rate=vqa.dropout_rate,
+        attention=vqa.attention,
+        attention_dim=vqa.attention_dim,
+        image_norm=vqa.image_norm,
+        name="vqa_head",
+    )
+    model = VQAModel(encoder, question_encoder, head, use_image=vqa.use_image, name="vqa_model")
     model.build()
     return model

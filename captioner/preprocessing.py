@@ -1,4 +1,4 @@
-"""Records to `tf.data`: decode images (Pillow, in parallel), tokenise and pad captions, batch, prefetch."""
+"""Records to `tf.data`: decode images (Pillow, in parallel), tokenise and pad captions or questions, batch, prefetch."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from captioner.datasets import CaptionRecord
+from captioner.datasets import CaptionRecord, QARecord
 from captioner.images import load_image
-from captioner.vocab import Vocabulary
+from captioner.vocab import AnswerVocabulary, Vocabulary
 
 
 def caption_arrays(
@@ -46,6 +46,15 @@ def image_dataset(paths: Sequence[str], image_size: int) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices(list(paths)).map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
+def _image_and_text_dataset(paths: Sequence[str], image_size: int, text: tuple[np.ndarray, np.ndarray], text_key: str, cache: bool) -> tf.data.Dataset:
+    """Zip decoded images with per-image token arrays: `({"images", text_key}, targets)` elements."""
+    images = image_dataset(paths, image_size)
+    if cache:
+        images = images.cache()  # decoded once, reused every epoch
+    pairs = tf.data.Dataset.from_tensor_slices(text)
+    return tf.data.Dataset.zip(images, pairs).map(lambda image, pair: ({"images": image, text_key: pair[0]}, pair[1]))
+
+
 def caption_dataset(
     records: Sequence[CaptionRecord],
     vocab: Vocabulary,
@@ -61,12 +70,98 @@ def caption_dataset(
 
     images: (batch, image_size, image_size, 3) uint8; tokens and targets: (batch, captions_per_image, steps) int32.
     """
-    inputs, targets = caption_arrays(records, vocab, captions_per_image, max_caption_length)
-    images = image_dataset([r.image for r in records], image_size)
-    if cache:
-        images = images.cache()  # decoded once, reused every epoch
-    text = tf.data.Dataset.from_tensor_slices((inputs, targets))
-    dataset = tf.data.Dataset.zip(images, text).map(lambda image, pair: ({"images": image, "tokens": pair[0]}, pair[1]))
+    arrays = caption_arrays(records, vocab, captions_per_image, max_caption_length)
+    dataset = _image_and_text_dataset([r.image for r in records], image_size, arrays, "tokens", cache)
     if shuffle:
         dataset = dataset.shuffle(min(len(records), 10_000), seed=seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def group_questions(records: Sequence[QARecord], questions_per_image: int) -> list[tuple[str, list[QARecord]]]:
+    """Questions grouped by image (first-seen order), at most `questions_per_image` per group, so each image
+    is encoded once for all of its questions; an image with more questions gets several groups."""
+    by_image: dict[str, list[QARecord]] = {}
+    for record in records:
+        by_image.setdefault(record.image, []).append(record)
+    return [
+        (image, questions[start : start + questions_per_image])
+        for image, questions in by_image.items()
+        for start in range(0, len(questions), questions_per_image)
+    ]
+
+
+def question_arrays(
+    groups: Sequence[tuple[str, Sequence[QARecord]]], vocab: Vocabulary, answers: AnswerVocabulary, questions_per_image: int, max_question_length: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Question word ids and answer ids, zero-padded; padding questions and `<other>` answers have target 0 (ignored).
+
+    Returns:
+        questions: int32 (num_groups, questions_per_image, max_question_length); targets: int32 (num_groups, questions_per_image).
+    """
+    questions = np.zeros((len(groups), questions_per_image, max_question_length), np.int32)
+    targets = np.zeros((len(groups), questions_per_image), np.int32)
+    for i, (_, group) in enumerate(groups):
+        for j, record in enumerate(group):
+            ids = vocab.encode(record.question, max_question_length) or [vocab.unk_id]  # never an all-padding question
+            questions[i, j, : len(ids)] = ids
+            targets[i, j] = answers.encode(record.answer)
+    return questions, targets
+
+
+def vqa_dataset(
+    groups: Sequence[tuple[str, Sequence[QARecord]]],
+    vocab: Vocabulary,
+    answers: AnswerVocabulary,
+    image_size: int,
+    questions_per_image: int,
+    max_question_length: int,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    cache: bool = True,
+) -> tf.data.Dataset:
+    """Training batches `({"images", "questions"}, targets)`.
+
+    images: (batch, image_size, image_size, 3) uint8; questions: (batch, questions_per_image, steps) int32;
+    targets: (batch, questions_per_image) int32.
+    """
+    arrays = question_arrays(groups, vocab, answers, questions_per_image, max_question_length)
+    dataset = _image_and_text_dataset([image for image, _ in groups], image_size, arrays, "questions", cache)
+    if shuffle:
+        dataset = dataset.shuffle(min(len(groups), 10_000), seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def feature_caption_dataset(
+    features: np.ndarray,
+    records: Sequence[CaptionRecord],
+    vocab: Vocabulary,
+    captions_per_image: int,
+    max_caption_length: int,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+) -> tf.data.Dataset:
+    """Training batches `({"features", "tokens"}, targets)` from cached encoder features (no image decoding).
+
+    features: (num_records, num_pixels, encoder_dim) array (float16 from a FeatureCache); batches are gathered
+    from it by index, so it may be a memory map.
+    """
+    inputs, targets = caption_arrays(records, vocab, captions_per_image, max_caption_length)
+    num_pixels, encoder_dim = features.shape[1:]
+
+    def gather(indices):
+        indices = np.sort(indices)  # sequential reads of a memory map; order inside a batch does not matter
+        return features[indices], inputs[indices], targets[indices]
+
+    def load(indices):
+        grid, tokens, target = tf.numpy_function(gather, [indices], [tf.as_dtype(features.dtype), tf.int32, tf.int32], stateful=False)
+        grid = tf.ensure_shape(grid, (None, num_pixels, encoder_dim))  # (batch, num_pixels, encoder_dim)
+        tokens = tf.ensure_shape(tokens, (None, captions_per_image, max_caption_length + 1))  # (batch, captions, steps)
+        target = tf.ensure_shape(target, (None, captions_per_image, max_caption_length + 1))  # (batch, captions, steps)
+        return {"features": grid, "tokens": tokens}, target
+
+    dataset = tf.data.Dataset.range(len(records))
+    if shuffle:
+        dataset = dataset.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

@@ -1,4 +1,5 @@
-"""Run directories that describe themselves: model.keras, vocab.json, config.json, history.json, metrics.json.
+"""Run directories that describe themselves: model.keras, vocab.json, config.json, history.json, metrics.json
+(and answers.json for VQA runs).
 
 Every file is written atomically; loading checks that the files are there, that the layout version is one
 this code reads, and loads the model with `safe_mode=True` (no arbitrary code from the file).
@@ -19,13 +20,15 @@ from captioner import __version__
 from captioner.config import FORMAT_VERSION, RunConfig
 from captioner.errors import CaptionerError
 from captioner.fileio import atomic_path, write_json
-from captioner.models import CaptionModel
-from captioner.vocab import Vocabulary
+from captioner.models import CaptionModel, VQAModel
+from captioner.vocab import AnswerVocabulary, Vocabulary
 
 MODEL_FILE, VOCAB_FILE, CONFIG_FILE = "model.keras", "vocab.json", "config.json"
 HISTORY_FILE, METRICS_FILE, MANIFEST_FILE = "history.json", "metrics.json", "manifest.json"
+ANSWERS_FILE = "answers.json"  # VQA runs: the answer vocabulary
 REQUIRED_FILES = (MODEL_FILE, VOCAB_FILE, CONFIG_FILE, MANIFEST_FILE)
-CHECKED_FILES = (MODEL_FILE, VOCAB_FILE, CONFIG_FILE)  # what the manifest vouches for
+CHECKED_FILES = (MODEL_FILE, VOCAB_FILE, CONFIG_FILE, ANSWERS_FILE)  # what the manifest vouches for, where present
+TASK_COMMANDS = {"caption": "captioner caption", "vqa": "captioner ask"}
 
 
 @dataclass
@@ -34,8 +37,9 @@ class Run:
 
     path: Path
     config: RunConfig
-    vocab: Vocabulary
-    model: CaptionModel
+    vocab: Vocabulary  # caption words, or question words for VQA
+    model: CaptionModel | VQAModel
+    answers: AnswerVocabulary | None = None  # VQA runs only
 
 
 def sha256(path: Path) -> str:
@@ -69,11 +73,15 @@ def save_model(model: keras.Model, path: str | Path) -> None:
 
 def verify_manifest(run_dir: Path) -> None:
     manifest = read_json(run_dir / MANIFEST_FILE)
+    required = [name for name in CHECKED_FILES if name != ANSWERS_FILE or (run_dir / name).exists()]
     try:
-        accepted = {name: set(manifest["sha256"][name]) for name in CHECKED_FILES}
+        listed = manifest["sha256"]
+        accepted = {name: set(listed[name]) for name in required}
     except (KeyError, TypeError):
         raise CaptionerError(f"{run_dir / MANIFEST_FILE} is malformed; the run directory is damaged") from None
-    for name in CHECKED_FILES:
+    if ANSWERS_FILE in listed and ANSWERS_FILE not in required:
+        raise CaptionerError(f"{run_dir} is missing {ANSWERS_FILE}, which manifest.json lists; the run directory is damaged")
+    for name in required:
         if sha256(run_dir / name) not in accepted[name]:
             raise CaptionerError(f"{run_dir / name} does not match manifest.json: it changed or was damaged after training")
 
@@ -165,15 +173,20 @@ def load_run(run_dir: str | Path, task: str = "caption") -> Run:
     config = load_config(path)
     verify_manifest(path)
     if config.task != task:
-        raise CaptionerError(f"{path} is a {config.task} run, not a {task} run")
+        use = TASK_COMMANDS.get(config.task, "another command")
+        raise CaptionerError(f"{path} is a {config.task} run, not a {task} run; use `{use}` with it")
     vocab = Vocabulary.load(path / VOCAB_FILE)
+    answers = AnswerVocabulary.load(path / ANSWERS_FILE) if task == "vqa" else None
     try:
         model = keras.saving.load_model(path / MODEL_FILE, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types for damaged or foreign files
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise CaptionerError(f"cannot load {path / MODEL_FILE}: {first_line[:300]}") from None
-    if not isinstance(model, CaptionModel):
-        raise CaptionerError(f"{path / MODEL_FILE} holds a {type(model).__name__}, not a captioner CaptionModel")
-    if model.decoder.vocab_size != len(vocab):
+    expected = CaptionModel if task == "caption" else VQAModel
+    if not isinstance(model, expected):
+        raise CaptionerError(f"{path / MODEL_FILE} holds a {type(model).__name__}, not a captioner {expected.__name__}")
+    if task == "caption" and model.decoder.vocab_size != len(vocab):
         raise CaptionerError(f"{path}: model has {model.decoder.vocab_size} output words but vocab.json has {len(vocab)}")
-    return Run(path, config, vocab, model)
+    if task == "vqa" and (model.head.num_answers != len(answers) or model.question_encoder.vocab_size != len(vocab)):
+        raise CaptionerError(f"{path}: model.keras does not match vocab.json/answers.json (sizes differ)")
+    return Run(path, config, vocab, model, answers)

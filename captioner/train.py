@@ -1,4 +1,4 @@
-"""Training: records -> vocabulary -> tf.data -> CaptionModel.fit -> a run directory.
+"""Training: records -> vocabulary -> tf.data -> CaptionModel or VQAModel .fit -> a run directory.
 
 Adam with global-norm clipping, validation loss every epoch, the best epoch kept as model.keras (written
 atomically), early stopping, and history/metrics written as JSON after every epoch.
@@ -9,20 +9,24 @@ from __future__ import annotations
 import resource
 import shutil
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
+from keras import ops
 
 from captioner.config import RunConfig
-from captioner.datasets import CaptionRecord, load_split
-from captioner.encoder import default_image_size
+from captioner.datasets import QARecord, Skipped, load_qa_split, load_split
+from captioner.encoder import BACKBONES, ImageEncoder, default_image_size
 from captioner.errors import CaptionerError
 from captioner.fileio import remove_stale_temporaries, write_json
-from captioner.models import build_caption_model
-from captioner.preprocessing import caption_dataset
+from captioner.models import build_caption_model, build_vqa_model
+from captioner.features import FeatureCache
+from captioner.preprocessing import caption_dataset, feature_caption_dataset, group_questions, vqa_dataset
 from captioner.run import (
+    ANSWERS_FILE,
     CONFIG_FILE,
     HISTORY_FILE,
     MANIFEST_FILE,
@@ -30,6 +34,7 @@ from captioner.run import (
     MODEL_FILE,
     VOCAB_FILE,
     load_config,
+    load_run,
     read_json,
     save_config,
     save_model,
@@ -37,7 +42,7 @@ from captioner.run import (
     write_manifest,
 )
 from captioner.viz import history_figure
-from captioner.vocab import Vocabulary, tokenize
+from captioner.vocab import AnswerVocabulary, Vocabulary, tokenize
 
 BACKUP_DIR = "backup"  # keras.callbacks.BackupAndRestore state (weights, optimizer, epoch); removed when training ends
 
@@ -62,11 +67,12 @@ class RunLog(keras.callbacks.Callback):
     """history.json after every epoch, and training throughput (the first epoch, which traces and fills
     the image cache, is reported separately)."""
 
-    def __init__(self, path: Path, images_per_epoch: int, captions_per_image: int):
+    def __init__(self, path: Path, images_per_epoch: int, items_per_epoch: int, item_name: str):
         super().__init__()
         self.path = path
         self.images_per_epoch = images_per_epoch
-        self.captions_per_image = captions_per_image
+        self.items_per_epoch = items_per_epoch  # captions or questions
+        self.item_name = item_name
         self.history: dict[str, list[float]] = {}
         self.train_seconds: list[float] = []
 
@@ -87,13 +93,36 @@ class RunLog(keras.callbacks.Callback):
     def throughput(self) -> dict[str, float]:
         steady = self.train_seconds[1:] or self.train_seconds
         seconds = sum(steady) / max(len(steady), 1)
-        images = self.images_per_epoch / seconds if seconds else 0.0
         return {
             "first_epoch_seconds": self.train_seconds[0] if self.train_seconds else 0.0,
             "steady_epoch_seconds": seconds,
-            "images_per_second": images,
-            "captions_per_second": images * self.captions_per_image,
+            "images_per_second": self.images_per_epoch / seconds if seconds else 0.0,
+            f"{self.item_name}_per_second": self.items_per_epoch / seconds if seconds else 0.0,
         }
+
+
+class AnsweredAccuracy(keras.metrics.Metric):
+    """Top-1 accuracy over real questions: padding slots and `<other>` targets (id 0) are left out, and
+    `<other>` is never the prediction (as at inference)."""
+
+    def __init__(self, name="accuracy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.correct = self.add_variable(shape=(), initializer="zeros", name="correct")
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = ops.cast(y_true, "int32")  # (batch, questions)
+        predicted = ops.argmax(y_pred[..., 1:], axis=-1) + 1  # (batch, questions)
+        real = ops.cast(ops.not_equal(y_true, 0), "float32")  # (batch, questions)
+        self.correct.assign_add(ops.sum(ops.cast(ops.equal(ops.cast(predicted, "int32"), y_true), "float32") * real))
+        self.total.assign_add(ops.sum(real))
+
+    def result(self):
+        return self.correct / ops.maximum(self.total, 1.0)
+
+    def reset_state(self):
+        self.correct.assign(0.0)
+        self.total.assign(0.0)
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
@@ -124,19 +153,184 @@ def _restore_progress(run_dir: Path, log: RunLog, checkpoint: BestCheckpoint, ea
 
 def _clear_run(run_dir: Path) -> None:
     """--restart: remove what an earlier run wrote (only the files a run writes)."""
-    for name in (MODEL_FILE, VOCAB_FILE, CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MANIFEST_FILE, "history.png"):
+    for name in (MODEL_FILE, VOCAB_FILE, ANSWERS_FILE, CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MANIFEST_FILE, "history.png"):
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
 
 
-def _check_images(records: list[CaptionRecord], split: str) -> None:
-    missing = [r.image for r in records if not Path(r.image).is_file()]
+def _check_images(paths: list[str], split: str) -> None:
+    missing = sorted({p for p in paths if not Path(p).is_file()})
     if missing:
         raise CaptionerError(f"{len(missing)} image file(s) of the {split} split are missing (first: {missing[0]})")
 
 
+@dataclass
+class _Setup:
+    """What a task hands the shared training loop."""
+
+    config: RunConfig
+    model: keras.Model
+    loss: keras.losses.Loss
+    metrics: list
+    train_data: Any  # tf.data.Dataset
+    val_data: Any
+    train_images: int  # image encodings per epoch
+    train_items: int  # captions or questions per epoch
+    item_name: str  # "captions" or "questions"
+    stats: dict[str, Any]  # task-specific lines for metrics.json
+
+
+def _caption_setup(config: RunConfig, run_dir: Path, resuming: bool, verbose: int | str) -> _Setup:
+    data, train_cfg = config.data, config.train
+    skipped = Skipped()
+    train_records = load_split(data.dataset, data.data_dir, train_cfg.train_split, skipped)[: train_cfg.max_train_images]
+    val_records = load_split(data.dataset, data.data_dir, train_cfg.val_split, skipped)[: train_cfg.max_val_images]
+    _check_images([r.image for r in train_records], train_cfg.train_split)
+    _check_images([r.image for r in val_records], train_cfg.val_split)
+    image_size = default_image_size(config.model.encoder, data.image_size)
+    if resuming:  # the same command again: continue with the vocabulary the run started with
+        vocab = Vocabulary.load(run_dir / VOCAB_FILE)
+    else:
+        vocab = Vocabulary.build((c for r in train_records for c in r.captions), min_count=data.min_word_count)
+        # Pad to the longest training caption (or a percentile of the lengths), not further: padded steps cost time.
+        lengths = [len(tokenize(c)) for r in train_records for c in r.captions]
+        longest = int(np.ceil(np.percentile(lengths, data.max_length_percentile)))
+        data = replace(data, image_size=image_size, data_dir=str(Path(data.data_dir).resolve()), max_caption_length=min(data.max_caption_length, longest))
+        config = replace(config, data=data)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        vocab.save(run_dir / VOCAB_FILE)
+        save_config(config, run_dir)
+    model = build_caption_model(config.model, len(vocab), image_size)
+    stats: dict[str, Any] = {"vocab_size": len(vocab), "unknown_word_rate_val": vocab.unknown_rate(c for r in val_records for c in r.captions)}
+
+    if config.model.encoder in BACKBONES and not model.encoder.encoder_trainable:
+        # A frozen pretrained CNN: run it once per image (cached on disk), then train on its features.
+        cache_dir = data.feature_cache_dir or str(Path(data.data_dir) / "features")
+        cache = FeatureCache(cache_dir, model.encoder)
+        unreadable: set[str] = set()
+
+        def unusable(path: str, message: str) -> None:
+            unreadable.add(path)
+            skipped.add("unreadable image", message)
+
+        computed = cache.extract([r.image for r in train_records + val_records], verbose=verbose != 0, on_error=unusable)
+        train_records = [r for r in train_records if r.image not in unreadable]
+        val_records = [r for r in val_records if r.image not in unreadable]
+
+        def batches(records, shuffle):
+            features = cache.load([r.image for r in records])  # (images, num_pixels, encoder_dim) float16
+            return feature_caption_dataset(features, records, vocab, data.captions_per_image, data.max_caption_length,
+                                           train_cfg.batch_size, shuffle=shuffle, seed=train_cfg.seed)
+
+        stats.update(feature_cache=str(cache.folder), features_computed=computed)
+    else:
+
+        def batches(records, shuffle):
+            return caption_dataset(
+                records, vocab, image_size, data.captions_per_image, data.max_caption_length,
+                train_cfg.batch_size, shuffle=shuffle, seed=train_cfg.seed, cache=data.cache_images,
+            )
+
+    return _Setup(
+        config=config,
+        model=model,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=vocab.pad_id),
+        metrics=[],
+        train_data=batches(train_records, True),
+        val_data=batches(val_records, False),
+        train_images=len(train_records),
+        train_items=len(train_records) * data.captions_per_image,
+        item_name="captions",
+        stats={"train_images": len(train_records), "val_images": len(val_records), **stats, "skipped": skipped.summary("entries")},
+    )
+
+
+def _first_images(records: list[QARecord], limit: int | None) -> list[QARecord]:
+    """The questions of the first `limit` distinct images (all when limit is None)."""
+    if limit is None:
+        return records
+    kept: set[str] = set()
+    result = []
+    for record in records:
+        if record.image not in kept and len(kept) >= limit:
+            continue
+        kept.add(record.image)
+        result.append(record)
+    return result
+
+
+def _shared_encoder(source: str, fine_tune: bool) -> ImageEncoder:
+    """A copy of a trained captioning run's ImageEncoder, weights included (frozen unless fine_tune)."""
+    run = load_run(source, task="caption")
+    original = run.model.encoder
+    encoder = ImageEncoder.from_config(original.get_config())
+    size = encoder.image_size
+    encoder.build((None, size, size, 3))
+    encoder.set_weights(original.get_weights())
+    encoder.trainable = fine_tune
+    return encoder
+
+
+def _vqa_setup(config: RunConfig, run_dir: Path, resuming: bool, verbose: int | str) -> _Setup:
+    data, train_cfg, vqa = config.data, config.train, config.vqa
+    skipped = Skipped()
+    train_records = _first_images(load_qa_split(data.dataset, data.data_dir, train_cfg.train_split, skipped), train_cfg.max_train_images)
+    val_records = _first_images(load_qa_split(data.dataset, data.data_dir, train_cfg.val_split, skipped), train_cfg.max_val_images)
+    _check_images([r.image for r in train_records], train_cfg.train_split)
+    _check_images([r.image for r in val_records], train_cfg.val_split)
+    encoder = _shared_encoder(vqa.encoder_from, vqa.fine_tune_encoder) if vqa.encoder_from else None
+    image_size = encoder.image_size if encoder is not None else default_image_size(config.model.encoder, data.image_size)
+    if resuming:
+        vocab = Vocabulary.load(run_dir / VOCAB_FILE)
+        answers = AnswerVocabulary.load(run_dir / ANSWERS_FILE)
+    else:
+        vocab = Vocabulary.build((r.question for r in train_records), min_count=data.min_word_count)
+        answers = AnswerVocabulary.build((r.answer for r in train_records), max_size=vqa.num_answers)
+        longest = max(len(tokenize(r.question)) for r in train_records)
+        data = replace(data, image_size=image_size, data_dir=str(Path(data.data_dir).resolve()) if data.data_dir else "")
+        vqa = replace(vqa, max_question_length=min(vqa.max_question_length, longest),
+                      encoder_from=str(Path(vqa.encoder_from).resolve()) if vqa.encoder_from else None)
+        config = replace(config, data=data, vqa=vqa)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        vocab.save(run_dir / VOCAB_FILE)
+        answers.save(run_dir / ANSWERS_FILE)
+        save_config(config, run_dir)
+
+    def batches(records, shuffle):
+        groups = group_questions(records, vqa.questions_per_image)
+        dataset = vqa_dataset(
+            groups, vocab, answers, image_size, vqa.questions_per_image, vqa.max_question_length,
+            train_cfg.batch_size, shuffle=shuffle, seed=train_cfg.seed, cache=data.cache_images,
+        )
+        return dataset, len(groups)
+
+    train_data, train_groups = batches(train_records, True)
+    val_data, _ = batches(val_records, False)
+    return _Setup(
+        config=config,
+        model=build_vqa_model(config, len(vocab), len(answers), image_size, encoder),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=AnswerVocabulary.other_id),
+        metrics=[AnsweredAccuracy()],
+        train_data=train_data,
+        val_data=val_data,
+        train_images=train_groups,
+        train_items=len(train_records),
+        item_name="questions",
+        stats={
+            "train_images": len({r.image for r in train_records}),
+            "train_questions": len(train_records),
+            "val_questions": len(val_records),
+            "vocab_size": len(vocab),
+            "num_answers": len(answers),
+            "val_answer_coverage": answers.coverage(r.answer for r in val_records),
+            "skipped": skipped.summary("questions"),
+            "unknown_word_rate_val": vocab.unknown_rate(r.question for r in val_records),
+        },
+    )
+
+
 def train(config: RunConfig, run_dir: str | Path, verbose: int | str = "auto", restart: bool = False) -> dict[str, Any]:
-    """Train a captioner as `config` says and write the run directory.
+    """Train a captioner or a VQA model (`config.task`) as `config` says and write the run directory.
 
     An existing unfinished run directory is resumed (weights, optimizer state, epoch, best-so-far and
     patience, from its mid-epoch backup) with the settings it started with; a finished one is left as is
@@ -160,41 +354,20 @@ def train(config: RunConfig, run_dir: str | Path, verbose: int | str = "auto", r
     if restart:
         _clear_run(run_dir)
     resuming = previous is not None and not restart
-    if resuming:  # the same command again: continue with the settings and vocabulary the run started with
+    if resuming:  # the same command again: continue with the settings the run started with
         config = load_config(run_dir)
-        vocab = Vocabulary.load(run_dir / VOCAB_FILE)
-    data, train_cfg = config.data, config.train
-    keras.utils.set_random_seed(train_cfg.seed)
-    train_records = load_split(data.dataset, data.data_dir, train_cfg.train_split)[: train_cfg.max_train_images]
-    val_records = load_split(data.dataset, data.data_dir, train_cfg.val_split)[: train_cfg.max_val_images]
-    _check_images(train_records, train_cfg.train_split)
-    _check_images(val_records, train_cfg.val_split)
-
-    image_size = default_image_size(config.model.encoder, data.image_size)
-    if not resuming:
-        vocab = Vocabulary.build((c for r in train_records for c in r.captions), min_count=data.min_word_count)
-        # Pad to the longest training caption, not further: padded steps cost time (the attention loop unrolls them).
-        longest = max(len(tokenize(c)) for r in train_records for c in r.captions)
-        data = replace(data, image_size=image_size, data_dir=str(Path(data.data_dir).resolve()), max_caption_length=min(data.max_caption_length, longest))
-        config = replace(config, data=data)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        vocab.save(run_dir / VOCAB_FILE)
-        save_config(config, run_dir)
-
-    model = build_caption_model(config.model, len(vocab), image_size)
+    if config.task not in ("caption", "vqa"):
+        raise CaptionerError(f"unknown task '{config.task}'; use caption or vqa")
+    keras.utils.set_random_seed(config.train.seed)
+    setup = (_caption_setup if config.task == "caption" else _vqa_setup)(config, run_dir, resuming, verbose)
+    train_cfg, model = setup.config.train, setup.model
     model.compile(
         optimizer=keras.optimizers.Adam(train_cfg.learning_rate, global_clipnorm=train_cfg.clip_norm),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=vocab.pad_id),
+        loss=setup.loss,
+        metrics=setup.metrics,
     )
-
-    def batches(records, shuffle):
-        return caption_dataset(
-            records, vocab, image_size, data.captions_per_image, data.max_caption_length,
-            train_cfg.batch_size, shuffle=shuffle, seed=train_cfg.seed, cache=data.cache_images,
-        )
-
     checkpoint = BestCheckpoint(run_dir / MODEL_FILE)
-    log = RunLog(run_dir / HISTORY_FILE, len(train_records), data.captions_per_image)
+    log = RunLog(run_dir / HISTORY_FILE, setup.train_images, setup.train_items, setup.item_name)
     early_stopping = ResumableEarlyStopping(monitor="val_loss", patience=train_cfg.patience)
     backup = keras.callbacks.BackupAndRestore(run_dir / BACKUP_DIR, save_freq=train_cfg.backup_every_steps, double_checkpoint=True)
     if resuming:
@@ -203,7 +376,7 @@ def train(config: RunConfig, run_dir: str | Path, verbose: int | str = "auto", r
     # extra history entry, which the next resume cuts off; never a missing one.
     callbacks = [log, backup, checkpoint, early_stopping]
     started = time.perf_counter()
-    model.fit(batches(train_records, True), validation_data=batches(val_records, False), epochs=train_cfg.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
+    model.fit(setup.train_data, validation_data=setup.val_data, epochs=train_cfg.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
     elapsed = time.perf_counter() - started
     if checkpoint.best_epoch < 0:  # validation loss was never finite: keep the last weights all the same
         save_model(model, run_dir / MODEL_FILE)
@@ -217,9 +390,7 @@ def train(config: RunConfig, run_dir: str | Path, verbose: int | str = "auto", r
                 "epochs_run": len(log.train_seconds),
                 "best_epoch": checkpoint.best_epoch + 1,
                 "best_val_loss": checkpoint.best,
-                "train_images": len(train_records),
-                "val_images": len(val_records),
-                "vocab_size": len(vocab),
+                **setup.stats,
                 "optimizer_iterations": int(model.optimizer.iterations.numpy()),
                 "seconds": elapsed,
                 **log.throughput(),

@@ -22,7 +22,38 @@ def tokenize(text: str) -> list[str]:
     return _TOKEN.findall(text.lower())
 
 
-class Vocabulary:
+class _StoredList:
+    """JSON round trip (never pickle) of a list of strings kept in the attribute named `json_key`."""
+
+    json_key = "words"
+    description = "vocabulary"
+
+    def to_json(self) -> dict:
+        return {"type": f"captioner.{type(self).__name__}", self.json_key: getattr(self, self.json_key)}
+
+    @classmethod
+    def from_json(cls, payload: dict):
+        items = payload.get(cls.json_key) if isinstance(payload, dict) else None
+        if not isinstance(items, list) or not all(isinstance(w, str) for w in items):
+            raise ValueError(f"expected {{'{cls.json_key}': [str, ...]}}")
+        if len(items) > MAX_VOCAB_SIZE:
+            raise ValueError(f"{len(items)} {cls.json_key} is more than the {MAX_VOCAB_SIZE} allowed")
+        return cls(items)
+
+    def save(self, path: str | Path) -> None:
+        write_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path):
+        try:
+            return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise CaptionerError(f"missing {cls.description} file {path}") from None
+        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+            raise CaptionerError(f"invalid {cls.description} file {path}: {exc}") from None
+
+
+class Vocabulary(_StoredList):
     """An ordered word list; a word's id is its position. Ids 0-3 are the special tokens.
 
     Args:
@@ -86,26 +117,66 @@ class Vocabulary:
                 unknown += word not in self.index
         return unknown / total if total else 0.0
 
-    def to_json(self) -> dict:
-        return {"type": "captioner.Vocabulary", "words": self.words}
+
+
+OTHER_ANSWER = "<other>"
+
+
+class AnswerVocabulary(_StoredList):
+    """The classes of a VQA classifier: the most frequent training answers; id 0, `<other>`, stands for every
+    answer outside them. The loss ignores `<other>` targets and the classifier never predicts it.
+
+    Args:
+        answers: Sequence[str]. `<other>` first, then the answers in id order.
+    """
+
+    other_id = 0
+    json_key = "answers"
+    description = "answer vocabulary"
+
+    def __init__(self, answers: Sequence[str]):
+        answers = list(answers)
+        if not answers or answers[0] != OTHER_ANSWER:
+            raise ValueError(f"an answer vocabulary must start with {OTHER_ANSWER}")
+        if len(set(answers)) != len(answers):
+            duplicates = sorted(a for a, n in collections.Counter(answers).items() if n > 1)
+            raise ValueError(f"duplicate answers in vocabulary: {duplicates[:5]}")
+        self.answers = answers
+        self.index = {a: i for i, a in enumerate(answers)}
 
     @classmethod
-    def from_json(cls, payload: dict) -> "Vocabulary":
-        words = payload.get("words") if isinstance(payload, dict) else None
-        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
-            raise ValueError("expected {'words': [str, ...]}")
-        if len(words) > MAX_VOCAB_SIZE:
-            raise ValueError(f"{len(words)} words is more than the {MAX_VOCAB_SIZE} allowed")
-        return cls(words)
+    def build(cls, answers: Iterable[str], max_size: int = 1000) -> "AnswerVocabulary":
+        """The `max_size` most frequent answers (ties alphabetical), after `normalize_answer`."""
+        counts = collections.Counter(normalize_answer(a) for a in answers)
+        counts.pop(OTHER_ANSWER, None)
+        kept = sorted(counts, key=lambda a: (-counts[a], a))[:max_size]
+        return cls([OTHER_ANSWER, *kept])
 
-    def save(self, path: str | Path) -> None:
-        write_json(path, self.to_json())
+    def __len__(self) -> int:
+        return len(self.answers)
 
-    @classmethod
-    def load(cls, path: str | Path) -> "Vocabulary":
-        try:
-            return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
-        except FileNotFoundError:
-            raise CaptionerError(f"missing vocabulary file {path}") from None
-        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
-            raise CaptionerError(f"invalid vocabulary file {path}: {exc}") from None
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AnswerVocabulary) and self.answers == other.answers
+
+    def encode(self, answer: str) -> int:
+        return self.index.get(normalize_answer(answer), self.other_id)
+
+    def coverage(self, answers: Iterable[str]) -> float:
+        """Share of `answers` that are classes (not `<other>`): the accuracy a perfect classifier could reach."""
+        answers = list(answers)
+        return sum(self.encode(a) != self.other_id for a in answers) / len(answers) if answers else 0.0
+
+
+
+_ANSWER_PUNCTUATION = re.compile(r"[;/\[\]\"{}()=+\\_\-><@`,?!*#%^&$|~]")
+_PERIOD = re.compile(r"(?<!\d)\.(?!\d)")
+_DIGITS = {w: str(i) for i, w in enumerate(("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"))}
+_ARTICLES = {"a", "an", "the"}
+
+
+def normalize_answer(answer: str) -> str:
+    """VQA's answer processing, abridged: lower case, punctuation removed (a period only outside numbers),
+    number words as digits, articles dropped ("Two dogs." -> "2 dogs"). Applied to predictions and references."""
+    text = _PERIOD.sub("", _ANSWER_PUNCTUATION.sub("", answer.lower().replace("\n", " ").replace("\t", " ")))
+    words = [_DIGITS.get(w, w) for w in text.split() if w not in _ARTICLES]
+    return " ".join(words)

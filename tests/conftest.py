@@ -61,3 +61,27 @@ def attention_run(tiny_data, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "attention"
     train(config, run_dir, verbose=0)
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def vqa_run(tiny_data, tmp_path_factory) -> Path:
+    """A tiny VQA model trained to memorise the questions about the 32 training images."""
+    from captioner.train import train
+
+    config = tiny_config(
+        tiny_data,
+        **{
+            "train.epochs": "80",
+            "train.val_split": "train",
+            "train.patience": "80",
+            "train.learning_rate": "0.005",
+            "train.batch_size": "8",
+            "vqa.question_hidden_dim": "64",
+            "vqa.fusion_dim": "64",
+            "vqa.mlp_dim": "64",
+        },
+    )
+    config.task = "vqa"
+    run_dir = tmp_path_factory.mktemp("runs") / "vqa"
+    train(config, run_dir, verbose=0)
+    return run_dir

@@ -193,3 +193,129 @@ def test_hostile_folder_in_one_call(overfit_run, tmp_path):
     assert (results["rgba.png"]["width"], results["rgba.png"]["height"]) == (64, 48)
     assert (results["exif_rotated.jpg"]["width"], results["exif_rotated.jpg"]["height"]) == (48, 64)  # swapped
     assert "0 bytes" in results["empty.jpg"]["error"]
+
+
+def test_ask_prints_the_answer_and_the_top_five(vqa_run, tiny_data, capsys):
+    image = sorted((tiny_data / "images").glob("train_*.png"))[0]
+    assert main(["ask", "--run", str(vqa_run), str(image), "how many shapes are there?"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 6 and lines[0].strip()
+    probabilities = [float(line.split("%")[0]) for line in lines[1:]]
+    assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 100.01
+    assert lines[1].split()[-1] == lines[0]  # the answer is the most probable one
+
+
+def test_ask_json_answers_the_training_questions(vqa_run, tiny_data, capsys):
+    record = json.loads((tiny_data / "train.json").read_text())["records"][0]
+    questions = [q["question"] for q in record["qa"]]
+    assert main(["ask", "--run", str(vqa_run), "--json", str(tiny_data / record["image"]), *questions]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert [a["question"] for a in payload["answers"]] == questions
+    assert all(len(a["top"]) == 5 and a["top"][0]["answer"] == a["answer"] for a in payload["answers"])
+    right = sum(a["answer"] == normalize(q["answer"]) for a, q in zip(payload["answers"], record["qa"]))
+    assert right >= len(questions) - 1  # the tiny model memorised its training questions
+
+
+def normalize(answer):
+    from captioner.vocab import normalize_answer
+
+    return normalize_answer(answer)
+
+
+def test_ask_bad_questions(vqa_run, tiny_data, capsys):
+    image = str(sorted((tiny_data / "images").glob("test_*.png"))[0])
+    assert main(["ask", "--run", str(vqa_run), image, "  ?  "]) == 2
+    _one_line_error(capsys.readouterr())
+    # One empty question among others: the others are still answered, exit 1.
+    assert main(["ask", "--run", str(vqa_run), image, "", "how many shapes are there?"]) == 1
+    captured = capsys.readouterr()
+    _one_line_error(captured)
+    assert captured.out.strip()
+    # Only unknown words: still answered, with a warning, exit 0.
+    assert main(["ask", "--run", str(vqa_run), image, "xyzzy plugh?"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: no word of" in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert captured.out.strip()
+
+
+def test_runs_of_the_other_task_are_refused(vqa_run, overfit_run, tiny_data, capsys):
+    image = str(sorted((tiny_data / "images").glob("test_*.png"))[0])
+    assert main(["ask", "--run", str(overfit_run), image, "what color is the circle?"]) == 2
+    captured = capsys.readouterr()
+    _one_line_error(captured)
+    assert "use `captioner caption`" in captured.err
+    assert main(["caption", "--run", str(vqa_run), image]) == 2
+    captured = capsys.readouterr()
+    _one_line_error(captured)
+    assert "use `captioner ask`" in captured.err
+
+
+def test_ask_on_a_missing_image(vqa_run, tmp_path, capsys):
+    assert main(["ask", "--run", str(vqa_run), str(tmp_path / "nope.png"), "what?"]) == 2
+    _one_line_error(capsys.readouterr())
+
+
+def test_evaluate_on_a_vqa_run_prints_accuracy_per_type(vqa_run, tmp_path, capsys):
+    out = tmp_path / "answers.json"
+    assert main(["evaluate", "--run", str(vqa_run), "--split", "test", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "VQA accuracy" in text and "yes/no" in text and "number" in text and "count" in text and "blind baselines" in text
+    answers = json.loads(out.read_text())
+    assert answers and {"question", "answer", "answers"} <= set(answers[0])
+    assert "eval_test" in json.loads((vqa_run / "metrics.json").read_text())
+
+
+def test_train_vqa_flag_errors(tiny_data, tmp_path, capsys):
+    assert main(["train-vqa", "--run", str(tmp_path / "r"), "--data-dir", str(tiny_data), "--fine-tune-encoder"]) == 2
+    _one_line_error(capsys.readouterr())
+    assert main(["train-vqa", "--run", str(tmp_path / "r"), "--encoder-from", str(tmp_path / "none")]) == 2
+    _one_line_error(capsys.readouterr())
+
+
+def test_train_vqa_command(tiny_data, tmp_path, capsys):
+    run = tmp_path / "vqa"
+    args = ["train-vqa", "--preset", "tiny", "--data-dir", str(tiny_data), "--run", str(run), "--epochs", "1", "--attention", "--fusion", "concat", "--quiet"]
+    assert main(args) == 0
+    assert "questions/s" in capsys.readouterr().out
+    config = json.loads((run / "config.json").read_text())
+    assert config["task"] == "vqa" and config["vqa"]["attention"] and config["vqa"]["fusion"] == "concat"
+
+
+def test_score_files_with_nltk_and_coco_metrics(tmp_path, capsys):
+    hypotheses = [
+        {"image": "a/1.jpg", "caption": "a dog runs on the grass", "references": ["a dog runs on grass", "a brown dog running"]},
+        {"image": "a/2.jpg", "caption": "two people on a beach", "references": ["two people walk on a beach", "people near the sea"]},
+    ]
+    (tmp_path / "h.json").write_text(json.dumps(hypotheses))
+    assert main(["score", "--hypotheses", str(tmp_path / "h.json"), "--no-meteor", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 2 and 0 < result["nltk"]["bleu1"] <= 1
+    if result["coco"] is not None:
+        assert abs(result["coco"]["bleu1"] - result["nltk"]["bleu1"]) < 0.02 and result["coco"]["meteor"] is None
+    references = {"1.jpg": ["a dog runs", "a dog runs fast", "the dog runs"]}
+    (tmp_path / "r.json").write_text(json.dumps(references))
+    assert main(["score", "--human", "--references", str(tmp_path / "r.json"), "--no-meteor"]) == 0
+    assert "BLEU-1..4" in capsys.readouterr().out
+
+
+def test_score_bad_inputs(tmp_path, capsys):
+    assert main(["score", "--hypotheses", str(tmp_path / "missing.json")]) == 2
+    _one_line_error(capsys.readouterr())
+    (tmp_path / "h.json").write_text(json.dumps({"1.jpg": "a dog"}))
+    (tmp_path / "r.json").write_text(json.dumps({"2.jpg": ["a cat"]}))
+    assert main(["score", "--hypotheses", str(tmp_path / "h.json"), "--references", str(tmp_path / "r.json")]) == 2
+    _one_line_error(capsys.readouterr())
+    assert main(["score", "--human"]) == 2
+    _one_line_error(capsys.readouterr())
+
+
+def test_features_command_fills_the_cache_train_reads(tiny_data, tmp_path, capsys):
+    cache = str(tmp_path / "cache")
+    common = ["--encoder", "mobilenet_v2", "--encoder-weights", "none", "--cache-dir", cache]
+    assert main(["features", "--dataset", "shapes", "--data-dir", str(tiny_data), "--splits", "train,val", *common]) == 0
+    assert "48 of 48 images computed" in capsys.readouterr().out
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--data-dir", str(tiny_data), "--run", str(run), "--epochs", "1", "--quiet", *common]) == 0
+    assert json.loads((run / "metrics.json").read_text())["train"]["features_computed"] == 0
+    assert main(["features", "--dataset", "shapes", "--data-dir", str(tiny_data), "--encoder", "small_cnn"]) == 2
+    _one_line_error(capsys.readouterr())

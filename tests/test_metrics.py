@@ -49,3 +49,33 @@ def test_distinct_share():
 def test_mismatched_lengths_are_an_error():
     with pytest.raises(ValueError):
         bleu_scores([[["a"]]], [])
+
+
+def test_vqa_accuracy_matches_hand_computed_values():
+    from captioner.metrics import vqa_accuracy
+
+    ten = ["red"] * 3 + ["blue"] * 7
+    # 3 of 10 said red: leaving out one of the three gives 2/3, leaving out one of the other seven gives 1.
+    assert vqa_accuracy("red", ten) == pytest.approx((3 * 2 / 3 + 7 * 1) / 10)  # 0.9
+    two = ["red"] * 2 + ["blue"] * 8
+    assert vqa_accuracy("Red.", two) == pytest.approx((2 * 1 / 3 + 8 * 2 / 3) / 10)  # 0.6
+    assert vqa_accuracy("blue", ten) == 1.0 and vqa_accuracy("green", ten) == 0.0
+    assert vqa_accuracy("two", ["2"]) == 1.0 and vqa_accuracy("3", ["2"]) == 0.0
+
+
+def test_accuracy_table_and_blind_baselines():
+    from captioner.datasets import QARecord
+    from captioner.metrics import accuracy_table, blind_baselines
+
+    def qa(question, answer, kind):
+        return QARecord("x.png", question, (answer,), kind, "yes/no" if answer in ("yes", "no") else "other")
+
+    train = [qa("is it red?", "no", "exist")] * 3 + [qa("what color?", "blue", "color")] * 4 + [qa("is it big?", "yes", "exist")]
+    test = [qa("is it red?", "no", "exist"), qa("what color?", "green", "color"), qa("is it big?", "yes", "exist"), qa("what shape?", "circle", "shape")]
+    table = accuracy_table(test, ["no", "green", "no", "circle"])
+    assert table["accuracy"] == 0.75 and table["questions"] == 4
+    assert table["by_answer_type"]["yes/no"]["accuracy"] == 0.5 and table["by_question_type"]["shape"]["accuracy"] == 1.0
+    blind = blind_baselines(train, test)
+    assert blind["always_yes"] == 0.25
+    assert blind["most_frequent"] == 0.0  # "blue" answers nothing here
+    assert blind["question_prior"] == 0.5  # "no" and "yes" right; "blue" for colour; unseen question -> "blue"

@@ -4,31 +4,75 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from captioner.datasets.records import CaptionRecord, QAPair, read_split_file
+from captioner.datasets.captions import load_coco, load_flickr8k, load_karpathy
+from captioner.datasets.records import CaptionRecord, QAPair, QARecord, Skipped, read_split_file
+from captioner.datasets.vqa import answer_type, load_easy_vqa, load_shapes_qa, load_vqa_v2
 from captioner.errors import CaptionerError
 
-DATASETS = ("shapes",)
+DATASETS = ("shapes", "flickr8k", "karpathy", "coco")
+QA_DATASETS = ("shapes", "easy-vqa", "vqa")
 
 
-def load_split(dataset: str, data_dir: str | Path, split: str) -> list[CaptionRecord]:
+def load_split(dataset: str, data_dir: str | Path, split: str, skipped: Skipped | None = None) -> list[CaptionRecord]:
     """Records of one split of a dataset.
 
     Args:
         dataset: str. One of DATASETS.
         data_dir: str. Folder the dataset was generated or downloaded into.
         split: str. "train", "val" or "test".
+        skipped: Skipped. Collects what the loader could not use (real datasets), by reason.
     """
     data_dir = Path(data_dir)
+    skipped = skipped if skipped is not None else Skipped()
     if not data_dir.is_dir():
-        raise CaptionerError(f"dataset directory {data_dir} does not exist; create it with `captioner data shapes --out {data_dir}`")
+        hint = f"create it with `captioner data shapes --out {data_dir}`" if dataset == "shapes" else "download the dataset there"
+        raise CaptionerError(f"dataset directory {data_dir} does not exist; {hint}")
     if dataset == "shapes":
         records = read_split_file(data_dir / f"{split}.json")
+    elif dataset == "flickr8k":
+        records = load_flickr8k(data_dir, split, skipped)
+    elif dataset == "karpathy":
+        records = load_karpathy(data_dir, split, skipped)
+    elif dataset == "coco":
+        records = load_coco(data_dir, split, skipped)
     else:
         raise CaptionerError(f"unknown dataset '{dataset}'; choose one of: {', '.join(DATASETS)}")
+    if not records:
+        detail = f" ({skipped.summary('entries')})" if skipped.count() else ""
+        raise CaptionerError(f"the {split} split of {dataset} in {data_dir} has no usable images{detail}")
     empty = [r.image_id for r in records if not any(c.strip() for c in r.captions)]
     if empty:
         raise CaptionerError(f"{len(empty)} image(s) in the {split} split have only empty captions (first: {empty[0]}); fix or remove them")
     return records
 
 
-__all__ = ["CaptionRecord", "QAPair", "DATASETS", "load_split", "read_split_file"]
+def load_qa_split(dataset: str, data_dir: str | Path, split: str, skipped: Skipped | None = None) -> list[QARecord]:
+    """Question records of one split: one `QARecord` per question.
+
+    Args:
+        dataset: str. One of QA_DATASETS ("easy-vqa" reads the installed package and ignores data_dir).
+        data_dir: str. Folder of the shapes split files or of the VQA v2 JSON files.
+        split: str. "train", "val" or "test" (VQA v2: train or val).
+        skipped: Skipped. Collects what could not be used.
+    """
+    if dataset == "easy-vqa":
+        records = load_easy_vqa(split)
+    elif dataset in QA_DATASETS:
+        data_dir = Path(data_dir)
+        if not data_dir.is_dir():
+            raise CaptionerError(f"dataset directory {data_dir} does not exist")
+        records = load_shapes_qa(data_dir, split) if dataset == "shapes" else load_vqa_v2(data_dir, split, skipped)
+    else:
+        raise CaptionerError(f"unknown question-answer dataset '{dataset}'; choose one of: {', '.join(QA_DATASETS)}")
+    if not records:
+        raise CaptionerError(f"the {split} split of {dataset} in {data_dir} has no usable questions")
+    empty = [r.question_id for r in records if not r.question.strip() or not any(a.strip() for a in r.answers)]
+    if empty:
+        raise CaptionerError(f"{len(empty)} question(s) of the {split} split have an empty question or no answer (first: {empty[0]})")
+    return records
+
+
+__all__ = [
+    "CaptionRecord", "QAPair", "QARecord", "Skipped", "DATASETS", "QA_DATASETS",
+    "answer_type", "load_split", "load_qa_split", "read_split_file",
+]

@@ -29,6 +29,60 @@ class QAPair:
     question_type: str = "other"
 
 
+class Skipped:
+    """What a loader could not use, by reason: counted for a one-line summary, listed for --verbose.
+
+    The same (reason, detail) is counted once, so loading several splits from one file into one collector
+    reports each problem of the file once.
+    """
+
+    def __init__(self) -> None:
+        self.reasons: dict[str, list[str]] = {}
+        self._seen: set[tuple[str, str]] = set()
+
+    def add(self, reason: str, detail: str) -> None:
+        if (reason, detail) not in self._seen:
+            self._seen.add((reason, detail))
+            self.reasons.setdefault(reason, []).append(detail)
+
+    def count(self, reason: str | None = None) -> int:
+        return len(self.reasons.get(reason, [])) if reason else sum(len(v) for v in self.reasons.values())
+
+    def summary(self, what: str = "entries") -> str:
+        """e.g. "skipped 3 entries: 2 image not on disk, 1 malformed line" ("" when nothing was skipped)."""
+        if not self.reasons:
+            return ""
+        parts = ", ".join(f"{len(v)} {reason}" for reason, v in sorted(self.reasons.items(), key=lambda kv: -len(kv[1])))
+        return f"skipped {self.count()} {what}: {parts}"
+
+    def details(self) -> list[str]:
+        return [f"{reason}: {detail}" for reason, items in self.reasons.items() for detail in items]
+
+
+@dataclass(frozen=True)
+class QARecord:
+    """One question about one image with every annotator's answer (VQA v2 has ten; generated data one).
+
+    `answer_type` is VQA's coarse class ("yes/no", "number", "other"); `question_type` is the dataset's own
+    finer label (shapes: color, shape, count, size, exist, relation).
+    """
+
+    image: str  # absolute or working-directory-relative path of the image file
+    question: str
+    answers: tuple[str, ...]  # every annotator's answer, repeats kept (VQA accuracy counts them)
+    question_type: str = "other"
+    answer_type: str = "other"
+    question_id: str = ""
+
+    @property
+    def answer(self) -> str:
+        """The most frequent answer (ties: the first given), the training target."""
+        counts: dict[str, int] = {}
+        for a in self.answers:
+            counts[a] = counts.get(a, 0) + 1
+        return max(counts, key=counts.__getitem__)
+
+
 @dataclass(frozen=True)
 class CaptionRecord:
     """One image with all of its reference captions (and question/answer pairs where the dataset has them)."""

@@ -1,0 +1,162 @@
+"""`FeatureCache`: the grid features of a frozen encoder, computed once per image and kept on disk.
+
+With a frozen (ImageNet) CNN, running it once per image per epoch is most of the cost of training on a
+CPU. The cache runs it once per image, in batches, and stores the grid (batch, num_pixels, encoder_dim) as
+float16 `.npy` shards that training reads memory-mapped.
+
+Keys: a cache folder per encoder *identity* (its config and a SHA-256 of its weights, so a different
+backbone, input size or weights file never shares a folder), and inside it one row per image *content*
+(SHA-256 of the file's bytes, so an edited or replaced image is computed again, whatever its name).
+Shards are written atomically and the index after them: a kill leaves at most an unused shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Sequence
+
+import keras
+import numpy as np
+
+from captioner.encoder import ImageEncoder
+from captioner.errors import CaptionerError
+from captioner.fileio import atomic_path, write_json
+from captioner.images import load_image
+
+INDEX_FILE = "index.json"
+
+
+def file_digest(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def encoder_digest(encoder: ImageEncoder) -> str:
+    """SHA-256 of what decides the grid: the CNN's name, its input size and every one of its weights (the
+    pooling and projection come after the grid and are not part of it)."""
+    digest = hashlib.sha256(json.dumps({"encoder": encoder.encoder, "image_size": encoder.image_size}).encode())
+    for weight in encoder.cnn.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()
+
+
+class FeatureCache:
+    """Grid features of one frozen encoder for any number of images.
+
+    Args:
+        root: path. Folder holding one sub-folder per encoder identity.
+        encoder: ImageEncoder. Used to compute what is missing.
+        dtype: str. Storage type, "float16" (half the disk and memory) or "float32". Defaults to "float16".
+    """
+
+    def __init__(self, root: str | Path, encoder: ImageEncoder, dtype: str = "float16"):
+        self.encoder = encoder
+        self.dtype = np.dtype(dtype)
+        self.key = encoder_digest(encoder)
+        self.folder = Path(root) / f"{encoder.encoder}-{encoder.image_size}px-{self.key[:16]}"
+        self.shape = (encoder.num_pixels, encoder.encoder_dim)
+        self._index = self._read_index()
+        self._shards: dict[str, np.ndarray] = {}
+
+    def _read_index(self) -> dict:
+        path = self.folder / INDEX_FILE
+        if not path.exists():
+            return {"encoder": self.encoder.encoder, "image_size": self.encoder.image_size, "key": self.key,
+                    "shape": list(self.shape), "dtype": self.dtype.name, "rows": {}}
+        try:
+            index = json.loads(path.read_text(encoding="utf-8"))
+            if index["key"] != self.key or tuple(index["shape"]) != self.shape or index["dtype"] != self.dtype.name:
+                raise ValueError("written for another encoder")
+            return index
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise CaptionerError(f"feature cache {path} is damaged or foreign ({exc}); delete {self.folder} to rebuild it") from None
+
+    def digests(self, paths: Sequence[str]) -> list[str]:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            return list(pool.map(file_digest, paths))
+
+    def missing(self, paths: Sequence[str], digests: Sequence[str] | None = None) -> list[str]:
+        """The paths whose content has no cached row."""
+        digests = digests or self.digests(paths)
+        rows = self._index["rows"]
+        return list(dict.fromkeys(p for p, d in zip(paths, digests) if d not in rows))
+
+    def extract(
+        self,
+        paths: Sequence[str],
+        batch_size: int = 32,
+        verbose: bool = True,
+        on_error: Callable[[str, str], None] | None = None,
+    ) -> int:
+        """Compute and store the features of `paths` not cached yet; returns how many were computed.
+
+        An unreadable image is reported through `on_error(path, message)` (or raises) and gets no row.
+        """
+        paths = list(paths)
+        digests = self.digests(paths)
+        todo = [(p, d) for p, d in dict(zip(paths, digests)).items() if d not in self._index["rows"]]
+        if not todo:
+            return 0
+        size = self.encoder.image_size
+        progress = keras.utils.Progbar(len(todo), unit_name="image") if verbose else None
+        rows: list[np.ndarray] = []
+        names: list[str] = []
+
+        def read(item):
+            try:
+                return item, load_image(item[0], size), None
+            except CaptionerError as exc:
+                return item, None, str(exc)
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for start in range(0, len(todo), batch_size):
+                batch = list(pool.map(read, todo[start : start + batch_size]))
+                good = [(item, image) for item, image, error in batch if error is None]
+                for item, _, error in batch:
+                    if error is not None:
+                        if on_error is None:
+                            raise CaptionerError(error)
+                        on_error(item[0], error)
+                if good:
+                    grid, _ = self.encoder(np.stack([image for _, image in good]), training=False)  # (batch, num_pixels, encoder_dim)
+                    rows.append(np.asarray(grid).astype(self.dtype))
+                    names += [digest for (_, digest), _ in good]
+                if progress is not None:
+                    progress.add(len(batch))
+        if not rows:
+            return 0
+        self.store(names, np.concatenate(rows))
+        return len(names)
+
+    def store(self, digests: Sequence[str], features: np.ndarray) -> None:
+        """Add one shard: `features` (len(digests), num_pixels, encoder_dim) for the image contents `digests`."""
+        if features.shape != (len(digests), *self.shape):
+            raise ValueError(f"features of shape {features.shape} for {len(digests)} images of grid {self.shape}")
+        shard = f"shard-{uuid.uuid4().hex[:12]}.npy"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.folder / shard) as tmp:  # the shard first, then the index that points at it
+            np.save(tmp, features.astype(self.dtype, copy=False))  # (images, num_pixels, encoder_dim)
+        for row, digest in enumerate(digests):
+            self._index["rows"][digest] = [shard, row]
+        write_json(self.folder / INDEX_FILE, self._index)
+
+    def load(self, paths: Sequence[str], digests: Sequence[str] | None = None) -> np.ndarray:
+        """Features of `paths` in order: (len(paths), num_pixels, encoder_dim), in the storage dtype."""
+        digests = digests or self.digests(paths)
+        out = np.empty((len(paths), *self.shape), self.dtype)
+        rows = self._index["rows"]
+        for i, digest in enumerate(digests):
+            if digest not in rows:
+                raise CaptionerError(f"no cached features for {paths[i]}; run `captioner features` first")
+            shard, row = rows[digest]
+            if shard not in self._shards:
+                self._shards[shard] = np.load(self.folder / shard, mmap_mode="r")
+            out[i] = self._shards[shard][row]
+        return out

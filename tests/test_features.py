@@ -1,0 +1,109 @@
+"""FeatureCache: computed once per image content and encoder identity; training on cached features."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from captioner.encoder import ImageEncoder
+from captioner.errors import CaptionerError
+from captioner.features import FeatureCache
+from captioner.train import train
+
+from conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return ImageEncoder("mobilenet_v2", image_size=32, weights=None, encoder_trainable=False)
+
+
+def _images(folder, count, seed=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        path = folder / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def test_features_are_computed_once_and_match_the_encoder(backbone, tmp_path):
+    paths = _images(tmp_path / "images", 5)
+    cache = FeatureCache(tmp_path / "cache", backbone)
+    assert cache.extract(paths, batch_size=2, verbose=False) == 5
+    assert cache.extract(paths, verbose=False) == 0
+    again = FeatureCache(tmp_path / "cache", backbone)  # a new process: the index on disk is enough
+    assert again.missing(paths) == []
+    features = again.load(paths)
+    assert features.shape == (5, backbone.num_pixels, backbone.encoder_dim) and features.dtype == np.float16
+    images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+    grid, _ = backbone(images, training=False)
+    np.testing.assert_allclose(features.astype(np.float32), np.asarray(grid), rtol=2e-3, atol=2e-3)
+
+
+def test_a_changed_image_or_encoder_is_never_served_stale_features(backbone, tmp_path):
+    import keras
+
+    paths = _images(tmp_path / "images", 3)
+    cache = FeatureCache(tmp_path / "cache", backbone)
+    cache.extract(paths, verbose=False)
+    Image.new("RGB", (32, 32), "red").save(paths[1])  # same name, new content
+    assert cache.missing(paths) == [paths[1]]
+    keras.utils.set_random_seed(1)
+    other = ImageEncoder("mobilenet_v2", image_size=32, weights=None, encoder_trainable=False)  # other weights
+    other_cache = FeatureCache(tmp_path / "cache", other)
+    assert other_cache.folder != cache.folder and len(other_cache.missing(paths)) == 3
+    bigger = ImageEncoder("mobilenet_v2", image_size=64, weights=None, encoder_trainable=False)
+    assert FeatureCache(tmp_path / "cache", bigger).folder != cache.folder
+
+
+def test_unreadable_images_are_reported_and_the_rest_cached(backbone, tmp_path):
+    paths = _images(tmp_path / "images", 2)
+    broken = tmp_path / "images" / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    errors = []
+    cache = FeatureCache(tmp_path / "cache", backbone)
+    assert cache.extract([paths[0], str(broken), paths[1]], verbose=False, on_error=lambda p, m: errors.append(p)) == 2
+    assert errors == [str(broken)]
+    with pytest.raises(CaptionerError, match="no cached features"):
+        cache.load([str(broken)])
+
+
+def test_a_damaged_index_says_how_to_rebuild(backbone, tmp_path):
+    paths = _images(tmp_path / "images", 1)
+    cache = FeatureCache(tmp_path / "cache", backbone)
+    cache.extract(paths, verbose=False)
+    (cache.folder / "index.json").write_text("{broken")
+    with pytest.raises(CaptionerError, match="delete"):
+        FeatureCache(tmp_path / "cache", backbone)
+
+
+def test_training_with_a_frozen_backbone_reads_cached_features(tiny_data, tmp_path):
+    from captioner.run import load_run
+
+    config = tiny_config(tiny_data, **{"model.encoder": "mobilenet_v2", "model.encoder_weights": "none", "train.epochs": "1",
+                                       "data.feature_cache_dir": str(tmp_path / "cache")})
+    first = train(config, tmp_path / "run", verbose=0)["train"]
+    assert first["features_computed"] == 48 and "feature_cache" in first  # 32 train + 16 val images
+    second = train(config, tmp_path / "run2", verbose=0)["train"]
+    assert second["features_computed"] == 0
+    # The saved model is whole: it reads pixels, and pixels give what the cached features gave.
+    run = load_run(tmp_path / "run")
+    assert not run.model.encoder.encoder_trainable
+    records = json.loads((tiny_data / "val.json").read_text())["records"][:4]
+    paths = [str(tiny_data / r["image"]) for r in records]
+    from captioner.images import load_image
+
+    images = np.stack([load_image(p, run.model.encoder.image_size) for p in paths])
+    tokens = np.ones((4, 1, 3), np.int32)
+    cache = FeatureCache(tmp_path / "cache", run.model.encoder)
+    from_pixels = np.asarray(run.model({"images": images, "tokens": tokens}))
+    from_cache = np.asarray(run.model({"features": cache.load(paths), "tokens": tokens}))
+    np.testing.assert_allclose(from_pixels, from_cache, rtol=1e-2, atol=1e-2)

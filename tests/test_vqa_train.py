@@ -1,0 +1,87 @@
+"""VQA end to end on a tiny model: train, reload, answer, score; sharing a captioner's encoder."""
+
+import json
+
+import numpy as np
+import pytest
+
+from captioner.answering import Answerer
+from captioner.datasets import load_qa_split
+from captioner.evaluate import answer_records, evaluate_vqa
+from captioner.run import load_run
+from captioner.train import train
+
+from conftest import tiny_config
+
+
+def test_vqa_run_directory_describes_itself(vqa_run):
+    for name in ("model.keras", "vocab.json", "answers.json", "config.json", "history.json", "metrics.json", "manifest.json"):
+        assert (vqa_run / name).is_file(), name
+    config = json.loads((vqa_run / "config.json").read_text())
+    assert config["task"] == "vqa"
+    assert "answers.json" in json.loads((vqa_run / "manifest.json").read_text())["sha256"]
+
+
+def test_vqa_model_overfits_a_tiny_training_set(vqa_run):
+    run = load_run(vqa_run, task="vqa")
+    result = evaluate_vqa(run, split="train")
+    assert result["accuracy"] > 0.9, result
+    assert result["accuracy"] > result["blind_baselines"]["question_prior"] + 0.1
+    assert set(result["by_question_type"]) >= {"color", "count", "exist"}
+
+
+def test_reloaded_run_answers_as_the_trained_model_did(vqa_run):
+    run = load_run(vqa_run, task="vqa")
+    records = load_qa_split("shapes", run.config.data.data_dir, "test")
+    first = answer_records(Answerer(run.model, run.vocab, run.answers, run.config.vqa.max_question_length), records, 16)
+    again = load_run(vqa_run, task="vqa")
+    answerer = Answerer(again.model, again.vocab, again.answers, again.config.vqa.max_question_length)
+    assert answer_records(answerer, records, 16, batch_size=5) == first  # batching does not change answers
+    assert answerer.trace_count == 1  # one trace serves batches of 5 and the last, smaller one
+
+
+def test_a_changed_answer_vocabulary_is_refused(vqa_run, tmp_path):
+    import shutil
+
+    from captioner.errors import CaptionerError
+
+    copy = tmp_path / "run"
+    shutil.copytree(vqa_run, copy)
+    answers = json.loads((copy / "answers.json").read_text())
+    answers["answers"][1], answers["answers"][2] = answers["answers"][2], answers["answers"][1]
+    (copy / "answers.json").write_text(json.dumps(answers))
+    with pytest.raises(CaptionerError, match="answers.json does not match manifest"):
+        load_run(copy, task="vqa")
+
+
+def _vqa_config(tiny_data, **overrides):
+    config = tiny_config(tiny_data, **{"train.epochs": "2", **overrides})
+    config.task = "vqa"
+    return config
+
+
+def test_encoder_from_a_caption_run_is_copied_and_frozen(overfit_run, tiny_data, tmp_path):
+    caption = load_run(overfit_run)
+    config = _vqa_config(tiny_data, **{"vqa.encoder_from": str(overfit_run)})
+    train(config, tmp_path / "frozen", verbose=0)
+    vqa = load_run(tmp_path / "frozen", task="vqa")
+    assert not vqa.model.encoder.trainable
+    for mine, theirs in zip(vqa.model.encoder.get_weights(), caption.model.encoder.get_weights()):
+        np.testing.assert_array_equal(mine, theirs)
+    config = _vqa_config(tiny_data, **{"vqa.encoder_from": str(overfit_run), "vqa.fine_tune_encoder": "true"})
+    train(config, tmp_path / "tuned", verbose=0)
+    tuned = load_run(tmp_path / "tuned", task="vqa")
+    assert tuned.model.encoder.trainable
+    changed = [not np.array_equal(a, b) for a, b in zip(tuned.model.encoder.get_weights(), caption.model.encoder.get_weights())]
+    assert any(changed)
+
+
+def test_question_only_model_ignores_the_image(tiny_data, tmp_path):
+    train(_vqa_config(tiny_data, **{"vqa.use_image": "false"}), tmp_path / "blind", verbose=0)
+    run = load_run(tmp_path / "blind", task="vqa")
+    answerer = Answerer(run.model, run.vocab, run.answers, run.config.vqa.max_question_length)
+    questions = answerer.question_array([[answerer.encode("what color is the circle?"), answerer.encode("how many shapes are there?")]] * 2)
+    images = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3)).astype(np.uint8)
+    probabilities, _ = answerer(images, questions)
+    np.testing.assert_allclose(probabilities[0], probabilities[1], rtol=1e-6, atol=1e-7)
+    assert evaluate_vqa(run, "test")["use_image"] is False
