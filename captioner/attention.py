@@ -53,7 +53,9 @@ class SoftAttention(layers.Layer):
         query = self.decoder_projection(hidden)[:, None, :]  # (batch, 1, attention_dim)
         energy = self.score(ops.tanh(projected + query))[..., 0]  # (batch, num_pixels)
         alpha = ops.softmax(energy, axis=-1)  # (batch, num_pixels)
-        context = ops.sum(features * alpha[..., None], axis=1)  # (batch, encoder_dim)
+        # A batched matrix product, not sum(features * alpha): no (batch, num_pixels, encoder_dim) temporary per
+        # word, which for a 7x7x1280 backbone grid was most of the training memory (BENCHMARKS.md).
+        context = ops.matmul(alpha[:, None, :], features)[:, 0, :]  # (batch, encoder_dim)
         return context, alpha
 
     def get_config(self):

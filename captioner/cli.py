@@ -479,7 +479,7 @@ def run_ask(args: argparse.Namespace) -> int:
         elif encoded.all_unknown:
             result["warning"] = f"no word of {question!r} is known to this model; the answer rests on the image alone"
         elif encoded.unknown_words:
-            result["warning"] = f"unknown word(s) in {question!r} ignored: {', '.join(encoded.unknown_words)}"
+            result["warning"] = f"word(s) of {question!r} this model never saw, read as <unk>: {', '.join(encoded.unknown_words)}"
         result["_encoded"] = encoded
         results.append(result)
     answerable = [r for r in results if "error" not in r]

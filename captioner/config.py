@@ -90,7 +90,7 @@ class VQAConfig:
     image_norm: str = "batch"  # image features before fusion: "batch" (BatchNorm) or "l2" (Antol et al.)
     attention: bool = False  # the question attends over the image grid (one stacked-attention hop)
     attention_dim: int = 128  # width of that attention
-    use_image: bool = True  # False: image features zeroed, a question-only (blind) model, for ablations
+    use_image: bool = True  # False: the image takes no part, a question-only (blind, "LSTM Q") model, for ablations
     encoder_from: str | None = None  # caption run whose trained ImageEncoder starts this model
     fine_tune_encoder: bool = False  # train an encoder taken from encoder_from (frozen otherwise)
 

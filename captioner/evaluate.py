@@ -196,7 +196,7 @@ def vqa_summary_lines(result: dict[str, Any]) -> list[str]:
     """Human-readable lines for the CLI."""
     lines = [
         f"{result['split']} ({result['questions']} questions on {result['images']} images): VQA accuracy {result['accuracy']:.2%}"
-        + ("" if result["use_image"] else " (question-only model: image features zeroed)"),
+        + ("" if result["use_image"] else " (question-only model: the image takes no part)"),
         f"answers in the answer vocabulary: {result['answer_coverage']:.1%} (the ceiling)",
     ]
     for title, key in (("answer type", "by_answer_type"), ("question type", "by_question_type")):

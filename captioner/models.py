@@ -135,7 +135,7 @@ class VQAModel(keras.Model):
         encoder: ImageEncoder. The CNN (possibly taken from a captioning run and frozen).
         question_encoder: QuestionEncoder.
         head: VQAHead.
-        use_image: bool. False zeroes the image features (a question-only model for ablations). Defaults to True.
+        use_image: bool. False: the image takes no part (the question-only "LSTM Q" ablation). Defaults to True.
 
     Call:
         inputs: dict with "images" (batch, size, size, 3) 0-255 and "questions" (batch, questions, steps) int ids.
@@ -171,14 +171,13 @@ class VQAModel(keras.Model):
 
     def answer(self, images, questions, training=None):
         """Logits (batch, questions, num_answers) and attention (batch, questions, num_pixels)."""
-        if self.use_image:
-            grid, pooled = self.encoder(images, training=training)  # (batch, num_pixels, encoder_dim), (batch, pooled_dim)
-        else:  # the blind ablation: never run the CNN
-            batch = ops.shape(images)[0]
-            grid = ops.zeros((batch, self.encoder.num_pixels, self.encoder.encoder_dim))  # (batch, num_pixels, encoder_dim)
-            pooled = ops.zeros((batch, self.encoder.pooled_dim))  # (batch, pooled_dim)
         count, steps = ops.shape(questions)[1], questions.shape[2]  # questions per image may vary between calls
         encoded = self.question_encoder(ops.reshape(questions, (-1, steps)), training=training)  # (batch * questions, question_dim)
+        if not self.use_image:  # the blind ablation: the CNN never runs, the head sees the question alone
+            logits = self.head.question_only(encoded, training=training)  # (batch * questions, num_answers)
+            alpha = ops.zeros((ops.shape(encoded)[0], self.encoder.num_pixels))  # (batch * questions, num_pixels)
+            return ops.reshape(logits, (-1, count, self.head.num_answers)), ops.reshape(alpha, (-1, count, self.encoder.num_pixels))
+        grid, pooled = self.encoder(images, training=training)  # (batch, num_pixels, encoder_dim), (batch, pooled_dim)
         flat_pooled = ops.repeat(pooled, count, axis=0)  # (batch * questions, pooled_dim)
         flat_grid = ops.repeat(grid, count, axis=0)  # (batch * questions, num_pixels, encoder_dim)
         logits, alpha = self.head(encoded, flat_pooled, flat_grid, training=training)  # (batch * questions, num_answers)
@@ -230,4 +229,8 @@ def build_vqa_model(run_config, question_vocab_size: int, num_answers: int, imag
     )
     model = VQAModel(encoder, question_encoder, head, use_image=vqa.use_image, name="vqa_model")
     model.build()
+    if not vqa.use_image:  # the image branch of the head gets no gradient in the blind ablation
+        for layer in (head.image_projection, head.image_batch_norm, head.soft_attention):
+            if layer is not None:
+                layer.trainable = False
     return model

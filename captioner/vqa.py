@@ -148,6 +148,14 @@ class VQAHead(layers.Layer):
         hidden = self.hidden(self.dropout(fused, training=training))  # (batch, mlp_dim)
         return self.classifier(self.dropout(hidden, training=training)), alpha  # (batch, num_answers), (batch, num_pixels)
 
+    def question_only(self, question, training=None):
+        """Logits from the question alone: the image factor of the fusion is 1 (multiply) or 0 (concat), so the
+        blind model is the same classifier with the image taken out, not a product stuck at zero."""
+        query = self.question_projection(question)  # (batch, fusion_dim)
+        fused = query if self.fusion == "multiply" else ops.concatenate([query, ops.zeros_like(query)], axis=-1)  # (batch, fused_dim)
+        hidden = self.hidden(self.dropout(fused, training=training))  # (batch, mlp_dim)
+        return self.classifier(self.dropout(hidden, training=training))  # (batch, num_answers)
+
     def get_config(self):
         config = super().get_config()
         config.update(

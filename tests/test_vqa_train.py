@@ -85,3 +85,36 @@ def test_question_only_model_ignores_the_image(tiny_data, tmp_path):
     probabilities, _ = answerer(images, questions)
     np.testing.assert_allclose(probabilities[0], probabilities[1], rtol=1e-6, atol=1e-7)
     assert evaluate_vqa(run, "test")["use_image"] is False
+
+
+def test_vqa_v2_files_train_and_score_with_ten_answers(tmp_path):
+    """VQA v2's layout end to end on files written here: majority answers train, ten answers score."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for subtype, images in (("train2014", range(1, 9)), ("val2014", range(9, 13))):
+        (tmp_path / subtype).mkdir()
+        questions, annotations = [], []
+        for image_id in images:
+            color = ("red", "blue")[image_id % 2]
+            Image.new("RGB", (32, 32), color).save(tmp_path / subtype / f"COCO_{subtype}_{image_id:012d}.jpg")
+            for number, (text, answer, kind) in enumerate([("what color is it?", color, "other"), ("is it red?", "yes" if color == "red" else "no", "yes/no")]):
+                question_id = image_id * 10 + number
+                questions.append({"image_id": image_id, "question": text, "question_id": question_id})
+                given = [answer] * 8 + [str(rng.choice(["pink", "maybe"]))] * 2
+                annotations.append({"question_id": question_id, "image_id": image_id, "question_type": text.split()[0],
+                                    "answer_type": kind, "multiple_choice_answer": answer,
+                                    "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(given)]})
+        (tmp_path / f"v2_OpenEnded_mscoco_{subtype}_questions.json").write_text(json.dumps({"questions": questions}))
+        (tmp_path / f"v2_mscoco_{subtype}_annotations.json").write_text(json.dumps({"annotations": annotations}))
+    config = _vqa_config(tmp_path, **{"data.dataset": "vqa", "data.data_dir": str(tmp_path), "train.epochs": "40",
+                                     "train.learning_rate": "0.01", "train.batch_size": "4", "train.patience": "40",
+                                     "model.encoder_norm": "batch", "model.encoder_pooling": "avg"})
+    train(config, tmp_path / "run", verbose=0)
+    run = load_run(tmp_path / "run", task="vqa")
+    assert "pink" not in run.answers.answers  # the majority answer is the training target
+    result = evaluate_vqa(run, split="val")
+    assert result["questions"] == 8 and set(result["by_answer_type"]) == {"other", "yes/no"}
+    # 8 of 10 annotators agree: a right answer scores 1 (min(7/3, 1) or min(8/3, 1) in every subset).
+    assert result["accuracy"] in {i / 8 for i in range(9)}
+    assert result["accuracy"] >= 0.75, result
