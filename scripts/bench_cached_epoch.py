@@ -59,8 +59,13 @@ def main() -> None:
     digests = cache.digests(paths)
     rng = np.random.default_rng(0)
     # ReLU6 outputs of MobileNetV2's last block are non-negative and mostly small: a plausible stand-in.
-    features = np.clip(rng.gamma(0.5, 0.6, (len(paths), *cache.shape)), 0, 6).astype(np.float16)
+    # Drawn in chunks straight to float16, so the script's own peak memory stays out of the training's.
+    features = np.empty((len(paths), *cache.shape), np.float16)
+    for start in range(0, len(paths), 256):
+        chunk = rng.gamma(0.5, 0.6, (min(256, len(paths) - start), *cache.shape)).astype(np.float32)
+        features[start : start + len(chunk)] = np.clip(chunk, 0, 6)
     cache.store(digests, features)
+    del features
     metrics = train(config, work / "run", verbose=2)["train"]
     print(json.dumps({k: metrics[k] for k in ("train_images", "val_images", "vocab_size", "features_computed",
                                                "first_epoch_seconds", "steady_epoch_seconds", "images_per_second",
