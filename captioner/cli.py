@@ -13,7 +13,10 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:  # the CLI imports TensorFlow-bound modules lazily, so that `--help` is fast
+    from captioner.datasets import Skipped
 
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
 
@@ -57,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--cache-dir", default=None, help="cache folder (default DATA_DIR/features, as train uses)")
     features.add_argument("--batch-size", type=_positive_int, default=32, help="images per CNN batch (default 32)")
     features.add_argument("--seed", type=int, default=0, help="with --encoder-weights none: the seed train will use (default 0)")
-    features.add_argument("--verbose", action="store_true", help="list every skipped entry")
+    features.add_argument("--verbose", action="store_true", help="list every entry the dataset loader skipped")
 
     train = commands.add_parser("train", help="train a captioner and write a run directory")
     add_train_arguments(train)
@@ -94,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default=None, help="save the generated captions (or answers) to this JSON file")
     evaluate.add_argument("--meteor", action="store_true", help="caption runs: also METEOR (pycocoevalcap + Java; slower)")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    evaluate.add_argument("--verbose", action="store_true", help="list every entry the dataset loader skipped")
 
     score = commands.add_parser("score", help="score captions from files (no model): BLEU with nltk, COCO metrics with pycocoevalcap")
     source = score.add_mutually_exclusive_group(required=True)
@@ -108,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="words: lower-case alphanumeric words (default, as evaluate); whitespace: lower-case, ' .' removed, split on spaces")
     score.add_argument("--no-meteor", action="store_true", help="skip METEOR (it starts a Java program)")
     score.add_argument("--json", action="store_true", help="print the scores as JSON")
+    score.add_argument("--verbose", action="store_true", help="list every entry the dataset loader skipped")
     return parser
 
 
@@ -130,6 +135,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", default=None, help="feature cache of a frozen backbone (default DATA_DIR/features)")
     parser.add_argument("--restart", action="store_true", help="discard an existing run directory's training and start over")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--verbose", action="store_true", help="list every entry the dataset loader skipped")
 
 
 def add_train_vqa_arguments(parser: argparse.ArgumentParser) -> None:
@@ -153,6 +159,7 @@ def add_train_vqa_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="any other setting, e.g. vqa.num_answers=500")
     parser.add_argument("--restart", action="store_true", help="discard an existing run directory's training and start over")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--verbose", action="store_true", help="list every entry the dataset loader skipped")
 
 
 _TRAIN_FLAGS = {
@@ -204,14 +211,23 @@ def _configure(args: argparse.Namespace, preset_name: str, flags: dict[str, str]
         raise CaptionerError(str(exc)) from None
 
 
-def _report_training(metrics: dict, run: str, item_name: str) -> int:
+def _report_skipped(skipped: Skipped, what: str, verbose: bool) -> None:
+    """One line on stderr for what a loader skipped; every entry with --verbose."""
+    if not skipped.count():
+        return
+    print(f"captioner: {skipped.summary(what)}" + ("" if verbose else " (--verbose lists them)"), file=sys.stderr)
+    if verbose:
+        for line in skipped.details():
+            print(f"  {line}", file=sys.stderr)
+
+
+def _report_training(metrics: dict, run: str, item_name: str, skipped: Skipped, verbose: bool) -> int:
     stats = metrics["train"]
     if metrics.get("already_finished"):
         print(f"run {run} is finished ({stats['epochs_run']} epochs, best val loss {stats['best_val_loss']:.4f}); "
               f"pass --restart to train it again")
         return EXIT_OK
-    if stats.get("skipped"):
-        print(f"captioner: {stats['skipped']}", file=sys.stderr)
+    _report_skipped(skipped, item_name if item_name == "questions" else "entries", verbose)
     print(
         f"trained {stats['epochs_run']} epochs in {stats['seconds']:.0f}s "
         f"({stats['images_per_second']:.0f} images/s, {stats[f'{item_name}_per_second']:.0f} {item_name}/s, "
@@ -224,12 +240,16 @@ def _report_training(metrics: dict, run: str, item_name: str) -> int:
 def run_train(args: argparse.Namespace) -> int:
     from captioner.train import train
 
+    from captioner.datasets import Skipped
+
     config = _configure(args, args.preset, _TRAIN_FLAGS, {"model.encoder_trainable": "true"} if args.fine_tune_encoder else {})
-    metrics = train(config, args.run, verbose=0 if args.quiet else "auto", restart=args.restart)
-    return _report_training(metrics, args.run, "captions")
+    skipped = Skipped()
+    metrics = train(config, args.run, verbose=0 if args.quiet else "auto", restart=args.restart, skipped=skipped)
+    return _report_training(metrics, args.run, "captions", skipped, args.verbose)
 
 
 def run_train_vqa(args: argparse.Namespace) -> int:
+    from captioner.datasets import Skipped
     from captioner.errors import CaptionerError
     from captioner.train import train
 
@@ -247,8 +267,9 @@ def run_train_vqa(args: argparse.Namespace) -> int:
         fixed["vqa.fine_tune_encoder"] = "true"
     config = _configure(args, name, _TRAIN_VQA_FLAGS, {k: v for k, v in fixed.items() if k != "task"})
     config.task = "vqa"
-    metrics = train(config, args.run, verbose=0 if args.quiet else "auto", restart=args.restart)
-    return _report_training(metrics, args.run, "questions")
+    skipped = Skipped()
+    metrics = train(config, args.run, verbose=0 if args.quiet else "auto", restart=args.restart, skipped=skipped)
+    return _report_training(metrics, args.run, "questions", skipped, args.verbose)
 
 
 def expand_image_arguments(arguments: Sequence[str]) -> list[str]:
@@ -372,19 +393,24 @@ def _run_task(run_dir: str) -> str:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from captioner.datasets import Skipped
     from captioner.evaluate import evaluate, evaluate_vqa, summary_lines, vqa_summary_lines
     from captioner.run import load_run
 
     if args.out is not None:
         _check_output_folder(args.out)
+    skipped = Skipped()
     if _run_task(args.run) == "vqa":
         run = load_run(args.run, task="vqa")
-        result = evaluate_vqa(run, args.split, args.data_dir, args.batch_size, args.out, args.max_images)
+        result = evaluate_vqa(run, args.split, args.data_dir, args.batch_size, args.out, args.max_images, skipped=skipped)
+        _report_skipped(skipped, "questions", args.verbose)
         print(json.dumps(result, indent=2) if args.json else "\n".join(vqa_summary_lines(result)))
         return EXIT_OK
     run = load_run(args.run)
     beam_size = args.beam_size or run.config.decode.beam_size
-    result = evaluate(run, args.split, args.data_dir, beam_size, args.batch_size, args.out, args.max_images, meteor=args.meteor)
+    result = evaluate(run, args.split, args.data_dir, beam_size, args.batch_size, args.out, args.max_images,
+                      meteor=args.meteor, skipped=skipped)
+    _report_skipped(skipped, "entries", args.verbose)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -405,8 +431,7 @@ def run_score(args: argparse.Namespace) -> int:
             raise CaptionerError("--dataset needs --data-dir")
         skipped = Skipped()
         references = {r.image_id: list(r.captions) for r in load_split(args.dataset, args.data_dir, args.split, skipped)}
-        if skipped.count():
-            print(f"captioner: {skipped.summary('entries')}", file=sys.stderr)
+        _report_skipped(skipped, "entries", args.verbose)
     elif args.hypotheses:
         references = read_references(args.hypotheses)
     else:
@@ -451,11 +476,7 @@ def run_features(args: argparse.Namespace) -> int:
     computed = cache.extract([r.image for r in records], batch_size=args.batch_size,
                              on_error=lambda path, message: skipped.add("unreadable image", message))
     seconds = time.perf_counter() - started
-    if skipped.count():
-        print(f"captioner: {skipped.summary('entries')}" + ("" if args.verbose else " (--verbose lists them)"), file=sys.stderr)
-        if args.verbose:
-            for line in skipped.details():
-                print(f"  {line}", file=sys.stderr)
+    _report_skipped(skipped, "entries", args.verbose)
     images = len({r.image for r in records})
     rate = f" ({computed / seconds:.1f} images/s)" if computed else ""
     print(f"{computed} of {images} images computed in {seconds:.0f}s{rate}, the rest were cached; features in {cache.folder}")

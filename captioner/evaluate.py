@@ -76,6 +76,7 @@ def evaluate(
     out: str | Path | None = None,
     max_images: int | None = None,
     meteor: bool = False,
+    skipped: Skipped | None = None,
 ) -> dict[str, Any]:
     """Caption every image of `split`, score against all references, record in metrics.json.
 
@@ -88,15 +89,17 @@ def evaluate(
         out: path. Where to save the generated captions as JSON, if given.
         max_images: int. Score only the first N images.
         meteor: bool. Also METEOR (pycocoevalcap, runs Java).
+        skipped: Skipped. Collects the dataset entries the loader could not use (the result keeps the summary).
     """
     data = run.config.data
-    records = load_split(data.dataset, data_dir or data.data_dir, split)[:max_images]
+    skipped = skipped if skipped is not None else Skipped()
+    records = load_split(data.dataset, data_dir or data.data_dir, split, skipped)[:max_images]
     generator = CaptionGenerator(run.model, run.vocab, run.config.decode.max_length, beam_size=beam_size)
     started = time.perf_counter()
     captions = generate_captions(generator, [r.image for r in records], batch_size)
     seconds = time.perf_counter() - started
     result = score(records, captions, meteor=meteor)
-    result.update(split=split, beam_size=beam_size, seconds=seconds, tokenization=TOKENIZATIONS["words"])
+    result.update(split=split, beam_size=beam_size, seconds=seconds, tokenization=TOKENIZATIONS["words"], skipped=skipped.summary("entries"))
     if out is not None:
         write_json(out, [{"image": r.image, "caption": c, "references": list(r.captions)} for r, c in zip(records, captions)])
     update_metrics(run.path, {f"eval_{split}_beam{beam_size}": result})
@@ -149,6 +152,7 @@ def evaluate_vqa(
     batch_size: int = 256,
     out: str | Path | None = None,
     max_images: int | None = None,
+    skipped: Skipped | None = None,
 ) -> dict[str, Any]:
     """Answer every question of `split`, score VQA accuracy, compare with blind baselines, record in metrics.json.
 
@@ -159,9 +163,10 @@ def evaluate_vqa(
         batch_size: int. Images per batch.
         out: path. Where to save every question's answer as JSON, if given.
         max_images: int. Score only the questions of the first N images.
+        skipped: Skipped. Collects the questions the loader could not use (the result keeps the summary).
     """
     data, vqa = run.config.data, run.config.vqa
-    skipped = Skipped()
+    skipped = skipped if skipped is not None else Skipped()
     records = load_qa_split(data.dataset, data_dir or data.data_dir, split, skipped)
     if max_images is not None:
         keep = set(list(dict.fromkeys(r.image for r in records))[:max_images])
@@ -207,8 +212,6 @@ def vqa_summary_lines(result: dict[str, Any]) -> list[str]:
         f"blind baselines: always 'yes' {blind['always_yes']:.2%}, most frequent answer {blind['most_frequent']:.2%}, "
         f"most frequent answer to the same question text {blind['question_prior']:.2%}"
     )
-    if result.get("skipped"):
-        lines.append(result["skipped"])
     return lines
 
 

@@ -180,9 +180,8 @@ class _Setup:
     stats: dict[str, Any]  # task-specific lines for metrics.json
 
 
-def _caption_setup(config: RunConfig, run_dir: Path, resuming: bool, verbose: int | str) -> _Setup:
+def _caption_setup(config: RunConfig, run_dir: Path, resuming: bool, verbose: int | str, skipped: Skipped) -> _Setup:
     data, train_cfg = config.data, config.train
-    skipped = Skipped()
     train_records = load_split(data.dataset, data.data_dir, train_cfg.train_split, skipped)[: train_cfg.max_train_images]
     val_records = load_split(data.dataset, data.data_dir, train_cfg.val_split, skipped)[: train_cfg.max_val_images]
     _check_images([r.image for r in train_records], train_cfg.train_split)
@@ -271,9 +270,8 @@ def _shared_encoder(source: str, fine_tune: bool) -> ImageEncoder:
     return encoder
 
 
-def _vqa_setup(config: RunConfig, run_dir: Path, resuming: bool, verbose: int | str) -> _Setup:
+def _vqa_setup(config: RunConfig, run_dir: Path, resuming: bool, verbose: int | str, skipped: Skipped) -> _Setup:
     data, train_cfg, vqa = config.data, config.train, config.vqa
-    skipped = Skipped()
     train_records = _first_images(load_qa_split(data.dataset, data.data_dir, train_cfg.train_split, skipped), train_cfg.max_train_images)
     val_records = _first_images(load_qa_split(data.dataset, data.data_dir, train_cfg.val_split, skipped), train_cfg.max_val_images)
     _check_images([r.image for r in train_records], train_cfg.train_split)
@@ -329,7 +327,9 @@ def _vqa_setup(config: RunConfig, run_dir: Path, resuming: bool, verbose: int | 
     )
 
 
-def train(config: RunConfig, run_dir: str | Path, verbose: int | str = "auto", restart: bool = False) -> dict[str, Any]:
+def train(
+    config: RunConfig, run_dir: str | Path, verbose: int | str = "auto", restart: bool = False, skipped: Skipped | None = None
+) -> dict[str, Any]:
     """Train a captioner or a VQA model (`config.task`) as `config` says and write the run directory.
 
     An existing unfinished run directory is resumed (weights, optimizer state, epoch, best-so-far and
@@ -341,6 +341,7 @@ def train(config: RunConfig, run_dir: str | Path, verbose: int | str = "auto", r
         run_dir: str. Output folder; created if missing.
         verbose: Keras `fit` verbosity ("auto", 0, 1 or 2).
         restart: bool. Discard what the run directory holds and start over.
+        skipped: Skipped. Collects the dataset entries the loaders could not use (metrics.json gets the summary).
 
     Returns:
         The contents of metrics.json.
@@ -359,7 +360,8 @@ def train(config: RunConfig, run_dir: str | Path, verbose: int | str = "auto", r
     if config.task not in ("caption", "vqa"):
         raise CaptionerError(f"unknown task '{config.task}'; use caption or vqa")
     keras.utils.set_random_seed(config.train.seed)
-    setup = (_caption_setup if config.task == "caption" else _vqa_setup)(config, run_dir, resuming, verbose)
+    skipped = skipped if skipped is not None else Skipped()
+    setup = (_caption_setup if config.task == "caption" else _vqa_setup)(config, run_dir, resuming, verbose, skipped)
     train_cfg, model = setup.config.train, setup.model
     model.compile(
         optimizer=keras.optimizers.Adam(train_cfg.learning_rate, global_clipnorm=train_cfg.clip_norm),

@@ -319,3 +319,27 @@ def test_features_command_fills_the_cache_train_reads(tiny_data, tmp_path, capsy
     assert json.loads((run / "metrics.json").read_text())["train"]["features_computed"] == 0
     assert main(["features", "--dataset", "shapes", "--data-dir", str(tiny_data), "--encoder", "small_cnn"]) == 2
     _one_line_error(capsys.readouterr())
+
+
+def test_skipped_entries_are_one_line_and_listed_with_verbose(tiny_data, tmp_path, capsys):
+    """A Karpathy-layout copy of the tiny set with one image gone from disk per split: train and evaluate go on."""
+    images = []
+    for split in ("train", "val", "test"):
+        records = json.loads((tiny_data / f"{split}.json").read_text())["records"]
+        for record in records:
+            images.append({"filepath": "images", "filename": Path(record["image"]).name, "split": split,
+                           "sentences": [{"raw": c} for c in record["captions"]]})
+        images.append({"filepath": "images", "filename": f"gone_{split}.png", "split": split, "sentences": [{"raw": "a red circle"}]})
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "images").symlink_to(tiny_data / "images")
+    (tmp_path / "data" / "dataset_flickr8k.json").write_text(json.dumps({"images": images, "dataset": "flickr8k"}))
+    run = tmp_path / "run"
+    common = ["--preset", "tiny", "--dataset", "karpathy", "--data-dir", str(tmp_path / "data"), "--run", str(run), "--quiet"]
+    assert main(["train", *common, "--epochs", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "captioner: skipped 2 entries: 2 image not on disk (--verbose lists them)" in err and "gone_train.png" not in err
+    assert json.loads((run / "metrics.json").read_text())["train"]["skipped"] == "skipped 2 entries: 2 image not on disk"
+    assert main(["evaluate", "--run", str(run), "--verbose"]) == 0
+    captured = capsys.readouterr()
+    assert "captioner: skipped 1 entries: 1 image not on disk\n" in captured.err and "gone_test.png" in captured.err
+    assert "test (16 images" in captured.out
