@@ -24,7 +24,7 @@ from captioner.metrics import (
     distinct_share,
     human_agreement,
     oracle_bleu,
-    tokenize_for_scoring,
+    text_scores,
 )
 from captioner.preprocessing import group_questions, image_dataset, question_arrays
 from captioner.run import Run, update_metrics
@@ -258,15 +258,8 @@ def score_captions(
     if missing:
         raise CaptionerError(f"{len(missing)} captioned image(s) have no references (first: {missing[0]})")
     names = sorted(hypotheses)
-    refs = [[tokenize_for_scoring(c, tokenization) for c in references[n]] for n in names]
-    hyps = [tokenize_for_scoring(hypotheses[n], tokenization) for n in names]
-    return {
-        "images": len(names),
-        "tokenization": tokenization,
-        "nltk": bleu_scores(refs, hyps),
-        "coco": coco_scores(refs, hyps, meteor=meteor),
-        "unscored_reference_images": len(set(references) - set(hypotheses)),
-    }
+    result = text_scores([references[n] for n in names], [hypotheses[n] for n in names], tokenization, meteor)
+    return {**result, "unscored_reference_images": len(set(references) - set(hypotheses))}
 
 
 def score_lines(result: dict[str, Any]) -> list[str]:

@@ -182,11 +182,17 @@ def human_agreement(captions: Sequence[Sequence[str]], tokenization: str = "word
     tokens this gives BLEU-1..4 0.634 / 0.443 / 0.304 / 0.208 and CIDEr 0.782.
     """
     usable = [c for c in captions if len(c) > max(held_out, 1)]
-    references = [[tokenize_for_scoring(x, tokenization) for i, x in enumerate(c) if i != held_out] for c in usable]
-    hypotheses = [tokenize_for_scoring(c[held_out], tokenization) for c in usable]
+    references = [[x for i, x in enumerate(c) if i != held_out] for c in usable]
+    return text_scores(references, [c[held_out] for c in usable], tokenization, meteor)
+
+
+def text_scores(references: Sequence[Sequence[str]], hypotheses: Sequence[str], tokenization: str = "words", meteor: bool = False) -> dict[str, Any]:
+    """nltk corpus BLEU-1..4 and (when installed) the pycocoevalcap metrics of caption strings, tokenised one way."""
+    refs = [[tokenize_for_scoring(r, tokenization) for r in group] for group in references]
+    hyps = [tokenize_for_scoring(h, tokenization) for h in hypotheses]
     return {
-        "images": len(usable),
+        "images": len(hyps),
         "tokenization": tokenization,
-        "nltk": bleu_scores(references, hypotheses),
-        "coco": coco_scores(references, hypotheses, meteor=meteor),
+        "nltk": bleu_scores(refs, hyps),
+        "coco": coco_scores(refs, hyps, meteor=meteor),
     }
