@@ -221,13 +221,12 @@ def _report_skipped(skipped: Skipped, what: str, verbose: bool) -> None:
             print(f"  {line}", file=sys.stderr)
 
 
-def _report_training(metrics: dict, run: str, item_name: str, skipped: Skipped, verbose: bool) -> int:
+def _report_training(metrics: dict, run: str, item_name: str) -> int:
     stats = metrics["train"]
     if metrics.get("already_finished"):
         print(f"run {run} is finished ({stats['epochs_run']} epochs, best val loss {stats['best_val_loss']:.4f}); "
               f"pass --restart to train it again")
         return EXIT_OK
-    _report_skipped(skipped, item_name if item_name == "questions" else "entries", verbose)
     print(
         f"trained {stats['epochs_run']} epochs in {stats['seconds']:.0f}s "
         f"({stats['images_per_second']:.0f} images/s, {stats[f'{item_name}_per_second']:.0f} {item_name}/s, "
@@ -238,14 +237,14 @@ def _report_training(metrics: dict, run: str, item_name: str, skipped: Skipped, 
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from captioner.train import train
-
     from captioner.datasets import Skipped
+    from captioner.train import train
 
     config = _configure(args, args.preset, _TRAIN_FLAGS, {"model.encoder_trainable": "true"} if args.fine_tune_encoder else {})
     skipped = Skipped()
     metrics = train(config, args.run, verbose=0 if args.quiet else "auto", restart=args.restart, skipped=skipped)
-    return _report_training(metrics, args.run, "captions", skipped, args.verbose)
+    _report_skipped(skipped, "entries", args.verbose)
+    return _report_training(metrics, args.run, "captions")
 
 
 def run_train_vqa(args: argparse.Namespace) -> int:
@@ -269,7 +268,8 @@ def run_train_vqa(args: argparse.Namespace) -> int:
     config.task = "vqa"
     skipped = Skipped()
     metrics = train(config, args.run, verbose=0 if args.quiet else "auto", restart=args.restart, skipped=skipped)
-    return _report_training(metrics, args.run, "questions", skipped, args.verbose)
+    _report_skipped(skipped, "questions", args.verbose)
+    return _report_training(metrics, args.run, "questions")
 
 
 def expand_image_arguments(arguments: Sequence[str]) -> list[str]:
