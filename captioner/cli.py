@@ -1,4 +1,4 @@
-"""`captioner data | features | train | train-vqa | caption | ask | plot-history | evaluate | score`: the only
+"""`captioner data | features | classify | train | train-vqa | caption | ask | plot-history | evaluate | score`: the only
 module that reads argv or prints.
 
 Errors the user can fix print one line (`captioner: error: ...`) and exit 2; `caption` exits 1 when some
@@ -62,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--seed", type=int, default=0, help="with --encoder-weights none: the seed train will use (default 0)")
     features.add_argument("--verbose", action="store_true", help="list every entry the dataset loader skipped")
 
+    classify = commands.add_parser("classify", help="ImageNet classes of photos: check a backbone's weights file (with the classifier)")
+    classify.add_argument("images", nargs="+", help="image files, folders or glob patterns")
+    classify.add_argument("--weights", required=True, help="imagenet or a .weights.h5 file of the whole network (with its 1000-class top)")
+    classify.add_argument("--encoder", default="mobilenet_v2", help="the keras.applications backbone (default mobilenet_v2)")
+    classify.add_argument("--class-index", default=None,
+                          help="Keras's imagenet_class_index.json (default: the one beside --weights; class ids without it)")
+    classify.add_argument("--top", type=_positive_int, default=3, help="classes listed per image (default 3)")
+    classify.add_argument("--json", action="store_true", help="print JSON instead of text")
+
     train = commands.add_parser("train", help="train a captioner and write a run directory")
     add_train_arguments(train)
 
@@ -72,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--run", required=True, help="run directory written by `captioner train`")
     caption.add_argument("images", nargs="+", help="image files, folders or glob patterns")
     caption.add_argument("--beam-size", type=_positive_int, default=None, help="beam width (default: the run's, 1 = greedy)")
+    caption.add_argument("--length-penalty", type=float, default=None, help="beam ranking: log-probability / length**this (default: the run's)")
     caption.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch (default 64)")
     caption.add_argument("--json", action="store_true", help="print JSON instead of text")
     caption.add_argument("--attention", default=None, metavar="PNG", help="write the attention map of each word (attention runs)")
@@ -92,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", help="split to score (default test)")
     evaluate.add_argument("--data-dir", default=None, help="dataset folder (default: the one the run was trained on)")
     evaluate.add_argument("--beam-size", type=_positive_int, default=None, help="caption runs: beam width (default: the run's, 1 = greedy)")
+    evaluate.add_argument("--length-penalty", type=float, default=None, help="caption runs: beam ranking by log-probability / length**this (default: the run's)")
     evaluate.add_argument("--batch-size", type=_positive_int, default=256, help="images per batch (default 256)")
     evaluate.add_argument("--max-images", type=_positive_int, default=None, help="score only the first N images")
     evaluate.add_argument("--out", default=None, help="save the generated captions (or answers) to this JSON file")
@@ -307,7 +318,8 @@ def run_caption(args: argparse.Namespace) -> int:
             raise CaptionerError(f"{args.run} is a {run.config.model.decoder} run: it has no attention weights; train one with --decoder attention")
         _check_output_folder(args.attention)
     beam_size = args.beam_size or run.config.decode.beam_size
-    generator = CaptionGenerator(run.model, run.vocab, run.config.decode.max_length, beam_size=beam_size)
+    length_penalty = run.config.decode.length_penalty if args.length_penalty is None else args.length_penalty
+    generator = CaptionGenerator(run.model, run.vocab, run.config.decode.max_length, beam_size, length_penalty)
     size = run.model.encoder.image_size
     results: list[dict] = [{"image": path} for path in paths]
     for start in range(0, len(paths), args.batch_size):  # one batch of decoded images in memory at a time
@@ -367,6 +379,44 @@ def _draw_attention(run, image, tokens, attention, path: Path) -> None:
     attention_figure(image, words, attention[: len(words)], (grid[0], grid[1]), path)
 
 
+def run_classify(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from captioner.encoder import build_classifier, read_class_index
+    from captioner.errors import CaptionerError
+    from captioner.images import read_image
+
+    paths = expand_image_arguments(args.images)
+    beside = Path(args.weights).with_name("imagenet_class_index.json")
+    index_path = args.class_index or (str(beside) if beside.is_file() else None)
+    names = read_class_index(index_path) if index_path else None
+    model, preprocess, size = build_classifier(args.encoder, args.weights)
+    results: list[dict] = []
+    for path in paths:
+        try:
+            image, _ = read_image(path, size)
+        except CaptionerError as exc:
+            results.append({"image": path, "error": str(exc)})
+            continue
+        probabilities = np.asarray(model(preprocess(image[None].astype("float32")), training=False))[0]  # (1000,)
+        top = np.argsort(-probabilities)[: args.top]
+        results.append({"image": path, "classes": [
+            {"id": int(i), "name": names[i] if names and i < len(names) else f"class {i}", "probability": float(probabilities[i])} for i in top
+        ]})
+    if args.json:
+        print(json.dumps(results, indent=2))
+    for result in results:
+        if "error" in result:
+            print(f"captioner: error: {result['error']}", file=sys.stderr)
+        elif not args.json:
+            print(result["image"] + "\t" + ", ".join(f"{c['name']} {c['probability']:.2f}" for c in result["classes"]))
+    failed = sum("error" in r for r in results)
+    if failed:
+        print(f"captioner: {failed} of {len(results)} images could not be classified", file=sys.stderr)
+        return EXIT_PARTIAL
+    return EXIT_OK
+
+
 def run_plot_history(args: argparse.Namespace) -> int:
     from captioner.errors import CaptionerError
     from captioner.run import HISTORY_FILE, read_json
@@ -409,7 +459,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     run = load_run(args.run)
     beam_size = args.beam_size or run.config.decode.beam_size
     result = evaluate(run, args.split, args.data_dir, beam_size, args.batch_size, args.out, args.max_images,
-                      meteor=args.meteor, skipped=skipped)
+                      meteor=args.meteor, skipped=skipped, length_penalty=args.length_penalty)
     _report_skipped(skipped, "entries", args.verbose)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -555,6 +605,7 @@ COMMANDS = {
     "features": run_features,
     "evaluate": run_evaluate,
     "plot-history": run_plot_history,
+    "classify": run_classify,
 }
 
 

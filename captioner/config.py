@@ -64,6 +64,8 @@ class TrainConfig:
     max_train_images: int | None = None  # use only the first N training images (quick runs, tests)
     max_val_images: int | None = None  # likewise for validation
     backup_every_steps: int = 100  # mid-epoch backup of weights and optimizer state, for resuming after a kill
+    lr_reduce_factor: float = 1.0  # multiply the learning rate by this when validation loss stalls (1.0: never)
+    lr_reduce_patience: int = 1  # epochs without validation-loss improvement before the learning rate is reduced
 
 
 @dataclass
@@ -72,6 +74,7 @@ class DecodeConfig:
 
     max_length: int = 26  # generated tokens at most, <end> included
     beam_size: int = 3  # default beam width of caption and evaluate; 1 = greedy
+    length_penalty: float = 1.0  # beams are ranked by log-probability / length**length_penalty (0: raw log-probability)
 
 
 @dataclass

@@ -183,8 +183,15 @@ class CaptionGenerator:
             # Beams of one image share its memory: repeat once here; beam reordering never moves rows across images.
             state, memory = tf.nest.map_structure(lambda s: tf.repeat(s, self.beam_size, axis=0), (state, memory))
 
+        # Words a caption may never contain: <pad>, <start> and <unk> (a word the vocabulary cut off is never an
+        # answer; the model's next most likely word is). Finished beams emit <pad> outside this step.
+        banned = np.zeros(len(self.vocab), np.float32)
+        banned[[self.vocab.pad_id, self.vocab.start_id, self.vocab.unk_id]] = -1e9
+        banned = tf.constant(banned)  # (vocab,)
+
         def step_fn(tokens, state):
-            return decoder.step(tokens, state, memory)
+            logits, state, attention = decoder.step(tokens, state, memory)  # (n, vocab), ..., (n, num_pixels)
+            return logits + banned, state, attention
 
         start, end = self.vocab.start_id, self.vocab.end_id
         if self.beam_size == 1:

@@ -6,6 +6,8 @@ Two kinds behind one class: a small CNN trained from scratch (the default for `s
 
 from __future__ import annotations
 
+import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -129,8 +131,12 @@ class ImageEncoder(layers.Layer):
 
     def call(self, images, training=None):
         x = self._preprocess(ops.cast(images, "float32"))  # (batch, size, size, 3)
-        # A frozen backbone keeps its BatchNorm statistics (inference mode) even while the decoder trains.
-        grid = self.cnn(x, training=training if self.encoder_trainable else False)  # (batch, h, w, encoder_dim)
+        # A pretrained backbone always runs in inference mode, fine-tuned or not (the Keras transfer-learning
+        # recipe): its BatchNorm layers keep their ImageNet statistics - which the offline MobileNetV2 weights
+        # have folded into the convolutions - instead of re-estimating them from small caption batches. Its
+        # weights still get gradients when encoder_trainable. The small CNN's own BatchNorm trains as usual.
+        cnn_training = training if self.encoder == "small_cnn" and self.encoder_trainable else False
+        grid = self.cnn(x, training=cnn_training)  # (batch, h, w, encoder_dim)
         return self.pool(ops.reshape(grid, (-1, self.num_pixels, self.encoder_dim)))
 
     def pool(self, grid):
@@ -165,13 +171,14 @@ class ImageEncoder(layers.Layer):
         return cls(**{**config, "weights": None})
 
 
-def _build_backbone(name: str, backbone: Backbone, image_size: int, weights: str | None) -> keras.Model:
+def _build_backbone(name: str, backbone: Backbone, image_size: int, weights: str | None, include_top: bool = False) -> keras.Model:
     source = None if weights in (None, "none") else weights
     is_file = source not in (None, "imagenet")
     if is_file and not Path(source).is_file():
         raise CaptionerError(f"encoder weights file {source} does not exist")
+    shape = {} if include_top else {"input_shape": (image_size, image_size, 3)}
     try:
-        model = backbone.build(include_top=False, weights=None if is_file else source, input_shape=(image_size, image_size, 3))
+        model = backbone.build(include_top=include_top, weights=None if is_file else source, **shape)
     except Exception as exc:  # network errors surface as many types (URLError, OSError, HTTPError...)
         if source == "imagenet":
             raise CaptionerError(
@@ -180,8 +187,56 @@ def _build_backbone(name: str, backbone: Backbone, image_size: int, weights: str
             ) from None
         raise
     if is_file:
-        try:
-            model.load_weights(source)
-        except Exception as exc:
-            raise CaptionerError(f"cannot load encoder weights from {source}: {exc}") from None
+        load_backbone_weights(model, source, name, include_top)
     return model
+
+
+def load_backbone_weights(model: keras.Model, path: str, name: str, include_top: bool) -> None:
+    """`model.load_weights(path)`, with one line that names the file and what was expected when it does not fit.
+
+    A file with the classifier loads into a network without it (its extra weights are ignored); the other
+    way round is an error, as is a file of another network or a damaged one.
+    """
+    expected = f"keras.applications {name} weights{' with the 1000-class top' if include_top else ''} (.weights.h5 or .h5)"
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.load_weights(path)
+        # Keras warns, and keeps random weights, for parts of the model the file has no group for.
+        if any("fresh" in str(w.message) or "Skipping" in str(w.message) for w in caught):
+            raise ValueError("parts of the network found no weights in the file")
+    except ValueError as exc:
+        text = str(exc)
+        if include_top and "predictions" in text:
+            reason = "it has no classifier (a no-top file?)"
+        else:
+            reason = "its layers or shapes do not match"
+        raise CaptionerError(f"weights file {path} does not fit: {reason}; expected {expected}") from None
+    except Exception as exc:  # h5py's OSError for a truncated or non-HDF5 file, KeyError for a foreign layout
+        first = (str(exc).splitlines() or [exc.__class__.__name__])[0][:160]
+        raise CaptionerError(f"cannot read weights file {path} ({first}); expected {expected}") from None
+
+
+def build_classifier(name: str, weights: str) -> tuple[keras.Model, Callable, int]:
+    """A keras.applications network with its ImageNet classifier, to check a weights file on real photos.
+
+    Returns:
+        the model (0-255 images after `preprocess` in, 1000 probabilities out), its preprocess function and its
+        input size.
+    """
+    if name not in BACKBONES:
+        raise CaptionerError(f"unknown backbone '{name}'; choose one of: {', '.join(BACKBONES)}")
+    backbone = BACKBONES[name]
+    return _build_backbone(name, backbone, backbone.image_size, weights, include_top=True), backbone.preprocess, backbone.image_size
+
+
+def read_class_index(path: str | Path) -> list[str]:
+    """Class names in id order from Keras's `imagenet_class_index.json` ({"207": ["n02099601", "golden_retriever"], ...})."""
+    try:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+        names = [str(payload[str(i)][1]) for i in range(len(payload))]
+    except FileNotFoundError:
+        raise CaptionerError(f"class-index file {path} does not exist") from None
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError, UnicodeDecodeError):
+        raise CaptionerError(f"{path} is not a class-index file like Keras's imagenet_class_index.json") from None
+    return names

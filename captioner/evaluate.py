@@ -21,7 +21,7 @@ from captioner.metrics import (
     bleu_scores,
     blind_baselines,
     coco_scores,
-    distinct_share,
+    diversity,
     human_agreement,
     oracle_bleu,
     text_scores,
@@ -40,16 +40,19 @@ def generate_captions(generator: CaptionGenerator, paths: Sequence[str], batch_s
 
 
 def score(records: Sequence[CaptionRecord], captions: Sequence[str], meteor: bool = False) -> dict[str, Any]:
-    """BLEU-1..4, the COCO metrics (pycocoevalcap, when installed), distinct-caption share, the oracle
-    (reference #0 against the others), and BLEU per number of objects where the records say it."""
+    """BLEU-1..4, the COCO metrics (pycocoevalcap, when installed), how generic the captions are beside the same
+    figures for reference #0 of every image, the oracle (reference #0 against the others), and BLEU per number
+    of objects where the records say it."""
     references = [[tokenize(c) for c in r.captions] for r in records]
     hypotheses = [tokenize(c) for c in captions]
     result: dict[str, Any] = {
         **bleu_scores(references, hypotheses),
         "coco": coco_scores(references, hypotheses, meteor=meteor),
-        "distinct_captions": distinct_share(captions),
+        **diversity(captions),
         "mean_length": mean_caption_length(captions),
+        "unknown_word_captions": sum("<unk>" in c for c in captions),
         "images": len(records),
+        "references": {**diversity([r.captions[0] for r in records]), "mean_length": mean_caption_length([r.captions[0] for r in records])},
     }
     if any(len(refs) > 1 for refs in references):  # needs a second reference to score the first against
         result["oracle"] = oracle_bleu(references)
@@ -77,6 +80,7 @@ def evaluate(
     max_images: int | None = None,
     meteor: bool = False,
     skipped: Skipped | None = None,
+    length_penalty: float | None = None,
 ) -> dict[str, Any]:
     """Caption every image of `split`, score against all references, record in metrics.json.
 
@@ -90,19 +94,22 @@ def evaluate(
         max_images: int. Score only the first N images.
         meteor: bool. Also METEOR (pycocoevalcap, runs Java).
         skipped: Skipped. Collects the dataset entries the loader could not use (the result keeps the summary).
+        length_penalty: float. Beam ranking by log-probability / length**length_penalty. Defaults to the run's.
     """
     data = run.config.data
+    length_penalty = run.config.decode.length_penalty if length_penalty is None else length_penalty
     skipped = skipped if skipped is not None else Skipped()
     records = load_split(data.dataset, data_dir or data.data_dir, split, skipped)[:max_images]
-    generator = CaptionGenerator(run.model, run.vocab, run.config.decode.max_length, beam_size=beam_size)
+    generator = CaptionGenerator(run.model, run.vocab, run.config.decode.max_length, beam_size, length_penalty)
     started = time.perf_counter()
     captions = generate_captions(generator, [r.image for r in records], batch_size)
     seconds = time.perf_counter() - started
     result = score(records, captions, meteor=meteor)
-    result.update(split=split, beam_size=beam_size, seconds=seconds, tokenization=TOKENIZATIONS["words"], skipped=skipped.summary("entries"))
+    result.update(split=split, beam_size=beam_size, length_penalty=length_penalty, seconds=seconds, tokenization=TOKENIZATIONS["words"], skipped=skipped.summary("entries"))
     if out is not None:
         write_json(out, [{"image": r.image, "caption": c, "references": list(r.captions)} for r, c in zip(records, captions)])
-    update_metrics(run.path, {f"eval_{split}_beam{beam_size}": result})
+    key = f"eval_{split}_beam{beam_size}" + ("" if length_penalty == 1.0 or beam_size == 1 else f"_lp{length_penalty:g}")
+    update_metrics(run.path, {key: result})
     return result
 
 
@@ -110,10 +117,13 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     """Human-readable lines for the CLI."""
     bleu = " ".join(f"BLEU-{n}={result[f'bleu{n}']:.4f}" for n in range(1, 5))
     lines = [
-        f"{result['split']} ({result['images']} images, beam {result['beam_size']}): {bleu}"
+        f"{result['split']} ({result['images']} images, {_decoding_name(result)}): {bleu}"
         + "  (x100: " + " / ".join(f"{100 * result[f'bleu{n}']:.1f}" for n in range(1, 5)) + ")",
-        f"distinct captions: {result['distinct_captions']:.1%} of images",
+        _diversity_line("captions", result),
+        _diversity_line("reference #0", result["references"]),
     ]
+    if result.get("unknown_word_captions"):
+        lines.append(f"captions with <unk>: {result['unknown_word_captions']}")
     coco = result.get("coco")
     if coco:
         meteor = "" if coco.get("meteor") is None else f" METEOR={coco['meteor']:.4f}"
@@ -125,6 +135,17 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     for name, group in result.get("by_group", {}).items():
         lines.append(f"  {name:<11} ({group['images']:>4} images): BLEU-4={group['bleu4']:.4f}")
     return lines
+
+
+def _decoding_name(result: dict[str, Any]) -> str:
+    if result["beam_size"] == 1:
+        return "greedy"
+    return f"beam {result['beam_size']}" + ("" if result.get("length_penalty", 1.0) == 1.0 else f", length penalty {result['length_penalty']:g}")
+
+
+def _diversity_line(what: str, figures: dict[str, Any]) -> str:
+    return (f"{what}: distinct captions {figures['distinct_captions']:.1%} of images, distinct words {figures['distinct_words']}, "
+            f"the 10 most common captions cover {figures['top10_share']:.1%} of images, mean length {figures['mean_length']:.1f} words")
 
 
 def mean_caption_length(captions: Sequence[str]) -> float:

@@ -53,6 +53,23 @@ def distinct_share(captions: Sequence[str]) -> float:
     return len(set(captions)) / len(captions) if captions else 0.0
 
 
+def diversity(captions: Sequence[str], top: int = 10) -> dict[str, float]:
+    """How generic a set of captions is, one caption per image (the known weakness of these models).
+
+    Returns:
+        distinct_captions: distinct captions / captions; distinct_words: words used at least once;
+        top_share: share of images whose caption is one of the `top` most common captions.
+    """
+    from captioner.vocab import tokenize
+
+    counts = collections.Counter(captions)
+    return {
+        "distinct_captions": distinct_share(captions),
+        "distinct_words": len({w for c in captions for w in tokenize(c)}),
+        f"top{top}_share": sum(n for _, n in counts.most_common(top)) / len(captions) if captions else 0.0,
+    }
+
+
 def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
     """Accuracy of one predicted answer against every annotator's answer.
 

@@ -87,6 +87,8 @@ class RunLog(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
+        # The rate this epoch trained with (a plateau schedule may lower it after this callback has run).
+        self.history.setdefault("learning_rate", []).append(float(ops.convert_to_numpy(self.model.optimizer.learning_rate)))
         self.history.setdefault("train_seconds", []).append(self.train_seconds[-1] if self.train_seconds else 0.0)
         write_json(self.path, self.history)
 
@@ -377,6 +379,9 @@ def train(
     # The log writes history.json before the backup records the epoch as done, so a kill in between leaves an
     # extra history entry, which the next resume cuts off; never a missing one.
     callbacks = [log, backup, checkpoint, early_stopping]
+    if train_cfg.lr_reduce_factor < 1.0:  # the rate itself is an optimizer variable, so a resume restores it
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=train_cfg.lr_reduce_factor,
+                                                           patience=train_cfg.lr_reduce_patience, verbose=1))
     started = time.perf_counter()
     model.fit(setup.train_data, validation_data=setup.val_data, epochs=train_cfg.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
     elapsed = time.perf_counter() - started

@@ -11,8 +11,8 @@ from captioner.errors import CaptionerError
 
 from conftest import SHARED
 
-FLICKR8K_TEXT = SHARED / "datasets" / "flickr8k_text"
-needs_shared = pytest.mark.skipif(not FLICKR8K_TEXT.is_dir(), reason="../shared/datasets/flickr8k_text is absent")
+FLICKR8K = SHARED / "datasets" / "flickr8k"  # the real photos and the original caption and split files
+needs_shared = pytest.mark.skipif(not (FLICKR8K / "Images").is_dir(), reason="../shared/datasets/flickr8k is absent")
 
 
 def _placeholder(path):
@@ -24,7 +24,9 @@ def _placeholder(path):
 def flickr8k(tmp_path_factory):
     """The real Flickr8k text files, with an empty placeholder for every image a split file names."""
     root = tmp_path_factory.mktemp("flickr8k")
-    shutil.copytree(FLICKR8K_TEXT, root / "Flickr8k_text")
+    (root / "Flickr8k_text").mkdir()
+    for text in FLICKR8K.glob("*.txt"):
+        shutil.copy(text, root / "Flickr8k_text" / text.name)
     for split_file in (root / "Flickr8k_text").glob("Flickr_8k.*Images.txt"):
         for name in split_file.read_text().split():
             _placeholder(root / "Flicker8k_Dataset" / name)
@@ -53,6 +55,20 @@ def test_real_flickr8k_files_parse_with_counts_and_a_skip_summary(flickr8k):
     assert "2258277193_586949ec62.jpg.1" in names and len(unlisted) >= 5
     assert "image not on disk" not in skipped.reasons
     assert skipped.summary("captions").startswith(f"skipped {skipped.count()} captions:")
+
+
+@needs_shared
+def test_the_real_flickr8k_folder_loads_whole_and_its_skip_summary_matches_the_disk():
+    on_disk = {p.name for p in (FLICKR8K / "Images").iterdir()}
+    skipped = Skipped()
+    splits = {split: load_split("flickr8k", FLICKR8K, split, skipped) for split in ("train", "val", "test")}
+    assert {s: len(r) for s, r in splits.items()} == {"train": 6000, "val": 1000, "test": 1000}
+    assert all(r.image_id in on_disk and len(r.captions) == 5 for s in splits.values() for r in s)
+    listed = {n for split in ("train", "dev", "test") for n in (FLICKR8K / f"Flickr_8k.{split}Images.txt").read_text().split()}
+    missing = listed - on_disk
+    assert len(missing) == 100 and all(n.startswith("e") for n in missing)  # the appended names have no photo
+    assert skipped.count("image not on disk") == len(missing)
+    assert skipped.count("malformed line") == 1
 
 
 @needs_shared

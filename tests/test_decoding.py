@@ -89,3 +89,26 @@ def test_beam_size_must_be_positive(random_model):
     model, vocab = random_model
     with pytest.raises(ValueError):
         CaptionGenerator(model, vocab, max_length=8, beam_size=0)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_unk_pad_and_start_are_never_generated(random_model, beam_size):
+    """Even a model that prefers <unk> above every word (as one trained with a vocabulary cut-off can) never
+    writes it: the next most likely word is taken."""
+    model, vocab = random_model
+    bias = model.decoder.output_projection.bias
+    saved = bias.numpy().copy()
+    try:
+        boosted = saved.copy()
+        boosted[[vocab.unk_id, vocab.pad_id, vocab.start_id]] = 50.0
+        bias.assign(boosted)
+        images = np.random.default_rng(1).integers(0, 255, (4, 32, 32, 3)).astype(np.uint8)
+        grid, pooled = model.encode(images)
+        logits, _, _ = model.decoder.step(np.full([4], vocab.start_id), model.decoder.initial_state(pooled, grid))
+        assert set(np.argmax(logits, -1)) <= {vocab.unk_id, vocab.pad_id, vocab.start_id}  # the model's own choice
+        out = CaptionGenerator(model, vocab, max_length=6, beam_size=beam_size)(images)
+        assert not np.isin(out.tokens[:, :1], [vocab.unk_id, vocab.pad_id, vocab.start_id]).any()
+        assert not np.isin(out.tokens, [vocab.unk_id, vocab.start_id]).any()
+        assert all("<unk>" not in c for c in out.captions)
+    finally:
+        bias.assign(saved)

@@ -50,3 +50,40 @@ def test_bad_encoder_arguments():
         ImageEncoder("mobilenet_v2", image_size=32, weights="/nowhere/weights.h5")
     with pytest.raises(CaptionerError, match="no pretrained weights"):
         ImageEncoder("small_cnn", weights="imagenet")
+
+
+def test_a_fine_tuned_backbone_keeps_batch_norm_in_inference_mode_and_still_learns():
+    """Fine-tuning trains the backbone's weights, but its BatchNorm layers never switch to batch statistics: a
+    training-mode call gives the inference output, and the moving statistics do not move."""
+    import tensorflow as tf
+
+    encoder = ImageEncoder("mobilenet_v2", image_size=32, weights=None, encoder_trainable=True)
+    norms = [layer for layer in encoder.cnn.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    rng = np.random.default_rng(0)
+    for layer in norms:  # statistics unlike any batch's, as in pretrained weights
+        layer.moving_mean.assign(rng.normal(size=layer.moving_mean.shape).astype("float32"))
+        layer.moving_variance.assign(rng.uniform(0.5, 2.0, size=layer.moving_variance.shape).astype("float32"))
+    before = [layer.moving_mean.numpy().copy() for layer in norms]
+    images = rng.integers(0, 255, (4, 32, 32, 3)).astype(np.uint8)
+    inference, _ = encoder(images, training=False)
+    with tf.GradientTape() as tape:
+        training, _ = encoder(images, training=True)
+        loss = tf.reduce_sum(training)
+    np.testing.assert_allclose(training.numpy(), inference.numpy(), rtol=1e-5, atol=1e-5)
+    for layer, mean in zip(norms, before):
+        np.testing.assert_array_equal(layer.moving_mean.numpy(), mean)
+    gradients = tape.gradient(loss, encoder.trainable_weights)
+    assert encoder.trainable_weights and any(float(tf.reduce_sum(tf.abs(g))) > 0 for g in gradients if g is not None)
+
+
+def test_a_weights_file_of_another_network_or_a_damaged_one_is_one_line(tmp_path):
+    other = tmp_path / "other.weights.h5"
+    keras.applications.MobileNetV2(alpha=0.5, include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(other)
+    with pytest.raises(CaptionerError, match=r"does not fit: its layers or shapes do not match; expected keras.applications mobilenet_v2") as error:
+        ImageEncoder("mobilenet_v2", image_size=32, weights=str(other))
+    assert str(other) in str(error.value) and "\n" not in str(error.value)
+    damaged = tmp_path / "damaged.weights.h5"
+    damaged.write_bytes(other.read_bytes()[:5000])
+    with pytest.raises(CaptionerError, match="cannot read weights file") as error:
+        ImageEncoder("mobilenet_v2", image_size=32, weights=str(damaged))
+    assert "\n" not in str(error.value)

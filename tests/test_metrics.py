@@ -79,3 +79,12 @@ def test_accuracy_table_and_blind_baselines():
     assert blind["always_yes"] == 0.25
     assert blind["most_frequent"] == 0.0  # "blue" answers nothing here
     assert blind["question_prior"] == 0.5  # "no" and "yes" right; "blue" for colour; unseen question -> "blue"
+
+
+def test_diversity_counts_distinct_captions_words_and_the_most_common():
+    from captioner.metrics import diversity
+
+    captions = ["a dog runs", "a dog runs", "a dog runs", "a cat sits", "two dogs play"]
+    result = diversity(captions, top=1)
+    assert result == {"distinct_captions": 0.6, "distinct_words": 8, "top1_share": 0.6}
+    assert diversity(captions, top=2)["top2_share"] == 0.8
