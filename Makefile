@@ -6,7 +6,7 @@ DATA := data/shapes
 RUN := runs/demo
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test install data train evaluate caption clean
+.PHONY: demo test install data train evaluate caption clean flickr8k
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,21 @@ caption:
 
 # install, generate shapes, train Show-and-Tell, score BLEU on the test split, caption six test images
 demo: install data train evaluate caption
+
+# Real photographs (README, "Flickr8k with an ImageNet encoder"): features once, Show-Attend-Tell on them,
+# the official test split scored, four test photos captioned with their attention maps.
+#   make flickr8k DATA=path/to/flickr8k WEIGHTS=imagenet|path/to/mobilenet_v2_..._no_top.weights.h5
+flickr8k: DATA = data/flickr8k
+flickr8k: RUN = runs/flickr8k
+WEIGHTS ?= imagenet
+CACHE ?= runs/features
+flickr8k: install
+	$(BIN)/captioner features --dataset flickr8k --data-dir $(DATA) --encoder mobilenet_v2 --encoder-weights $(WEIGHTS) --cache-dir $(CACHE)
+	$(BIN)/captioner train --preset flickr8k --data-dir $(DATA) --encoder-weights $(WEIGHTS) --cache-dir $(CACHE) --run $(RUN)
+	$(BIN)/captioner evaluate --run $(RUN) --split test --meteor --out $(RUN)/test_captions.json
+	dir=$(DATA)/Images; [ -d $$dir ] || dir=$(DATA)/Flicker8k_Dataset; \
+	$(BIN)/captioner caption --run $(RUN) --attention $(RUN)/attention.png \
+	    $$(grep -v '^e' $(DATA)/Flickr_8k.testImages.txt | head -n 4 | sed "s|^|$$dir/|")
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -94,10 +94,13 @@ class FeatureCache:
         batch_size: int = 32,
         verbose: bool = True,
         on_error: Callable[[str, str], None] | None = None,
+        shard_images: int = 1024,
     ) -> int:
         """Compute and store the features of `paths` not cached yet; returns how many were computed.
 
         An unreadable image is reported through `on_error(path, message)` (or raises) and gets no row.
+        Rows are stored in shards of `shard_images` as they are computed, so memory stays at one shard
+        (128 MB for a 7x7x1280 grid) whatever the dataset size, and a kill loses at most one shard's work.
         """
         paths = list(paths)
         digests = self.digests(paths)
@@ -106,8 +109,9 @@ class FeatureCache:
             return 0
         size = self.encoder.image_size
         progress = keras.utils.Progbar(len(todo), unit_name="image") if verbose else None
-        rows: list[np.ndarray] = []
-        names: list[str] = []
+        rows: list[np.ndarray] = []  # computed, not stored yet
+        names: list[str] = []  # digests of every computed row
+        computed = 0  # rows already stored
 
         def read(item):
             try:
@@ -128,11 +132,13 @@ class FeatureCache:
                     grid, _ = self.encoder(np.stack([image for _, image in good]), training=False)  # (batch, num_pixels, encoder_dim)
                     rows.append(np.asarray(grid).astype(self.dtype))
                     names += [digest for (_, digest), _ in good]
+                if len(names) - computed >= shard_images:
+                    self.store(names[computed:], np.concatenate(rows))
+                    computed, rows = len(names), []
                 if progress is not None:
                     progress.add(len(batch))
-        if not rows:
-            return 0
-        self.store(names, np.concatenate(rows))
+        if rows:
+            self.store(names[computed:], np.concatenate(rows))
         return len(names)
 
     def store(self, digests: Sequence[str], features: np.ndarray) -> None:

@@ -72,3 +72,32 @@ def history_figure(history: dict[str, list[float]], path: str | Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     _save(figure, path)
+
+
+def caption_grid_figure(
+    images: Sequence[np.ndarray], titles: Sequence[Sequence[str]], path: str | Path, columns: int = 5
+) -> None:
+    """Photos in a grid, each with lines of text below it (a generated caption and some references).
+
+    Args:
+        images: uint8 (height, width, 3) arrays.
+        titles: per image, the lines to print under it; the first is drawn in bold.
+        path: PNG file to write.
+        columns: photos per row. Defaults to 5.
+    """
+    import textwrap
+
+    rows = math.ceil(len(images) / columns)
+    figure = Figure(figsize=(3.4 * min(len(images), columns), 4.6 * rows))
+    for index, (image, lines) in enumerate(zip(images, titles)):
+        ax = figure.add_subplot(rows, min(len(images), columns), index + 1)
+        ax.imshow(image)
+        ax.axis("off")
+        top = -0.03
+        for number, line in enumerate(lines):
+            wrapped = textwrap.wrap(line, 36)
+            ax.text(0.0, top, "\n".join(wrapped), transform=ax.transAxes, va="top", ha="left", fontsize=8.5,
+                    fontweight="bold" if number == 0 else "normal", color="black" if number == 0 else "dimgray")
+            top -= 0.055 * len(wrapped) + 0.03
+    figure.subplots_adjust(hspace=0.95, wspace=0.08)
+    _save(figure, path)

@@ -107,3 +107,27 @@ def test_training_with_a_frozen_backbone_reads_cached_features(tiny_data, tmp_pa
     from_pixels = np.asarray(run.model({"images": images, "tokens": tokens}))
     from_cache = np.asarray(run.model({"features": cache.load(paths), "tokens": tokens}))
     np.testing.assert_allclose(from_pixels, from_cache, rtol=1e-2, atol=1e-2)
+
+
+def test_large_extractions_are_stored_shard_by_shard(backbone, tmp_path, monkeypatch):
+    """Rows go to disk every `shard_images` images, so a kill part-way keeps what was stored (memory stays at
+    one shard): here the third shard's write fails, and the first two shards' images stay cached."""
+    paths = _images(tmp_path / "images", 7)
+    cache = FeatureCache(tmp_path / "cache", backbone)
+    stored = []
+    original = cache.store
+
+    def store_twice_then_fail(digests, features):
+        if len(stored) == 2:
+            raise KeyboardInterrupt
+        stored.append(len(digests))
+        original(digests, features)
+
+    monkeypatch.setattr(cache, "store", store_twice_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        cache.extract(paths, batch_size=1, verbose=False, shard_images=3)
+    assert stored == [3, 3]
+    again = FeatureCache(tmp_path / "cache", backbone)
+    assert again.missing(paths) == paths[6:]
+    assert again.extract(paths, verbose=False) == 1
+    assert len(list((tmp_path / "cache").glob("*/shard-*.npy"))) == 3
