@@ -37,8 +37,9 @@ class LSTMDecoder(layers.Layer):
 
     Call:
         tokens: (batch, steps) int ids, `<start> w1 ... wn` padded with 0.
-        pooled: (batch, pooled_dim) image vectors.
-        grid: (batch, num_pixels, encoder_dim) feature grid (used with attention or init_from="grid_mean").
+        pooled: (images, pooled_dim) image vectors, images = batch / captions_per_image.
+        grid: (images, num_pixels, encoder_dim) feature grid (used with attention or init_from="grid_mean").
+        captions_per_image: int. Consecutive token rows that share one image. Defaults to 1.
         returns logits (batch, steps, vocab_size) predicting `w1 ... wn <end>`.
     """
 
@@ -109,13 +110,17 @@ class LSTMDecoder(layers.Layer):
             return ()
         return grid, self.attention.project(grid)  # (batch, num_pixels, encoder_dim), (batch, num_pixels, attention_dim)
 
-    def call(self, tokens, pooled, grid=None, training=None):
-        state = self.initial_state(pooled, grid)  # (batch, hidden_dim) x 2
+    def call(self, tokens, pooled, grid=None, training=None, captions_per_image=1):
+        # What depends on the image alone (initial state, projected grid) is computed once per image, then
+        # repeated for its captions: rows b*captions_per_image ... of `tokens` belong to image b.
+        state = self.initial_state(pooled, grid)  # (images, hidden_dim) x 2
+        memory = self.memory(grid)  # (images, num_pixels, encoder_dim), (images, num_pixels, attention_dim)
+        if captions_per_image > 1:
+            state, memory = keras.tree.map_structure(lambda x: ops.repeat(x, captions_per_image, axis=0), (state, memory))
         embedded = self.embedding(tokens)  # (batch, steps, embedding_dim)
         if not self.uses_attention:
             outputs = self.lstm(embedded, initial_state=list(state), training=training)  # (batch, steps, hidden_dim)
         else:
-            memory = self.memory(grid)
             hiddens, alphas = [], []
             for t in range(tokens.shape[1]):  # steps are static in training: the graph is unrolled
                 hidden, state, alpha = self._attend_and_step(embedded[:, t], state, memory)

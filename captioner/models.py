@@ -58,9 +58,7 @@ class CaptionModel(keras.Model):
             grid, pooled = self.encoder(inputs["images"], training=training)  # (batch, num_pixels, encoder_dim), (batch, pooled_dim)
         captions, steps = tokens.shape[1], tokens.shape[2]
         flat_tokens = ops.reshape(tokens, (-1, steps))  # (batch * captions, steps)
-        flat_pooled = ops.repeat(pooled, captions, axis=0)  # (batch * captions, pooled_dim)
-        flat_grid = ops.repeat(grid, captions, axis=0)  # (batch * captions, num_pixels, encoder_dim)
-        logits = self.decoder(flat_tokens, flat_pooled, flat_grid, training=training)  # (batch * captions, steps, vocab)
+        logits = self.decoder(flat_tokens, pooled, grid, training=training, captions_per_image=captions)  # (batch * captions, steps, vocab)
         return ops.reshape(logits, (-1, captions, steps, self.decoder.vocab_size))  # (batch, captions, steps, vocab)
 
     def encode(self, images):

@@ -64,3 +64,13 @@ def test_config_round_trip(attention_dim):
     assert LSTMDecoder.from_config(decoder.get_config()).get_config() == decoder.get_config()
     attention = SoftAttention(5)
     assert SoftAttention.from_config(attention.get_config()).get_config() == attention.get_config()
+
+
+@pytest.mark.parametrize("attention_dim", [None, 7])
+def test_captions_of_one_image_share_its_state_and_memory(attention_dim):
+    """Per-image work done once and repeated gives what repeating the image for every caption gives."""
+    decoder = _decoder(attention_dim=attention_dim)
+    tokens = RNG.integers(1, 20, (6, 5)).astype(np.int32)  # two captions for each of 3 images
+    shared = np.asarray(decoder(tokens, POOLED, GRID, captions_per_image=2))
+    repeated = np.asarray(decoder(tokens, np.repeat(POOLED, 2, axis=0), np.repeat(GRID, 2, axis=0)))
+    np.testing.assert_allclose(shared, repeated, rtol=1e-5, atol=1e-6)
