@@ -340,16 +340,23 @@ def run_caption(args: argparse.Namespace) -> int:
                 picture = _attention_path(args.attention, results[index]["image"], single=len(paths) == 1)
                 _draw_attention(run, image, generated.tokens[row], generated.attention[row], picture)
                 results[index]["attention_map"] = str(picture)
-    failed = [r for r in results if "error" in r]
-    if args.json:
+    return _print_per_image(results, args.json, "captioned",
+                            lambda r: r["caption"] if len(paths) == 1 else f"{r['image']}\t{r['caption']}")
+
+
+def _print_per_image(results: list[dict], as_json: bool, verb: str, line) -> int:
+    """Every image's result (`line(result)`, or the JSON list), its error on stderr, and the exit code: 1 when
+    some images failed and the others went through."""
+    if as_json:
         print(json.dumps(results, indent=2))
     for result in results:
         if "error" in result:
             print(f"captioner: error: {result['error']}", file=sys.stderr)
-        elif not args.json:
-            print(result["caption"] if len(paths) == 1 else f"{result['image']}\t{result['caption']}")
+        elif not as_json:
+            print(line(result))
+    failed = sum("error" in r for r in results)
     if failed:
-        print(f"captioner: {len(failed)} of {len(results)} images could not be captioned", file=sys.stderr)
+        print(f"captioner: {failed} of {len(results)} images could not be {verb}", file=sys.stderr)
         return EXIT_PARTIAL
     return EXIT_OK
 
@@ -403,18 +410,8 @@ def run_classify(args: argparse.Namespace) -> int:
         results.append({"image": path, "classes": [
             {"id": int(i), "name": names[i] if names and i < len(names) else f"class {i}", "probability": float(probabilities[i])} for i in top
         ]})
-    if args.json:
-        print(json.dumps(results, indent=2))
-    for result in results:
-        if "error" in result:
-            print(f"captioner: error: {result['error']}", file=sys.stderr)
-        elif not args.json:
-            print(result["image"] + "\t" + ", ".join(f"{c['name']} {c['probability']:.2f}" for c in result["classes"]))
-    failed = sum("error" in r for r in results)
-    if failed:
-        print(f"captioner: {failed} of {len(results)} images could not be classified", file=sys.stderr)
-        return EXIT_PARTIAL
-    return EXIT_OK
+    return _print_per_image(results, args.json, "classified",
+                            lambda r: r["image"] + "\t" + ", ".join(f"{c['name']} {c['probability']:.2f}" for c in r["classes"]))
 
 
 def run_plot_history(args: argparse.Namespace) -> int:
