@@ -145,7 +145,8 @@ def _decoding_name(result: dict[str, Any]) -> str:
 
 def _diversity_line(what: str, figures: dict[str, Any]) -> str:
     return (f"{what}: distinct captions {figures['distinct_captions']:.1%} of images, distinct words {figures['distinct_words']}, "
-            f"the 10 most common captions cover {figures['top10_share']:.1%} of images, mean length {figures['mean_length']:.1f} words")
+            f"the 10 most common captions cover {figures['top10_share']:.1%} of images, mean length {figures['mean_length']:.1f} words, "
+            f"a word pair repeated in {figures['repeated_bigram_share']:.1%}")
 
 
 def mean_caption_length(captions: Sequence[str]) -> float:

@@ -58,15 +58,20 @@ def diversity(captions: Sequence[str], top: int = 10) -> dict[str, float]:
 
     Returns:
         distinct_captions: distinct captions / captions; distinct_words: words used at least once;
-        top_share: share of images whose caption is one of the `top` most common captions.
+        top{top}_share: share of images whose caption is one of the `top` most common captions;
+        repeated_bigram_share: share of captions that say a word pair twice ("a bike on a bike", but also
+        "in a ... in a", which people write too: compare with the references' own figure).
     """
     from captioner.vocab import tokenize
 
     counts = collections.Counter(captions)
+    words = [tokenize(c) for c in captions]
+    repeats = sum(len(set(zip(w, w[1:]))) < len(w) - 1 for w in words)
     return {
         "distinct_captions": distinct_share(captions),
-        "distinct_words": len({w for c in captions for w in tokenize(c)}),
+        "distinct_words": len({w for c in words for w in c}),
         f"top{top}_share": sum(n for _, n in counts.most_common(top)) / len(captions) if captions else 0.0,
+        "repeated_bigram_share": repeats / len(captions) if captions else 0.0,
     }
 
 

@@ -86,5 +86,7 @@ def test_diversity_counts_distinct_captions_words_and_the_most_common():
 
     captions = ["a dog runs", "a dog runs", "a dog runs", "a cat sits", "two dogs play"]
     result = diversity(captions, top=1)
-    assert result == {"distinct_captions": 0.6, "distinct_words": 8, "top1_share": 0.6}
+    assert result == {"distinct_captions": 0.6, "distinct_words": 8, "top1_share": 0.6, "repeated_bigram_share": 0.0}
     assert diversity(captions, top=2)["top2_share"] == 0.8
+    repeats = diversity(["a man is riding a bike on a bike", "a man in a red shirt", "a a"])
+    assert repeats["repeated_bigram_share"] == 1 / 3  # "a bike" twice; "in a" once; a single pair cannot repeat
