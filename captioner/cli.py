@@ -398,18 +398,23 @@ def run_classify(args: argparse.Namespace) -> int:
     index_path = args.class_index or (str(beside) if beside.is_file() else None)
     names = read_class_index(index_path) if index_path else None
     model, preprocess, size = build_classifier(args.encoder, args.weights)
-    results: list[dict] = []
-    for path in paths:
-        try:
-            image, _ = read_image(path, size)
-        except CaptionerError as exc:
-            results.append({"image": path, "error": str(exc)})
+    results: list[dict] = [{"image": path} for path in paths]
+    for start in range(0, len(paths), 32):  # one CNN call per batch of readable images
+        chunk: list[tuple[int, np.ndarray]] = []
+        for index in range(start, min(start + 32, len(paths))):
+            try:
+                chunk.append((index, read_image(paths[index], size)[0]))
+            except CaptionerError as exc:
+                results[index]["error"] = str(exc)
+        if not chunk:
             continue
-        probabilities = np.asarray(model(preprocess(image[None].astype("float32")), training=False))[0]  # (1000,)
-        top = np.argsort(-probabilities)[: args.top]
-        results.append({"image": path, "classes": [
-            {"id": int(i), "name": names[i] if names and i < len(names) else f"class {i}", "probability": float(probabilities[i])} for i in top
-        ]})
+        images = np.stack([image for _, image in chunk]).astype("float32")  # (batch, size, size, 3)
+        probabilities = np.asarray(model(preprocess(images), training=False))  # (batch, 1000)
+        for (index, _), row in zip(chunk, probabilities):
+            results[index]["classes"] = [
+                {"id": int(i), "name": names[i] if names and i < len(names) else f"class {i}", "probability": float(row[i])}
+                for i in np.argsort(-row)[: args.top]
+            ]
     return _print_per_image(results, args.json, "classified",
                             lambda r: r["image"] + "\t" + ", ".join(f"{c['name']} {c['probability']:.2f}" for c in r["classes"]))
 

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from nltk.translate.bleu_score import corpus_bleu
 
-from captioner.vocab import normalize_answer
+from captioner.vocab import normalize_answer, tokenize
 
 BLEU_WEIGHTS = [(1.0,), (0.5, 0.5), (1 / 3, 1 / 3, 1 / 3), (0.25, 0.25, 0.25, 0.25)]
 
@@ -62,8 +62,6 @@ def diversity(captions: Sequence[str], top: int = 10) -> dict[str, float]:
         repeated_bigram_share: share of captions that say a word pair twice ("a bike on a bike", but also
         "in a ... in a", which people write too: compare with the references' own figure).
     """
-    from captioner.vocab import tokenize
-
     counts = collections.Counter(captions)
     words = [tokenize(c) for c in captions]
     repeats = sum(len(set(zip(w, w[1:]))) < len(w) - 1 for w in words)
@@ -146,8 +144,6 @@ TOKENIZATIONS = {
 def tokenize_for_scoring(text: str, tokenization: str = "words") -> list[str]:
     """Token list for BLEU/CIDEr; BLEU depends on this choice, so results name it (TOKENIZATIONS)."""
     if tokenization == "words":
-        from captioner.vocab import tokenize
-
         return tokenize(text)
     if tokenization == "whitespace":
         return text.lower().replace(" .", "").split()
