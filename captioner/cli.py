@@ -232,6 +232,10 @@ def _report_skipped(skipped: Skipped, what: str, verbose: bool) -> None:
             print(f"  {line}", file=sys.stderr)
 
 
+def _notify(line: str) -> None:
+    print(f"captioner: {line}", file=sys.stderr, flush=True)
+
+
 def _report_training(metrics: dict, run: str, item_name: str) -> int:
     stats = metrics["train"]
     if metrics.get("already_finished"):
@@ -253,7 +257,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     config = _configure(args, args.preset, _TRAIN_FLAGS, {"model.encoder_trainable": "true"} if args.fine_tune_encoder else {})
     skipped = Skipped()
-    metrics = train(config, args.run, verbose=0 if args.quiet else "auto", restart=args.restart, skipped=skipped)
+    metrics = train(config, args.run, verbose=0 if args.quiet else "auto", restart=args.restart, skipped=skipped, notify=_notify)
     _report_skipped(skipped, "entries", args.verbose)
     return _report_training(metrics, args.run, "captions")
 
@@ -278,7 +282,7 @@ def run_train_vqa(args: argparse.Namespace) -> int:
     config = _configure(args, name, _TRAIN_VQA_FLAGS, {k: v for k, v in fixed.items() if k != "task"})
     config.task = "vqa"
     skipped = Skipped()
-    metrics = train(config, args.run, verbose=0 if args.quiet else "auto", restart=args.restart, skipped=skipped)
+    metrics = train(config, args.run, verbose=0 if args.quiet else "auto", restart=args.restart, skipped=skipped, notify=_notify)
     _report_skipped(skipped, "questions", args.verbose)
     return _report_training(metrics, args.run, "questions")
 

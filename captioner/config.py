@@ -190,6 +190,42 @@ def preset(name: str) -> RunConfig:
 
 PRESETS = ("shapes", "tiny", "flickr8k", "shapes-vqa", "easy-vqa")
 
+# Settings a resumed run may take from the new command: how long and how patiently it trains, how often it backs
+# up, where cached features live, and how it captions afterwards. Any other change makes a different model.
+RESUMABLE = ("train.epochs", "train.patience", "train.backup_every_steps", "data.feature_cache_dir")
+RESUMABLE_SECTIONS = ("decode",)
+# Filled in from the data when a run starts (the command asks for a cap, the run stores what it used).
+DERIVED = ("data.image_size", "data.max_caption_length", "vqa.max_question_length")
+
+
+def flatten(config: RunConfig) -> dict[str, Any]:
+    """{"section.field": value} for every setting ("preset", "task" and "format_version" as themselves)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.to_dict().items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{name}": item for name, item in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def resume_changes(before: dict[str, Any], now: dict[str, Any]) -> tuple[dict[str, tuple], dict[str, tuple]]:
+    """The settings that differ between the command that started a run and this one, as {key: (before, now)}:
+    those a resume may apply, and the others. "preset" is not compared: the values it set are."""
+    changed = {key: (before.get(key), now.get(key)) for key in sorted(set(before) | set(now))
+               if key != "preset" and before.get(key) != now.get(key)}
+    allowed = {k: v for k, v in changed.items() if k in RESUMABLE or k.partition(".")[0] in RESUMABLE_SECTIONS}
+    return allowed, {k: v for k, v in changed.items() if k not in allowed}
+
+
+def with_settings(config: RunConfig, values: dict[str, Any]) -> RunConfig:
+    """A copy of `config` with {"section.field": value} set (values already typed)."""
+    sections = {name: dataclasses.replace(getattr(config, name)) for name in _SECTION_TYPES}
+    for key, value in values.items():
+        section, _, name = key.partition(".")
+        setattr(sections[section], name, value)
+    return dataclasses.replace(config, **sections)
+
 
 def apply_overrides(config: RunConfig, overrides: dict[str, str]) -> RunConfig:
     """Set `section.field` values given as strings, converted to the field's declared type.

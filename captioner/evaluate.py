@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
+import tensorflow as tf
 
 from captioner.answering import Answerer
 from captioner.datasets import CaptionRecord, QARecord, Skipped, load_qa_split, load_split
@@ -26,16 +27,41 @@ from captioner.metrics import (
     oracle_bleu,
     text_scores,
 )
-from captioner.preprocessing import group_questions, image_dataset, question_arrays
+from captioner.preprocessing import group_questions, image_dataset, pipeline_error, question_arrays
 from captioner.run import Run, update_metrics
 from captioner.vocab import tokenize
 
 
-def generate_captions(generator: CaptionGenerator, paths: Sequence[str], batch_size: int = 256) -> list[str]:
-    """Captions for image files, decoded in parallel and generated in batches."""
-    captions: list[str] = []
-    for images in image_dataset(paths, generator.model.encoder.image_size).batch(batch_size).prefetch(1):
-        captions.extend(generator(images.numpy()).captions)
+def _readable_batches(paths: Sequence[str], image_size: int, batch_size: int, on_error: Callable[[str, str], None] | None, what: str):
+    """(start, images, readable) for consecutive batches of `paths`: images uint8 (batch, size, size, 3), readable bool (batch,).
+
+    An unreadable image is reported through `on_error` (or raises CaptionerError when it is None); an error
+    inside the pipeline becomes one CaptionerError line.
+    """
+    if on_error is None:
+        def on_error(path: str, message: str) -> None:
+            raise CaptionerError(message)
+
+    batches = image_dataset(paths, image_size, on_error, what).batch(batch_size).prefetch(1)
+    try:
+        for start, (images, readable) in zip(range(0, len(paths), batch_size), batches):
+            yield start, images.numpy(), readable.numpy()
+    except tf.errors.OpError as exc:
+        raise pipeline_error(exc) from None
+
+
+def generate_captions(
+    generator: CaptionGenerator, paths: Sequence[str], batch_size: int = 256,
+    on_error: Callable[[str, str], None] | None = None, what: str = "images",
+) -> list[str | None]:
+    """Captions for image files, decoded in parallel and generated in batches; None for an image that cannot be
+    read (reported through `on_error(path, message)`; without it, such an image is an error)."""
+    captions: list[str | None] = [None] * len(paths)
+    for start, images, readable in _readable_batches(paths, generator.model.encoder.image_size, batch_size, on_error, what):
+        rows = np.flatnonzero(readable)
+        if len(rows):
+            for row, caption in zip(rows, generator(images[rows]).captions):
+                captions[start + row] = caption
     return captions
 
 
@@ -102,8 +128,10 @@ def evaluate(
     records = load_split(data.dataset, data_dir or data.data_dir, split, skipped)[:max_images]
     generator = CaptionGenerator(run.model, run.vocab, run.config.decode.max_length, beam_size, length_penalty)
     started = time.perf_counter()
-    captions = generate_captions(generator, [r.image for r in records], batch_size)
+    captions = generate_captions(generator, [r.image for r in records], batch_size,
+                                 lambda path, message: skipped.add("unreadable image", message), f"images of the {split} split")
     seconds = time.perf_counter() - started
+    records, captions = [r for r, c in zip(records, captions) if c is not None], [c for c in captions if c is not None]
     result = score(records, captions, meteor=meteor)
     result.update(split=split, beam_size=beam_size, length_penalty=length_penalty, seconds=seconds, tokenization=TOKENIZATIONS["words"], skipped=skipped.summary("entries"))
     if out is not None:
@@ -153,18 +181,25 @@ def mean_caption_length(captions: Sequence[str]) -> float:
     return float(np.mean([len(tokenize(c)) for c in captions])) if captions else 0.0
 
 
-def answer_records(answerer: Answerer, records: Sequence[QARecord], questions_per_image: int, batch_size: int = 256) -> list[str]:
-    """The predicted answer to every record's question, images decoded in parallel and encoded once per group."""
+def answer_records(
+    answerer: Answerer, records: Sequence[QARecord], questions_per_image: int, batch_size: int = 256,
+    on_error: Callable[[str, str], None] | None = None, what: str = "images",
+) -> list[str | None]:
+    """The predicted answer to every record's question, images decoded in parallel and encoded once per group;
+    None where the image cannot be read (reported through `on_error`; without it, an error)."""
     groups = group_questions(records, questions_per_image)
     questions, _ = question_arrays(groups, answerer.vocab, answerer.answers, questions_per_image, answerer.max_question_length)
     by_record: dict[str, str] = {}
-    images = image_dataset([image for image, _ in groups], answerer.model.encoder.image_size).batch(batch_size).prefetch(1)
-    for start, batch in zip(range(0, len(groups), batch_size), images):
-        probabilities, _ = answerer(batch.numpy(), questions[start : start + batch_size])
-        for (_, group), row in zip(groups[start : start + batch_size], probabilities):
-            for record, distribution in zip(group, row):
+    size = answerer.model.encoder.image_size
+    for start, images, readable in _readable_batches([image for image, _ in groups], size, batch_size, on_error, what):
+        rows = np.flatnonzero(readable)
+        if not len(rows):
+            continue
+        probabilities, _ = answerer(images[rows], questions[start + rows])
+        for row, distribution_rows in zip(rows, probabilities):
+            for record, distribution in zip(groups[start + row][1], distribution_rows):
                 by_record[record.question_id] = answerer.answers.answers[int(np.argmax(distribution))]
-    return [by_record[r.question_id] for r in records]
+    return [by_record.get(r.question_id) for r in records]
 
 
 def evaluate_vqa(
@@ -197,8 +232,10 @@ def evaluate_vqa(
         records = [QARecord(r.image, r.question, r.answers, r.question_type, r.answer_type, str(i)) for i, r in enumerate(records)]
     answerer = Answerer(run.model, run.vocab, run.answers, vqa.max_question_length)
     started = time.perf_counter()
-    predictions = answer_records(answerer, records, vqa.questions_per_image, batch_size)
+    predictions = answer_records(answerer, records, vqa.questions_per_image, batch_size,
+                                 lambda path, message: skipped.add("unreadable image", message), f"images of the {split} split")
     seconds = time.perf_counter() - started
+    records, predictions = [r for r, p in zip(records, predictions) if p is not None], [p for p in predictions if p is not None]
     train_records = load_qa_split(data.dataset, data_dir or data.data_dir, run.config.train.train_split)
     result = {
         **accuracy_table(records, predictions),

@@ -25,7 +25,7 @@ import numpy as np
 from captioner.encoder import ImageEncoder
 from captioner.errors import CaptionerError
 from captioner.fileio import atomic_path, write_json
-from captioner.images import load_image
+from captioner.images import try_load_image
 
 INDEX_FILE = "index.json"
 
@@ -78,9 +78,17 @@ class FeatureCache:
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
             raise CaptionerError(f"feature cache {path} is damaged or foreign ({exc}); delete {self.folder} to rebuild it") from None
 
-    def digests(self, paths: Sequence[str]) -> list[str]:
+    def digests(self, paths: Sequence[str]) -> list[str | None]:
+        """The content digest of every file; None for a file that cannot be read (gone, no permission)."""
+
+        def digest(path: str) -> str | None:
+            try:
+                return file_digest(path)
+            except OSError:
+                return None
+
         with ThreadPoolExecutor(max_workers=4) as pool:
-            return list(pool.map(file_digest, paths))
+            return list(pool.map(digest, paths))
 
     def missing(self, paths: Sequence[str], digests: Sequence[str] | None = None) -> list[str]:
         """The paths whose content has no cached row."""
@@ -105,6 +113,12 @@ class FeatureCache:
         paths = list(paths)
         digests = self.digests(paths)
         todo = [(p, d) for p, d in dict(zip(paths, digests)).items() if d not in self._index["rows"]]
+        for path, _ in [item for item in todo if item[1] is None]:  # cannot even be read: no row, reported like a bad decode
+            message = try_load_image(path, self.encoder.image_size)[1] or f"{path}: cannot read"
+            if on_error is None:
+                raise CaptionerError(message)
+            on_error(path, message)
+        todo = [item for item in todo if item[1] is not None]
         if not todo:
             return 0
         size = self.encoder.image_size
@@ -114,10 +128,7 @@ class FeatureCache:
         computed = 0  # rows already stored
 
         def read(item):
-            try:
-                return item, load_image(item[0], size), None
-            except CaptionerError as exc:
-                return item, None, str(exc)
+            return (item, *try_load_image(item[0], size))
 
         with ThreadPoolExecutor(max_workers=2) as pool:
             for start in range(0, len(todo), batch_size):
@@ -149,9 +160,13 @@ class FeatureCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.folder / shard) as tmp:  # the shard first, then the index that points at it
             np.save(tmp, features.astype(self.dtype, copy=False))  # (images, num_pixels, encoder_dim)
-        for row, digest in enumerate(digests):
-            self._index["rows"][digest] = [shard, row]
-        write_json(self.folder / INDEX_FILE, self._index)
+        index = {**self._index, "rows": {**self._index["rows"], **{digest: [shard, row] for row, digest in enumerate(digests)}}}
+        try:
+            write_json(self.folder / INDEX_FILE, index)
+        except BaseException:  # the index on disk is the old one: the new shard is unreferenced, remove it
+            (self.folder / shard).unlink(missing_ok=True)
+            raise
+        self._index = index
 
     def load(self, paths: Sequence[str], digests: Sequence[str] | None = None) -> np.ndarray:
         """Features of `paths` in order: (len(paths), num_pixels, encoder_dim), in the storage dtype."""
@@ -159,6 +174,8 @@ class FeatureCache:
         out = np.empty((len(paths), *self.shape), self.dtype)
         rows = self._index["rows"]
         for i, digest in enumerate(digests):
+            if digest is None:
+                raise CaptionerError(f"{paths[i]}: cannot read (deleted or no permission)")
             if digest not in rows:
                 raise CaptionerError(f"no cached features for {paths[i]}; run `captioner features` first")
             shard, row = rows[digest]

@@ -6,22 +6,31 @@ A reader (or a crash) therefore sees either the old file or the new one, never h
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from captioner.errors import CaptionerError
+
+LOCK_FILE = ".lock"
+
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed.
 
-    The temporary name keeps the suffix of `path` (Keras insists on `.keras`).
+    The temporary name ends with `suffix`, by default that of `path` (Keras insists on `.keras`, `.weights.h5`).
+    A full disk is a one-line CaptionerError, with `path` as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix if suffix is None else suffix}", dir=path.parent)
     os.close(handle)
     tmp = Path(tmp_name)
     try:
@@ -32,9 +41,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except Exception as exc:
+        if is_disk_full(exc):  # the old file is untouched; say so in one line
+            raise CaptionerError(f"no space left on device while saving {path}; the previous version is kept; "
+                                 f"free some space and run the same command again") from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether `exc`, or an exception it was raised from, is ENOSPC or EDQUOT (h5py and Keras wrap the OSError,
+    some only in their message)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(exc) or "errno = 28" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -69,3 +96,34 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
+
+
+@contextlib.contextmanager
+def directory_lock(directory: str | os.PathLike, doing: str = "trained") -> Iterator[None]:
+    """Hold an exclusive lock on `directory` (created if missing) for the duration, or fail at once.
+
+    An OS lock (`fcntl.flock` on `directory/.lock`): the kernel drops it when the holder exits, however it
+    exits (kill -9 included), so a stale lock never blocks the next process. The file names the holder, for the
+    message the next process prints. A folder this call created and left empty (bar the lock) is removed.
+    """
+    directory = Path(directory)
+    created = not directory.exists()
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 300, 0).decode("utf-8", "replace").strip() or "another process"
+            raise CaptionerError(f"{directory} is being {doing} by {holder}; wait for it to end, or choose another --run") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} (since {time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode(), 0)
+        yield
+    finally:
+        if created and [p.name for p in directory.iterdir()] == [LOCK_FILE]:
+            (directory / LOCK_FILE).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        os.close(fd)

@@ -1,11 +1,14 @@
-"""The one image reader every command uses (training, captioning, evaluation).
+"""The one image reader every command uses (features, training, captioning, evaluation, VQA).
 
 Pillow decodes; EXIF orientation is applied; every mode becomes 8-bit RGB (transparency composited on
-white); the result is resized to a square. Anything unreadable raises CaptionerError with one line.
+white); the result is resized to a square. Anything unreadable (missing, unreadable folder, truncated,
+not an image, a decompression bomb) raises CaptionerError with one line, or, through `try_load_image`,
+is returned as that line so that the caller can skip the image and go on.
 """
 
 from __future__ import annotations
 
+import stat
 import warnings
 from pathlib import Path
 
@@ -37,11 +40,15 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def open_image(path: str | Path) -> Image.Image:
     """Decoded, upright, RGB Pillow image at its original size."""
     path = Path(path)
-    if not path.exists():
-        raise CaptionerError(f"{path}: no such file")
-    if path.is_dir():
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        raise CaptionerError(f"{path}: no such file") from None
+    except OSError as exc:  # e.g. a folder on the way that this user may not enter
+        raise CaptionerError(f"{path}: cannot read ({exc.strerror})") from None
+    if stat.S_ISDIR(status.st_mode):
         raise CaptionerError(f"{path}: is a directory, not an image")
-    if path.stat().st_size == 0:
+    if status.st_size == 0:
         raise CaptionerError(f"{path}: is empty (0 bytes)")
     try:
         with warnings.catch_warnings():
@@ -60,7 +67,11 @@ def open_image(path: str | Path) -> Image.Image:
         raise CaptionerError(f"{path}: not a JPEG, PNG, WebP, GIF or BMP image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise CaptionerError(f"{path}: declares more than the {MAX_PIXELS:,} pixels allowed (decompression bomb?)") from None
-    except (OSError, ValueError, SyntaxError) as exc:
+    except PermissionError as exc:
+        raise CaptionerError(f"{path}: cannot read ({exc.strerror})") from None
+    except FileNotFoundError:
+        raise CaptionerError(f"{path}: no such file (deleted while the command ran?)") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise CaptionerError(f"{path}: cannot decode image ({exc})") from None
 
 
@@ -80,3 +91,11 @@ def read_image(path: str | Path, size: int) -> tuple[np.ndarray, tuple[int, int]
 def load_image(path: str | Path, size: int) -> np.ndarray:
     """`read_image` without the size: uint8 (size, size, 3)."""
     return read_image(path, size)[0]
+
+
+def try_load_image(path: str | Path, size: int) -> tuple[np.ndarray | None, str | None]:
+    """`load_image` that reports instead of raising: (image, None), or (None, the one-line reason)."""
+    try:
+        return load_image(path, size), None
+    except CaptionerError as exc:
+        return None, str(exc)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import re
+import threading
+from typing import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from captioner.datasets import CaptionRecord, QARecord
-from captioner.images import load_image
+from captioner.errors import CaptionerError
+from captioner.images import try_load_image
 from captioner.vocab import AnswerVocabulary, Vocabulary
 
 
@@ -33,26 +36,70 @@ def caption_arrays(
     return inputs, targets
 
 
-def image_dataset(paths: Sequence[str], image_size: int) -> tf.data.Dataset:
-    """Decoded uint8 images (image_size, image_size, 3), in order, decoded in parallel."""
+def image_dataset(paths: Sequence[str], image_size: int, on_error: Callable[[str, str], None], what: str = "images") -> tf.data.Dataset:
+    """`(image, readable)` elements in order, decoded in parallel: image uint8 (image_size, image_size, 3), readable bool.
+
+    An image that cannot be read (missing, truncated, not an image, unreadable folder) comes out as zeros with
+    readable False, after `on_error(path, message)`; the caller drops it. Only when every image of `paths` has
+    failed does the pipeline raise (a CaptionerError inside tf.data; `pipeline_error` makes it one line again).
+    `what` names the images in that message, e.g. "images of the train split".
+    """
+    total = len(set(paths))
+    failed: set[str] = set()
+    lock = threading.Lock()
+    blank = np.zeros((image_size, image_size, 3), np.uint8)
 
     def read(path):
-        return load_image(path.decode("utf-8"), image_size)
+        path = path.decode("utf-8")
+        image, message = try_load_image(path, image_size)
+        if image is not None:
+            return image, True
+        on_error(path, message)
+        with lock:
+            failed.add(path)
+            everything = len(failed) == total
+        if everything:
+            raise CaptionerError(f"none of the {total} {what} could be read (the last: {message})")
+        return blank, False
 
     def decode(path):
-        image = tf.numpy_function(read, [path], tf.uint8, stateful=False)
-        return tf.ensure_shape(image, (image_size, image_size, 3))
+        image, readable = tf.numpy_function(read, [path], [tf.uint8, tf.bool], stateful=False)
+        return tf.ensure_shape(image, (image_size, image_size, 3)), tf.ensure_shape(readable, ())
 
     return tf.data.Dataset.from_tensor_slices(list(paths)).map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def _image_and_text_dataset(paths: Sequence[str], image_size: int, text: tuple[np.ndarray, np.ndarray], text_key: str, cache: bool) -> tf.data.Dataset:
-    """Zip decoded images with per-image token arrays: `({"images", text_key}, targets)` elements."""
-    images = image_dataset(paths, image_size)
+def pipeline_error(exc: Exception) -> CaptionerError:
+    """One line for an error raised inside a tf.data pipeline: the CaptionerError it carries, else its first line."""
+    text = str(getattr(exc, "message", exc))
+    found = re.search(r"CaptionerError: ([^\n]+)", text)
+    if found:
+        return CaptionerError(found.group(1).strip())
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return CaptionerError(f"the input pipeline failed: {first[:300]}")
+
+
+def _image_and_text_dataset(
+    paths: Sequence[str], image_size: int, text: tuple[np.ndarray, np.ndarray], text_key: str, cache: bool,
+    on_error: Callable[[str, str], None], what: str,
+) -> tf.data.Dataset:
+    """Zip decoded images with per-image token arrays: `({"images", text_key}, targets)` elements.
+
+    An unreadable image stays in place as a blank image whose targets are all 0 (padding / `<other>`), which the
+    loss and the metrics ignore: it is skipped without changing the number of batches (so the progress bar and
+    a mid-epoch resume see the same epoch) and reported once (the cache keeps the verdict).
+    """
+    images = image_dataset(paths, image_size, on_error, what)
     if cache:
         images = images.cache()  # decoded once, reused every epoch
     pairs = tf.data.Dataset.from_tensor_slices(text)
-    return tf.data.Dataset.zip(images, pairs).map(lambda image, pair: ({"images": image, text_key: pair[0]}, pair[1]))
+
+    def element(image, pair):
+        pixels, readable = image
+        inputs, targets = pair
+        return {"images": pixels, text_key: inputs}, tf.where(readable, targets, tf.zeros_like(targets))
+
+    return tf.data.Dataset.zip(images, pairs).map(element)
 
 
 def caption_dataset(
@@ -65,13 +112,16 @@ def caption_dataset(
     shuffle: bool,
     seed: int = 0,
     cache: bool = True,
+    *,
+    on_error: Callable[[str, str], None],
+    what: str = "images",
 ) -> tf.data.Dataset:
-    """Training batches `({"images", "tokens"}, targets)`.
+    """Training batches `({"images", "tokens"}, targets)`; unreadable images are skipped (see `image_dataset`).
 
     images: (batch, image_size, image_size, 3) uint8; tokens and targets: (batch, captions_per_image, steps) int32.
     """
     arrays = caption_arrays(records, vocab, captions_per_image, max_caption_length)
-    dataset = _image_and_text_dataset([r.image for r in records], image_size, arrays, "tokens", cache)
+    dataset = _image_and_text_dataset([r.image for r in records], image_size, arrays, "tokens", cache, on_error, what)
     if shuffle:
         dataset = dataset.shuffle(min(len(records), 10_000), seed=seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
@@ -119,14 +169,17 @@ def vqa_dataset(
     shuffle: bool,
     seed: int = 0,
     cache: bool = True,
+    *,
+    on_error: Callable[[str, str], None],
+    what: str = "images",
 ) -> tf.data.Dataset:
-    """Training batches `({"images", "questions"}, targets)`.
+    """Training batches `({"images", "questions"}, targets)`; unreadable images are skipped with their questions.
 
     images: (batch, image_size, image_size, 3) uint8; questions: (batch, questions_per_image, steps) int32;
     targets: (batch, questions_per_image) int32.
     """
     arrays = question_arrays(groups, vocab, answers, questions_per_image, max_question_length)
-    dataset = _image_and_text_dataset([image for image, _ in groups], image_size, arrays, "questions", cache)
+    dataset = _image_and_text_dataset([image for image, _ in groups], image_size, arrays, "questions", cache, on_error, what)
     if shuffle:
         dataset = dataset.shuffle(min(len(groups), 10_000), seed=seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -19,7 +19,7 @@ import keras
 from captioner import __version__
 from captioner.config import FORMAT_VERSION, RunConfig
 from captioner.errors import CaptionerError
-from captioner.fileio import atomic_path, write_json
+from captioner.fileio import atomic_path, write_json, write_text
 from captioner.models import CaptionModel, VQAModel
 from captioner.vocab import AnswerVocabulary, Vocabulary
 
@@ -87,7 +87,15 @@ def verify_manifest(run_dir: Path) -> None:
 
 
 def save_config(config: RunConfig, run_dir: str | Path) -> None:
-    write_json(Path(run_dir) / CONFIG_FILE, {"captioner_version": __version__, **config.to_dict()})
+    """config.json, atomically; where a manifest vouches for the old one, it is kept true at every instant."""
+    run_dir = Path(run_dir)
+    text = json.dumps({"captioner_version": __version__, **config.to_dict()}, indent=2, ensure_ascii=False) + "\n"
+    guarded = (run_dir / MANIFEST_FILE).exists()
+    if guarded:
+        write_manifest(run_dir, also_accept={CONFIG_FILE: hashlib.sha256(text.encode("utf-8")).hexdigest()})
+    write_text(run_dir / CONFIG_FILE, text)
+    if guarded:
+        write_manifest(run_dir)
 
 
 def read_json(path: Path, default: Any = None) -> Any:

@@ -6,25 +6,27 @@ atomically), early stopping, and history/metrics written as JSON after every epo
 
 from __future__ import annotations
 
+import os
 import resource
 import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
-from captioner.config import RunConfig
+from captioner.config import DERIVED, RESUMABLE, RunConfig, flatten, resume_changes, with_settings
 from captioner.datasets import QARecord, Skipped, load_qa_split, load_split
 from captioner.encoder import BACKBONES, ImageEncoder, default_image_size
 from captioner.errors import CaptionerError
-from captioner.fileio import remove_stale_temporaries, write_json
+from captioner.fileio import atomic_path, directory_lock, is_disk_full, remove_stale_temporaries, write_json
 from captioner.models import build_caption_model, build_vqa_model
 from captioner.features import FeatureCache
-from captioner.preprocessing import caption_dataset, feature_caption_dataset, group_questions, vqa_dataset
+from captioner.preprocessing import caption_dataset, feature_caption_dataset, group_questions, pipeline_error, vqa_dataset
 from captioner.run import (
     ANSWERS_FILE,
     CONFIG_FILE,
@@ -44,7 +46,29 @@ from captioner.run import (
 from captioner.viz import history_figure
 from captioner.vocab import AnswerVocabulary, Vocabulary, tokenize
 
-BACKUP_DIR = "backup"  # keras.callbacks.BackupAndRestore state (weights, optimizer, epoch); removed when training ends
+BACKUP_DIR = "backup"  # keras.callbacks.BackupAndRestore state (weights, optimizer, epoch); kept when training ends
+REQUEST_FILE = "request.json"  # the settings the command that started the run asked for (compared on a resume)
+
+
+class FinalBackup(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore whose files are written atomically (a kill or a full disk leaves the previous backup
+    whole), and which also saves the state training ends with, and keeps it: a finished run can be trained
+    further (a larger `--epochs`) from exactly where it stopped."""
+
+    def _save_model(self):
+        weights, metadata = Path(self._weights_path), Path(self._training_metadata_path)
+        if self.double_checkpoint:
+            for latest, previous in ((weights, self._prev_weights_path), (metadata, self._prev_training_metadata_path)):
+                if latest.exists():
+                    with atomic_path(previous) as tmp:
+                        shutil.copyfile(latest, tmp)
+        with atomic_path(weights, suffix=".weights.h5") as tmp:
+            self.model.save_weights(tmp, overwrite=True)
+        write_json(metadata, {"epoch": self._current_epoch, "batch": self._last_batch_seen})
+
+    def on_train_end(self, logs=None):
+        self._save_model()
+        super().on_train_end(logs)
 
 
 class BestCheckpoint(keras.callbacks.Callback):
@@ -155,15 +179,33 @@ def _restore_progress(run_dir: Path, log: RunLog, checkpoint: BestCheckpoint, ea
 
 def _clear_run(run_dir: Path) -> None:
     """--restart: remove what an earlier run wrote (only the files a run writes)."""
-    for name in (MODEL_FILE, VOCAB_FILE, ANSWERS_FILE, CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MANIFEST_FILE, "history.png"):
+    for name in (MODEL_FILE, VOCAB_FILE, ANSWERS_FILE, CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MANIFEST_FILE, REQUEST_FILE, "history.png"):
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
 
 
-def _check_images(paths: list[str], split: str) -> None:
-    missing = sorted({p for p in paths if not Path(p).is_file()})
-    if missing:
-        raise CaptionerError(f"{len(missing)} image file(s) of the {split} split are missing (first: {missing[0]})")
+def _on_disk(records: list, split: str, skipped: Skipped) -> list:
+    """The records whose image file can be opened; the others are skipped and counted (missing, or in a folder
+    this user may not read), and a split left with none is an error."""
+    kept, first_problem = [], ""
+    for record in records:
+        try:
+            os.stat(record.image)
+            kept.append(record)
+        except (FileNotFoundError, NotADirectoryError):
+            skipped.add("image not on disk", record.image)
+            first_problem = first_problem or f"{record.image}: no such file"
+        except OSError as exc:
+            skipped.add("unreadable image", f"{record.image}: {exc.strerror}")
+            first_problem = first_problem or f"{record.image}: {exc.strerror}"
+    if not kept:
+        raise CaptionerError(f"none of the {len(records)} images of the {split} split can be read (first: {first_problem})")
+    return kept
+
+
+def _reporter(skipped: Skipped):
+    """on_error for the image readers: an unreadable image is counted (and named with --verbose)."""
+    return lambda path, message: skipped.add("unreadable image", message)
 
 
 @dataclass
@@ -186,8 +228,8 @@ def _caption_setup(config: RunConfig, run_dir: Path, resuming: bool, verbose: in
     data, train_cfg = config.data, config.train
     train_records = load_split(data.dataset, data.data_dir, train_cfg.train_split, skipped)[: train_cfg.max_train_images]
     val_records = load_split(data.dataset, data.data_dir, train_cfg.val_split, skipped)[: train_cfg.max_val_images]
-    _check_images([r.image for r in train_records], train_cfg.train_split)
-    _check_images([r.image for r in val_records], train_cfg.val_split)
+    train_records = _on_disk(train_records, train_cfg.train_split, skipped)
+    val_records = _on_disk(val_records, train_cfg.val_split, skipped)
     image_size = default_image_size(config.model.encoder, data.image_size)
     if resuming:  # the same command again: continue with the vocabulary the run started with
         vocab = Vocabulary.load(run_dir / VOCAB_FILE)
@@ -209,14 +251,18 @@ def _caption_setup(config: RunConfig, run_dir: Path, resuming: bool, verbose: in
         cache_dir = data.feature_cache_dir or str(Path(data.data_dir) / "features")
         cache = FeatureCache(cache_dir, model.encoder)
         unreadable: set[str] = set()
+        report = _reporter(skipped)
 
         def unusable(path: str, message: str) -> None:
             unreadable.add(path)
-            skipped.add("unreadable image", message)
+            report(path, message)
 
         computed = cache.extract([r.image for r in train_records + val_records], verbose=verbose != 0, on_error=unusable)
         train_records = [r for r in train_records if r.image not in unreadable]
         val_records = [r for r in val_records if r.image not in unreadable]
+        for split, records in ((train_cfg.train_split, train_records), (train_cfg.val_split, val_records)):
+            if not records:
+                raise CaptionerError(f"none of the images of the {split} split could be read ({skipped.summary('entries')})")
 
         def batches(records, shuffle):
             features = cache.load([r.image for r in records])  # (images, num_pixels, encoder_dim) float16
@@ -227,9 +273,11 @@ def _caption_setup(config: RunConfig, run_dir: Path, resuming: bool, verbose: in
     else:
 
         def batches(records, shuffle):
+            split = train_cfg.train_split if shuffle else train_cfg.val_split
             return caption_dataset(
                 records, vocab, image_size, data.captions_per_image, data.max_caption_length,
                 train_cfg.batch_size, shuffle=shuffle, seed=train_cfg.seed, cache=data.cache_images,
+                on_error=_reporter(skipped), what=f"images of the {split} split",
             )
 
     return _Setup(
@@ -276,8 +324,8 @@ def _vqa_setup(config: RunConfig, run_dir: Path, resuming: bool, verbose: int | 
     data, train_cfg, vqa = config.data, config.train, config.vqa
     train_records = _first_images(load_qa_split(data.dataset, data.data_dir, train_cfg.train_split, skipped), train_cfg.max_train_images)
     val_records = _first_images(load_qa_split(data.dataset, data.data_dir, train_cfg.val_split, skipped), train_cfg.max_val_images)
-    _check_images([r.image for r in train_records], train_cfg.train_split)
-    _check_images([r.image for r in val_records], train_cfg.val_split)
+    train_records = _on_disk(train_records, train_cfg.train_split, skipped)
+    val_records = _on_disk(val_records, train_cfg.val_split, skipped)
     encoder = _shared_encoder(vqa.encoder_from, vqa.fine_tune_encoder) if vqa.encoder_from else None
     image_size = encoder.image_size if encoder is not None else default_image_size(config.model.encoder, data.image_size)
     if resuming:
@@ -298,9 +346,11 @@ def _vqa_setup(config: RunConfig, run_dir: Path, resuming: bool, verbose: int | 
 
     def batches(records, shuffle):
         groups = group_questions(records, vqa.questions_per_image)
+        split = train_cfg.train_split if shuffle else train_cfg.val_split
         dataset = vqa_dataset(
             groups, vocab, answers, image_size, vqa.questions_per_image, vqa.max_question_length,
             train_cfg.batch_size, shuffle=shuffle, seed=train_cfg.seed, cache=data.cache_images,
+            on_error=_reporter(skipped), what=f"images of the {split} split",
         )
         return dataset, len(groups)
 
@@ -329,41 +379,116 @@ def _vqa_setup(config: RunConfig, run_dir: Path, resuming: bool, verbose: int | 
     )
 
 
+def _as_requested(config: RunConfig) -> dict[str, Any]:
+    """The settings a command asks for, flattened, with its paths made absolute (the same folder named from
+    another working directory is the same request)."""
+    flat = flatten(config)
+    for key in ("data.data_dir", "data.feature_cache_dir", "vqa.encoder_from", "model.encoder_weights"):
+        value = flat.get(key)
+        if value and (key != "model.encoder_weights" or Path(value).is_file()):
+            flat[key] = str(Path(value).resolve())
+    return flat
+
+
+def _describe(key: str, before: Any, now: Any) -> str:
+    if key == "train.epochs":
+        return f"{'extending' if now > before else 'shortening'} from {before} to {now} epochs"
+    return f"{key} {before} -> {now}"
+
+
+def _resumed_config(run_dir: Path, requested: RunConfig, finished: dict | None) -> tuple[RunConfig, list[str]]:
+    """The stored config with the resumable settings of `requested` applied, and a phrase per change.
+
+    Any other difference is a CaptionerError naming the settings: the run directory and the command must agree.
+    """
+    stored = load_config(run_dir)
+    asked = read_json(run_dir / REQUEST_FILE)
+    if asked is None:  # a run started before request.json was written: compare with what it stored
+        asked = {k: v for k, v in _as_requested(stored).items() if k not in DERIVED}
+        now = {k: v for k, v in _as_requested(requested).items() if k not in DERIVED}
+    else:
+        now = _as_requested(requested)
+    allowed, refused = resume_changes(asked, now)
+    if refused:
+        shown = ", ".join(f"{key} ({before} -> {after})" for key, (before, after) in list(refused.items())[:4])
+        more = f" and {len(refused) - 4} more" if len(refused) > 4 else ""
+        raise CaptionerError(
+            f"{run_dir} was started with other settings: {shown}{more}; repeat the command that started it, "
+            f"pass --restart to train it again from scratch, or choose a new --run "
+            f"(a resume may change only {', '.join(RESUMABLE)} and decode.*)"
+        )
+    config = with_settings(stored, {key: after for key, (_, after) in allowed.items()})
+    changes = [_describe(key, before, after) for key, (before, after) in allowed.items()]
+    if finished is not None and changes:
+        ran = finished["train"]["epochs_run"]
+        if ran < stored.train.epochs and "train.patience" not in allowed:  # early stopping ended it
+            changes.append(f"it stopped early after {ran} epochs, so it stops again after one more epoch "
+                           f"unless train.patience grows too (now {stored.train.patience})")
+    return config, changes
+
+
 def train(
-    config: RunConfig, run_dir: str | Path, verbose: int | str = "auto", restart: bool = False, skipped: Skipped | None = None
+    config: RunConfig,
+    run_dir: str | Path,
+    verbose: int | str = "auto",
+    restart: bool = False,
+    skipped: Skipped | None = None,
+    notify: Callable[[str], None] = lambda line: None,
 ) -> dict[str, Any]:
     """Train a captioner or a VQA model (`config.task`) as `config` says and write the run directory.
 
-    An existing unfinished run directory is resumed (weights, optimizer state, epoch, best-so-far and
-    patience, from its mid-epoch backup) with the settings it started with; a finished one is left as is
+    An existing run directory is resumed (weights, optimizer state, epoch, best-so-far and patience, from its
+    backup) when `config` asks for what it was started with; `epochs`, `patience`, `backup_every_steps`, the
+    feature cache folder and the decode settings may differ, and are applied (a finished run trained further
+    when they ask for more). Any other difference is an error. A finished run asked for nothing new is left as is
     and its metrics are returned with "already_finished": True.
 
     Args:
-        config: RunConfig. Data, model, training and decoding settings (ignored when resuming).
+        config: RunConfig. Data, model, training and decoding settings, as the command asks for them.
         run_dir: str. Output folder; created if missing.
         verbose: Keras `fit` verbosity ("auto", 0, 1 or 2).
         restart: bool. Discard what the run directory holds and start over.
         skipped: Skipped. Collects the dataset entries the loaders could not use (metrics.json gets the summary).
+        notify: called with one line for each thing the caller should tell the user (settings a resume applies).
 
     Returns:
         The contents of metrics.json.
     """
     run_dir = Path(run_dir)
+    with directory_lock(run_dir):  # one writer per run directory, or a one-line error naming the other
+        return _train(config, run_dir, verbose, restart, skipped, notify)
+
+
+def _train(
+    requested: RunConfig, run_dir: Path, verbose: int | str, restart: bool, skipped: Skipped | None, notify: Callable[[str], None]
+) -> dict[str, Any]:
+    config = requested
     previous = read_json(run_dir / METRICS_FILE, {}) if (run_dir / CONFIG_FILE).exists() else None
-    if previous is not None and previous.get("status") == "finished" and not restart:
-        return {**previous, "already_finished": True}
-    if run_dir.is_dir():
-        remove_stale_temporaries(run_dir)  # left by a kill during an atomic write; this process is the only writer
+    if run_dir.is_dir():  # temporaries left by a kill during an atomic write; the lock makes this process the only writer
+        remove_stale_temporaries(run_dir)
+        remove_stale_temporaries(run_dir / BACKUP_DIR)
     if restart:
         _clear_run(run_dir)
     resuming = previous is not None and not restart
-    if resuming:  # the same command again: continue with the settings the run started with
-        config = load_config(run_dir)
-    if config.task not in ("caption", "vqa"):
-        raise CaptionerError(f"unknown task '{config.task}'; use caption or vqa")
+    if resuming:
+        finished = previous if previous.get("status") == "finished" else None
+        config, changes = _resumed_config(run_dir, requested, finished)
+        if finished is not None and not changes:
+            return {**previous, "already_finished": True}
+        if finished is not None and not (run_dir / BACKUP_DIR / "training_metadata.json").exists():
+            raise CaptionerError(f"{run_dir} was finished without keeping its last training state (an older captioner); "
+                                 f"pass --restart to train it again from scratch, or choose a new --run")
+        if changes:
+            notify(f"resuming {run_dir}: " + "; ".join(changes))
+            save_config(config, run_dir)
+            write_json(run_dir / REQUEST_FILE, _as_requested(requested))
+        if finished is not None:
+            update_metrics(run_dir, {"status": "training"})
     keras.utils.set_random_seed(config.train.seed)
     skipped = skipped if skipped is not None else Skipped()
     setup = (_caption_setup if config.task == "caption" else _vqa_setup)(config, run_dir, resuming, verbose, skipped)
+    if not resuming:
+        write_json(run_dir / REQUEST_FILE, _as_requested(requested))  # what a later command is compared with
     train_cfg, model = setup.config.train, setup.model
     model.compile(
         optimizer=keras.optimizers.Adam(train_cfg.learning_rate, global_clipnorm=train_cfg.clip_norm),
@@ -373,7 +498,7 @@ def train(
     checkpoint = BestCheckpoint(run_dir / MODEL_FILE)
     log = RunLog(run_dir / HISTORY_FILE, setup.train_images, setup.train_items, setup.item_name)
     early_stopping = ResumableEarlyStopping(monitor="val_loss", patience=train_cfg.patience)
-    backup = keras.callbacks.BackupAndRestore(run_dir / BACKUP_DIR, save_freq=train_cfg.backup_every_steps, double_checkpoint=True)
+    backup = FinalBackup(run_dir / BACKUP_DIR, save_freq=train_cfg.backup_every_steps, double_checkpoint=True, delete_checkpoint=False)
     if resuming:
         _restore_progress(run_dir, log, checkpoint, early_stopping)
     # The log writes history.json before the backup records the epoch as done, so a kill in between leaves an
@@ -383,7 +508,17 @@ def train(
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=train_cfg.lr_reduce_factor,
                                                            patience=train_cfg.lr_reduce_patience, verbose=1))
     started = time.perf_counter()
-    model.fit(setup.train_data, validation_data=setup.val_data, epochs=train_cfg.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
+    try:
+        model.fit(setup.train_data, validation_data=setup.val_data, epochs=train_cfg.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
+    except tf.errors.OpError as exc:  # raised inside tf.data (every image of a split unreadable, ...): one line
+        raise pipeline_error(exc) from None
+    except CaptionerError:
+        raise
+    except Exception as exc:
+        if is_disk_full(exc):  # a write Keras makes itself; ours say which file (fileio.atomic_path)
+            raise CaptionerError(f"no space left on device while training into {run_dir}; the last backup is kept; "
+                                 f"free some space and run the same command again") from None
+        raise
     elapsed = time.perf_counter() - started
     if checkpoint.best_epoch < 0:  # validation loss was never finite: keep the last weights all the same
         save_model(model, run_dir / MODEL_FILE)
@@ -398,6 +533,8 @@ def train(
                 "best_epoch": checkpoint.best_epoch + 1,
                 "best_val_loss": checkpoint.best,
                 **setup.stats,
+                # again now: images the pipeline could not decode are known only after reading them
+                "skipped": skipped.summary("entries" if config.task == "caption" else "questions"),
                 "optimizer_iterations": int(model.optimizer.iterations.numpy()),
                 "seconds": elapsed,
                 **log.throughput(),

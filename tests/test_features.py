@@ -131,3 +131,34 @@ def test_large_extractions_are_stored_shard_by_shard(backbone, tmp_path, monkeyp
     assert again.missing(paths) == paths[6:]
     assert again.extract(paths, verbose=False) == 1
     assert len(list((tmp_path / "cache").glob("*/shard-*.npy"))) == 3
+
+
+def test_a_full_disk_while_writing_a_shard_leaves_the_index_consistent(backbone, tmp_path, monkeypatch):
+    """ENOSPC injected into the second shard's write (after half a file): a one-line error, no temporary left,
+    the index lists the first shard only, and the next extraction computes just the rest."""
+    import errno
+    from pathlib import Path
+
+    paths = _images(tmp_path / "images", 6)
+    cache = FeatureCache(tmp_path / "cache", backbone)
+    real_save, calls = np.save, []
+
+    def second_shard_fails(file, array, *args, **kwargs):
+        calls.append(file)
+        if len(calls) == 2:
+            Path(file).write_bytes(b"\x93NUMPY half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(file, array, *args, **kwargs)
+
+    monkeypatch.setattr(np, "save", second_shard_fails)
+    with pytest.raises(CaptionerError, match="^no space left on device while saving .*shard-.*npy; the previous version is kept"):
+        cache.extract(paths, batch_size=2, verbose=False, shard_images=2)
+    monkeypatch.setattr(np, "save", real_save)
+    assert [p.name for p in cache.folder.iterdir() if p.name.startswith(".")] == []  # no temporary left
+    assert len(list(cache.folder.glob("shard-*.npy"))) == 1
+    reopened = FeatureCache(tmp_path / "cache", backbone)
+    assert reopened.missing(paths) == paths[2:]  # the first shard is indexed, the failed one is not
+    assert reopened.extract(paths, batch_size=2, verbose=False, shard_images=2) == 4
+    fresh = FeatureCache(tmp_path / "fresh", backbone)
+    fresh.extract(paths, batch_size=6, verbose=False)
+    np.testing.assert_array_equal(reopened.load(paths), fresh.load(paths))

@@ -19,10 +19,54 @@ def test_inputs_and_targets_are_shifted_and_padded():
 def test_dataset_batches_images_with_all_their_captions(tiny_data):
     records = load_split("shapes", tiny_data, "train")
     vocab = Vocabulary.build(c for r in records for c in r.captions)
-    dataset = caption_dataset(records, vocab, 32, 5, 20, batch_size=8, shuffle=True, seed=0)
+    failures: list[str] = []
+    dataset = caption_dataset(records, vocab, 32, 5, 20, batch_size=8, shuffle=True, seed=0, on_error=lambda path, message: failures.append(path))
     features, targets = next(iter(dataset))
     assert features["images"].shape == (8, 32, 32, 3) and features["images"].dtype.name == "uint8"
     assert features["tokens"].shape == targets.shape == (8, 5, 21)
     first_epoch = [f["tokens"].numpy() for f, _ in dataset]
     assert sum(len(t) for t in first_epoch) == 32
     assert np.all(np.concatenate(first_epoch)[:, :, 0] == vocab.start_id)
+    assert failures == []
+
+
+def _damage(path) -> None:
+    """Cut a file to its first 100 bytes, as an interrupted copy leaves it."""
+    data = open(path, "rb").read()[:100]
+    open(path, "wb").write(data)
+
+
+def test_a_damaged_image_loses_its_targets_and_is_reported_once(tiny_data, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    records = load_split("shapes", data, "train")
+    _damage(records[3].image)
+    vocab = Vocabulary.build(c for r in records for c in r.captions)
+    failures: list[tuple[str, str]] = []
+    dataset = caption_dataset(records, vocab, 32, 5, 20, batch_size=8, shuffle=False, on_error=lambda p, m: failures.append((p, m)))
+    inputs, targets = caption_arrays(records, vocab, 5, 20)
+    for _ in range(2):  # the second epoch comes from the cache: no second report
+        got = np.concatenate([t.numpy() for _, t in dataset])
+        assert got.shape == targets.shape  # as many batches as before: the damaged image stays, masked
+    assert not got[3].any()  # all padding: the loss ignores it
+    np.testing.assert_array_equal(np.delete(got, 3, axis=0), np.delete(targets, 3, axis=0))  # the others keep theirs, in order
+    assert [p for p, _ in failures] == [records[3].image] and "truncated" in failures[0][1]
+
+
+def test_image_dataset_raises_one_line_only_when_every_image_fails(tmp_path):
+    import pytest
+    import tensorflow as tf
+
+    from captioner.errors import CaptionerError
+    from captioner.preprocessing import image_dataset, pipeline_error
+
+    paths = [str(tmp_path / f"missing{i}.png") for i in range(3)]
+    failures: list[str] = []
+    with pytest.raises(tf.errors.OpError) as caught:
+        list(image_dataset(paths, 16, lambda p, m: failures.append(p), "images of the test split"))
+    error = pipeline_error(caught.value)
+    assert isinstance(error, CaptionerError) and "\n" not in str(error)
+    assert str(error).startswith("none of the 3 images of the test split could be read")
+    assert sorted(failures) == sorted(paths)

@@ -31,6 +31,9 @@ def _kill_after_two_epochs(command, run):
             pass
         time.sleep(0.02)
     assert process.poll() is None, "training ended before it could be killed"
+    second = subprocess.run(command, capture_output=True, text=True, timeout=120)  # a second terminal, the same command
+    assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
+    assert f"is being trained by process {process.pid} " in second.stderr
     process.send_signal(signal.SIGKILL)
     process.wait()
     return process.returncode
@@ -49,7 +52,7 @@ def test_kill_minus_nine_then_resume(tiny_data, tmp_path):
     planned = EPOCHS * STEPS_PER_EPOCH
     # Resumed from the backup's iteration count: at most one partial epoch is repeated.
     assert planned <= metrics["optimizer_iterations"] <= planned + STEPS_PER_EPOCH
-    assert not (run / "backup").exists()
+    assert json.loads((run / "backup" / "training_metadata.json").read_text())["epoch"] == EPOCHS  # kept: the run can be extended
     assert not list(run.glob(".*.tmp*"))  # temporaries of writes the kill interrupted are cleaned up
 
     uninterrupted = tmp_path / "uninterrupted"
@@ -58,13 +61,44 @@ def test_kill_minus_nine_then_resume(tiny_data, tmp_path):
     assert metrics["best_val_loss"] == pytest.approx(clean["best_val_loss"], rel=0.25)
 
 
-def test_a_finished_run_says_so_and_restart_starts_over(overfit_run, tiny_data, tmp_path, capsys):
-    import shutil
+def _tiny(data, run, *extra):
+    return ["train", "--preset", "tiny", "--data-dir", str(data), "--run", str(run), "--quiet", *extra]
 
-    run = tmp_path / "done"
-    shutil.copytree(overfit_run, run)
-    assert main(["train", "--preset", "tiny", "--data-dir", str(tiny_data), "--run", str(run), "--quiet"]) == 0
+
+def test_a_finished_run_is_extended_by_more_epochs_and_refuses_other_changes(tiny_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(_tiny(tiny_data, run, "--epochs", "1")) == 0
+    capsys.readouterr()
+    assert main(_tiny(tiny_data, run, "--epochs", "1")) == 0  # the same command: nothing to do
     assert "is finished" in capsys.readouterr().out
-    args = ["train", "--preset", "tiny", "--data-dir", str(tiny_data), "--run", str(run), "--epochs", "1", "--restart", "--quiet"]
-    assert main(args) == 0
+
+    before = {name: (run / name).read_bytes() for name in ("model.keras", "config.json", "history.json", "manifest.json")}
+    assert main(_tiny(tiny_data, run, "--epochs", "2", "--learning-rate", "0.5", "--set", "model.hidden_dim=8")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model.hidden_dim (32 -> 8)" in err and "train.learning_rate (0.01 -> 0.5)" in err
+    assert "--restart" in err
+    assert {name: (run / name).read_bytes() for name in before} == before  # refused: nothing touched
+
+    assert main(_tiny(tiny_data, run, "--epochs", "3", "--set", "train.patience=7")) == 0
+    err = capsys.readouterr().err
+    assert "extending from 1 to 3 epochs" in err and "train.patience 5 -> 7" in err
+    history = json.loads((run / "history.json").read_text())
+    assert len(history["loss"]) == 3 and history["loss"][2] < history["loss"][0]  # two more epochs, from where it stopped
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["epochs"] == 3 and config["train"]["patience"] == 7
+    assert main(["caption", "--run", str(run), str(next((tiny_data / "images").glob("test_*.png")))]) == 0  # still loads (manifest true)
+    capsys.readouterr()
+    assert main(_tiny(tiny_data, run, "--epochs", "3", "--set", "train.patience=7")) == 0
+    assert "is finished (3 epochs" in capsys.readouterr().out
+
+    assert main(_tiny(tiny_data, run, "--epochs", "1", "--restart")) == 0
     assert len(json.loads((run / "history.json").read_text())["loss"]) == 1
+
+
+def test_a_run_named_from_another_folder_is_the_same_run(tiny_data, tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    assert main(_tiny(tiny_data, run, "--epochs", "1")) == 0
+    monkeypatch.chdir(tiny_data)  # data dir "." is the same folder as the absolute path
+    capsys.readouterr()
+    assert main(_tiny(".", run, "--epochs", "1")) == 0
+    assert "is finished" in capsys.readouterr().out

@@ -13,6 +13,7 @@ with image paths relative to the split file. No TensorFlow here.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,11 +40,13 @@ class Skipped:
     def __init__(self) -> None:
         self.reasons: dict[str, list[str]] = {}
         self._seen: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()  # tf.data reads images on several threads
 
     def add(self, reason: str, detail: str) -> None:
-        if (reason, detail) not in self._seen:
-            self._seen.add((reason, detail))
-            self.reasons.setdefault(reason, []).append(detail)
+        with self._lock:
+            if (reason, detail) not in self._seen:
+                self._seen.add((reason, detail))
+                self.reasons.setdefault(reason, []).append(detail)
 
     def count(self, reason: str | None = None) -> int:
         return len(self.reasons.get(reason, [])) if reason else sum(len(v) for v in self.reasons.values())
@@ -113,10 +116,14 @@ def split_to_json(dataset: str, split: str, records: list[CaptionRecord], root: 
 def read_split_file(path: str | Path) -> list[CaptionRecord]:
     """Read one split JSON file into records; malformed files raise CaptionerError."""
     path = Path(path)
-    if not path.is_file():
-        raise CaptionerError(f"no annotation file {path}; run `captioner data shapes --out {path.parent}` first")
     try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise CaptionerError(f"no annotation file {path}; run `captioner data shapes --out {path.parent}` first") from None
+    except OSError as exc:
+        raise CaptionerError(f"cannot read {path} ({exc.strerror}); check the permissions of the dataset folder") from None
+    try:
+        payload = json.loads(text)
         raw_records = payload["records"]
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise CaptionerError(f"{path} is not a captioner split file ({exc.__class__.__name__}: {exc})") from None
