@@ -11,7 +11,9 @@ import argparse
 import glob
 import json
 import os
+import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -615,12 +617,48 @@ COMMANDS = {
 }
 
 
+# What TensorFlow, absl and oneDNN print on stderr when TensorFlow is imported: start-up chatter, not news.
+_IMPORT_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog|[IWE]\d{4} [\d:. ]+\d+ \S+\.cc:\d+\]|"
+    r"To enable the following instructions|oneDNN custom operations are on|This TensorFlow binary is optimized)"
+)
+NO_TENSORFLOW = ("data",)  # commands that never import TensorFlow (nor do --help and usage errors)
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with stderr (the file descriptor: C++ writes there) sent to a temporary file, then
+    pass on every line that is not start-up noise; TensorFlow's own Python logger is set to errors only.
+
+    `--verbose` or CAPTIONER_TF_LOGS=1 skip this: everything TensorFlow says is shown.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        lines = captured.read().decode("utf-8", "replace").splitlines()
+    kept = [line for line in lines if line.strip() and not _IMPORT_NOISE.match(line)]
+    if kept:
+        print("\n".join(kept), file=sys.stderr)
+    tf.get_logger().setLevel("ERROR")  # e.g. retracing notices, which say nothing a user can act on
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    # Before TensorFlow is imported: keep its C++ INFO/WARNING chatter out of the user's terminal.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
     from captioner.errors import CaptionerError
 
+    if args.command not in NO_TENSORFLOW and "tensorflow" not in sys.modules:
+        if getattr(args, "verbose", False) or os.environ.get("CAPTIONER_TF_LOGS", "") not in ("", "0"):
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
+        else:
+            _import_tensorflow_quietly()
     try:
         return COMMANDS[args.command](args)
     except CaptionerError as exc:

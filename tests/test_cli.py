@@ -343,3 +343,31 @@ def test_skipped_entries_are_one_line_and_listed_with_verbose(tiny_data, tmp_pat
     captured = capsys.readouterr()
     assert "captioner: skipped 1 entries: 1 image not on disk\n" in captured.err and "gone_test.png" in captured.err
     assert "test (16 images" in captured.out
+
+
+def _quiet_env(**extra):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "CAPTIONER_TF_LOGS")}
+    return {**env, **extra}
+
+
+def test_stderr_holds_no_tensorflow_start_up_noise(overfit_run, tiny_data):
+    """Even with TensorFlow's C++ logging fully on, a caption run prints nothing on stderr; CAPTIONER_TF_LOGS=1
+    shows what is hidden (so this test would see noise leak)."""
+    image = str(sorted((tiny_data / "images").glob("test_*.png"))[0])
+    command = [sys.executable, "-m", "captioner.cli", "caption", "--run", str(overfit_run), image]
+    quiet = subprocess.run(command, capture_output=True, text=True, timeout=120, env=_quiet_env(TF_CPP_MIN_LOG_LEVEL="0"))
+    assert quiet.returncode == 0 and quiet.stdout.strip() and quiet.stderr == ""
+    loud = subprocess.run(command, capture_output=True, text=True, timeout=120, env=_quiet_env(CAPTIONER_TF_LOGS="1"))
+    assert loud.returncode == 0 and loud.stdout == quiet.stdout and "cpu_feature_guard" in loud.stderr
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["data", "shapes", "--out", "{tmp}/d", "--train", "2", "--val", "1", "--test", "1"],
+                                  ["train", "--epochs", "many", "--run", "{tmp}/r"], ["caption"], ["no-such-command"]])
+def test_help_data_and_usage_errors_never_import_tensorflow(argv, tmp_path):
+    code = ("import sys\nfrom captioner.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'imported'\n")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60, env=_quiet_env())
+    assert done.returncode == 0, done.stderr

@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 
 from captioner.config import preset
-from captioner.decoding import CaptionGenerator, beam_search, greedy_search
+from captioner.decoding import EAGER_BELOW, CaptionGenerator, beam_search, greedy_search
 from captioner.models import build_caption_model
 from captioner.vocab import Vocabulary
 
@@ -69,8 +69,12 @@ def test_beam_width_one_equals_greedy(random_model):
     grid, pooled = model.encode(images)
     state = model.decoder.initial_state(pooled, grid)
 
+    banned = np.zeros(len(vocab), np.float32)
+    banned[[vocab.pad_id, vocab.start_id, vocab.unk_id]] = -1e9  # as CaptionGenerator does
+
     def step(tokens, state):
-        return model.decoder.step(tokens, state)
+        logits, state, attention = model.decoder.step(tokens, state)
+        return logits + banned, state, attention
 
     beam_tokens, _, _ = beam_search(step, state, vocab.start_id, vocab.end_id, 10, beam_size=1)
     np.testing.assert_array_equal(beam_tokens.numpy(), greedy.tokens)
@@ -79,10 +83,29 @@ def test_beam_width_one_equals_greedy(random_model):
 def test_one_trace_serves_every_batch_size(random_model):
     model, vocab = random_model
     generator = CaptionGenerator(model, vocab, max_length=8, beam_size=2)
-    for batch in (1, 5, 3):
+    for batch in (EAGER_BELOW, 1, 5, 3):  # the first is large enough to trace; the small ones then reuse the trace
         out = generator(np.zeros((batch, 32, 32, 3), np.uint8))
         assert out.tokens.shape == (batch, 8) and len(out.captions) == batch
     assert generator.trace_count == 1
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_small_batches_searched_eagerly_give_the_traced_captions(overfit_run, tiny_data, beam_size):
+    """`caption one.jpg` skips the ~1 s trace: the eager search must give exactly what the traced one does."""
+    from captioner.images import load_image
+    from captioner.run import load_run
+
+    run = load_run(overfit_run)
+    paths = sorted((tiny_data / "images").glob("test_*.png"))[: EAGER_BELOW - 1]
+    images = np.stack([load_image(p, run.model.encoder.image_size) for p in paths])
+    eager = CaptionGenerator(run.model, run.vocab, 20, beam_size, 0.5)
+    small = eager(images)
+    assert eager.trace_count == 0
+    traced = CaptionGenerator(run.model, run.vocab, 20, beam_size, 0.5)
+    large = traced(np.concatenate([images, images[:1]]))  # EAGER_BELOW images: traced
+    assert traced.trace_count == 1
+    np.testing.assert_array_equal(small.tokens, large.tokens[: len(images)])
+    np.testing.assert_allclose(small.scores, large.scores[: len(images)], rtol=1e-5, atol=1e-6)
 
 
 def test_beam_size_must_be_positive(random_model):
