@@ -534,8 +534,10 @@ def run_features(args: argparse.Namespace) -> int:
     computed = cache.extract([r.image for r in records], batch_size=args.batch_size,
                              on_error=lambda path, message: skipped.add("unreadable image", message))
     seconds = time.perf_counter() - started
-    _report_skipped(skipped, "entries", args.verbose)
     images = len({r.image for r in records})
+    if images and skipped.count("unreadable image") >= images:
+        raise CaptionerError(f"none of the {images} images could be read ({skipped.reasons['unreadable image'][0]})")
+    _report_skipped(skipped, "entries", args.verbose)
     rate = f" ({computed / seconds:.1f} images/s)" if computed else ""
     print(f"{computed} of {images} images computed in {seconds:.0f}s{rate}, the rest were cached; features in {cache.folder}")
     return EXIT_OK if "unreadable image" not in skipped.reasons else EXIT_PARTIAL
@@ -654,6 +656,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from captioner.errors import CaptionerError
 
+    if args.command in ("train", "train-vqa"):  # a run another process is training: say so before the slow imports
+        from captioner.fileio import busy_message, lock_holder
+
+        holder = lock_holder(args.run)
+        if holder:
+            print(f"captioner: error: {busy_message(args.run, holder)}", file=sys.stderr)
+            return EXIT_ERROR
     if args.command not in NO_TENSORFLOW and "tensorflow" not in sys.modules:
         if getattr(args, "verbose", False) or os.environ.get("CAPTIONER_TF_LOGS", "") not in ("", "0"):
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")

@@ -98,6 +98,29 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
     return stale
 
 
+def busy_message(directory: str | os.PathLike, holder: str, doing: str = "trained") -> str:
+    return f"{directory} is being {doing} by {holder}; wait for it to end, or choose another --run"
+
+
+def lock_holder(directory: str | os.PathLike) -> str | None:
+    """Who holds `directory_lock(directory)` now ("process 123 on host (since …)"), or None: a quick look
+    that takes nothing (the lock is taken only by `directory_lock`)."""
+    try:
+        fd = os.open(Path(directory) / LOCK_FILE, os.O_RDWR)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EACCES):
+            return None
+        return os.pread(fd, 300, 0).decode("utf-8", "replace").strip() or "another process"
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def directory_lock(directory: str | os.PathLike, doing: str = "trained") -> Iterator[None]:
     """Hold an exclusive lock on `directory` (created if missing) for the duration, or fail at once.
@@ -117,7 +140,7 @@ def directory_lock(directory: str | os.PathLike, doing: str = "trained") -> Iter
             if exc.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
             holder = os.pread(fd, 300, 0).decode("utf-8", "replace").strip() or "another process"
-            raise CaptionerError(f"{directory} is being {doing} by {holder}; wait for it to end, or choose another --run") from None
+            raise CaptionerError(busy_message(directory, holder, doing)) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} (since {time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode(), 0)
         yield

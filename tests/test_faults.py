@@ -175,3 +175,50 @@ def test_a_real_full_disk_during_training_is_one_line_and_resumable(data, tmp_pa
         assert not [p for p in run.rglob(".*.tmp*")]  # every temporary removed
     finally:
         subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_vqa_training_and_evaluation_skip_a_damaged_image_too(data, tmp_path, capsys):
+    damaged_train, damaged_test = _records(data, "train")[4], _records(data, "test")[3]
+    _damage(damaged_train)
+    _damage(damaged_test)
+    run = tmp_path / "vqa"
+    args = ["train-vqa", "--preset", "tiny", "--data-dir", str(data), "--run", str(run), "--epochs", "1", "--quiet", "--verbose"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "1 unreadable image" in err and f"{damaged_train}: cannot decode image" in err
+    assert main(["evaluate", "--run", str(run), "--split", "test", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    questions = sum(len(r["qa"]) for r in json.loads((data / "test.json").read_text())["records"])
+    damaged_questions = len(json.loads((data / "test.json").read_text())["records"][3]["qa"])
+    assert result["questions"] == questions - damaged_questions and result["skipped"].endswith("1 unreadable image")
+
+
+def test_an_interrupted_run_resumes_with_a_larger_epochs(data, tmp_path, capsys, monkeypatch):
+    """The unfinished-run case: the new --epochs is applied (it used to be ignored for the stored one)."""
+    import captioner.train
+
+    run = tmp_path / "run"
+    stop_after_epoch = captioner.train.RunLog.on_epoch_end
+
+    def interrupt(self, epoch, logs=None):  # Ctrl-C once the first epoch is logged
+        stop_after_epoch(self, epoch, logs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(captioner.train.RunLog, "on_epoch_end", interrupt)
+    assert main(_train(data, run, "--epochs", "2")) == 130
+    monkeypatch.setattr(captioner.train.RunLog, "on_epoch_end", stop_after_epoch)
+    capsys.readouterr()
+    assert main(_train(data, run, "--epochs", "3")) == 0
+    assert "resuming" in (err := capsys.readouterr().err) and "extending from 2 to 3 epochs" in err
+    history = json.loads((run / "history.json").read_text())
+    assert len(history["loss"]) == 3 and json.loads((run / "metrics.json").read_text())["train"]["epochs_run"] == 3
+
+
+def test_features_of_a_split_whose_every_image_fails_is_an_error(data, tmp_path, capsys):
+    for path in _records(data, "test"):
+        _damage(path)
+    args = ["features", "--dataset", "shapes", "--data-dir", str(data), "--splits", "test", "--encoder", "mobilenet_v2",
+            "--encoder-weights", "none", "--cache-dir", str(tmp_path / "cache")]
+    assert main(args) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("captioner: error: none of the 16 images could be read (") and "cannot decode image" in line
