@@ -56,7 +56,7 @@ class Answerer:
             self.trace_count += 1  # Python side effect: runs once per trace, not per call
             logits, alpha = model.answer(images, questions, training=False)  # (batch, questions, answers), (batch, questions, pixels)
             never_other = tf.one_hot(AnswerVocabulary.other_id, len(answers), on_value=-1e9, off_value=0.0)  # (answers,)
-            return tf.nn.softmax(logits + never_other, axis=-1), alpha
+            return tf.nn.softmax(tf.cast(logits, tf.float32) + never_other, axis=-1), tf.cast(alpha, tf.float32)
 
         self._probabilities = probabilities
 

@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--cache-dir", default=None, help="cache folder (default DATA_DIR/features, as train uses)")
     features.add_argument("--batch-size", type=_positive_int, default=32, help="images per CNN batch (default 32)")
     features.add_argument("--seed", type=int, default=0, help="with --encoder-weights none: the seed train will use (default 0)")
+    features.add_argument("--precision", default="float32", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"],
+                          help="compute precision of the CNN (default float32; a train run reads the features of its own)")
     features.add_argument("--verbose", action="store_true", help="list every entry the dataset loader skipped")
 
     classify = commands.add_parser("classify", help="ImageNet classes of photos: check a backbone's weights file (with the classifier)")
@@ -87,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch (default 64)")
     caption.add_argument("--json", action="store_true", help="print JSON instead of text")
     caption.add_argument("--attention", default=None, metavar="PNG", help="write the attention map of each word (attention runs)")
+    caption.add_argument("--precision", default=None, choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"], help="compute precision (default: the run's)")
 
     ask = commands.add_parser("ask", help="answer questions about an image with a VQA run")
     ask.add_argument("--run", required=True, help="run directory written by `captioner train-vqa`")
@@ -94,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("questions", nargs="+", metavar="QUESTION", help="one or more questions (quote each)")
     ask.add_argument("--top", type=_positive_int, default=5, help="answers listed with their probabilities (default 5)")
     ask.add_argument("--json", action="store_true", help="print JSON instead of text")
+    ask.add_argument("--precision", default=None, choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"], help="compute precision (default: the run's)")
 
     plot = commands.add_parser("plot-history", help="draw training and validation loss per epoch")
     plot.add_argument("--run", required=True, help="run directory")
@@ -110,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default=None, help="save the generated captions (or answers) to this JSON file")
     evaluate.add_argument("--meteor", action="store_true", help="caption runs: also METEOR (pycocoevalcap + Java; slower)")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    evaluate.add_argument("--precision", default=None, choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"], help="compute precision (default: the run's)")
     evaluate.add_argument("--verbose", action="store_true", help="list every entry the dataset loader skipped")
 
     score = commands.add_parser("score", help="score captions from files (no model): BLEU with nltk, COCO metrics with pycocoevalcap")
@@ -145,6 +150,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-train-images", type=_positive_int, default=None, help="train on the first N images only")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="any other setting, e.g. model.hidden_dim=512")
     parser.add_argument("--fine-tune-encoder", action="store_true", help="train a pretrained backbone too (no feature cache; slow on a CPU)")
+    parser.add_argument("--precision", default=None, choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"],
+                        help="auto (default: mixed_bfloat16 where the CPU/GPU has fast bfloat16, else float32) or one of these")
     parser.add_argument("--cache-dir", default=None, help="feature cache of a frozen backbone (default DATA_DIR/features)")
     parser.add_argument("--restart", action="store_true", help="discard an existing run directory's training and start over")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -162,6 +169,7 @@ def add_train_vqa_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fusion", default=None, choices=["multiply", "concat"], help="how image and question meet (default multiply)")
     parser.add_argument("--attention", action="store_true", help="the question attends over the image grid")
     parser.add_argument("--question-only", action="store_true", help="zero the image features: a blind model, for ablations")
+    parser.add_argument("--precision", default=None, choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"], help="auto (default) or one of these, as for train")
     parser.add_argument("--encoder", default=None, help="small_cnn or a keras.applications name (without --encoder-from)")
     parser.add_argument("--encoder-weights", default=None, help="none, imagenet or a weights file (backbones)")
     parser.add_argument("--epochs", type=_positive_int, default=None)
@@ -187,6 +195,7 @@ _TRAIN_FLAGS = {
     "seed": "train.seed",
     "max_train_images": "train.max_train_images",
     "cache_dir": "data.feature_cache_dir",
+    "precision": "model.precision",
 }
 
 
@@ -202,6 +211,7 @@ _TRAIN_VQA_FLAGS = {
     "learning_rate": "train.learning_rate",
     "seed": "train.seed",
     "max_train_images": "train.max_train_images",
+    "precision": "model.precision",
 }
 
 
@@ -315,7 +325,7 @@ def run_caption(args: argparse.Namespace) -> int:
     from captioner.images import read_image
     from captioner.run import load_run
 
-    run = load_run(args.run)
+    run = load_run(args.run, precision=args.precision)
     paths = expand_image_arguments(args.images)
     if not paths:
         raise CaptionerError("no image files found in the given folders")
@@ -459,12 +469,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
         _check_output_folder(args.out)
     skipped = Skipped()
     if _run_task(args.run) == "vqa":
-        run = load_run(args.run, task="vqa")
+        run = load_run(args.run, task="vqa", precision=args.precision)
         result = evaluate_vqa(run, args.split, args.data_dir, args.batch_size, args.out, args.max_images, skipped=skipped)
         _report_skipped(skipped, "questions", args.verbose)
         print(json.dumps(result, indent=2) if args.json else "\n".join(vqa_summary_lines(result)))
         return EXIT_OK
-    run = load_run(args.run)
+    run = load_run(args.run, precision=args.precision)
     beam_size = args.beam_size or run.config.decode.beam_size
     result = evaluate(run, args.split, args.data_dir, beam_size, args.batch_size, args.out, args.max_images,
                       meteor=args.meteor, skipped=skipped, length_penalty=args.length_penalty)
@@ -520,13 +530,15 @@ def run_features(args: argparse.Namespace) -> int:
     from captioner.errors import CaptionerError
     from captioner.features import FeatureCache
     from captioner.models import build_image_encoder
+    from captioner.precision import precision_scope
 
     if args.encoder not in BACKBONES:
         raise CaptionerError(f"--encoder must be a pretrained backbone ({', '.join(BACKBONES)}); the small CNN trains with the decoder")
     keras.utils.set_random_seed(args.seed)  # as train does before building the model, for --encoder-weights none
     weights = None if args.encoder_weights.lower() == "none" else args.encoder_weights
-    model_config = ModelConfig(encoder=args.encoder, encoder_weights=weights, encoder_trainable=False)
-    encoder = build_image_encoder(model_config, default_image_size(args.encoder, 224))
+    model_config = ModelConfig(encoder=args.encoder, encoder_weights=weights, encoder_trainable=False, precision=args.precision)
+    with precision_scope(args.precision):  # the CNN computes at this precision (part of the cache key unless float32)
+        encoder = build_image_encoder(model_config, default_image_size(args.encoder, 224))
     skipped = Skipped()
     records = [r for split in args.splits.split(",") if split for r in load_split(args.dataset, args.data_dir, split.strip(), skipped)]
     cache = FeatureCache(args.cache_dir or str(Path(args.data_dir) / "features"), encoder)
@@ -548,7 +560,7 @@ def run_ask(args: argparse.Namespace) -> int:
     from captioner.images import read_image
     from captioner.run import load_run
 
-    run = load_run(args.run, task="vqa")
+    run = load_run(args.run, task="vqa", precision=args.precision)
     answerer = Answerer(run.model, run.vocab, run.answers, run.config.vqa.max_question_length)
     image, (width, height) = read_image(args.image, run.model.encoder.image_size)
     results: list[dict] = []

@@ -47,6 +47,7 @@ class ModelConfig:
     attention_dim: int = 128  # width of the additive attention (decoder "attention")
     attention_regularization: float = 1.0  # lambda of the doubly stochastic attention penalty
     init_from: str | None = None  # LSTM state from "pooled" or "grid_mean"; None: grid_mean with attention
+    precision: str = "auto"  # float32, mixed_bfloat16 or mixed_float16; auto: mixed_bfloat16 where bfloat16 is fast (captioner.precision)
 
 
 @dataclass
@@ -164,8 +165,10 @@ def preset(name: str) -> RunConfig:
         # sizes follow sgrvinod's tutorial, scaled down for a CPU.
         return RunConfig(
             data=DataConfig(dataset="flickr8k", data_dir="data/flickr8k", min_word_count=5, max_length_percentile=95.0, cache_images=False),
+            # float32 until mixed precision is shown to keep Flickr8k's BLEU (BENCHMARKS.md, precision), and so
+            # that `captioner features` (float32 by default) computes the features this run reads.
             model=ModelConfig(decoder="attention", encoder="mobilenet_v2", encoder_weights="imagenet", embedding_dim=256,
-                              hidden_dim=512, attention_dim=256, dropout_rate=0.5),
+                              hidden_dim=512, attention_dim=256, dropout_rate=0.5, precision="float32"),
             # 1e-3 halved whenever validation loss stalls: 188 steps of 160 captions an epoch, so sgrvinod's 4e-4
             # (for batches of 32 captions) learns too slowly for a CPU budget (BENCHMARKS.md, Flickr8k tries).
             train=TrainConfig(epochs=20, batch_size=32, learning_rate=1e-3, patience=3, lr_reduce_factor=0.5, lr_reduce_patience=1),

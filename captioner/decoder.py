@@ -129,7 +129,8 @@ class LSTMDecoder(layers.Layer):
             outputs = ops.stack(hiddens, axis=1)  # (batch, steps, hidden_dim)
             if training and self.attention_regularization > 0:
                 mask = ops.cast(ops.not_equal(tokens, 0), "float32")[..., None]  # (batch, steps, 1)
-                coverage = ops.sum(ops.stack(alphas, axis=1) * mask, axis=1)  # (batch, num_pixels)
+                alphas = ops.cast(ops.stack(alphas, axis=1), "float32")  # (batch, steps, num_pixels); the penalty in float32
+                coverage = ops.sum(alphas * mask, axis=1)  # (batch, num_pixels)
                 self.add_loss(self.attention_regularization * ops.mean(ops.square(1.0 - coverage)))
         outputs = self.dropout(outputs, training=training)
         return self.output_projection(outputs)  # (batch, steps, vocab_size)
@@ -165,6 +166,7 @@ class LSTMDecoder(layers.Layer):
 
     def get_config(self):
         config = super().get_config()
+        config.pop("dtype", None)  # the run's precision decides (captioner.precision), not the file
         config.update(
             vocab_size=self.vocab_size,
             embedding_dim=self.embedding_dim,

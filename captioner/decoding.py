@@ -195,7 +195,8 @@ class CaptionGenerator:
 
         def step_fn(tokens, state):
             logits, state, attention = decoder.step(tokens, state, memory)  # (n, vocab), ..., (n, num_pixels)
-            return logits + banned, state, attention
+            # Scores and softmax in float32 whatever the compute precision (captioner.precision).
+            return tf.cast(logits, tf.float32) + banned, state, tf.cast(attention, tf.float32)
 
         start, end = self.vocab.start_id, self.vocab.end_id
         if self.beam_size == 1:

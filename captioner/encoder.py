@@ -141,7 +141,7 @@ class ImageEncoder(layers.Layer):
 
     def pool(self, grid):
         """(grid, pooled) from a grid (batch, num_pixels, encoder_dim) the CNN computed earlier (a feature cache)."""
-        grid = ops.cast(grid, "float32")  # (batch, num_pixels, encoder_dim)
+        grid = ops.cast(grid, self.compute_dtype)  # (batch, num_pixels, encoder_dim); bfloat16 under mixed precision
         if self.projection is not None:
             pooled = self.projection(ops.reshape(grid, (-1, self.num_pixels * self.encoder_dim)))  # (batch, feature_dim)
         else:
@@ -153,6 +153,7 @@ class ImageEncoder(layers.Layer):
 
     def get_config(self):
         config = super().get_config()
+        config.pop("dtype", None)  # the run's precision decides (captioner.precision), not the file
         config.update(
             encoder=self.encoder,
             image_size=self.image_size,

@@ -41,7 +41,10 @@ def file_digest(path: str | Path) -> str:
 def encoder_digest(encoder: ImageEncoder) -> str:
     """SHA-256 of what decides the grid: the CNN's name, its input size and every one of its weights (the
     pooling and projection come after the grid and are not part of it)."""
-    digest = hashlib.sha256(json.dumps({"encoder": encoder.encoder, "image_size": encoder.image_size}).encode())
+    identity = {"encoder": encoder.encoder, "image_size": encoder.image_size}
+    if encoder.cnn.compute_dtype != "float32":  # reduced-precision features are other features (float32 keys unchanged)
+        identity["compute_dtype"] = encoder.cnn.compute_dtype
+    digest = hashlib.sha256(json.dumps(identity).encode())
     for weight in encoder.cnn.get_weights():
         digest.update(np.ascontiguousarray(weight).tobytes())
     return digest.hexdigest()

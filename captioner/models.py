@@ -67,6 +67,7 @@ class CaptionModel(keras.Model):
 
     def get_config(self):
         config = super().get_config()
+        config.pop("dtype", None)  # the run's precision decides (captioner.precision), not the file
         config.update(
             encoder=keras.saving.serialize_keras_object(self.encoder),
             decoder=keras.saving.serialize_keras_object(self.decoder),
@@ -184,6 +185,7 @@ class VQAModel(keras.Model):
 
     def get_config(self):
         config = super().get_config()
+        config.pop("dtype", None)  # the run's precision decides (captioner.precision), not the file
         config.update(
             encoder=keras.saving.serialize_keras_object(self.encoder),
             question_encoder=keras.saving.serialize_keras_object(self.question_encoder),

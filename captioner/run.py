@@ -21,6 +21,7 @@ from captioner.config import FORMAT_VERSION, RunConfig
 from captioner.errors import CaptionerError
 from captioner.fileio import atomic_path, write_json, write_text
 from captioner.models import CaptionModel, VQAModel
+from captioner.precision import precision_scope
 from captioner.vocab import AnswerVocabulary, Vocabulary
 
 MODEL_FILE, VOCAB_FILE, CONFIG_FILE = "model.keras", "vocab.json", "config.json"
@@ -123,6 +124,8 @@ def load_config(run_dir: str | Path) -> RunConfig:
         raise CaptionerError(f"{run_dir} has no {CONFIG_FILE}; is it a run directory written by `captioner train`?")
     payload = dict(payload)
     payload.pop("captioner_version", None)
+    if isinstance(payload.get("model"), dict) and "precision" not in payload["model"]:
+        payload["model"] = {**payload["model"], "precision": "float32"}  # written before the setting existed
     version = payload.get("format_version")
     if version != FORMAT_VERSION:
         raise CaptionerError(
@@ -168,8 +171,12 @@ def _names_class(node: Any, class_name: str) -> bool:
     return False
 
 
-def load_run(run_dir: str | Path, task: str = "caption") -> Run:
-    """Load a finished (or checkpointed) run directory; every problem is a one-line CaptionerError."""
+def load_run(run_dir: str | Path, task: str = "caption", precision: str | None = None) -> Run:
+    """Load a finished (or checkpointed) run directory; every problem is a one-line CaptionerError.
+
+    `precision` (float32, mixed_bfloat16, mixed_float16, auto) runs the model at another precision than the
+    one it was trained at (its config's); variables are float32 either way.
+    """
     path = Path(run_dir)
     if not path.is_dir():
         raise CaptionerError(f"run directory {path} does not exist; train one with `captioner train --run {path}`")
@@ -186,7 +193,8 @@ def load_run(run_dir: str | Path, task: str = "caption") -> Run:
     vocab = Vocabulary.load(path / VOCAB_FILE)
     answers = AnswerVocabulary.load(path / ANSWERS_FILE) if task == "vqa" else None
     try:
-        model = keras.saving.load_model(path / MODEL_FILE, compile=False, safe_mode=True)
+        with precision_scope(precision or config.model.precision):
+            model = keras.saving.load_model(path / MODEL_FILE, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types for damaged or foreign files
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise CaptionerError(f"cannot load {path / MODEL_FILE}: {first_line[:300]}") from None

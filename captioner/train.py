@@ -6,6 +6,7 @@ atomically), early stopping, and history/metrics written as JSON after every epo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import shutil
@@ -25,6 +26,7 @@ from captioner.encoder import BACKBONES, ImageEncoder, default_image_size
 from captioner.errors import CaptionerError
 from captioner.fileio import atomic_path, directory_lock, is_disk_full, remove_stale_temporaries, write_json
 from captioner.models import build_caption_model, build_vqa_model
+from captioner.precision import precision_scope, resolve_precision
 from captioner.features import FeatureCache
 from captioner.preprocessing import caption_dataset, feature_caption_dataset, group_questions, pipeline_error, vqa_dataset
 from captioner.run import (
@@ -455,12 +457,13 @@ def train(
         The contents of metrics.json.
     """
     run_dir = Path(run_dir)
-    with directory_lock(run_dir):  # one writer per run directory, or a one-line error naming the other
-        return _train(config, run_dir, verbose, restart, skipped, notify)
+    with directory_lock(run_dir), contextlib.ExitStack() as scope:  # one writer per run directory
+        return _train(config, run_dir, verbose, restart, skipped, notify, scope)
 
 
 def _train(
-    requested: RunConfig, run_dir: Path, verbose: int | str, restart: bool, skipped: Skipped | None, notify: Callable[[str], None]
+    requested: RunConfig, run_dir: Path, verbose: int | str, restart: bool, skipped: Skipped | None, notify: Callable[[str], None],
+    scope: contextlib.ExitStack,
 ) -> dict[str, Any]:
     config = requested
     previous = read_json(run_dir / METRICS_FILE, {}) if (run_dir / CONFIG_FILE).exists() else None
@@ -484,6 +487,9 @@ def _train(
             write_json(run_dir / REQUEST_FILE, _as_requested(requested))
         if finished is not None:
             update_metrics(run_dir, {"status": "training"})
+    if not resuming:  # "auto" becomes what this machine runs fast, and config.json says which
+        config = with_settings(config, {"model.precision": resolve_precision(config.model.precision)})
+    scope.enter_context(precision_scope(config.model.precision))  # every layer is built (and trained) at it
     keras.utils.set_random_seed(config.train.seed)
     skipped = skipped if skipped is not None else Skipped()
     setup = (_caption_setup if config.task == "caption" else _vqa_setup)(config, run_dir, resuming, verbose, skipped)

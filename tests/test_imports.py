@@ -10,7 +10,7 @@ RANKS = {
     "captioner": 0, "errors": 0, "fileio": 0, "config": 0,
     "datasets": 1, "vocab": 2, "images": 3, "preprocessing": 4,
     "encoder": 5, "decoder": 6, "models": 7, "run": 8, "train": 9,
-    "decoding": 10, "answering": 10, "features": 6, "metrics": 10, "vqa": 6, "evaluate": 11, "cli": 12, "attention": 5, "viz": 0,
+    "decoding": 10, "answering": 10, "features": 6, "metrics": 10, "vqa": 6, "evaluate": 11, "cli": 12, "attention": 5, "viz": 0, "precision": 0,
 }
 
 

@@ -1,0 +1,168 @@
+#!/usr/bin/env python
+"""Utilisation per precision: FLOPs per step, ms/step, achieved GFLOP/s and its share of the measured matmul peaks.
+
+Everything runs in one process, side by side: the float32 / bfloat16 / float16 peak of a 2048x2048 matmul in a
+`tf.function`, then for each precision (a) a training step of `shapes` Show-and-Tell and Show-Attend-Tell
+(32 images x 5 captions, 64x64 pixels, the small CNN trained), (b) a training step of the `flickr8k`
+Show-Attend-Tell preset on cached features of the real shape (32 x 7x7x1280 float16, 160 captions of 21
+steps), (c) feature extraction with MobileNetV2 and EfficientNet-B0 at 224 px (batch 32), (d) decoding with
+the `shapes` Show-and-Tell model at batch 512, greedy and beam 5. Weights are random: speed does not depend
+on them (decoding runs all `max_length` steps either way when no caption ends early... here it may end
+early, so decoding numbers are per call as measured).
+
+FLOPs (2 per multiply-add) are counted analytically for the decoder (LSTM gates, output projection,
+attention projections, scores, context and gate, per caption-word; initial state and grid projection per
+image) and with TensorFlow's profiler for the CNNs (Conv2D, MatMul, ...; no loops inside a CNN). A training
+step is counted as 3x its forward FLOPs (backward = 2x forward), the frozen CNN of the cached path as 0.
+
+    python scripts/bench_precision.py [--steps 10] [--precisions float32,mixed_bfloat16] [--skip decode]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from captioner.config import ModelConfig, preset
+from captioner.decoding import CaptionGenerator
+from captioner.models import build_caption_model, build_image_encoder
+from captioner.precision import precision_scope
+from captioner.vocab import Vocabulary
+
+
+def matmul_peak(dtype: tf.DType, n: int = 2048, reps: int = 20) -> float:
+    """GFLOP/s of an n x n matmul in a tf.function."""
+    a, b = (tf.cast(tf.random.normal((n, n)), dtype) for _ in range(2))
+    product = tf.function(tf.linalg.matmul)
+    product(a, b).numpy()
+    started = time.perf_counter()
+    for _ in range(reps):
+        result = product(a, b)
+    result.numpy()
+    return 2 * n**3 * reps / (time.perf_counter() - started) / 1e9
+
+
+def cnn_flops(cnn: keras.Model, size: int) -> float:
+    """Forward FLOPs of one image through a CNN, by TensorFlow's profiler."""
+    from tensorflow.python.profiler import model_analyzer, option_builder
+
+    graph = tf.function(lambda x: cnn(x, training=False)).get_concrete_function(tf.TensorSpec((1, size, size, 3), tf.float32)).graph
+    options = option_builder.ProfileOptionBuilder(option_builder.ProfileOptionBuilder.float_operation()).with_empty_output().build()
+    return float(model_analyzer.profile(graph, options=options).total_float_ops)
+
+
+def decoder_flops(model, images: int, captions: int, steps: int, with_cnn: bool) -> float:
+    """Forward FLOPs of one caption batch (images x captions x steps words)."""
+    encoder, decoder = model.encoder, model.decoder
+    hidden, vocab, embed = decoder.hidden_dim, decoder.vocab_size, decoder.embedding_dim
+    pixels, channels = encoder.num_pixels, encoder.encoder_dim
+    image_dim = channels if decoder.init_from == "grid_mean" else encoder.pooled_dim
+    per_image = 2 * 2 * image_dim * hidden  # init_h, init_c
+    if encoder.projection is not None:
+        per_image += 2 * pixels * channels * encoder.pooled_dim
+    lstm_input = embed
+    per_word = 2 * hidden * vocab  # output projection
+    if decoder.uses_attention:
+        attention = decoder.attention_dim
+        per_image += 2 * pixels * channels * attention  # grid projection, once per image
+        per_word += 2 * hidden * attention + 2 * pixels * attention + 2 * pixels * channels + 2 * hidden * channels
+        lstm_input += channels
+    per_word += 2 * (lstm_input + hidden) * 4 * hidden  # the four LSTM gates
+    total = images * per_image + images * captions * steps * per_word
+    if with_cnn:
+        total += images * cnn_flops(encoder.cnn, encoder.image_size)
+    return float(total)
+
+
+def time_calls(call, reps: int) -> float:
+    """Seconds per call after two warm-up calls (tracing)."""
+    for _ in range(2):
+        call()
+    started = time.perf_counter()
+    for _ in range(reps):
+        call()
+    return (time.perf_counter() - started) / reps
+
+
+def train_step_row(name: str, config, vocab_size: int, inputs: dict, targets: np.ndarray, reps: int, cached: bool) -> dict:
+    keras.utils.set_random_seed(0)
+    model = build_caption_model(config.model, vocab_size, config.data.image_size)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3, global_clipnorm=5.0),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0))
+    seconds = time_calls(lambda: model.train_on_batch(inputs, targets), reps)
+    images, captions, steps = targets.shape
+    flops = 3 * decoder_flops(model, images, captions, steps, with_cnn=not cached)
+    return {"name": name, "seconds": seconds, "flops": flops, "items": f"{images * captions / seconds:.0f} captions/s"}
+
+
+def rows_for(precision: str, reps: int, skip: set[str]) -> list[dict]:
+    rng = np.random.default_rng(0)
+    rows = []
+    with precision_scope(precision):
+        shapes = preset("shapes")
+        steps = 13  # the shapes split's longest caption (12 words) + 1
+        tokens = rng.integers(4, 60, (32, 5, steps)).astype("int32")
+        images = rng.integers(0, 255, (32, 64, 64, 3)).astype("uint8")
+        if "train" not in skip:
+            rows.append(train_step_row("shapes Show-and-Tell, train step", shapes, 60, {"images": images, "tokens": tokens}, tokens, reps, False))
+            sat = preset("shapes")
+            sat.model.decoder = "attention"
+            rows.append(train_step_row("shapes Show-Attend-Tell, train step", sat, 60, {"images": images, "tokens": tokens}, tokens, reps, False))
+            f8k = preset("flickr8k")
+            f8k.model.encoder_weights = None
+            f8k.data.image_size = 224
+            f8k_tokens = rng.integers(4, 2500, (32, 5, 21)).astype("int32")
+            features = rng.standard_normal((32, 49, 1280)).astype("float16")
+            rows.append(train_step_row("flickr8k Show-Attend-Tell, cached features, train step", f8k, 2573,
+                                       {"features": features, "tokens": f8k_tokens}, f8k_tokens, reps, True))
+        if "features" not in skip:
+            for backbone in ("mobilenet_v2", "efficientnet_b0"):
+                keras.utils.set_random_seed(0)
+                encoder = build_image_encoder(ModelConfig(encoder=backbone, encoder_weights=None, encoder_trainable=False), 224)
+                batch = rng.integers(0, 255, (32, 224, 224, 3)).astype("uint8")
+                run = tf.function(lambda x: encoder(x, training=False))
+                seconds = time_calls(lambda: [t.numpy() for t in run(batch)], max(2, reps // 2))
+                rows.append({"name": f"features {backbone}, batch 32", "seconds": seconds,
+                             "flops": 32 * cnn_flops(encoder.cnn, 224), "items": f"{32 / seconds:.0f} images/s"})
+        if "decode" not in skip:
+            keras.utils.set_random_seed(0)
+            model = build_caption_model(shapes.model, 60, 64)
+            vocab = Vocabulary.build(" ".join(f"w{i}" for i in range(56)) for _ in range(1))
+            batch = rng.integers(0, 255, (512, 64, 64, 3)).astype("uint8")
+            for beam in (1, 5):
+                generator = CaptionGenerator(model, vocab, shapes.decode.max_length, beam)
+                generator(batch)  # trace
+                seconds = time_calls(lambda: generator(batch), 2)
+                rows.append({"name": f"decode shapes Show-and-Tell, batch 512, {'greedy' if beam == 1 else f'beam {beam}'}",
+                             "seconds": seconds, "flops": None, "items": f"{512 / seconds:.0f} captions/s"})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=10, help="timed calls per row, after two warm-up calls")
+    parser.add_argument("--precisions", default="float32,mixed_bfloat16")
+    parser.add_argument("--skip", default="", help="comma-separated: train, features, decode")
+    args = parser.parse_args()
+    peaks = {name: matmul_peak(dtype) for name, dtype in (("float32", tf.float32), ("bfloat16", tf.bfloat16), ("float16", tf.float16))}
+    print("matmul 2048x2048 peak GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()))
+    print("| row | precision | GFLOP/step | ms/step | achieved GFLOP/s | of fp32 peak | of bf16 peak | throughput |")
+    print("|---|---|---|---|---|---|---|---|")
+    for precision in args.precisions.split(","):
+        for row in rows_for(precision, args.steps, set(filter(None, args.skip.split(",")))):
+            flops = row["flops"]
+            rate = flops / row["seconds"] / 1e9 if flops else None
+            cells = [f"{flops / 1e9:.1f}" if flops else "-", f"{row['seconds'] * 1000:.0f}", f"{rate:.0f}" if rate else "-",
+                     f"{rate / peaks['float32']:.0%}" if rate else "-", f"{rate / peaks['bfloat16']:.0%}" if rate else "-"]
+            print(f"| {row['name']} | {precision} | " + " | ".join(cells) + f" | {row['items']} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
