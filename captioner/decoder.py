@@ -121,15 +121,19 @@ class LSTMDecoder(layers.Layer):
         if not self.uses_attention:
             outputs = self.lstm(embedded, initial_state=list(state), training=training)  # (batch, steps, hidden_dim)
         else:
-            hiddens, alphas = [], []
-            for t in range(tokens.shape[1]):  # steps are static in training: the graph is unrolled
-                hidden, state, alpha = self._attend_and_step(embedded[:, t], state, memory)
-                hiddens.append(hidden)
-                alphas.append(alpha)
-            outputs = ops.stack(hiddens, axis=1)  # (batch, steps, hidden_dim)
+            def step(carry, word):  # one word for the whole batch: (h, c, alpha of the last word), (batch, embedding_dim)
+                _, (h, c), alpha = self._attend_and_step(word, carry[:2], memory)
+                carry = (h, c, ops.cast(alpha, carry[2].dtype))
+                return carry, carry  # Keras's scan stacks outputs shaped as the carry: alpha rides along in it
+
+            # A scan over time, not a Python loop unrolled into the graph: one step body to trace and differentiate.
+            pixels = ops.zeros_like(memory[1][..., 0])  # (batch, num_pixels)
+            _, (hiddens, _, alphas) = ops.scan(step, (*state, pixels), ops.moveaxis(embedded, 1, 0))  # (steps, batch, ...) each
+            outputs = ops.moveaxis(hiddens, 0, 1)  # (batch, steps, hidden_dim); an LSTM cell's output is its h
+            alphas = ops.moveaxis(alphas, 0, 1)  # (batch, steps, num_pixels)
             if training and self.attention_regularization > 0:
                 mask = ops.cast(ops.not_equal(tokens, 0), "float32")[..., None]  # (batch, steps, 1)
-                alphas = ops.cast(ops.stack(alphas, axis=1), "float32")  # (batch, steps, num_pixels); the penalty in float32
+                alphas = ops.cast(alphas, "float32")  # (batch, steps, num_pixels); the penalty in float32
                 coverage = ops.sum(alphas * mask, axis=1)  # (batch, num_pixels)
                 self.add_loss(self.attention_regularization * ops.mean(ops.square(1.0 - coverage)))
         outputs = self.dropout(outputs, training=training)
