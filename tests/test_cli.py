@@ -161,6 +161,7 @@ def test_unknown_setting_is_a_one_line_error(tiny_data, tmp_path, capsys):
     _one_line_error(capsys.readouterr())
 
 
+@pytest.mark.slow  # kept out of the default suite for its 10-minute limit
 def test_train_script_and_cli_share_the_code(tiny_data, tmp_path):
     command = [sys.executable, str(ROOT / "scripts" / "train.py"), "--preset", "tiny", "--data-dir", str(tiny_data),
                "--run", str(tmp_path / "script_run"), "--epochs", "1", "--max-train-images", "8", "--quiet"]

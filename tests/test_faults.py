@@ -160,6 +160,7 @@ def _tmpfs(path: Path, size: str) -> bool:
     return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True).returncode == 0
 
 
+@pytest.mark.slow  # the injected-ENOSPC tests above cover the same code in the default suite
 def test_a_real_full_disk_during_training_is_one_line_and_resumable(data, tmp_path):
     """A 1.5 MB tmpfs: the first epoch's files fit, a larger model does not (mount needs root; skipped without it)."""
     mount = tmp_path / "small"

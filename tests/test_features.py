@@ -85,6 +85,7 @@ def test_a_damaged_index_says_how_to_rebuild(backbone, tmp_path):
         FeatureCache(tmp_path / "cache", backbone)
 
 
+@pytest.mark.slow  # test_cli.py::test_features_command_fills_the_cache_train_reads covers the path by default
 def test_training_with_a_frozen_backbone_reads_cached_features(tiny_data, tmp_path):
     from captioner.run import load_run
 

@@ -73,7 +73,7 @@ def test_runs_written_before_the_setting_load_as_float32(overfit_run, tmp_path):
     assert load_config(tmp_path).model.precision == "float32"
 
 
-@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", pytest.param("mixed_float16", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("decoder", ["show-tell", "attention"])
 def test_every_decoder_takes_a_training_step_under_mixed_precision(decoder, precision):
     """One step of each architecture under each mixed policy: finite loss, float32 variables (catches a

@@ -10,7 +10,7 @@ import pytest
 
 from captioner.cli import main
 
-EPOCHS, STEPS_PER_EPOCH = 30, 8  # 32 training images, batch 4
+EPOCHS, STEPS_PER_EPOCH = 12, 8  # 32 training images, batch 4
 
 
 def _command(data, run):
