@@ -17,10 +17,13 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from captioner.config import PRECISIONS  # plain dataclasses: no TensorFlow at parse time
+
 if TYPE_CHECKING:  # the CLI imports TensorFlow-bound modules lazily, so that `--help` is fast
     from captioner.datasets import Skipped
 
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
+PRECISION_CHOICES = ("auto", *PRECISIONS)
 
 
 def _positive_int(text: str) -> int:
@@ -62,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--cache-dir", default=None, help="cache folder (default DATA_DIR/features, as train uses)")
     features.add_argument("--batch-size", type=_positive_int, default=32, help="images per CNN batch (default 32)")
     features.add_argument("--seed", type=int, default=0, help="with --encoder-weights none: the seed train will use (default 0)")
-    features.add_argument("--precision", default="float32", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"],
+    features.add_argument("--precision", default="float32", choices=PRECISION_CHOICES,
                           help="compute precision of the CNN (default float32; a train run reads the features of its own)")
     features.add_argument("--verbose", action="store_true", help="list every entry the dataset loader skipped")
 
@@ -89,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch (default 64)")
     caption.add_argument("--json", action="store_true", help="print JSON instead of text")
     caption.add_argument("--attention", default=None, metavar="PNG", help="write the attention map of each word (attention runs)")
-    caption.add_argument("--precision", default=None, choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"], help="compute precision (default: the run's)")
+    caption.add_argument("--precision", default=None, choices=PRECISION_CHOICES, help="compute precision (default: the run's)")
 
     ask = commands.add_parser("ask", help="answer questions about an image with a VQA run")
     ask.add_argument("--run", required=True, help="run directory written by `captioner train-vqa`")
@@ -97,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("questions", nargs="+", metavar="QUESTION", help="one or more questions (quote each)")
     ask.add_argument("--top", type=_positive_int, default=5, help="answers listed with their probabilities (default 5)")
     ask.add_argument("--json", action="store_true", help="print JSON instead of text")
-    ask.add_argument("--precision", default=None, choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"], help="compute precision (default: the run's)")
+    ask.add_argument("--precision", default=None, choices=PRECISION_CHOICES, help="compute precision (default: the run's)")
 
     plot = commands.add_parser("plot-history", help="draw training and validation loss per epoch")
     plot.add_argument("--run", required=True, help="run directory")
@@ -114,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default=None, help="save the generated captions (or answers) to this JSON file")
     evaluate.add_argument("--meteor", action="store_true", help="caption runs: also METEOR (pycocoevalcap + Java; slower)")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    evaluate.add_argument("--precision", default=None, choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"], help="compute precision (default: the run's)")
+    evaluate.add_argument("--precision", default=None, choices=PRECISION_CHOICES, help="compute precision (default: the run's)")
     evaluate.add_argument("--verbose", action="store_true", help="list every entry the dataset loader skipped")
 
     score = commands.add_parser("score", help="score captions from files (no model): BLEU with nltk, COCO metrics with pycocoevalcap")
@@ -150,7 +153,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-train-images", type=_positive_int, default=None, help="train on the first N images only")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="any other setting, e.g. model.hidden_dim=512")
     parser.add_argument("--fine-tune-encoder", action="store_true", help="train a pretrained backbone too (no feature cache; slow on a CPU)")
-    parser.add_argument("--precision", default=None, choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"],
+    parser.add_argument("--precision", default=None, choices=PRECISION_CHOICES,
                         help="auto (default: mixed_bfloat16 where the CPU/GPU has fast bfloat16, else float32) or one of these")
     parser.add_argument("--cache-dir", default=None, help="feature cache of a frozen backbone (default DATA_DIR/features)")
     parser.add_argument("--restart", action="store_true", help="discard an existing run directory's training and start over")
@@ -169,7 +172,7 @@ def add_train_vqa_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fusion", default=None, choices=["multiply", "concat"], help="how image and question meet (default multiply)")
     parser.add_argument("--attention", action="store_true", help="the question attends over the image grid")
     parser.add_argument("--question-only", action="store_true", help="zero the image features: a blind model, for ablations")
-    parser.add_argument("--precision", default=None, choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"], help="auto (default) or one of these, as for train")
+    parser.add_argument("--precision", default=None, choices=PRECISION_CHOICES, help="auto (default) or one of these, as for train")
     parser.add_argument("--encoder", default=None, help="small_cnn or a keras.applications name (without --encoder-from)")
     parser.add_argument("--encoder-weights", default=None, help="none, imagenet or a weights file (backbones)")
     parser.add_argument("--epochs", type=_positive_int, default=None)
@@ -544,7 +547,7 @@ def run_features(args: argparse.Namespace) -> int:
     cache = FeatureCache(args.cache_dir or str(Path(args.data_dir) / "features"), encoder)
     started = time.perf_counter()
     computed = cache.extract([r.image for r in records], batch_size=args.batch_size,
-                             on_error=lambda path, message: skipped.add("unreadable image", message))
+                             on_error=skipped.unreadable)
     seconds = time.perf_counter() - started
     images = len({r.image for r in records})
     if images and skipped.count("unreadable image") >= images:

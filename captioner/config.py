@@ -11,6 +11,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # Keras dtype policies a run may use (captioner.precision)
 FORMAT_VERSION = 1  # bump when the run-directory layout or config schema changes incompatibly
 
 

@@ -129,7 +129,7 @@ def evaluate(
     generator = CaptionGenerator(run.model, run.vocab, run.config.decode.max_length, beam_size, length_penalty)
     started = time.perf_counter()
     captions = generate_captions(generator, [r.image for r in records], batch_size,
-                                 lambda path, message: skipped.add("unreadable image", message), f"images of the {split} split")
+                                 skipped.unreadable, f"images of the {split} split")
     seconds = time.perf_counter() - started
     records, captions = [r for r, c in zip(records, captions) if c is not None], [c for c in captions if c is not None]
     result = score(records, captions, meteor=meteor)
@@ -233,7 +233,7 @@ def evaluate_vqa(
     answerer = Answerer(run.model, run.vocab, run.answers, vqa.max_question_length)
     started = time.perf_counter()
     predictions = answer_records(answerer, records, vqa.questions_per_image, batch_size,
-                                 lambda path, message: skipped.add("unreadable image", message), f"images of the {split} split")
+                                 skipped.unreadable, f"images of the {split} split")
     seconds = time.perf_counter() - started
     records, predictions = [r for r, p in zip(records, predictions) if p is not None], [p for p in predictions if p is not None]
     train_records = load_qa_split(data.dataset, data_dir or data.data_dir, run.config.train.train_split)

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import keras
 
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+from captioner.config import PRECISIONS
 
 
 def fast_bfloat16() -> bool:

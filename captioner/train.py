@@ -205,11 +205,6 @@ def _on_disk(records: list, split: str, skipped: Skipped) -> list:
     return kept
 
 
-def _reporter(skipped: Skipped):
-    """on_error for the image readers: an unreadable image is counted (and named with --verbose)."""
-    return lambda path, message: skipped.add("unreadable image", message)
-
-
 @dataclass
 class _Setup:
     """What a task hands the shared training loop."""
@@ -253,11 +248,10 @@ def _caption_setup(config: RunConfig, run_dir: Path, resuming: bool, verbose: in
         cache_dir = data.feature_cache_dir or str(Path(data.data_dir) / "features")
         cache = FeatureCache(cache_dir, model.encoder)
         unreadable: set[str] = set()
-        report = _reporter(skipped)
 
         def unusable(path: str, message: str) -> None:
             unreadable.add(path)
-            report(path, message)
+            skipped.unreadable(path, message)
 
         computed = cache.extract([r.image for r in train_records + val_records], verbose=verbose != 0, on_error=unusable)
         train_records = [r for r in train_records if r.image not in unreadable]
@@ -279,7 +273,7 @@ def _caption_setup(config: RunConfig, run_dir: Path, resuming: bool, verbose: in
             return caption_dataset(
                 records, vocab, image_size, data.captions_per_image, data.max_caption_length,
                 train_cfg.batch_size, shuffle=shuffle, seed=train_cfg.seed, cache=data.cache_images,
-                on_error=_reporter(skipped), what=f"images of the {split} split",
+                on_error=skipped.unreadable, what=f"images of the {split} split",
             )
 
     return _Setup(
@@ -292,7 +286,7 @@ def _caption_setup(config: RunConfig, run_dir: Path, resuming: bool, verbose: in
         train_images=len(train_records),
         train_items=len(train_records) * data.captions_per_image,
         item_name="captions",
-        stats={"train_images": len(train_records), "val_images": len(val_records), **stats, "skipped": skipped.summary("entries")},
+        stats={"train_images": len(train_records), "val_images": len(val_records), **stats},
     )
 
 
@@ -352,7 +346,7 @@ def _vqa_setup(config: RunConfig, run_dir: Path, resuming: bool, verbose: int | 
         dataset = vqa_dataset(
             groups, vocab, answers, image_size, vqa.questions_per_image, vqa.max_question_length,
             train_cfg.batch_size, shuffle=shuffle, seed=train_cfg.seed, cache=data.cache_images,
-            on_error=_reporter(skipped), what=f"images of the {split} split",
+            on_error=skipped.unreadable, what=f"images of the {split} split",
         )
         return dataset, len(groups)
 
@@ -375,7 +369,6 @@ def _vqa_setup(config: RunConfig, run_dir: Path, resuming: bool, verbose: int | 
             "vocab_size": len(vocab),
             "num_answers": len(answers),
             "val_answer_coverage": answers.coverage(r.answer for r in val_records),
-            "skipped": skipped.summary("questions"),
             "unknown_word_rate_val": vocab.unknown_rate(r.question for r in val_records),
         },
     )
@@ -487,6 +480,8 @@ def _train(
             write_json(run_dir / REQUEST_FILE, _as_requested(requested))
         if finished is not None:
             update_metrics(run_dir, {"status": "training"})
+    if config.task not in ("caption", "vqa"):
+        raise CaptionerError(f"unknown task '{config.task}'; use caption or vqa")
     if not resuming:  # "auto" becomes what this machine runs fast, and config.json says which
         config = with_settings(config, {"model.precision": resolve_precision(config.model.precision)})
     scope.enter_context(precision_scope(config.model.precision))  # every layer is built (and trained) at it
@@ -539,7 +534,7 @@ def _train(
                 "best_epoch": checkpoint.best_epoch + 1,
                 "best_val_loss": checkpoint.best,
                 **setup.stats,
-                # again now: images the pipeline could not decode are known only after reading them
+                # after training: images the pipeline could not decode are known only once read
                 "skipped": skipped.summary("entries" if config.task == "caption" else "questions"),
                 "optimizer_iterations": int(model.optimizer.iterations.numpy()),
                 "seconds": elapsed,

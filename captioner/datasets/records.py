@@ -48,6 +48,10 @@ class Skipped:
                 self._seen.add((reason, detail))
                 self.reasons.setdefault(reason, []).append(detail)
 
+    def unreadable(self, path: str, message: str) -> None:
+        """`on_error(path, message)` of the image readers: an image that cannot be read, counted once."""
+        self.add("unreadable image", message)
+
     def count(self, reason: str | None = None) -> int:
         return len(self.reasons.get(reason, [])) if reason else sum(len(v) for v in self.reasons.values())
 
