@@ -50,8 +50,10 @@ flickr8k: install
 	$(BIN)/captioner caption --run $(RUN) --attention $(RUN)/attention.png \
 	    $$(grep -v '^e' $(DATA)/Flickr_8k.testImages.txt | head -n 4 | sed "s|^|$$dir/|")
 
+# Every test on TensorFlow, then the model, decoding, save/load and CLI tests (marked `backends`) on JAX.
 test: install
 	$(BIN)/python -m pytest -q
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -m "backends and not slow"
 
 clean:
 	rm -rf $(VENV) $(RUN) $(DATA)

@@ -1,4 +1,5 @@
-"""Answering questions with a trained VQAModel: one graph-mode function for any batch of images and questions.
+"""Answering questions with a trained VQAModel: one compiled function (any backend) for any batch of images
+and questions.
 
 `<other>` (answer id 0) is never the answer: its probability is set to zero before the others are
 renormalised, as it stands for every answer the classifier does not know.
@@ -9,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
+from captioner import backend
 from captioner.models import VQAModel
 from captioner.vocab import AnswerVocabulary, Vocabulary, tokenize
 
@@ -43,26 +45,23 @@ class Answerer:
         self.answers = answers
         self.max_question_length = int(max_question_length)
         size = model.encoder.image_size
-        self.trace_count = 0
+        never_other = np.zeros(len(answers), np.float32)
+        never_other[AnswerVocabulary.other_id] = -1e9
 
-        @tf.function(
-            input_signature=[
-                tf.TensorSpec((None, size, size, 3), tf.uint8),
-                tf.TensorSpec((None, None, self.max_question_length), tf.int32),
-            ],
-            reduce_retracing=True,
-        )
         def probabilities(images, questions):
-            self.trace_count += 1  # Python side effect: runs once per trace, not per call
             logits, alpha = model.answer(images, questions, training=False)  # (batch, questions, answers), (batch, questions, pixels)
-            never_other = tf.one_hot(AnswerVocabulary.other_id, len(answers), on_value=-1e9, off_value=0.0)  # (answers,)
-            return tf.nn.softmax(tf.cast(logits, tf.float32) + never_other, axis=-1), tf.cast(alpha, tf.float32)
+            return ops.softmax(ops.cast(logits, "float32") + never_other, axis=-1), ops.cast(alpha, "float32")
 
-        self._probabilities = probabilities
+        specs = [((None, size, size, 3), "uint8"), ((None, None, self.max_question_length), "int32")]
+        self._probabilities = backend.CompiledFunction(probabilities, model.variables, specs)
+
+    @property
+    def trace_count(self) -> int:
+        return self._probabilities.trace_count
 
     def encode(self, question: str) -> EncodedQuestion:
         words = tokenize(question)[: self.max_question_length]
-        ids = [self.vocab.index.get(w, self.vocab.unk_id) for w in words]
+        ids = self.vocab.encode(question, self.max_question_length)
         return EncodedQuestion(ids, [w for w, i in zip(words, ids) if i == self.vocab.unk_id])
 
     def question_array(self, questions: list[list[EncodedQuestion]]) -> np.ndarray:
@@ -78,8 +77,7 @@ class Answerer:
     def __call__(self, images: np.ndarray, questions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """images (batch, size, size, 3) uint8, questions (batch, per_image, steps) int32 ->
         probabilities (batch, per_image, num_answers) and attention (batch, per_image, num_pixels)."""
-        probs, alpha = self._probabilities(tf.convert_to_tensor(images, tf.uint8), tf.convert_to_tensor(questions, tf.int32))
-        return probs.numpy(), alpha.numpy()
+        return self._probabilities(np.asarray(images, np.uint8), np.asarray(questions, np.int32))
 
     def top(self, probabilities: np.ndarray, k: int = 5) -> list[tuple[str, float]]:
         """The k most probable answers of one question's distribution (num_answers,)."""

@@ -11,9 +11,7 @@ import argparse
 import glob
 import json
 import os
-import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -321,44 +319,17 @@ def expand_image_arguments(arguments: Sequence[str]) -> list[str]:
 
 
 def run_caption(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from captioner.decoding import CaptionGenerator
     from captioner.errors import CaptionerError
-    from captioner.images import read_image
     from captioner.run import load_run
+    from captioner.tasks.caption import caption_files
 
     run = load_run(args.run, precision=args.precision)
     paths = expand_image_arguments(args.images)
     if not paths:
         raise CaptionerError("no image files found in the given folders")
     if args.attention is not None:
-        if not run.model.decoder.uses_attention:
-            raise CaptionerError(f"{args.run} is a {run.config.model.decoder} run: it has no attention weights; train one with --decoder attention")
         _check_output_folder(args.attention)
-    beam_size = args.beam_size or run.config.decode.beam_size
-    length_penalty = run.config.decode.length_penalty if args.length_penalty is None else args.length_penalty
-    generator = CaptionGenerator(run.model, run.vocab, run.config.decode.max_length, beam_size, length_penalty)
-    size = run.model.encoder.image_size
-    results: list[dict] = [{"image": path} for path in paths]
-    for start in range(0, len(paths), args.batch_size):  # one batch of decoded images in memory at a time
-        chunk: list[tuple[int, np.ndarray]] = []
-        for index in range(start, min(start + args.batch_size, len(paths))):
-            try:
-                image, (width, height) = read_image(paths[index], size)
-                chunk.append((index, image))
-                results[index].update(width=width, height=height)  # upright: EXIF orientation applied
-            except CaptionerError as exc:
-                results[index]["error"] = str(exc)
-        if not chunk:
-            continue
-        generated = generator(np.stack([image for _, image in chunk]))
-        for row, ((index, image), caption, score) in enumerate(zip(chunk, generated.captions, generated.scores)):
-            results[index].update(caption=caption, score=float(score))
-            if args.attention is not None:
-                picture = _attention_path(args.attention, results[index]["image"], single=len(paths) == 1)
-                _draw_attention(run, image, generated.tokens[row], generated.attention[row], picture)
-                results[index]["attention_map"] = str(picture)
+    results = caption_files(run, paths, args.beam_size, args.length_penalty, args.batch_size, args.attention)
     return _print_per_image(results, args.json, "captioned",
                             lambda r: r["caption"] if len(paths) == 1 else f"{r['image']}\t{r['caption']}")
 
@@ -385,24 +356,6 @@ def _check_output_folder(path: str) -> None:
 
     if not Path(path).resolve().parent.is_dir():
         raise CaptionerError(f"cannot write {path}: folder {Path(path).parent} does not exist")
-
-
-def _attention_path(out: str, image: str, single: bool) -> Path:
-    """`out` itself for one image; `OUT-STEM_IMAGE-STEM.png` beside it for several."""
-    out_path = Path(out)
-    return out_path if single else out_path.with_name(f"{out_path.stem}_{Path(image).stem}{out_path.suffix or '.png'}")
-
-
-def _draw_attention(run, image, tokens, attention, path: Path) -> None:
-    from captioner.viz import attention_figure
-
-    words = []
-    for token in tokens:
-        words.append(run.vocab.words[int(token)])
-        if int(token) == run.vocab.end_id or len(words) == len(tokens):
-            break
-    grid = run.model.encoder.grid_shape
-    attention_figure(image, words, attention[: len(words)], (grid[0], grid[1]), path)
 
 
 def run_classify(args: argparse.Namespace) -> int:
@@ -453,39 +406,21 @@ def run_plot_history(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run_task(run_dir: str) -> str:
-    """The task a run directory's config.json names; "caption" when it cannot tell (load_run then says why)."""
-    from captioner.run import CONFIG_FILE
-
-    try:
-        return str(json.loads((Path(run_dir) / CONFIG_FILE).read_text(encoding="utf-8")).get("task", "caption"))
-    except (OSError, ValueError, AttributeError):
-        return "caption"
-
-
 def run_evaluate(args: argparse.Namespace) -> int:
     from captioner.datasets import Skipped
-    from captioner.evaluate import evaluate, evaluate_vqa, summary_lines, vqa_summary_lines
-    from captioner.run import load_run
+    from captioner.run import load_run, stored_task
+    from captioner.tasks import EvalOptions, get_task
 
     if args.out is not None:
         _check_output_folder(args.out)
     skipped = Skipped()
-    if _run_task(args.run) == "vqa":
-        run = load_run(args.run, task="vqa", precision=args.precision)
-        result = evaluate_vqa(run, args.split, args.data_dir, args.batch_size, args.out, args.max_images, skipped=skipped)
-        _report_skipped(skipped, "questions", args.verbose)
-        print(json.dumps(result, indent=2) if args.json else "\n".join(vqa_summary_lines(result)))
-        return EXIT_OK
-    run = load_run(args.run, precision=args.precision)
-    beam_size = args.beam_size or run.config.decode.beam_size
-    result = evaluate(run, args.split, args.data_dir, beam_size, args.batch_size, args.out, args.max_images,
-                      meteor=args.meteor, skipped=skipped, length_penalty=args.length_penalty)
-    _report_skipped(skipped, "entries", args.verbose)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print("\n".join(summary_lines(result)))
+    task = get_task(stored_task(args.run))
+    run = load_run(args.run, task=task.name, precision=args.precision)
+    options = EvalOptions(args.split, args.data_dir, args.batch_size, args.out, args.max_images, args.beam_size,
+                          args.length_penalty, args.meteor)
+    result = task.evaluate(run, options, skipped)
+    _report_skipped(skipped, task.skipped_item, args.verbose)
+    print(json.dumps(result, indent=2) if args.json else "\n".join(task.summary_lines(result)))
     return EXIT_OK
 
 
@@ -523,74 +458,34 @@ def run_score(args: argparse.Namespace) -> int:
 
 
 def run_features(args: argparse.Namespace) -> int:
-    import time
+    from captioner.datasets import Skipped
+    from captioner.tasks.caption import extract_features
 
-    import keras
-
-    from captioner.config import ModelConfig
-    from captioner.datasets import Skipped, load_split
-    from captioner.encoder import BACKBONES, default_image_size
-    from captioner.errors import CaptionerError
-    from captioner.features import FeatureCache
-    from captioner.models import build_image_encoder
-    from captioner.precision import precision_scope
-
-    if args.encoder not in BACKBONES:
-        raise CaptionerError(f"--encoder must be a pretrained backbone ({', '.join(BACKBONES)}); the small CNN trains with the decoder")
-    keras.utils.set_random_seed(args.seed)  # as train does before building the model, for --encoder-weights none
-    weights = None if args.encoder_weights.lower() == "none" else args.encoder_weights
-    model_config = ModelConfig(encoder=args.encoder, encoder_weights=weights, encoder_trainable=False, precision=args.precision)
-    with precision_scope(args.precision):  # the CNN computes at this precision (part of the cache key unless float32)
-        encoder = build_image_encoder(model_config, default_image_size(args.encoder, 224))
     skipped = Skipped()
-    records = [r for split in args.splits.split(",") if split for r in load_split(args.dataset, args.data_dir, split.strip(), skipped)]
-    cache = FeatureCache(args.cache_dir or str(Path(args.data_dir) / "features"), encoder)
-    started = time.perf_counter()
-    computed = cache.extract([r.image for r in records], batch_size=args.batch_size,
-                             on_error=skipped.unreadable)
-    seconds = time.perf_counter() - started
-    images = len({r.image for r in records})
-    if images and skipped.count("unreadable image") >= images:
-        raise CaptionerError(f"none of the {images} images could be read ({skipped.reasons['unreadable image'][0]})")
+    weights = None if args.encoder_weights.lower() == "none" else args.encoder_weights
+    done = extract_features(args.dataset, args.data_dir, args.splits.split(","), args.encoder, weights, args.cache_dir,
+                            args.batch_size, args.precision, args.seed, skipped)
     _report_skipped(skipped, "entries", args.verbose)
-    rate = f" ({computed / seconds:.1f} images/s)" if computed else ""
-    print(f"{computed} of {images} images computed in {seconds:.0f}s{rate}, the rest were cached; features in {cache.folder}")
+    rate = f" ({done['computed'] / done['seconds']:.1f} images/s)" if done["computed"] else ""
+    print(f"{done['computed']} of {done['images']} images computed in {done['seconds']:.0f}s{rate}, the rest were cached; "
+          f"features in {done['folder']}")
     return EXIT_OK if "unreadable image" not in skipped.reasons else EXIT_PARTIAL
 
 
 def run_ask(args: argparse.Namespace) -> int:
-    from captioner.answering import Answerer
-    from captioner.images import read_image
     from captioner.run import load_run
+    from captioner.tasks.vqa import ask
 
     run = load_run(args.run, task="vqa", precision=args.precision)
-    answerer = Answerer(run.model, run.vocab, run.answers, run.config.vqa.max_question_length)
-    image, (width, height) = read_image(args.image, run.model.encoder.image_size)
-    results: list[dict] = []
-    for question in args.questions:
-        result: dict = {"question": question}
-        encoded = answerer.encode(question)
-        if not encoded.ids:
-            result["error"] = f"question {question!r} has no words; ask something, e.g. \"what color is the circle?\""
-        elif encoded.all_unknown:
-            result["warning"] = f"no word of {question!r} is known to this model; the answer rests on the image alone"
-        elif encoded.unknown_words:
-            result["warning"] = f"word(s) of {question!r} this model never saw, read as <unk>: {', '.join(encoded.unknown_words)}"
-        result["_encoded"] = encoded
-        results.append(result)
-    answerable = [r for r in results if "error" not in r]
-    if answerable:
-        probabilities, _ = answerer(image[None], answerer.question_array([[r["_encoded"] for r in answerable]]))
-        for result, distribution in zip(answerable, probabilities[0]):
-            top = answerer.top(distribution, args.top)
-            result.update(answer=top[0][0], top=[{"answer": a, "probability": p} for a, p in top])
+    answered = ask(run, args.image, args.questions, args.top)
+    results = answered["answers"]
     for result in results:
-        del result["_encoded"]
         for key in ("error", "warning"):
             if key in result:
                 print(f"captioner: {key}: {result[key]}", file=sys.stderr)
+    answerable = [r for r in results if "error" not in r]
     if args.json:
-        print(json.dumps({"image": args.image, "width": width, "height": height, "answers": results}, indent=2))
+        print(json.dumps(answered, indent=2))
     else:
         for result in answerable:
             if len(args.questions) > 1:
@@ -634,37 +529,7 @@ COMMANDS = {
 }
 
 
-# What TensorFlow, absl and oneDNN print on stderr when TensorFlow is imported: start-up chatter, not news.
-_IMPORT_NOISE = re.compile(
-    r"^(WARNING: All log messages before absl::InitializeLog|[IWE]\d{4} [\d:. ]+\d+ \S+\.cc:\d+\]|"
-    r"To enable the following instructions|oneDNN custom operations are on|This TensorFlow binary is optimized)"
-)
 NO_TENSORFLOW = ("data",)  # commands that never import TensorFlow (nor do --help and usage errors)
-
-
-def _import_tensorflow_quietly() -> None:
-    """Import TensorFlow with stderr (the file descriptor: C++ writes there) sent to a temporary file, then
-    pass on every line that is not start-up noise; TensorFlow's own Python logger is set to errors only.
-
-    `--verbose` or CAPTIONER_TF_LOGS=1 skip this: everything TensorFlow says is shown.
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import tensorflow as tf
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-        captured.seek(0)
-        lines = captured.read().decode("utf-8", "replace").splitlines()
-    kept = [line for line in lines if line.strip() and not _IMPORT_NOISE.match(line)]
-    if kept:
-        print("\n".join(kept), file=sys.stderr)
-    tf.get_logger().setLevel("ERROR")  # e.g. retracing notices, which say nothing a user can act on
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -682,7 +547,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "verbose", False) or os.environ.get("CAPTIONER_TF_LOGS", "") not in ("", "0"):
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
         else:
-            _import_tensorflow_quietly()
+            from captioner.backend import import_tensorflow_quietly
+
+            import_tensorflow_quietly()
     try:
         return COMMANDS[args.command](args)
     except CaptionerError as exc:

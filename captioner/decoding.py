@@ -1,12 +1,14 @@
-"""Caption generation, written once: batched greedy and beam search in graph mode.
+"""Caption generation, written once in `keras.ops`: batched greedy and beam search for every Keras backend.
 
 The searches know nothing of the model. They take a step function
 
     step_fn(tokens (n,), state) -> (logits (n, vocab), new_state, attention (n, num_pixels))
 
-and an initial state (a tuple of (n, ...) tensors). `CaptionGenerator` binds a CaptionModel to them inside
-one `tf.function` (encode + search), traced once per input signature, not per batch.
-Decoding stops on the `<end>` id, never on strings.
+and an initial state (a structure of (n, ...) tensors), and loop with `ops.while_loop` until every sequence
+has emitted `<end>` or `max_length` words. `CaptionGenerator` binds a CaptionModel to them (encode + search)
+and compiles that once with the backend's compiler (`captioner.backend.CompiledFunction`: `tf.function` with
+a batch-polymorphic signature on TensorFlow, `jax.jit` on JAX). Decoding stops on the `<end>` id, never on
+strings.
 """
 
 from __future__ import annotations
@@ -14,60 +16,71 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
+from captioner import backend
 from captioner.models import CaptionModel
 from captioner.vocab import Vocabulary
 
-EAGER_BELOW = 8  # batches this small skip tracing while nothing is traced yet (CaptionGenerator.__call__)
-StepFn = Callable[[tf.Tensor, tuple], tuple[tf.Tensor, tuple, tf.Tensor]]
+EAGER_BELOW = 8  # TensorFlow: batches this small skip tracing while nothing is traced yet (CaptionGenerator.__call__)
+StepFn = Callable[..., tuple]
 
 
-def greedy_search(step_fn: StepFn, state: tuple, start_id: int, end_id: int, max_length: int, num_pixels: int = 0):
+def _batch_rows(state) -> int:
+    return ops.shape(keras.tree.flatten(state)[0])[0]
+
+
+def _at(t, max_length: int, dtype: str):
+    """(max_length,) one at position t, zero elsewhere: writes step t into a preallocated sequence."""
+    return ops.cast(ops.equal(ops.arange(max_length, dtype="int32"), t), dtype)
+
+
+def _not_done(max_length: int):
+    def cond(t, tokens, state, finished, *_):
+        return ops.logical_and(ops.less(t, max_length), ops.logical_not(ops.all(finished)))
+
+    return cond
+
+
+def greedy_search(step_fn: StepFn, state, start_id: int, end_id: int, max_length: int, num_pixels: int = 0):
     """Most likely next word at every step, for a whole batch at once.
 
     Returns:
         tokens (batch, max_length) int32, 0 after `<end>`; scores (batch,) summed log-probabilities;
         attention (batch, max_length, num_pixels), zero after `<end>`.
     """
-    batch = tf.shape(tf.nest.flatten(state)[0])[0]
+    batch = _batch_rows(state)
 
-    def body(t, tokens, state, finished, scores, token_array, attention_array):
+    def body(t, tokens, state, finished, scores, sequences, attentions):
         logits, state, attention = step_fn(tokens, state)  # (batch, vocab), ..., (batch, num_pixels)
-        log_probs = tf.nn.log_softmax(logits)  # (batch, vocab)
-        next_tokens = tf.argmax(log_probs, axis=-1, output_type=tf.int32)  # (batch,)
-        next_tokens = tf.where(finished, 0, next_tokens)
-        gained = tf.gather(log_probs, next_tokens, batch_dims=1)  # (batch,)
-        scores += tf.where(finished, 0.0, gained)
-        attention = tf.where(finished[:, None], 0.0, attention)  # (batch, num_pixels)
-        token_array = token_array.write(t, next_tokens)
-        attention_array = attention_array.write(t, attention)
-        finished = finished | tf.equal(next_tokens, end_id)
-        return t + 1, next_tokens, state, finished, scores, token_array, attention_array
-
-    def not_done(t, tokens, state, finished, *_):
-        return tf.logical_and(t < max_length, tf.logical_not(tf.reduce_all(finished)))
+        log_probs = ops.log_softmax(logits, axis=-1)  # (batch, vocab)
+        next_tokens = ops.where(finished, 0, ops.cast(ops.argmax(log_probs, axis=-1), "int32"))  # (batch,)
+        gained = ops.take_along_axis(log_probs, next_tokens[:, None], axis=1)[:, 0]  # (batch,)
+        scores = scores + ops.where(finished, 0.0, gained)
+        attention = ops.where(finished[:, None], 0.0, attention)  # (batch, num_pixels)
+        sequences = sequences + next_tokens[:, None] * _at(t, max_length, "int32")[None, :]  # (batch, max_length)
+        attentions = attentions + attention[:, None, :] * _at(t, max_length, "float32")[None, :, None]
+        finished = ops.logical_or(finished, ops.equal(next_tokens, end_id))
+        return t + 1, next_tokens, state, finished, scores, sequences, attentions
 
     loop = (
-        tf.constant(0),
-        tf.fill([batch], tf.constant(start_id, tf.int32)),
+        ops.convert_to_tensor(0, "int32"),
+        ops.full((batch,), start_id, "int32"),
         state,
-        tf.zeros([batch], tf.bool),
-        tf.zeros([batch], tf.float32),
-        tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=tf.TensorShape([None])),
-        tf.TensorArray(tf.float32, size=0, dynamic_size=True, element_shape=tf.TensorShape([None, num_pixels])),
+        ops.zeros((batch,), "bool"),
+        ops.zeros((batch,), "float32"),
+        ops.zeros((batch, max_length), "int32"),
+        ops.zeros((batch, max_length, num_pixels), "float32"),
     )
-    steps, _, _, _, scores, token_array, attention_array = tf.while_loop(not_done, body, loop, maximum_iterations=max_length)
-    pad = max_length - steps
-    tokens = tf.pad(tf.transpose(token_array.stack()), [[0, 0], [0, pad]])  # (batch, max_length)
-    attention = tf.pad(tf.transpose(attention_array.stack(), [1, 0, 2]), [[0, 0], [0, pad], [0, 0]])  # (batch, max_length, num_pixels)
+    *_, scores, tokens, attention = ops.while_loop(_not_done(max_length), body, loop, maximum_iterations=max_length)
     return tokens, scores, attention
 
 
 def beam_search(
     step_fn: StepFn,
-    state: tuple,
+    state,
     start_id: int,
     end_id: int,
     max_length: int,
@@ -79,63 +92,60 @@ def beam_search(
 
     Finished beams stay in the beam with a frozen score and compete with the live ones; the winner is the
     beam with the best score / length**length_penalty. If no beam reaches `<end>` by `max_length`, the best
-    unfinished beam is returned (no crash, no empty caption).
+    unfinished beam is returned (no crash, no empty caption). Every per-beam array is kept flat, (batch*k, ...),
+    so reordering beams is one `ops.take` of rows.
 
     Returns:
         tokens (batch, max_length) int32, 0 after `<end>`; scores (batch,) length-normalised log-probabilities;
         attention (batch, max_length, num_pixels).
     """
     k = beam_size
-    flat = tf.shape(tf.nest.flatten(state)[0])[0]
+    flat = _batch_rows(state)
     batch = flat // k
     # Only beam 0 is live at the start, so the k beams do not all pick the same first word.
-    beam_scores = tf.tile(tf.concat([[0.0], tf.fill([k - 1], -1e9)], 0)[None, :], [batch, 1])  # (batch, k)
-    offsets = (tf.range(batch) * k)[:, None]  # (batch, 1)
+    first = ops.convert_to_tensor(np.array([0.0] + [-1e9] * (k - 1), np.float32))  # (k,)
+    offsets = (ops.arange(batch, dtype="int32") * k)[:, None]  # (batch, 1)
 
     def body(t, tokens, state, finished, beam_scores, lengths, sequences, attentions):
         logits, state, attention = step_fn(tokens, state)  # (batch*k, vocab), ..., (batch*k, num_pixels)
-        vocab = tf.shape(logits)[-1]
-        log_probs = tf.reshape(tf.nn.log_softmax(logits), [batch, k, vocab])  # (batch, k, vocab)
+        vocab = logits.shape[-1]
+        log_probs = ops.reshape(ops.log_softmax(logits, axis=-1), (batch, k, vocab))  # (batch, k, vocab)
         # A finished beam may only emit <pad> at no cost, so its score is carried unchanged.
-        pad_only = tf.concat([tf.zeros([1]), tf.fill([vocab - 1], -1e9)], 0)  # (vocab,)
-        log_probs = tf.where(finished[:, :, None], pad_only[None, None, :], log_probs)
-        candidates = tf.reshape(beam_scores[:, :, None] + log_probs, [batch, k * vocab])  # (batch, k*vocab)
-        beam_scores, index = tf.math.top_k(candidates, k=k)  # (batch, k) each
-        parent = index // vocab  # (batch, k)
-        token = index % vocab  # (batch, k)
-        rows = tf.reshape(parent + offsets, [-1])  # (batch*k,)
-        state = tf.nest.map_structure(lambda s: tf.gather(s, rows), state)
-        was_finished = tf.gather(finished, parent, batch_dims=1)  # (batch, k)
-        lengths = tf.gather(lengths, parent, batch_dims=1) + tf.cast(~was_finished, tf.float32)
-        step_mask = tf.one_hot(t, max_length, dtype=tf.int32)  # (max_length,)
-        sequences = tf.gather(sequences, parent, batch_dims=1) + token[:, :, None] * step_mask  # (batch, k, max_length)
-        attention = tf.reshape(tf.gather(attention, rows), [batch, k, 1, num_pixels])
-        attention = tf.where(was_finished[:, :, None, None], 0.0, attention)
-        attentions = tf.gather(attentions, parent, batch_dims=1) + attention * tf.cast(step_mask, tf.float32)[:, None]
-        finished = was_finished | tf.equal(token, end_id)
-        return t + 1, tf.reshape(token, [-1]), state, finished, beam_scores, lengths, sequences, attentions
-
-    def not_done(t, tokens, state, finished, *_):
-        return tf.logical_and(t < max_length, tf.logical_not(tf.reduce_all(finished)))
+        pad_only = ops.convert_to_tensor(np.array([0.0] + [-1e9] * (vocab - 1), np.float32))  # (vocab,)
+        log_probs = ops.where(ops.reshape(finished, (batch, k, 1)), pad_only[None, None, :], log_probs)
+        candidates = ops.reshape(beam_scores[:, :, None] + log_probs, (batch, k * vocab))  # (batch, k*vocab)
+        beam_scores, index = ops.top_k(candidates, k=k)  # (batch, k) each
+        index = ops.cast(index, "int32")
+        rows = ops.reshape(index // vocab + offsets, (-1,))  # (batch*k,) the parent beam of each new beam
+        token = ops.reshape(index % vocab, (-1,))  # (batch*k,)
+        state = keras.tree.map_structure(lambda s: ops.take(s, rows, axis=0), state)
+        was_finished = ops.take(finished, rows, axis=0)  # (batch*k,)
+        lengths = ops.take(lengths, rows, axis=0) + ops.cast(ops.logical_not(was_finished), "float32")
+        sequences = ops.take(sequences, rows, axis=0) + token[:, None] * _at(t, max_length, "int32")[None, :]
+        attention = ops.where(was_finished[:, None], 0.0, ops.take(attention, rows, axis=0))  # (batch*k, num_pixels)
+        attentions = ops.take(attentions, rows, axis=0) + attention[:, None, :] * _at(t, max_length, "float32")[None, :, None]
+        finished = ops.logical_or(was_finished, ops.equal(token, end_id))
+        return t + 1, token, state, finished, beam_scores, lengths, sequences, attentions
 
     loop = (
-        tf.constant(0),
-        tf.fill([flat], tf.constant(start_id, tf.int32)),
+        ops.convert_to_tensor(0, "int32"),
+        ops.full((flat,), start_id, "int32"),
         state,
-        tf.zeros([batch, k], tf.bool),
-        beam_scores,
-        tf.zeros([batch, k], tf.float32),
-        tf.zeros([batch, k, max_length], tf.int32),
-        tf.zeros([batch, k, max_length, num_pixels], tf.float32),
+        ops.zeros((flat,), "bool"),
+        ops.zeros((batch, k), "float32") + first[None, :],  # (batch, k)
+        ops.zeros((flat,), "float32"),
+        ops.zeros((flat, max_length), "int32"),
+        ops.zeros((flat, max_length, num_pixels), "float32"),
     )
-    _, _, _, finished, beam_scores, lengths, sequences, attentions = tf.while_loop(
-        not_done, body, loop, maximum_iterations=max_length
+    *_, beam_scores, lengths, sequences, attentions = ops.while_loop(
+        _not_done(max_length), body, loop, maximum_iterations=max_length
     )
-    normalised = beam_scores / tf.pow(tf.maximum(lengths, 1.0), length_penalty)  # (batch, k)
-    best = tf.argmax(normalised, axis=-1, output_type=tf.int32)  # (batch,)
-    tokens = tf.gather(sequences, best, batch_dims=1)  # (batch, max_length)
+    normalised = beam_scores / ops.power(ops.maximum(ops.reshape(lengths, (batch, k)), 1.0), length_penalty)  # (batch, k)
+    best = ops.cast(ops.argmax(normalised, axis=-1), "int32")  # (batch,)
+    winners = best + offsets[:, 0]  # (batch,) rows of the flat arrays
     # <pad> steps of a finished beam already hold 0; nothing follows <end>.
-    return tokens, tf.gather(normalised, best, batch_dims=1), tf.gather(attentions, best, batch_dims=1)
+    score = ops.take_along_axis(normalised, best[:, None], axis=1)[:, 0]  # (batch,)
+    return ops.take(sequences, winners, axis=0), score, ops.take(attentions, winners, axis=0)
 
 
 @dataclass
@@ -168,14 +178,12 @@ class CaptionGenerator:
         self.beam_size = int(beam_size)
         self.length_penalty = float(length_penalty)
         size = model.encoder.image_size
-        spec = tf.TensorSpec((None, size, size, 3), tf.uint8)
-        # One trace serves every batch size; `trace_count` lets tests and benchmarks check that.
-        self.trace_count = 0
-        self._generate = tf.function(self._traced, input_signature=[spec])
+        # One trace serves every batch size (JAX: a handful of padded sizes); `trace_count` lets tests check it.
+        self._generate = backend.CompiledFunction(self._search, model.variables, [((None, size, size, 3), "uint8")])
 
-    def _traced(self, images):
-        self.trace_count += 1  # Python side effect: runs only while tracing
-        return self._search(images)
+    @property
+    def trace_count(self) -> int:
+        return self._generate.trace_count
 
     def _search(self, images):
         decoder = self.model.decoder
@@ -185,18 +193,18 @@ class CaptionGenerator:
         num_pixels = self.model.encoder.num_pixels if decoder.uses_attention else 0
         if self.beam_size > 1:
             # Beams of one image share its memory: repeat once here; beam reordering never moves rows across images.
-            state, memory = tf.nest.map_structure(lambda s: tf.repeat(s, self.beam_size, axis=0), (state, memory))
+            state, memory = keras.tree.map_structure(lambda s: ops.repeat(s, self.beam_size, axis=0), (state, memory))
 
         # Words a caption may never contain: <pad>, <start> and <unk> (a word the vocabulary cut off is never an
         # answer; the model's next most likely word is). Finished beams emit <pad> outside this step.
         banned = np.zeros(len(self.vocab), np.float32)
         banned[[self.vocab.pad_id, self.vocab.start_id, self.vocab.unk_id]] = -1e9
-        banned = tf.constant(banned)  # (vocab,)
+        banned = ops.convert_to_tensor(banned)  # (vocab,)
 
         def step_fn(tokens, state):
             logits, state, attention = decoder.step(tokens, state, memory)  # (n, vocab), ..., (n, num_pixels)
             # Scores and softmax in float32 whatever the compute precision (captioner.precision).
-            return tf.cast(logits, tf.float32) + banned, state, tf.cast(attention, tf.float32)
+            return ops.cast(logits, "float32") + banned, state, ops.cast(attention, "float32")
 
         start, end = self.vocab.start_id, self.vocab.end_id
         if self.beam_size == 1:
@@ -206,11 +214,11 @@ class CaptionGenerator:
     def __call__(self, images: np.ndarray) -> Generated:
         """Captions for a uint8 batch (batch, size, size, 3).
 
-        Until the search has been traced, a batch of fewer than EAGER_BELOW images is searched eagerly: tracing
-        costs about a second, more than an eager search of a few images (`captioner caption photo.jpg`).
+        On TensorFlow, until the search has been traced, a batch of fewer than EAGER_BELOW images is searched
+        eagerly: tracing costs about a second, more than an eager search of a few images (`captioner caption photo.jpg`).
         The same operations run either way (a test checks the captions are equal).
         """
-        images = tf.convert_to_tensor(images, tf.uint8)  # (batch, size, size, 3)
-        search = self._search if self.trace_count == 0 and images.shape[0] < EAGER_BELOW else self._generate
-        tokens, scores, attention = (t.numpy() for t in search(images))
+        images = np.asarray(images, np.uint8)  # (batch, size, size, 3)
+        small = self.trace_count == 0 and len(images) < EAGER_BELOW and backend.name() == "tensorflow"
+        tokens, scores, attention = (self._generate.eager if small else self._generate)(images)
         return Generated(tokens, scores, attention, [self.vocab.decode(row) for row in tokens])

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from captioner.answering import Answerer
 from captioner.datasets import CaptionRecord, QARecord, Skipped, load_qa_split, load_split
@@ -27,7 +26,7 @@ from captioner.metrics import (
     oracle_bleu,
     text_scores,
 )
-from captioner.preprocessing import group_questions, image_dataset, pipeline_error, question_arrays
+from captioner.preprocessing import group_questions, image_dataset, PipelineFailure, pipeline_error, question_arrays
 from captioner.run import Run, update_metrics
 from captioner.vocab import tokenize
 
@@ -46,7 +45,7 @@ def _readable_batches(paths: Sequence[str], image_size: int, batch_size: int, on
     try:
         for start, (images, readable) in zip(range(0, len(paths), batch_size), batches):
             yield start, images.numpy(), readable.numpy()
-    except tf.errors.OpError as exc:
+    except PipelineFailure as exc:
         raise pipeline_error(exc) from None
 
 

@@ -24,18 +24,10 @@ import numpy as np
 
 from captioner.encoder import ImageEncoder
 from captioner.errors import CaptionerError
-from captioner.fileio import atomic_path, write_json
+from captioner.fileio import atomic_path, file_sha256, write_json
 from captioner.images import try_load_image
 
 INDEX_FILE = "index.json"
-
-
-def file_digest(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def encoder_digest(encoder: ImageEncoder) -> str:
@@ -86,7 +78,7 @@ class FeatureCache:
 
         def digest(path: str) -> str | None:
             try:
-                return file_digest(path)
+                return file_sha256(path)
             except OSError:
                 return None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import socket
@@ -150,3 +151,12 @@ def directory_lock(directory: str | os.PathLike, doing: str = "trained") -> Iter
             with contextlib.suppress(OSError):
                 directory.rmdir()
         os.close(fd)
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read 1 MiB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -15,6 +15,7 @@ from typing import Iterator
 
 import keras
 
+from captioner.backend import gpu_compute_capabilities
 from captioner.config import PRECISIONS
 
 
@@ -27,16 +28,7 @@ def fast_bfloat16() -> bool:
         flags = ""
     if "amx_bf16" in flags or "avx512_bf16" in flags:
         return True
-    try:
-        import tensorflow as tf
-
-        for gpu in tf.config.list_physical_devices("GPU"):
-            capability = tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0))
-            if tuple(capability) >= (8, 0):
-                return True
-    except Exception:  # no TensorFlow GPU support: the CPU answer stands
-        pass
-    return False
+    return any(capability >= (8, 0) for capability in gpu_compute_capabilities())
 
 
 def resolve_precision(name: str) -> str:

@@ -69,6 +69,9 @@ def image_dataset(paths: Sequence[str], image_size: int, on_error: Callable[[str
     return tf.data.Dataset.from_tensor_slices(list(paths)).map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
+PipelineFailure = tf.errors.OpError  # what iterating a tf.data pipeline raises when a map function fails
+
+
 def pipeline_error(exc: Exception) -> CaptionerError:
     """One line for an error raised inside a tf.data pipeline: the CaptionerError it carries, else its first line."""
     text = str(getattr(exc, "message", exc))

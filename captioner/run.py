@@ -19,7 +19,7 @@ import keras
 from captioner import __version__
 from captioner.config import FORMAT_VERSION, RunConfig
 from captioner.errors import CaptionerError
-from captioner.fileio import atomic_path, write_json, write_text
+from captioner.fileio import atomic_path, file_sha256, write_json, write_text
 from captioner.models import CaptionModel, VQAModel
 from captioner.precision import precision_scope
 from captioner.vocab import AnswerVocabulary, Vocabulary
@@ -43,21 +43,13 @@ class Run:
     answers: AnswerVocabulary | None = None  # VQA runs only
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(run_dir: Path, also_accept: dict[str, str] | None = None) -> None:
     """manifest.json: the SHA-256 of every file a load reads, and the versions that wrote them.
 
     `also_accept` adds a second accepted hash for a file about to be replaced, so that a kill between
     the manifest write and the replacement leaves a run that still loads (old file, old hash listed).
     """
-    files = {name: [sha256(run_dir / name)] for name in CHECKED_FILES if (run_dir / name).exists()}
+    files = {name: [file_sha256(run_dir / name)] for name in CHECKED_FILES if (run_dir / name).exists()}
     for name, digest in (also_accept or {}).items():
         files.setdefault(name, []).append(digest)
     write_json(run_dir / MANIFEST_FILE, {"captioner_version": __version__, "format_version": FORMAT_VERSION, "sha256": files})
@@ -68,7 +60,7 @@ def save_model(model: keras.Model, path: str | Path) -> None:
     path = Path(path)
     with atomic_path(path) as tmp:
         model.save(tmp)
-        write_manifest(path.parent, also_accept={path.name: sha256(tmp)})
+        write_manifest(path.parent, also_accept={path.name: file_sha256(tmp)})
     write_manifest(path.parent)
 
 
@@ -83,7 +75,7 @@ def verify_manifest(run_dir: Path) -> None:
     if ANSWERS_FILE in listed and ANSWERS_FILE not in required:
         raise CaptionerError(f"{run_dir} is missing {ANSWERS_FILE}, which manifest.json lists; the run directory is damaged")
     for name in required:
-        if sha256(run_dir / name) not in accepted[name]:
+        if file_sha256(run_dir / name) not in accepted[name]:
             raise CaptionerError(f"{run_dir / name} does not match manifest.json: it changed or was damaged after training")
 
 
@@ -169,6 +161,14 @@ def _names_class(node: Any, class_name: str) -> bool:
     if isinstance(node, list):
         return any(_names_class(v, class_name) for v in node)
     return False
+
+
+def stored_task(run_dir: str | Path) -> str:
+    """The task a run directory's config.json names; "caption" when it cannot tell (load_run then says why)."""
+    try:
+        return str(json.loads((Path(run_dir) / CONFIG_FILE).read_text(encoding="utf-8")).get("task", "caption"))
+    except (OSError, ValueError, AttributeError):
+        return "caption"
 
 
 def load_run(run_dir: str | Path, task: str = "caption", precision: str | None = None) -> Run:

@@ -1,4 +1,4 @@
-"""Training: records -> vocabulary -> tf.data -> CaptionModel or VQAModel .fit -> a run directory.
+"""Training: one fit loop for every task (captioner.tasks: records -> vocabulary -> tf.data -> model) -> a run directory.
 
 Adam with global-norm clipping, validation loss every epoch, the best epoch kept as model.keras (written
 atomically), early stopping, and history/metrics written as JSON after every epoch.
@@ -7,28 +7,22 @@ atomically), early stopping, and history/metrics written as JSON after every epo
 from __future__ import annotations
 
 import contextlib
-import os
 import resource
 import shutil
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import keras
-import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from captioner.config import DERIVED, RESUMABLE, RunConfig, flatten, resume_changes, with_settings
-from captioner.datasets import QARecord, Skipped, load_qa_split, load_split
-from captioner.encoder import BACKBONES, ImageEncoder, default_image_size
+from captioner.datasets import Skipped
 from captioner.errors import CaptionerError
 from captioner.fileio import atomic_path, directory_lock, is_disk_full, remove_stale_temporaries, write_json
-from captioner.models import build_caption_model, build_vqa_model
+from captioner.models import resolve_auto
 from captioner.precision import precision_scope, resolve_precision
-from captioner.features import FeatureCache
-from captioner.preprocessing import caption_dataset, feature_caption_dataset, group_questions, pipeline_error, vqa_dataset
+from captioner.preprocessing import PipelineFailure, pipeline_error
 from captioner.run import (
     ANSWERS_FILE,
     CONFIG_FILE,
@@ -38,15 +32,14 @@ from captioner.run import (
     MODEL_FILE,
     VOCAB_FILE,
     load_config,
-    load_run,
     read_json,
     save_config,
     save_model,
     update_metrics,
     write_manifest,
 )
+from captioner.tasks import get_task
 from captioner.viz import history_figure
-from captioner.vocab import AnswerVocabulary, Vocabulary, tokenize
 
 BACKUP_DIR = "backup"  # keras.callbacks.BackupAndRestore state (weights, optimizer, epoch); kept when training ends
 REQUEST_FILE = "request.json"  # the settings the command that started the run asked for (compared on a resume)
@@ -129,30 +122,6 @@ class RunLog(keras.callbacks.Callback):
         }
 
 
-class AnsweredAccuracy(keras.metrics.Metric):
-    """Top-1 accuracy over real questions: padding slots and `<other>` targets (id 0) are left out, and
-    `<other>` is never the prediction (as at inference)."""
-
-    def __init__(self, name="accuracy", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.correct = self.add_variable(shape=(), initializer="zeros", name="correct")
-        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        y_true = ops.cast(y_true, "int32")  # (batch, questions)
-        predicted = ops.argmax(y_pred[..., 1:], axis=-1) + 1  # (batch, questions)
-        real = ops.cast(ops.not_equal(y_true, 0), "float32")  # (batch, questions)
-        self.correct.assign_add(ops.sum(ops.cast(ops.equal(ops.cast(predicted, "int32"), y_true), "float32") * real))
-        self.total.assign_add(ops.sum(real))
-
-    def result(self):
-        return self.correct / ops.maximum(self.total, 1.0)
-
-    def reset_state(self):
-        self.correct.assign(0.0)
-        self.total.assign(0.0)
-
-
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
     """EarlyStopping whose best value and patience count survive a resume."""
 
@@ -184,194 +153,6 @@ def _clear_run(run_dir: Path) -> None:
     for name in (MODEL_FILE, VOCAB_FILE, ANSWERS_FILE, CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MANIFEST_FILE, REQUEST_FILE, "history.png"):
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
-
-
-def _on_disk(records: list, split: str, skipped: Skipped) -> list:
-    """The records whose image file can be opened; the others are skipped and counted (missing, or in a folder
-    this user may not read), and a split left with none is an error."""
-    kept, first_problem = [], ""
-    for record in records:
-        try:
-            os.stat(record.image)
-            kept.append(record)
-        except (FileNotFoundError, NotADirectoryError):
-            skipped.add("image not on disk", record.image)
-            first_problem = first_problem or f"{record.image}: no such file"
-        except OSError as exc:
-            skipped.add("unreadable image", f"{record.image}: {exc.strerror}")
-            first_problem = first_problem or f"{record.image}: {exc.strerror}"
-    if not kept:
-        raise CaptionerError(f"none of the {len(records)} images of the {split} split can be read (first: {first_problem})")
-    return kept
-
-
-@dataclass
-class _Setup:
-    """What a task hands the shared training loop."""
-
-    config: RunConfig
-    model: keras.Model
-    loss: keras.losses.Loss
-    metrics: list
-    train_data: Any  # tf.data.Dataset
-    val_data: Any
-    train_images: int  # image encodings per epoch
-    train_items: int  # captions or questions per epoch
-    item_name: str  # "captions" or "questions"
-    stats: dict[str, Any]  # task-specific lines for metrics.json
-
-
-def _caption_setup(config: RunConfig, run_dir: Path, resuming: bool, verbose: int | str, skipped: Skipped) -> _Setup:
-    data, train_cfg = config.data, config.train
-    train_records = load_split(data.dataset, data.data_dir, train_cfg.train_split, skipped)[: train_cfg.max_train_images]
-    val_records = load_split(data.dataset, data.data_dir, train_cfg.val_split, skipped)[: train_cfg.max_val_images]
-    train_records = _on_disk(train_records, train_cfg.train_split, skipped)
-    val_records = _on_disk(val_records, train_cfg.val_split, skipped)
-    image_size = default_image_size(config.model.encoder, data.image_size)
-    if resuming:  # the same command again: continue with the vocabulary the run started with
-        vocab = Vocabulary.load(run_dir / VOCAB_FILE)
-    else:
-        vocab = Vocabulary.build((c for r in train_records for c in r.captions), min_count=data.min_word_count)
-        # Pad to the longest training caption (or a percentile of the lengths), not further: padded steps cost time.
-        lengths = [len(tokenize(c)) for r in train_records for c in r.captions]
-        longest = int(np.ceil(np.percentile(lengths, data.max_length_percentile)))
-        data = replace(data, image_size=image_size, data_dir=str(Path(data.data_dir).resolve()), max_caption_length=min(data.max_caption_length, longest))
-        config = replace(config, data=data)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        vocab.save(run_dir / VOCAB_FILE)
-        save_config(config, run_dir)
-    model = build_caption_model(config.model, len(vocab), image_size)
-    stats: dict[str, Any] = {"vocab_size": len(vocab), "unknown_word_rate_val": vocab.unknown_rate(c for r in val_records for c in r.captions)}
-
-    if config.model.encoder in BACKBONES and not model.encoder.encoder_trainable:
-        # A frozen pretrained CNN: run it once per image (cached on disk), then train on its features.
-        cache_dir = data.feature_cache_dir or str(Path(data.data_dir) / "features")
-        cache = FeatureCache(cache_dir, model.encoder)
-        unreadable: set[str] = set()
-
-        def unusable(path: str, message: str) -> None:
-            unreadable.add(path)
-            skipped.unreadable(path, message)
-
-        computed = cache.extract([r.image for r in train_records + val_records], verbose=verbose != 0, on_error=unusable)
-        train_records = [r for r in train_records if r.image not in unreadable]
-        val_records = [r for r in val_records if r.image not in unreadable]
-        for split, records in ((train_cfg.train_split, train_records), (train_cfg.val_split, val_records)):
-            if not records:
-                raise CaptionerError(f"none of the images of the {split} split could be read ({skipped.summary('entries')})")
-
-        def batches(records, shuffle):
-            features = cache.load([r.image for r in records])  # (images, num_pixels, encoder_dim) float16
-            return feature_caption_dataset(features, records, vocab, data.captions_per_image, data.max_caption_length,
-                                           train_cfg.batch_size, shuffle=shuffle, seed=train_cfg.seed)
-
-        stats.update(feature_cache=str(cache.folder), features_computed=computed)
-    else:
-
-        def batches(records, shuffle):
-            split = train_cfg.train_split if shuffle else train_cfg.val_split
-            return caption_dataset(
-                records, vocab, image_size, data.captions_per_image, data.max_caption_length,
-                train_cfg.batch_size, shuffle=shuffle, seed=train_cfg.seed, cache=data.cache_images,
-                on_error=skipped.unreadable, what=f"images of the {split} split",
-            )
-
-    return _Setup(
-        config=config,
-        model=model,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=vocab.pad_id),
-        metrics=[],
-        train_data=batches(train_records, True),
-        val_data=batches(val_records, False),
-        train_images=len(train_records),
-        train_items=len(train_records) * data.captions_per_image,
-        item_name="captions",
-        stats={"train_images": len(train_records), "val_images": len(val_records), **stats},
-    )
-
-
-def _first_images(records: list[QARecord], limit: int | None) -> list[QARecord]:
-    """The questions of the first `limit` distinct images (all when limit is None)."""
-    if limit is None:
-        return records
-    kept: set[str] = set()
-    result = []
-    for record in records:
-        if record.image not in kept and len(kept) >= limit:
-            continue
-        kept.add(record.image)
-        result.append(record)
-    return result
-
-
-def _shared_encoder(source: str, fine_tune: bool) -> ImageEncoder:
-    """A copy of a trained captioning run's ImageEncoder, weights included (frozen unless fine_tune)."""
-    run = load_run(source, task="caption")
-    original = run.model.encoder
-    encoder = ImageEncoder.from_config(original.get_config())
-    size = encoder.image_size
-    encoder.build((None, size, size, 3))
-    encoder.set_weights(original.get_weights())
-    encoder.trainable = fine_tune
-    return encoder
-
-
-def _vqa_setup(config: RunConfig, run_dir: Path, resuming: bool, verbose: int | str, skipped: Skipped) -> _Setup:
-    data, train_cfg, vqa = config.data, config.train, config.vqa
-    train_records = _first_images(load_qa_split(data.dataset, data.data_dir, train_cfg.train_split, skipped), train_cfg.max_train_images)
-    val_records = _first_images(load_qa_split(data.dataset, data.data_dir, train_cfg.val_split, skipped), train_cfg.max_val_images)
-    train_records = _on_disk(train_records, train_cfg.train_split, skipped)
-    val_records = _on_disk(val_records, train_cfg.val_split, skipped)
-    encoder = _shared_encoder(vqa.encoder_from, vqa.fine_tune_encoder) if vqa.encoder_from else None
-    image_size = encoder.image_size if encoder is not None else default_image_size(config.model.encoder, data.image_size)
-    if resuming:
-        vocab = Vocabulary.load(run_dir / VOCAB_FILE)
-        answers = AnswerVocabulary.load(run_dir / ANSWERS_FILE)
-    else:
-        vocab = Vocabulary.build((r.question for r in train_records), min_count=data.min_word_count)
-        answers = AnswerVocabulary.build((r.answer for r in train_records), max_size=vqa.num_answers)
-        longest = max(len(tokenize(r.question)) for r in train_records)
-        data = replace(data, image_size=image_size, data_dir=str(Path(data.data_dir).resolve()) if data.data_dir else "")
-        vqa = replace(vqa, max_question_length=min(vqa.max_question_length, longest),
-                      encoder_from=str(Path(vqa.encoder_from).resolve()) if vqa.encoder_from else None)
-        config = replace(config, data=data, vqa=vqa)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        vocab.save(run_dir / VOCAB_FILE)
-        answers.save(run_dir / ANSWERS_FILE)
-        save_config(config, run_dir)
-
-    def batches(records, shuffle):
-        groups = group_questions(records, vqa.questions_per_image)
-        split = train_cfg.train_split if shuffle else train_cfg.val_split
-        dataset = vqa_dataset(
-            groups, vocab, answers, image_size, vqa.questions_per_image, vqa.max_question_length,
-            train_cfg.batch_size, shuffle=shuffle, seed=train_cfg.seed, cache=data.cache_images,
-            on_error=skipped.unreadable, what=f"images of the {split} split",
-        )
-        return dataset, len(groups)
-
-    train_data, train_groups = batches(train_records, True)
-    val_data, _ = batches(val_records, False)
-    return _Setup(
-        config=config,
-        model=build_vqa_model(config, len(vocab), len(answers), image_size, encoder),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=AnswerVocabulary.other_id),
-        metrics=[AnsweredAccuracy()],
-        train_data=train_data,
-        val_data=val_data,
-        train_images=train_groups,
-        train_items=len(train_records),
-        item_name="questions",
-        stats={
-            "train_images": len({r.image for r in train_records}),
-            "train_questions": len(train_records),
-            "val_questions": len(val_records),
-            "vocab_size": len(vocab),
-            "num_answers": len(answers),
-            "val_answer_coverage": answers.coverage(r.answer for r in val_records),
-            "unknown_word_rate_val": vocab.unknown_rate(r.question for r in val_records),
-        },
-    )
 
 
 def _as_requested(config: RunConfig) -> dict[str, Any]:
@@ -480,14 +261,13 @@ def _train(
             write_json(run_dir / REQUEST_FILE, _as_requested(requested))
         if finished is not None:
             update_metrics(run_dir, {"status": "training"})
-    if config.task not in ("caption", "vqa"):
-        raise CaptionerError(f"unknown task '{config.task}'; use caption or vqa")
-    if not resuming:  # "auto" becomes what this machine runs fast, and config.json says which
-        config = with_settings(config, {"model.precision": resolve_precision(config.model.precision)})
+    task = get_task(config.task)
+    if not resuming:  # every "auto" becomes what is built (the precision: what this machine runs fast); config.json says which
+        config = resolve_auto(with_settings(config, {"model.precision": resolve_precision(config.model.precision)}))
     scope.enter_context(precision_scope(config.model.precision))  # every layer is built (and trained) at it
     keras.utils.set_random_seed(config.train.seed)
     skipped = skipped if skipped is not None else Skipped()
-    setup = (_caption_setup if config.task == "caption" else _vqa_setup)(config, run_dir, resuming, verbose, skipped)
+    setup = task.setup(config, run_dir, resuming, verbose, skipped)
     if not resuming:
         write_json(run_dir / REQUEST_FILE, _as_requested(requested))  # what a later command is compared with
     train_cfg, model = setup.config.train, setup.model
@@ -497,7 +277,7 @@ def _train(
         metrics=setup.metrics,
     )
     checkpoint = BestCheckpoint(run_dir / MODEL_FILE)
-    log = RunLog(run_dir / HISTORY_FILE, setup.train_images, setup.train_items, setup.item_name)
+    log = RunLog(run_dir / HISTORY_FILE, setup.train_images, setup.train_items, task.item_name)
     early_stopping = ResumableEarlyStopping(monitor="val_loss", patience=train_cfg.patience)
     backup = FinalBackup(run_dir / BACKUP_DIR, save_freq=train_cfg.backup_every_steps, double_checkpoint=True, delete_checkpoint=False)
     if resuming:
@@ -511,7 +291,7 @@ def _train(
     started = time.perf_counter()
     try:
         model.fit(setup.train_data, validation_data=setup.val_data, epochs=train_cfg.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
-    except tf.errors.OpError as exc:  # raised inside tf.data (every image of a split unreadable, ...): one line
+    except PipelineFailure as exc:  # raised inside tf.data (every image of a split unreadable, ...): one line
         raise pipeline_error(exc) from None
     except CaptionerError:
         raise
@@ -535,7 +315,7 @@ def _train(
                 "best_val_loss": checkpoint.best,
                 **setup.stats,
                 # after training: images the pipeline could not decode are known only once read
-                "skipped": skipped.summary("entries" if config.task == "caption" else "questions"),
+                "skipped": skipped.summary(task.skipped_item),
                 "optimizer_iterations": int(model.optimizer.iterations.numpy()),
                 "seconds": elapsed,
                 **log.throughput(),

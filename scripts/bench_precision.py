@@ -15,6 +15,8 @@ attention projections, scores, context and gate, per caption-word; initial state
 image) and with TensorFlow's profiler for the CNNs (Conv2D, MatMul, ...; no loops inside a CNN). A training
 step is counted as 3x its forward FLOPs (backward = 2x forward), the frozen CNN of the cached path as 0.
 
+Under KERAS_BACKEND=jax the peaks and the steps are JAX's (jax.jit); CNN FLOPs are counted only under TensorFlow.
+
     python scripts/bench_precision.py [--steps 10] [--precisions float32,mixed_bfloat16] [--skip decode]
 """
 
@@ -30,6 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from captioner.backend import CompiledFunction
 from captioner.config import ModelConfig, preset
 from captioner.decoding import CaptionGenerator
 from captioner.models import build_caption_model, build_image_encoder
@@ -37,20 +40,27 @@ from captioner.precision import precision_scope
 from captioner.vocab import Vocabulary
 
 
-def matmul_peak(dtype: tf.DType, n: int = 2048, reps: int = 20) -> float:
-    """GFLOP/s of an n x n matmul in a tf.function."""
-    a, b = (tf.cast(tf.random.normal((n, n)), dtype) for _ in range(2))
-    product = tf.function(tf.linalg.matmul)
-    product(a, b).numpy()
+def matmul_peak(dtype: str, n: int = 2048, reps: int = 20) -> float:
+    """GFLOP/s of an n x n matmul compiled by the backend (a tf.function, or jax.jit)."""
+    a, b = (keras.ops.cast(keras.random.normal((n, n), seed=i), dtype) for i in range(2))
+    if keras.backend.backend() == "jax":
+        import jax
+
+        product, wait = jax.jit(keras.ops.matmul), lambda x: x.block_until_ready()
+    else:
+        product, wait = tf.function(tf.linalg.matmul), lambda x: x.numpy()
+    wait(product(a, b))
     started = time.perf_counter()
     for _ in range(reps):
         result = product(a, b)
-    result.numpy()
+    wait(result)
     return 2 * n**3 * reps / (time.perf_counter() - started) / 1e9
 
 
-def cnn_flops(cnn: keras.Model, size: int) -> float:
-    """Forward FLOPs of one image through a CNN, by TensorFlow's profiler."""
+def cnn_flops(cnn: keras.Model, size: int) -> float | None:
+    """Forward FLOPs of one image through a CNN, by TensorFlow's profiler (None under another backend)."""
+    if keras.backend.backend() != "tensorflow":
+        return None
     from tensorflow.python.profiler import model_analyzer, option_builder
 
     graph = tf.function(lambda x: cnn(x, training=False)).get_concrete_function(tf.TensorSpec((1, size, size, 3), tf.float32)).graph
@@ -127,10 +137,11 @@ def rows_for(precision: str, reps: int, skip: set[str]) -> list[dict]:
                 keras.utils.set_random_seed(0)
                 encoder = build_image_encoder(ModelConfig(encoder=backbone, encoder_weights=None, encoder_trainable=False), 224)
                 batch = rng.integers(0, 255, (32, 224, 224, 3)).astype("uint8")
-                run = tf.function(lambda x: encoder(x, training=False))
-                seconds = time_calls(lambda: [t.numpy() for t in run(batch)], max(2, reps // 2))
+                run = CompiledFunction(lambda x: encoder(x, training=False), encoder.variables, [((None, 224, 224, 3), "uint8")])
+                seconds = time_calls(lambda: run(batch), max(2, reps // 2))
+                flops = cnn_flops(encoder.cnn, 224)
                 rows.append({"name": f"features {backbone}, batch 32", "seconds": seconds,
-                             "flops": 32 * cnn_flops(encoder.cnn, 224), "items": f"{32 / seconds:.0f} images/s"})
+                             "flops": 32 * flops if flops else None, "items": f"{32 / seconds:.0f} images/s"})
         if "decode" not in skip:
             keras.utils.set_random_seed(0)
             model = build_caption_model(shapes.model, 60, 64)
@@ -151,8 +162,8 @@ def main() -> None:
     parser.add_argument("--precisions", default="float32,mixed_bfloat16")
     parser.add_argument("--skip", default="", help="comma-separated: train, features, decode")
     args = parser.parse_args()
-    peaks = {name: matmul_peak(dtype) for name, dtype in (("float32", tf.float32), ("bfloat16", tf.bfloat16), ("float16", tf.float16))}
-    print("matmul 2048x2048 peak GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()))
+    peaks = {name: matmul_peak(name) for name in ("float32", "bfloat16", "float16")}
+    print(f"backend {keras.backend.backend()}; matmul 2048x2048 peak GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()))
     print("| row | precision | GFLOP/step | ms/step | achieved GFLOP/s | of fp32 peak | of bf16 peak | throughput |")
     print("|---|---|---|---|---|---|---|---|")
     for precision in args.precisions.split(","):

@@ -20,6 +20,7 @@ def _one_line_error(captured):
     assert "Traceback" not in captured.err
 
 
+@pytest.mark.backends
 def test_caption_prints_one_caption_per_image(overfit_run, tiny_data, capsys):
     images = sorted((tiny_data / "images").glob("test_*.png"))[:3]
     assert main(["caption", "--run", str(overfit_run), *map(str, images)]) == 0
@@ -34,6 +35,7 @@ def test_caption_json_folder_and_glob(overfit_run, tiny_data, capsys):
     assert len(expand_image_arguments([str(tiny_data / "images")])) == 64
 
 
+@pytest.mark.backends
 def test_bad_images_are_reported_and_the_rest_still_captioned(overfit_run, tiny_data, tmp_path, capsys):
     good = sorted((tiny_data / "images").glob("test_*.png"))[:2]
     (tmp_path / "fake.png").write_text("this is text")
@@ -103,6 +105,7 @@ def test_empty_captions_are_refused(tiny_data, tmp_path, capsys):
     assert "empty captions" in captured.err
 
 
+@pytest.mark.backends
 def test_evaluate_prints_bleu_and_saves_captions(overfit_run, tmp_path, capsys):
     out = tmp_path / "captions.json"
     assert main(["evaluate", "--run", str(overfit_run), "--split", "test", "--out", str(out)]) == 0
@@ -196,6 +199,7 @@ def test_hostile_folder_in_one_call(overfit_run, tmp_path):
     assert "0 bytes" in results["empty.jpg"]["error"]
 
 
+@pytest.mark.backends
 def test_ask_prints_the_answer_and_the_top_five(vqa_run, tiny_data, capsys):
     image = sorted((tiny_data / "images").glob("train_*.png"))[0]
     assert main(["ask", "--run", str(vqa_run), str(image), "how many shapes are there?"]) == 0
@@ -223,6 +227,7 @@ def normalize(answer):
     return normalize_answer(answer)
 
 
+@pytest.mark.backends
 def test_ask_bad_questions(vqa_run, tiny_data, capsys):
     image = str(sorted((tiny_data / "images").glob("test_*.png"))[0])
     assert main(["ask", "--run", str(vqa_run), image, "  ?  "]) == 2
@@ -256,6 +261,7 @@ def test_ask_on_a_missing_image(vqa_run, tmp_path, capsys):
     _one_line_error(capsys.readouterr())
 
 
+@pytest.mark.backends
 def test_evaluate_on_a_vqa_run_prints_accuracy_per_type(vqa_run, tmp_path, capsys):
     out = tmp_path / "answers.json"
     assert main(["evaluate", "--run", str(vqa_run), "--split", "test", "--out", str(out)]) == 0
@@ -353,6 +359,7 @@ def _quiet_env(**extra):
     return {**env, **extra}
 
 
+@pytest.mark.slow  # CI time: the suite runs twice (TensorFlow, JAX) within 10 minutes
 def test_stderr_holds_no_tensorflow_start_up_noise(overfit_run, tiny_data):
     """Even with TensorFlow's C++ logging fully on, a caption run prints nothing on stderr; CAPTIONER_TF_LOGS=1
     shows what is hidden (so this test would see noise leak)."""

@@ -5,6 +5,8 @@ import pytest
 from captioner.attention import SoftAttention
 from captioner.decoder import LSTMDecoder
 
+pytestmark = pytest.mark.backends  # also run under KERAS_BACKEND=jax by `make test`
+
 RNG = np.random.default_rng(0)
 TOKENS = RNG.integers(1, 20, (3, 6)).astype(np.int32)
 POOLED = RNG.normal(size=(3, 10)).astype(np.float32)

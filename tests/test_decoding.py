@@ -1,21 +1,24 @@
+import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from keras import ops
 
 from captioner.config import preset
 from captioner.decoding import EAGER_BELOW, CaptionGenerator, beam_search, greedy_search
 from captioner.models import build_caption_model
 from captioner.vocab import Vocabulary
 
+pytestmark = pytest.mark.backends  # also run under KERAS_BACKEND=jax by `make test`
+
 START, END, A, B = 1, 2, 3, 4
 
 
 def markov_step(table):
     """A step function whose next-word distribution depends only on the previous word."""
-    log_table = tf.math.log(tf.constant(table, tf.float32) + 1e-12)
+    log_table = ops.log(ops.convert_to_tensor(np.asarray(table, np.float32)) + 1e-12)
 
     def step(tokens, state):
-        return tf.gather(log_table, tokens), state, tf.zeros([tf.shape(tokens)[0], 0])
+        return ops.take(log_table, tokens, axis=0), state, ops.zeros((ops.shape(tokens)[0], 0))
 
     return step
 
@@ -31,26 +34,26 @@ TRAP = _table(after_start=[0, 0, 0, 0.6, 0.4], after_a=[0, 0, 0.35, 0.33, 0.32],
 
 
 def test_greedy_follows_the_argmax_and_stops_at_end():
-    state = (tf.zeros([2, 1]),)
+    state = (ops.zeros((2, 1)),)
     tokens, scores, attention = greedy_search(markov_step(TRAP), state, START, END, max_length=6)
-    assert tokens.numpy().tolist() == [[A, END, 0, 0, 0, 0]] * 2
-    np.testing.assert_allclose(scores.numpy(), np.log(0.6 * 0.35), rtol=1e-5)
+    assert ops.convert_to_numpy(tokens).tolist() == [[A, END, 0, 0, 0, 0]] * 2
+    np.testing.assert_allclose(ops.convert_to_numpy(scores), np.log(0.6 * 0.35), rtol=1e-5)
     assert attention.shape == (2, 6, 0)
 
 
 def test_beam_search_finds_the_more_likely_caption_greedy_misses():
-    state = (tf.zeros([2 * 3, 1]),)
+    state = (ops.zeros((2 * 3, 1)),)
     tokens, scores, _ = beam_search(markov_step(TRAP), state, START, END, max_length=6, beam_size=3)
-    assert tokens.numpy().tolist() == [[B, END, 0, 0, 0, 0]] * 2
-    np.testing.assert_allclose(scores.numpy(), np.log(0.4 * 0.99) / 2, rtol=1e-4)
+    assert ops.convert_to_numpy(tokens).tolist() == [[B, END, 0, 0, 0, 0]] * 2
+    np.testing.assert_allclose(ops.convert_to_numpy(scores), np.log(0.4 * 0.99) / 2, rtol=1e-4)
 
 
 def test_beam_search_without_any_end_returns_the_best_unfinished_beam():
     never_ends = _table(after_start=[0, 0, 0, 0.7, 0.3], after_a=[0, 0, 0, 0.9, 0.1], after_b=[0, 0, 0, 0.5, 0.5])
-    state = (tf.zeros([4, 1]),)
+    state = (ops.zeros((4, 1)),)
     tokens, scores, _ = beam_search(markov_step(never_ends), state, START, END, max_length=4, beam_size=2)
-    assert tokens.numpy().tolist() == [[A, A, A, A]] * 2
-    assert np.all(np.isfinite(scores.numpy()))
+    assert ops.convert_to_numpy(tokens).tolist() == [[A, A, A, A]] * 2
+    assert np.all(np.isfinite(ops.convert_to_numpy(scores)))
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +80,7 @@ def test_beam_width_one_equals_greedy(random_model):
         return logits + banned, state, attention
 
     beam_tokens, _, _ = beam_search(step, state, vocab.start_id, vocab.end_id, 10, beam_size=1)
-    np.testing.assert_array_equal(beam_tokens.numpy(), greedy.tokens)
+    np.testing.assert_array_equal(ops.convert_to_numpy(beam_tokens), greedy.tokens)
 
 
 def test_one_trace_serves_every_batch_size(random_model):
@@ -90,6 +93,7 @@ def test_one_trace_serves_every_batch_size(random_model):
 
 
 @pytest.mark.parametrize("beam_size", [1, 3])
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the eager shortcut is TensorFlow's (JAX always compiles)")
 def test_small_batches_searched_eagerly_give_the_traced_captions(overfit_run, tiny_data, beam_size):
     """`caption one.jpg` skips the ~1 s trace: the eager search must give exactly what the traced one does."""
     from captioner.images import load_image
@@ -120,7 +124,7 @@ def test_unk_pad_and_start_are_never_generated(random_model, beam_size):
     writes it: the next most likely word is taken."""
     model, vocab = random_model
     bias = model.decoder.output_projection.bias
-    saved = bias.numpy().copy()
+    saved = ops.convert_to_numpy(bias).copy()
     try:
         boosted = saved.copy()
         boosted[[vocab.unk_id, vocab.pad_id, vocab.start_id]] = 50.0
@@ -128,7 +132,7 @@ def test_unk_pad_and_start_are_never_generated(random_model, beam_size):
         images = np.random.default_rng(1).integers(0, 255, (4, 32, 32, 3)).astype(np.uint8)
         grid, pooled = model.encode(images)
         logits, _, _ = model.decoder.step(np.full([4], vocab.start_id), model.decoder.initial_state(pooled, grid))
-        assert set(np.argmax(logits, -1)) <= {vocab.unk_id, vocab.pad_id, vocab.start_id}  # the model's own choice
+        assert set(np.argmax(ops.convert_to_numpy(logits), -1).tolist()) <= {vocab.unk_id, vocab.pad_id, vocab.start_id}  # the model's own choice
         out = CaptionGenerator(model, vocab, max_length=6, beam_size=beam_size)(images)
         assert not np.isin(out.tokens[:, :1], [vocab.unk_id, vocab.pad_id, vocab.start_id]).any()
         assert not np.isin(out.tokens, [vocab.unk_id, vocab.start_id]).any()

@@ -64,18 +64,19 @@ def test_damaged_images_in_train_val_and_test_are_skipped_and_counted(data, tmp_
     assert out.startswith(f"{good}\t") and f"error: {test_image}: cannot decode image" in err
 
 
+@pytest.mark.slow  # CI time: the suite runs twice (TensorFlow, JAX) within 10 minutes
 def test_an_image_deleted_after_training_started_is_skipped(data, tmp_path, capsys, monkeypatch):
-    import captioner.train
+    import captioner.tasks.base
 
     victim = _records(data, "train")[7]
-    checked = captioner.train._on_disk
+    checked = captioner.tasks.base.on_disk
 
     def check_then_delete(records, split, skipped):  # the image vanishes after the start-up check
         kept = checked(records, split, skipped)
         Path(victim).unlink(missing_ok=True)
         return kept
 
-    monkeypatch.setattr(captioner.train, "_on_disk", check_then_delete)
+    monkeypatch.setattr(captioner.tasks.base, "on_disk", check_then_delete)
     assert main(_train(data, tmp_path / "run", "--verbose")) == 0
     err = capsys.readouterr().err
     assert "skipped 1 entries: 1 unreadable image" in err and f"unreadable image: {victim}: no such file" in err
@@ -123,6 +124,7 @@ def _disk_full(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
+@pytest.mark.slow  # CI time: the suite runs twice (TensorFlow, JAX) within 10 minutes
 def test_a_full_disk_while_saving_the_model_keeps_the_previous_one(data, tmp_path, capsys, monkeypatch):
     import keras
 

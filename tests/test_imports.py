@@ -1,17 +1,27 @@
 """Data flows one way: a module imports only modules earlier in the pipeline (read with ast)."""
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "captioner"
 
+DESIGN = Path(__file__).resolve().parents[1] / "docs" / "DESIGN.md"
+
+
+def _ranks() -> dict[str, int]:
+    """The import-rank table of docs/DESIGN.md (its one home): `| rank | `a.py`, `b/` | ... |` rows."""
+    ranks = {"captioner": 0}
+    for line in DESIGN.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[0].isdigit():
+            for name in re.findall(r"`([\w/]+?)(?:\.py|/)`", cells[1]):
+                ranks[name] = int(cells[0])
+    return ranks
+
+
 # Earlier stages have lower ranks; a module may import only strictly lower ranks (utilities are rank 0).
-RANKS = {
-    "captioner": 0, "errors": 0, "fileio": 0, "config": 0,
-    "datasets": 1, "vocab": 2, "images": 3, "preprocessing": 4,
-    "encoder": 5, "decoder": 6, "models": 7, "run": 8, "train": 9,
-    "decoding": 10, "answering": 10, "features": 6, "metrics": 10, "vqa": 6, "evaluate": 11, "cli": 12, "attention": 5, "viz": 0, "precision": 0,
-}
+RANKS = _ranks()
 
 
 def _module_name(path: Path) -> str:
@@ -41,7 +51,7 @@ def test_imports_point_back_up_the_pipeline():
         for module, line in _imported(ast.parse(path.read_text())):
             parts = module.split(".")
             target = parts[1] if len(parts) > 1 else "captioner"
-            same_package = target == name and name == "datasets"
+            same_package = target == name and (PACKAGE / name).is_dir()  # a subpackage imports its own modules
             if not same_package and RANKS[target] >= RANKS[name] and RANKS[target] != 0:
                 violations.append(f"{path.name}:{line} imports {module}")
     assert not violations, violations
@@ -54,3 +64,18 @@ def test_no_pickle_anywhere():
                 assert all(alias.name != "pickle" for alias in node.names), path
             if isinstance(node, ast.ImportFrom):
                 assert node.module != "pickle", path
+
+
+def test_only_the_input_pipeline_and_the_backend_helper_import_a_backend():
+    """Model code, generation and answering are `keras.ops`: TensorFlow is imported by the tf.data pipeline
+    (which feeds every backend) and `backend.py` (compiling, devices); JAX only by `backend.py`."""
+    allowed = {"tensorflow": {"preprocessing", "backend"}, "jax": {"backend"}}
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            for name in names:
+                root = name.split(".")[0]
+                if root in allowed and _module_name(path) not in allowed[root]:
+                    found.append(f"{path.name}:{node.lineno} imports {name}")
+    assert not found, found

@@ -5,6 +5,8 @@ import pytest
 from captioner.config import preset
 from captioner.models import CaptionModel, build_caption_model
 
+pytestmark = pytest.mark.backends  # also run under KERAS_BACKEND=jax by `make test`
+
 
 def _batch(vocab_size=20, batch=4, captions=3, steps=6, size=32, seed=0):
     rng = np.random.default_rng(seed)

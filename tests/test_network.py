@@ -18,6 +18,7 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
 
 
+@pytest.mark.slow  # CI time: the suite runs twice (TensorFlow, JAX) within 10 minutes
 def test_data_train_evaluate_caption_without_network(no_network, tmp_path, capsys):
     data, run = tmp_path / "data", tmp_path / "run"
     assert main(["data", "shapes", "--out", str(data), "--train", "8", "--val", "4", "--test", "4", "--image-size", "32"]) == 0

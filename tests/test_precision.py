@@ -39,6 +39,7 @@ def bf16_run(tiny_data, tmp_path_factory):
     return _train(tiny_data, tmp_path_factory.mktemp("precision") / "bf16", "mixed_bfloat16")
 
 
+@pytest.mark.slow  # CI time: the suite runs twice (TensorFlow, JAX) within 10 minutes
 def test_a_mixed_bfloat16_run_learns_as_float32_does_with_float32_variables(bf16_run, tiny_data, tmp_path):
     assert json.loads((bf16_run / "config.json").read_text())["model"]["precision"] == "mixed_bfloat16"
     run = load_run(bf16_run)

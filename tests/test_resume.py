@@ -39,6 +39,7 @@ def _kill_after_two_epochs(command, run):
     return process.returncode
 
 
+@pytest.mark.slow  # CI time: the suite runs twice (TensorFlow, JAX) within 10 minutes
 def test_kill_minus_nine_then_resume(tiny_data, tmp_path):
     run = tmp_path / "run"
     assert _kill_after_two_epochs(_command(tiny_data, run), run) == -signal.SIGKILL
@@ -65,6 +66,7 @@ def _tiny(data, run, *extra):
     return ["train", "--preset", "tiny", "--data-dir", str(data), "--run", str(run), "--quiet", *extra]
 
 
+@pytest.mark.slow  # CI time: the suite runs twice (TensorFlow, JAX) within 10 minutes
 def test_a_finished_run_is_extended_by_more_epochs_and_refuses_other_changes(tiny_data, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(_tiny(tiny_data, run, "--epochs", "1")) == 0

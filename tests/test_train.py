@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from captioner.decoding import CaptionGenerator
 from captioner.evaluate import evaluate, generate_captions
@@ -16,6 +17,9 @@ def test_run_directory_describes_itself(overfit_run):
         assert (overfit_run / name).is_file(), name
     config = json.loads((overfit_run / "config.json").read_text())
     assert config["model"]["decoder"] == "show-tell" and config["data"]["dataset"] == "shapes"
+    # Every "auto" setting is written out as what was built, not left as null.
+    assert (config["model"]["encoder_trainable"], config["model"]["init_from"], config["model"]["encoder_pooling"]) == (True, "pooled", "flatten")
+    assert config["model"]["precision"] in ("float32", "mixed_bfloat16")
     history = json.loads((overfit_run / "history.json").read_text())
     assert len(history["loss"]) == len(history["val_loss"]) == 150
     metrics = json.loads((overfit_run / "metrics.json").read_text())
@@ -37,6 +41,7 @@ def test_different_scenes_get_different_captions(overfit_run):
     assert result["distinct_captions"] > 0.5  # a collapsed model gives one caption to all 32 images
 
 
+@pytest.mark.backends
 def test_save_load_gives_identical_captions(overfit_run, tiny_data):
     run = load_run(overfit_run)
     again = load_run(overfit_run)
@@ -46,6 +51,7 @@ def test_save_load_gives_identical_captions(overfit_run, tiny_data):
     assert first == second and all(first)
 
 
+@pytest.mark.slow  # CI time: the suite runs twice (TensorFlow, JAX) within 10 minutes
 def test_same_seed_trains_the_same_model(tiny_data, tmp_path):
     from captioner.train import train
 

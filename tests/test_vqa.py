@@ -8,6 +8,8 @@ from captioner.config import preset
 from captioner.models import VQAModel, build_vqa_model
 from captioner.vqa import QuestionEncoder, VQAHead
 
+pytestmark = pytest.mark.backends  # also run under KERAS_BACKEND=jax by `make test`
+
 
 def _inputs(batch=3, questions=4, steps=5, size=32, vocab_size=20, seed=0):
     rng = np.random.default_rng(seed)

@@ -19,6 +19,9 @@ def test_vqa_run_directory_describes_itself(vqa_run):
         assert (vqa_run / name).is_file(), name
     config = json.loads((vqa_run / "config.json").read_text())
     assert config["task"] == "vqa"
+    run = load_run(vqa_run, task="vqa")  # config.json says what was built: the encoder's pooling, trainability
+    assert config["model"]["encoder_pooling"] == run.model.encoder.pooling
+    assert config["model"]["encoder_trainable"] == run.model.encoder.encoder_trainable
     assert "answers.json" in json.loads((vqa_run / "manifest.json").read_text())["sha256"]
 
 
@@ -30,6 +33,7 @@ def test_vqa_model_overfits_a_tiny_training_set(vqa_run):
     assert set(result["by_question_type"]) >= {"color", "count", "exist"}
 
 
+@pytest.mark.backends
 def test_reloaded_run_answers_as_the_trained_model_did(vqa_run):
     run = load_run(vqa_run, task="vqa")
     records = load_qa_split("shapes", run.config.data.data_dir, "test")
@@ -60,6 +64,7 @@ def _vqa_config(tiny_data, **overrides):
     return config
 
 
+@pytest.mark.slow  # CI time: the suite runs twice (TensorFlow, JAX) within 10 minutes
 def test_encoder_from_a_caption_run_is_copied_and_frozen(overfit_run, tiny_data, tmp_path):
     caption = load_run(overfit_run)
     config = _vqa_config(tiny_data, **{"vqa.encoder_from": str(overfit_run)})
@@ -76,6 +81,7 @@ def test_encoder_from_a_caption_run_is_copied_and_frozen(overfit_run, tiny_data,
     assert any(changed)
 
 
+@pytest.mark.slow  # CI time: the suite runs twice (TensorFlow, JAX) within 10 minutes
 def test_question_only_model_ignores_the_image(tiny_data, tmp_path):
     train(_vqa_config(tiny_data, **{"vqa.use_image": "false"}), tmp_path / "blind", verbose=0)
     run = load_run(tmp_path / "blind", task="vqa")
@@ -87,6 +93,7 @@ def test_question_only_model_ignores_the_image(tiny_data, tmp_path):
     assert evaluate_vqa(run, "test")["use_image"] is False
 
 
+@pytest.mark.slow  # CI time: the suite runs twice (TensorFlow, JAX) within 10 minutes
 def test_vqa_v2_files_train_and_score_with_ten_answers(tmp_path):
     """VQA v2's layout end to end on files written here: majority answers train, ten answers score."""
     from PIL import Image

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,8 +263,11 @@ def generate(out_dir: str | os.PathLike, spec: ShapesSpec = ShapesSpec(), worker
     workers = workers or os.cpu_count() or 1
     chunk = 250
     jobs = [(spec, split, s, min(s + chunk, n), str(image_dir)) for split, n in sizes.items() for s in range(0, n, chunk)]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(_write_chunk, jobs))
+    if workers == 1:
+        results = [_write_chunk(job) for job in jobs]
+    else:  # spawned, not forked: a forked copy of a multithreaded parent (JAX, TensorFlow) can deadlock
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(_write_chunk, jobs))
     by_split: dict[str, list[CaptionRecord]] = {split: [] for split in sizes}
     for job, records in zip(jobs, results):
         by_split[job[1]].extend(records)

@@ -1,0 +1,197 @@
+"""Captioning (Show-and-Tell, Show-Attend-Tell): caption vocabulary, images or cached features -> tf.data,
+CaptionModel, cross-entropy over real words, beam search, BLEU and the COCO metrics."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import keras
+import numpy as np
+
+from captioner.config import ModelConfig, RunConfig
+from captioner.datasets import Skipped, load_split
+from captioner.decoding import CaptionGenerator
+from captioner.encoder import BACKBONES, default_image_size
+from captioner.errors import CaptionerError
+from captioner.evaluate import evaluate, summary_lines
+from captioner.features import FeatureCache
+from captioner.images import read_image
+from captioner.models import build_caption_model, build_image_encoder
+from captioner.precision import precision_scope
+from captioner.preprocessing import caption_dataset, feature_caption_dataset
+from captioner.run import VOCAB_FILE, Run, save_config
+from captioner.tasks import base
+from captioner.tasks.base import EvalOptions, Setup, Task
+from captioner.viz import attention_figure
+from captioner.vocab import Vocabulary, tokenize
+
+
+class CaptionTask(Task):
+    name = "caption"
+    item_name = "captions"
+
+    def generator(self, run: Run, beam_size: int | None = None, length_penalty: float | None = None) -> CaptionGenerator:
+        """Batched greedy (beam_size 1) or beam captions with the run's decode settings unless given."""
+        decode = run.config.decode
+        return CaptionGenerator(run.model, run.vocab, decode.max_length, beam_size or decode.beam_size,
+                                decode.length_penalty if length_penalty is None else length_penalty)
+
+    def evaluate(self, run: Run, options: EvalOptions, skipped: Skipped) -> dict[str, Any]:
+        return evaluate(run, options.split, options.data_dir, options.beam_size or run.config.decode.beam_size,
+                        options.batch_size, options.out, options.max_images, meteor=options.meteor, skipped=skipped,
+                        length_penalty=options.length_penalty)
+
+    def summary_lines(self, result: dict[str, Any]) -> list[str]:
+        return summary_lines(result)
+
+    def setup(self, config: RunConfig, run_dir: Path, resuming: bool, verbose: int | str, skipped: Skipped) -> Setup:
+        data, train_cfg = config.data, config.train
+        train_records = load_split(data.dataset, data.data_dir, train_cfg.train_split, skipped)[: train_cfg.max_train_images]
+        val_records = load_split(data.dataset, data.data_dir, train_cfg.val_split, skipped)[: train_cfg.max_val_images]
+        train_records = base.on_disk(train_records, train_cfg.train_split, skipped)
+        val_records = base.on_disk(val_records, train_cfg.val_split, skipped)
+        image_size = default_image_size(config.model.encoder, data.image_size)
+        if resuming:  # the same command again: continue with the vocabulary the run started with
+            vocab = Vocabulary.load(run_dir / VOCAB_FILE)
+        else:
+            vocab = Vocabulary.build((c for r in train_records for c in r.captions), min_count=data.min_word_count)
+            # Pad to the longest training caption (or a percentile of the lengths), not further: padded steps cost time.
+            lengths = [len(tokenize(c)) for r in train_records for c in r.captions]
+            longest = int(np.ceil(np.percentile(lengths, data.max_length_percentile)))
+            data = replace(data, image_size=image_size, data_dir=str(Path(data.data_dir).resolve()), max_caption_length=min(data.max_caption_length, longest))
+            config = replace(config, data=data)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            vocab.save(run_dir / VOCAB_FILE)
+            save_config(config, run_dir)
+        model = build_caption_model(config.model, len(vocab), image_size)
+        stats: dict[str, Any] = {"vocab_size": len(vocab), "unknown_word_rate_val": vocab.unknown_rate(c for r in val_records for c in r.captions)}
+
+        if config.model.encoder in BACKBONES and not model.encoder.encoder_trainable:
+            # A frozen pretrained CNN: run it once per image (cached on disk), then train on its features.
+            cache_dir = data.feature_cache_dir or str(Path(data.data_dir) / "features")
+            cache = FeatureCache(cache_dir, model.encoder)
+            unreadable: set[str] = set()
+
+            def unusable(path: str, message: str) -> None:
+                unreadable.add(path)
+                skipped.unreadable(path, message)
+
+            computed = cache.extract([r.image for r in train_records + val_records], verbose=verbose != 0, on_error=unusable)
+            train_records = [r for r in train_records if r.image not in unreadable]
+            val_records = [r for r in val_records if r.image not in unreadable]
+            for split, records in ((train_cfg.train_split, train_records), (train_cfg.val_split, val_records)):
+                if not records:
+                    raise CaptionerError(f"none of the images of the {split} split could be read ({skipped.summary('entries')})")
+
+            def batches(records, shuffle):
+                features = cache.load([r.image for r in records])  # (images, num_pixels, encoder_dim) float16
+                return feature_caption_dataset(features, records, vocab, data.captions_per_image, data.max_caption_length,
+                                               train_cfg.batch_size, shuffle=shuffle, seed=train_cfg.seed)
+
+            stats.update(feature_cache=str(cache.folder), features_computed=computed)
+        else:
+
+            def batches(records, shuffle):
+                split = train_cfg.train_split if shuffle else train_cfg.val_split
+                return caption_dataset(
+                    records, vocab, image_size, data.captions_per_image, data.max_caption_length,
+                    train_cfg.batch_size, shuffle=shuffle, seed=train_cfg.seed, cache=data.cache_images,
+                    on_error=skipped.unreadable, what=f"images of the {split} split",
+                )
+
+        return Setup(
+            config=config,
+            model=model,
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=vocab.pad_id),
+            metrics=[],
+            train_data=batches(train_records, True),
+            val_data=batches(val_records, False),
+            train_images=len(train_records),
+            train_items=len(train_records) * data.captions_per_image,
+            stats={"train_images": len(train_records), "val_images": len(val_records), **stats},
+        )
+
+
+def caption_files(
+    run: Run, paths: Sequence[str], beam_size: int | None = None, length_penalty: float | None = None,
+    batch_size: int = 64, attention_out: str | None = None,
+) -> list[dict[str, Any]]:
+    """Caption image files in batches: one dict per path, in order, with "caption", "score", "width", "height"
+    (upright: EXIF orientation applied) and, with `attention_out`, "attention_map" (a PNG per image:
+    `attention_out` itself for one image, `OUT-STEM_IMAGE-STEM.png` beside it for several); or "error", a
+    one-line reason, for a file that cannot be read. Only `batch_size` decoded images are in memory at a time.
+    """
+    if attention_out is not None and not run.model.decoder.uses_attention:
+        raise CaptionerError(f"{run.path} is a {run.config.model.decoder} run: it has no attention weights; train one with --decoder attention")
+    generator = CaptionTask().generator(run, beam_size, length_penalty)
+    size = run.model.encoder.image_size
+    results: list[dict[str, Any]] = [{"image": path} for path in paths]
+    for start in range(0, len(paths), batch_size):
+        chunk: list[tuple[int, np.ndarray]] = []
+        for index in range(start, min(start + batch_size, len(paths))):
+            try:
+                image, (width, height) = read_image(paths[index], size)
+                chunk.append((index, image))
+                results[index].update(width=width, height=height)
+            except CaptionerError as exc:
+                results[index]["error"] = str(exc)
+        if not chunk:
+            continue
+        generated = generator(np.stack([image for _, image in chunk]))  # (batch, size, size, 3)
+        for row, ((index, image), caption, score) in enumerate(zip(chunk, generated.captions, generated.scores)):
+            results[index].update(caption=caption, score=float(score))
+            if attention_out is not None:
+                picture = _attention_path(attention_out, results[index]["image"], single=len(paths) == 1)
+                draw_attention(run, image, generated.tokens[row], generated.attention[row], picture)
+                results[index]["attention_map"] = str(picture)
+    return results
+
+
+def _attention_path(out: str, image: str, single: bool) -> Path:
+    """`out` itself for one image; `OUT-STEM_IMAGE-STEM.png` beside it for several."""
+    out_path = Path(out)
+    return out_path if single else out_path.with_name(f"{out_path.stem}_{Path(image).stem}{out_path.suffix or '.png'}")
+
+
+def draw_attention(run: Run, image: np.ndarray, tokens: np.ndarray, attention: np.ndarray, path: str | Path) -> None:
+    """The image with one attention map per generated word (up to `<end>`), as a PNG."""
+    words = []
+    for token in tokens:
+        words.append(run.vocab.words[int(token)])
+        if int(token) == run.vocab.end_id or len(words) == len(tokens):
+            break
+    grid = run.model.encoder.grid_shape
+    attention_figure(image, words, attention[: len(words)], (grid[0], grid[1]), path)
+
+
+def extract_features(
+    dataset: str, data_dir: str, splits: Sequence[str], encoder: str, weights: str | None, cache_dir: str | None = None,
+    batch_size: int = 32, precision: str = "float32", seed: int = 0, skipped: Skipped | None = None,
+) -> dict[str, Any]:
+    """Run a frozen pretrained backbone once over the images of `splits` and store their grids in the
+    feature cache that `train` reads (`cache_dir`, default DATA_DIR/features); images already there are not
+    computed again. The encoder is built exactly as `train` builds a frozen one (same seed, same config path),
+    so the cache key (the CNN's weights and input size) is the one training looks up.
+
+    Returns:
+        {"computed", "images", "seconds", "folder"}. Unreadable images are skipped and counted in `skipped`;
+        when none can be read it is a CaptionerError.
+    """
+    if encoder not in BACKBONES:
+        raise CaptionerError(f"--encoder must be a pretrained backbone ({', '.join(BACKBONES)}); the small CNN trains with the decoder")
+    skipped = skipped if skipped is not None else Skipped()
+    keras.utils.set_random_seed(seed)  # as train does before building the model, for weights None
+    model_config = ModelConfig(encoder=encoder, encoder_weights=weights, encoder_trainable=False, precision=precision)
+    with precision_scope(precision):  # the CNN computes at this precision (part of the cache key unless float32)
+        image_encoder = build_image_encoder(model_config, default_image_size(encoder, 224))
+    records = [r for split in splits if split.strip() for r in load_split(dataset, data_dir, split.strip(), skipped)]
+    cache = FeatureCache(cache_dir or str(Path(data_dir) / "features"), image_encoder)
+    started = time.perf_counter()
+    computed = cache.extract([r.image for r in records], batch_size=batch_size, on_error=skipped.unreadable)
+    images = len({r.image for r in records})
+    if images and skipped.count("unreadable image") >= images:
+        raise CaptionerError(f"none of the {images} images could be read ({skipped.reasons['unreadable image'][0]})")
+    return {"computed": computed, "images": images, "seconds": time.perf_counter() - started, "folder": str(cache.folder)}

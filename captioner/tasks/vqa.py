@@ -1,0 +1,174 @@
+"""Visual question answering: question and answer vocabularies, images + grouped questions -> tf.data,
+VQAModel (optionally on a captioning run's encoder), cross-entropy over known answers, accuracy per type."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import keras
+from keras import ops
+
+from captioner.answering import Answerer
+from captioner.config import RunConfig
+from captioner.datasets import QARecord, Skipped, load_qa_split
+from captioner.encoder import ImageEncoder, default_image_size
+from captioner.evaluate import evaluate_vqa, vqa_summary_lines
+from captioner.images import read_image
+from captioner.models import build_vqa_model
+from captioner.preprocessing import group_questions, vqa_dataset
+from captioner.run import ANSWERS_FILE, VOCAB_FILE, Run, load_run, save_config
+from captioner.tasks import base
+from captioner.tasks.base import EvalOptions, Setup, Task
+from captioner.vocab import AnswerVocabulary, Vocabulary, tokenize
+
+
+class AnsweredAccuracy(keras.metrics.Metric):
+    """Top-1 accuracy over real questions: padding slots and `<other>` targets (id 0) are left out, and
+    `<other>` is never the prediction (as at inference)."""
+
+    def __init__(self, name="accuracy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.correct = self.add_variable(shape=(), initializer="zeros", name="correct")
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = ops.cast(y_true, "int32")  # (batch, questions)
+        predicted = ops.argmax(y_pred[..., 1:], axis=-1) + 1  # (batch, questions)
+        real = ops.cast(ops.not_equal(y_true, 0), "float32")  # (batch, questions)
+        self.correct.assign_add(ops.sum(ops.cast(ops.equal(ops.cast(predicted, "int32"), y_true), "float32") * real))
+        self.total.assign_add(ops.sum(real))
+
+    def result(self):
+        return self.correct / ops.maximum(self.total, 1.0)
+
+    def reset_state(self):
+        self.correct.assign(0.0)
+        self.total.assign(0.0)
+
+
+def _first_images(records: list[QARecord], limit: int | None) -> list[QARecord]:
+    """The questions of the first `limit` distinct images (all when limit is None)."""
+    if limit is None:
+        return records
+    kept: set[str] = set()
+    result = []
+    for record in records:
+        if record.image not in kept and len(kept) >= limit:
+            continue
+        kept.add(record.image)
+        result.append(record)
+    return result
+
+
+def _shared_encoder(source: str, fine_tune: bool) -> ImageEncoder:
+    """A copy of a trained captioning run's ImageEncoder, weights included (frozen unless fine_tune)."""
+    run = load_run(source, task="caption")
+    original = run.model.encoder
+    encoder = ImageEncoder.from_config(original.get_config())
+    size = encoder.image_size
+    encoder.build((None, size, size, 3))
+    encoder.set_weights(original.get_weights())
+    encoder.trainable = fine_tune
+    return encoder
+
+
+class VQATask(Task):
+    name = "vqa"
+    item_name = "questions"
+    skipped_item = "questions"
+
+    def answerer(self, run: Run) -> Answerer:
+        return Answerer(run.model, run.vocab, run.answers, run.config.vqa.max_question_length)
+
+    def evaluate(self, run: Run, options: EvalOptions, skipped: Skipped) -> dict[str, Any]:
+        return evaluate_vqa(run, options.split, options.data_dir, options.batch_size, options.out, options.max_images, skipped=skipped)
+
+    def summary_lines(self, result: dict[str, Any]) -> list[str]:
+        return vqa_summary_lines(result)
+
+    def setup(self, config: RunConfig, run_dir: Path, resuming: bool, verbose: int | str, skipped: Skipped) -> Setup:
+        data, train_cfg, vqa = config.data, config.train, config.vqa
+        train_records = _first_images(load_qa_split(data.dataset, data.data_dir, train_cfg.train_split, skipped), train_cfg.max_train_images)
+        val_records = _first_images(load_qa_split(data.dataset, data.data_dir, train_cfg.val_split, skipped), train_cfg.max_val_images)
+        train_records = base.on_disk(train_records, train_cfg.train_split, skipped)
+        val_records = base.on_disk(val_records, train_cfg.val_split, skipped)
+        encoder = _shared_encoder(vqa.encoder_from, vqa.fine_tune_encoder) if vqa.encoder_from else None
+        image_size = encoder.image_size if encoder is not None else default_image_size(config.model.encoder, data.image_size)
+        if resuming:
+            vocab = Vocabulary.load(run_dir / VOCAB_FILE)
+            answers = AnswerVocabulary.load(run_dir / ANSWERS_FILE)
+        else:
+            vocab = Vocabulary.build((r.question for r in train_records), min_count=data.min_word_count)
+            answers = AnswerVocabulary.build((r.answer for r in train_records), max_size=vqa.num_answers)
+            longest = max(len(tokenize(r.question)) for r in train_records)
+            data = replace(data, image_size=image_size, data_dir=str(Path(data.data_dir).resolve()) if data.data_dir else "")
+            vqa = replace(vqa, max_question_length=min(vqa.max_question_length, longest),
+                          encoder_from=str(Path(vqa.encoder_from).resolve()) if vqa.encoder_from else None)
+            config = replace(config, data=data, vqa=vqa)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            vocab.save(run_dir / VOCAB_FILE)
+            answers.save(run_dir / ANSWERS_FILE)
+            save_config(config, run_dir)
+
+        def batches(records, shuffle):
+            groups = group_questions(records, vqa.questions_per_image)
+            split = train_cfg.train_split if shuffle else train_cfg.val_split
+            dataset = vqa_dataset(
+                groups, vocab, answers, image_size, vqa.questions_per_image, vqa.max_question_length,
+                train_cfg.batch_size, shuffle=shuffle, seed=train_cfg.seed, cache=data.cache_images,
+                on_error=skipped.unreadable, what=f"images of the {split} split",
+            )
+            return dataset, len(groups)
+
+        train_data, train_groups = batches(train_records, True)
+        val_data, _ = batches(val_records, False)
+        return Setup(
+            config=config,
+            model=build_vqa_model(config, len(vocab), len(answers), image_size, encoder),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=AnswerVocabulary.other_id),
+            metrics=[AnsweredAccuracy()],
+            train_data=train_data,
+            val_data=val_data,
+            train_images=train_groups,
+            train_items=len(train_records),
+            stats={
+                "train_images": len({r.image for r in train_records}),
+                "train_questions": len(train_records),
+                "val_questions": len(val_records),
+                "vocab_size": len(vocab),
+                "num_answers": len(answers),
+                "val_answer_coverage": answers.coverage(r.answer for r in val_records),
+                "unknown_word_rate_val": vocab.unknown_rate(r.question for r in val_records),
+            },
+        )
+
+
+def ask(run: Run, image_path: str, questions: Sequence[str], top: int = 5) -> dict[str, Any]:
+    """Answer questions about one image file: {"image", "width", "height", "answers": [...]}, one entry per
+    question with "answer" and the `top` most probable answers ({"answer", "probability"}), a "warning" for
+    words the model never saw, or an "error" for a question with no words (the others are still answered)."""
+    answerer = VQATask().answerer(run)
+    image, (width, height) = read_image(image_path, run.model.encoder.image_size)
+    results: list[dict[str, Any]] = []
+    encoded = []
+    for question in questions:
+        result: dict[str, Any] = {"question": question}
+        words = answerer.encode(question)
+        if not words.ids:
+            result["error"] = f"question {question!r} has no words; ask something, e.g. \"what color is the circle?\""
+        else:
+            encoded.append(words)
+            if words.all_unknown:
+                result["warning"] = f"no word of {question!r} is known to this model; the answer rests on the image alone"
+            elif words.unknown_words:
+                result["warning"] = f"word(s) of {question!r} this model never saw, read as <unk>: {', '.join(words.unknown_words)}"
+        results.append(result)
+    if encoded:
+        probabilities, _ = answerer(image[None], answerer.question_array([encoded]))  # (1, questions, answers)
+        answerable = [r for r in results if "error" not in r]
+        for result, distribution in zip(answerable, probabilities[0]):
+            best = answerer.top(distribution, top)
+            result.update(answer=best[0][0], top=[{"answer": a, "probability": p} for a, p in best])
+    return {"image": image_path, "width": width, "height": height, "answers": results}
