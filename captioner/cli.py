@@ -92,6 +92,22 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--attention", default=None, metavar="PNG", help="write the attention map of each word (attention runs)")
     caption.add_argument("--precision", default=None, choices=PRECISION_CHOICES, help="compute precision (default: the run's)")
 
+    serve = commands.add_parser("serve", help="HTTP API and web page over a caption run (and a VQA run), with request batching")
+    serve.add_argument("--run", required=True, help="caption run directory")
+    serve.add_argument("--vqa-run", default=None, help="also answer questions with this VQA run")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--max-batch", type=_positive_int, default=32, help="images decoded together at most; 1 turns batching off (default 32)")
+    serve.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for others to batch with (default 5)")
+    serve.add_argument("--max-mb", type=float, default=8.0, help="largest request body in MB (default 8)")
+    serve.add_argument("--beam-size", type=_positive_int, default=None, help="beam width (default: the run's)")
+
+    export = commands.add_parser("export", help="write a caption run as a TensorFlow SavedModel (image bytes in, captions out)")
+    export.add_argument("--run", required=True, help="run directory written by `captioner train`")
+    export.add_argument("--out", required=True, help="SavedModel folder to write (replaced atomically)")
+    export.add_argument("--beam-size", type=_positive_int, default=None, help="beam width baked into the export (default: the run's)")
+    export.add_argument("--length-penalty", type=float, default=None, help="beam ranking: log-probability / length**this (default: the run's)")
+
     ask = commands.add_parser("ask", help="answer questions about an image with a VQA run")
     ask.add_argument("--run", required=True, help="run directory written by `captioner train-vqa`")
     ask.add_argument("image", help="image file")
@@ -358,6 +374,35 @@ def _check_output_folder(path: str) -> None:
         raise CaptionerError(f"cannot write {path}: folder {Path(path).parent} does not exist")
 
 
+def run_serve(args: argparse.Namespace) -> int:
+    from captioner.errors import CaptionerError
+    from captioner.run import load_run
+    from captioner.serve import ServeConfig, serve
+
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise CaptionerError('serve needs Starlette and uvicorn: pip install "captioner[serve]"') from None
+    if not 0 < args.port < 65536:
+        raise CaptionerError(f"--port must be between 1 and 65535, got {args.port}")
+    run = load_run(args.run)
+    vqa = load_run(args.vqa_run, task="vqa") if args.vqa_run else None
+    config = ServeConfig(max_batch=args.max_batch, max_wait_ms=max(0.0, args.max_wait_ms), max_bytes=int(args.max_mb * 1024 * 1024))
+    serve(run, vqa, args.host, args.port, config, args.beam_size)
+    return EXIT_OK
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from captioner.export import export_run
+    from captioner.run import load_run, stored_task
+
+    run = load_run(args.run, task=stored_task(args.run))
+    out = export_run(run, args.out, args.beam_size, args.length_penalty)
+    print(f"wrote {out}: signature serving_default, images (encoded bytes) -> captions, tokens, scores")
+    return EXIT_OK
+
+
 def run_classify(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -526,6 +571,8 @@ COMMANDS = {
     "evaluate": run_evaluate,
     "plot-history": run_plot_history,
     "classify": run_classify,
+    "export": run_export,
+    "serve": run_serve,
 }
 
 

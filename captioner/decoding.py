@@ -179,13 +179,14 @@ class CaptionGenerator:
         self.length_penalty = float(length_penalty)
         size = model.encoder.image_size
         # One trace serves every batch size (JAX: a handful of padded sizes); `trace_count` lets tests check it.
-        self._generate = backend.CompiledFunction(self._search, model.variables, [((None, size, size, 3), "uint8")])
+        self._generate = backend.CompiledFunction(self.search, model.variables, [((None, size, size, 3), "uint8")])
 
     @property
     def trace_count(self) -> int:
         return self._generate.trace_count
 
-    def _search(self, images):
+    def search(self, images):
+        """Tokens, scores and attention of a uint8 image batch, as backend tensors (traceable: `export` uses it)."""
         decoder = self.model.decoder
         grid, pooled = self.model.encode(images)  # (batch, num_pixels, encoder_dim), (batch, pooled_dim)
         state = decoder.initial_state(pooled, grid)

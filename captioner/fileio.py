@@ -52,6 +52,34 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
             tmp.unlink()
 
 
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; on success it replaces `path` (an older one is removed only
+    after the new one is in place), on error it is removed and `path` is as it was."""
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    old = path.with_name(f".{path.name}.old")
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except Exception as exc:
+        if is_disk_full(exc):
+            raise CaptionerError(f"no space left on device while writing {path}; the previous version is kept; "
+                                 f"free some space and run the same command again") from None
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def is_disk_full(exc: BaseException) -> bool:
     """Whether `exc`, or an exception it was raised from, is ENOSPC or EDQUOT (h5py and Keras wrap the OSError,
     some only in their message)."""

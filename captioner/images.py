@@ -8,6 +8,7 @@ is returned as that line so that the caller can skip the image and go on.
 
 from __future__ import annotations
 
+import io
 import stat
 import warnings
 from pathlib import Path
@@ -50,10 +51,16 @@ def open_image(path: str | Path) -> Image.Image:
         raise CaptionerError(f"{path}: is a directory, not an image")
     if status.st_size == 0:
         raise CaptionerError(f"{path}: is empty (0 bytes)")
+    return _decode(path, str(path))
+
+
+def _decode(source, name: str) -> Image.Image:
+    """Decode a path or a file object (named `name` in errors) as `open_image` does."""
+    path = name
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path, formats=FORMATS) as image:
+            with Image.open(source, formats=FORMATS) as image:
                 width, height = image.size
                 if width * height > MAX_PIXELS:
                     raise CaptionerError(f"{path}: {width}x{height} pixels is more than the {MAX_PIXELS:,} allowed")
@@ -75,17 +82,27 @@ def open_image(path: str | Path) -> Image.Image:
         raise CaptionerError(f"{path}: cannot decode image ({exc})") from None
 
 
+def read_image_bytes(data: bytes, size: int, name: str = "upload") -> tuple[np.ndarray, tuple[int, int]]:
+    """`read_image` of an encoded file held in memory (an HTTP upload); errors name it `name`."""
+    if not data:
+        raise CaptionerError(f"{name}: is empty (0 bytes)")
+    return _resized(_decode(io.BytesIO(data), name), size)
+
+
+def _resized(image: Image.Image, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    upright = image.size
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8), upright  # (size, size, 3)
+
+
 def read_image(path: str | Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     """Read `path`, resized to `size` x `size`, and its upright (width, height) before resizing.
 
     Returns:
         np.ndarray: uint8, shape (size, size, 3); and (width, height) after EXIF orientation.
     """
-    image = open_image(path)
-    upright = image.size
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.uint8), upright  # (size, size, 3)
+    return _resized(open_image(path), size)
 
 
 def load_image(path: str | Path, size: int) -> np.ndarray:

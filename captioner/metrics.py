@@ -40,12 +40,15 @@ def bleu_scores(references: Sequence[Sequence[Sequence[str]]], hypotheses: Seque
     return {f"bleu{n}": float(s) for n, s in enumerate(scores, start=1)}
 
 
+def leave_one_out(groups: Sequence[Sequence[Any]], held_out: int = 0) -> tuple[list[list[Any]], list[Any]]:
+    """(the other items of each group, item `held_out` of each group), for the groups that have another item."""
+    usable = [group for group in groups if len(group) > max(held_out, 1)]
+    return [[x for i, x in enumerate(group) if i != held_out] for group in usable], [group[held_out] for group in usable]
+
+
 def oracle_bleu(references: Sequence[Sequence[Sequence[str]]], held_out: int = 0) -> dict[str, float]:
-    """Human agreement: reference `held_out` of each image scored against that image's other references."""
-    usable = [refs for refs in references if len(refs) > max(held_out, 1)]
-    hypotheses = [refs[held_out] for refs in usable]
-    others = [[r for i, r in enumerate(refs) if i != held_out] for refs in usable]
-    return bleu_scores(others, hypotheses)
+    """Human agreement on tokens: reference `held_out` of each image scored against its other references."""
+    return bleu_scores(*leave_one_out(references, held_out))
 
 
 def distinct_share(captions: Sequence[str]) -> float:
@@ -199,9 +202,7 @@ def human_agreement(captions: Sequence[Sequence[str]], tokenization: str = "word
     and (when installed) pycocoevalcap. On the 1,000 official Flickr8k test images with "whitespace"
     tokens this gives BLEU-1..4 0.634 / 0.443 / 0.304 / 0.208 and CIDEr 0.782.
     """
-    usable = [c for c in captions if len(c) > max(held_out, 1)]
-    references = [[x for i, x in enumerate(c) if i != held_out] for c in usable]
-    return text_scores(references, [c[held_out] for c in usable], tokenization, meteor)
+    return text_scores(*leave_one_out(captions, held_out), tokenization, meteor)
 
 
 def text_scores(references: Sequence[Sequence[str]], hypotheses: Sequence[str], tokenization: str = "words", meteor: bool = False) -> dict[str, Any]:
