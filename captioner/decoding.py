@@ -87,6 +87,7 @@ def beam_search(
     beam_size: int,
     length_penalty: float = 1.0,
     num_pixels: int = 0,
+    n_best: bool = False,
 ):
     """Batched beam search; the state must already be repeated `beam_size` times per image (row b*k + j).
 
@@ -97,7 +98,8 @@ def beam_search(
 
     Returns:
         tokens (batch, max_length) int32, 0 after `<end>`; scores (batch,) length-normalised log-probabilities;
-        attention (batch, max_length, num_pixels).
+        attention (batch, max_length, num_pixels). With `n_best`, also every beam best first: tokens
+        (batch, beam_size, max_length) and their length-normalised scores (batch, beam_size).
     """
     k = beam_size
     flat = _batch_rows(state)
@@ -145,7 +147,12 @@ def beam_search(
     winners = best + offsets[:, 0]  # (batch,) rows of the flat arrays
     # <pad> steps of a finished beam already hold 0; nothing follows <end>.
     score = ops.take_along_axis(normalised, best[:, None], axis=1)[:, 0]  # (batch,)
-    return ops.take(sequences, winners, axis=0), score, ops.take(attentions, winners, axis=0)
+    found = ops.take(sequences, winners, axis=0), score, ops.take(attentions, winners, axis=0)
+    if not n_best:
+        return found
+    order = ops.cast(ops.argsort(-normalised, axis=-1), "int32")  # (batch, k) best first
+    every = ops.reshape(ops.take(sequences, ops.reshape(order + offsets, (-1,)), axis=0), (batch, k, max_length))
+    return (*found, every, ops.take_along_axis(normalised, order, axis=1))
 
 
 @dataclass
@@ -156,6 +163,7 @@ class Generated:
     scores: np.ndarray  # (batch,)
     attention: np.ndarray  # (batch, max_length, num_pixels)
     captions: list[str]
+    beams: list[list[tuple[str, float]]] | None = None  # n_best: every beam's caption and score, best first
 
 
 class CaptionGenerator:
@@ -167,9 +175,11 @@ class CaptionGenerator:
         max_length: int. Generated tokens at most, `<end>` included.
         beam_size: int. 1 is greedy. Defaults to 1.
         length_penalty: float. Beam scores are divided by length**length_penalty. Defaults to 1.0.
+        n_best: bool. Also return every beam's caption (beam search only). Defaults to False.
     """
 
-    def __init__(self, model: CaptionModel, vocab: Vocabulary, max_length: int, beam_size: int = 1, length_penalty: float = 1.0):
+    def __init__(self, model: CaptionModel, vocab: Vocabulary, max_length: int, beam_size: int = 1, length_penalty: float = 1.0,
+                 n_best: bool = False):
         if beam_size < 1:
             raise ValueError(f"beam size must be at least 1, got {beam_size}")
         self.model = model
@@ -177,6 +187,7 @@ class CaptionGenerator:
         self.max_length = int(max_length)
         self.beam_size = int(beam_size)
         self.length_penalty = float(length_penalty)
+        self.n_best = bool(n_best) and self.beam_size > 1
         size = model.encoder.image_size
         # One trace serves every batch size (JAX: a handful of padded sizes); `trace_count` lets tests check it.
         self._generate = backend.CompiledFunction(self.search, model.variables, [((None, size, size, 3), "uint8")])
@@ -210,7 +221,7 @@ class CaptionGenerator:
         start, end = self.vocab.start_id, self.vocab.end_id
         if self.beam_size == 1:
             return greedy_search(step_fn, state, start, end, self.max_length, num_pixels)
-        return beam_search(step_fn, state, start, end, self.max_length, self.beam_size, self.length_penalty, num_pixels)
+        return beam_search(step_fn, state, start, end, self.max_length, self.beam_size, self.length_penalty, num_pixels, self.n_best)
 
     def __call__(self, images: np.ndarray) -> Generated:
         """Captions for a uint8 batch (batch, size, size, 3).
@@ -221,5 +232,8 @@ class CaptionGenerator:
         """
         images = np.asarray(images, np.uint8)  # (batch, size, size, 3)
         small = self.trace_count == 0 and len(images) < EAGER_BELOW and backend.name() == "tensorflow"
-        tokens, scores, attention = (self._generate.eager if small else self._generate)(images)
-        return Generated(tokens, scores, attention, [self.vocab.decode(row) for row in tokens])
+        tokens, scores, attention, *every = (self._generate.eager if small else self._generate)(images)
+        beams = None
+        if every:  # (batch, k, max_length), (batch, k)
+            beams = [[(self.vocab.decode(row), float(score)) for row, score in zip(rows, image_scores)] for rows, image_scores in zip(*every)]
+        return Generated(tokens, scores, attention, [self.vocab.decode(row) for row in tokens], beams)

@@ -11,7 +11,8 @@ API (JSON in and out; errors are 4xx with {"error": one line}):
     GET  /api/health       {"status": "ok"}
     GET  /api/info         the runs loaded, their decoders, image sizes, batching settings
     POST /api/caption      body: an encoded image (any Content-Type but JSON), or JSON {"images": [base64, ...]};
-                           query/JSON "attention": true adds each word's attention map (attention runs)
+                           query/JSON "attention": true adds each word's attention map (attention runs),
+                           "beams": true every beam's caption and score, best first (beam search)
     POST /api/ask          JSON {"image": base64, "question": "..."} -> answer and the top 5 (with --vqa-run)
 """
 
@@ -123,7 +124,7 @@ class Service:
         self.caption_run = caption_run
         self.vqa_run = vqa_run
         self.config = config
-        self.generator = CaptionTask().generator(caption_run, beam_size)
+        self.generator = CaptionTask().generator(caption_run, beam_size, n_best=True)  # the alternatives cost nothing extra
         self.size = caption_run.model.encoder.image_size
         grid = caption_run.model.encoder.grid_shape
         self.grid = [int(grid[0]), int(grid[1])]
@@ -151,6 +152,8 @@ class Service:
                     break
                 words.append(vocab.words[int(token)])
             result = {"caption": generated.captions[row], "score": float(generated.scores[row]), "words": words}
+            if generated.beams is not None:
+                result["beams"] = [{"caption": caption, "score": score} for caption, score in generated.beams[row]]
             if self.attention:
                 result["attention"] = np.round(generated.attention[row, : len(words)], 4).tolist()  # (words, pixels)
             results.append(result)
@@ -258,8 +261,10 @@ def create_app(service: Service):
         started = time.perf_counter()
         results = await asyncio.gather(*(service.batcher.submit(a) for a in arrays))
         attention = wants_attention(request, payload)
-        results = [dict(r, attention=r["attention"]) if attention and "attention" in r else {k: v for k, v in r.items() if k != "attention"}
-                   for r in results]
+        beams = request.query_params.get("beams", "").lower() in ("1", "true", "yes") or payload.get("beams") is True
+        shown = {"attention"} if attention else set()
+        shown |= {"beams"} if beams else set()
+        results = [{k: v for k, v in r.items() if k not in ("attention", "beams") or k in shown} for r in results]
         extra = {"attention_grid": service.grid} if attention and service.attention else {}
         out = {"results": results, "seconds": round(time.perf_counter() - started, 4), **extra}
         return JSONResponse(out)

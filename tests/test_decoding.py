@@ -139,3 +139,15 @@ def test_unk_pad_and_start_are_never_generated(random_model, beam_size):
         assert all("<unk>" not in c for c in out.captions)
     finally:
         bias.assign(saved)
+
+
+def test_n_best_lists_every_beam_best_first(random_model):
+    model, vocab = random_model
+    images = np.random.default_rng(2).integers(0, 255, (5, 32, 32, 3)).astype(np.uint8)
+    plain = CaptionGenerator(model, vocab, max_length=8, beam_size=3)(images)
+    listed = CaptionGenerator(model, vocab, max_length=8, beam_size=3, n_best=True)(images)
+    np.testing.assert_array_equal(plain.tokens, listed.tokens)  # asking for the list changes nothing else
+    assert plain.beams is None and all(len(b) == 3 for b in listed.beams)
+    for beams, caption, score in zip(listed.beams, listed.captions, listed.scores):
+        assert beams[0][0] == caption and beams[0][1] == pytest.approx(float(score), abs=1e-5)
+        assert [s for _, s in beams] == sorted((s for _, s in beams), reverse=True)

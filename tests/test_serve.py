@@ -65,6 +65,8 @@ def test_captions_over_http_equal_the_library_s(server, attention_run, tiny_data
     assert len(result["attention"]) == len(result["words"]) and all(len(a) == grid[0] * grid[1] for a in result["attention"])
     many = httpx.post(f"{url}/api/caption", json={"images": [base64.b64encode(p.read_bytes()).decode() for p in paths]})
     assert [r["caption"] for r in many.json()["results"]] == expected and "attention" not in many.json()["results"][0]
+    beams = httpx.post(f"{url}/api/caption?beams=1", content=paths[0].read_bytes()).json()["results"][0]["beams"]
+    assert beams[0]["caption"] == expected[0] and [b["score"] for b in beams] == sorted((b["score"] for b in beams), reverse=True)
     assert httpx.get(f"{url}/api/health").json() == {"status": "ok"}
     info = httpx.get(f"{url}/api/info").json()
     assert info["decoder"] == "attention" and info["vqa_run"] and info["batching"]["max_batch"] == 16

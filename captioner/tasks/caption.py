@@ -33,11 +33,12 @@ class CaptionTask(Task):
     name = "caption"
     item_name = "captions"
 
-    def generator(self, run: Run, beam_size: int | None = None, length_penalty: float | None = None) -> CaptionGenerator:
-        """Batched greedy (beam_size 1) or beam captions with the run's decode settings unless given."""
+    def generator(self, run: Run, beam_size: int | None = None, length_penalty: float | None = None, n_best: bool = False) -> CaptionGenerator:
+        """Batched greedy (beam_size 1) or beam captions with the run's decode settings unless given; `n_best`
+        also returns every beam."""
         decode = run.config.decode
         return CaptionGenerator(run.model, run.vocab, decode.max_length, beam_size or decode.beam_size,
-                                decode.length_penalty if length_penalty is None else length_penalty)
+                                decode.length_penalty if length_penalty is None else length_penalty, n_best)
 
     def evaluate(self, run: Run, options: EvalOptions, skipped: Skipped) -> dict[str, Any]:
         return evaluate(run, options.split, options.data_dir, options.beam_size or run.config.decode.beam_size,
