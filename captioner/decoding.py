@@ -56,8 +56,10 @@ def greedy_search(step_fn: StepFn, state, start_id: int, end_id: int, max_length
     def body(t, tokens, state, finished, scores, sequences, attentions):
         logits, state, attention = step_fn(tokens, state)  # (batch, vocab), ..., (batch, num_pixels)
         log_probs = ops.log_softmax(logits, axis=-1)  # (batch, vocab)
-        next_tokens = ops.where(finished, 0, ops.cast(ops.argmax(log_probs, axis=-1), "int32"))  # (batch,)
-        gained = ops.take_along_axis(log_probs, next_tokens[:, None], axis=1)[:, 0]  # (batch,)
+        # top_k(1), not argmax: Keras's argmax adds two passes over the vocabulary on TensorFlow (its -0.0 fix)
+        gained, best = ops.top_k(log_probs, k=1)  # (batch, 1) each: the chosen word and its log-probability
+        next_tokens = ops.where(finished, 0, ops.cast(best[:, 0], "int32"))  # (batch,)
+        gained = gained[:, 0]
         scores = scores + ops.where(finished, 0.0, gained)
         attention = ops.where(finished[:, None], 0.0, attention)  # (batch, num_pixels)
         sequences = sequences + next_tokens[:, None] * _at(t, max_length, "int32")[None, :]  # (batch, max_length)

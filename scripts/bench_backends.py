@@ -41,10 +41,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--skip-steps", action="store_true", help="only the end-to-end recipe")
+    parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated (default tensorflow,jax)")
     args = parser.parse_args()
     captioner = str(Path(sys.executable).with_name("captioner"))
     rows: dict[str, list[str]] = {}
-    for backend in BACKENDS:
+    for backend in args.backends.split(","):
         if not args.skip_steps:
             out = run([sys.executable, "scripts/bench_precision.py", "--precisions", "float32", "--skip", "features",
                        "--steps", str(args.steps)], backend)

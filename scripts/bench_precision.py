@@ -68,7 +68,7 @@ def cnn_flops(cnn: keras.Model, size: int) -> float | None:
     return float(model_analyzer.profile(graph, options=options).total_float_ops)
 
 
-def decoder_flops(model, images: int, captions: int, steps: int, with_cnn: bool) -> float:
+def decoder_flops(model, images: int, captions: int, steps: int, with_cnn: bool) -> float | None:
     """Forward FLOPs of one caption batch (images x captions x steps words)."""
     encoder, decoder = model.encoder, model.decoder
     hidden, vocab, embed = decoder.hidden_dim, decoder.vocab_size, decoder.embedding_dim
@@ -87,7 +87,10 @@ def decoder_flops(model, images: int, captions: int, steps: int, with_cnn: bool)
     per_word += 2 * (lstm_input + hidden) * 4 * hidden  # the four LSTM gates
     total = images * per_image + images * captions * steps * per_word
     if with_cnn:
-        total += images * cnn_flops(encoder.cnn, encoder.image_size)
+        cnn = cnn_flops(encoder.cnn, encoder.image_size)
+        if cnn is None:  # not countable under this backend
+            return None
+        total += images * cnn
     return float(total)
 
 
@@ -108,7 +111,8 @@ def train_step_row(name: str, config, vocab_size: int, inputs: dict, targets: np
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0))
     seconds = time_calls(lambda: model.train_on_batch(inputs, targets), reps)
     images, captions, steps = targets.shape
-    flops = 3 * decoder_flops(model, images, captions, steps, with_cnn=not cached)
+    forward = decoder_flops(model, images, captions, steps, with_cnn=not cached)
+    flops = 3 * forward if forward is not None else None
     return {"name": name, "seconds": seconds, "flops": flops, "items": f"{images * captions / seconds:.0f} captions/s"}
 
 

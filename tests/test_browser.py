@@ -5,14 +5,13 @@ screenshot of the page with the caption and the first word's attention map."""
 
 import os
 import shutil
-import socket
-import threading
-import time
 
 import pytest
 
 webdriver = pytest.importorskip("selenium.webdriver")
 uvicorn = pytest.importorskip("uvicorn")
+
+from conftest import serving  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -21,23 +20,12 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="no chromium/c
 @pytest.fixture(scope="module")
 def page_url(attention_run, vqa_run):
     from captioner.run import load_run
-    from captioner.serve import ServeConfig, Service, create_app
+    from captioner.serve import ServeConfig, Service
 
     service = Service(load_run(attention_run), load_run(vqa_run, task="vqa"), ServeConfig())
     service.warm_up()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(service) as url:
+        yield f"{url}/"
 
 
 def test_upload_caption_and_attention_map_in_chromium(page_url, tiny_data, tmp_path):

@@ -196,6 +196,7 @@ def test_vqa_training_and_evaluation_skip_a_damaged_image_too(data, tmp_path, ca
     assert result["questions"] == questions - damaged_questions and result["skipped"].endswith("1 unreadable image")
 
 
+@pytest.mark.backends
 def test_an_interrupted_run_resumes_with_a_larger_epochs(data, tmp_path, capsys, monkeypatch):
     """The unfinished-run case: the new --epochs is applied (it used to be ignored for the stored one)."""
     import captioner.train

@@ -4,8 +4,6 @@ between good requests (the server keeps serving the others)."""
 import base64
 import socket
 import struct
-import threading
-import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,33 +13,19 @@ httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
 from captioner.run import load_run  # noqa: E402
-from captioner.serve import Batcher, ServeConfig, Service, create_app  # noqa: E402
+from captioner.serve import Batcher, ServeConfig, Service  # noqa: E402
 from captioner.tasks.caption import caption_files  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from conftest import serving  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def server(attention_run, vqa_run):
-    """A real server on 127.0.0.1 in a background thread: attention captions, questions, a 200 KB body limit."""
+    """A real server: attention captions, questions, a 200 KB body limit."""
     config = ServeConfig(max_batch=16, max_wait_ms=20, max_bytes=200_000, max_question_chars=500)
     service = Service(load_run(attention_run), load_run(vqa_run, task="vqa"), config)
     service.warm_up()
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", service
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(service) as url:
+        yield url, service
 
 
 def _png_declaring(width: int, height: int) -> bytes:
