@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-mb", type=float, default=8.0, help="largest request body in MB (default 8)")
     serve.add_argument("--beam-size", type=_positive_int, default=None, help="beam width (default: the run's)")
 
-    export = commands.add_parser("export", help="write a caption run as a TensorFlow SavedModel (image bytes in, captions out)")
+    export = commands.add_parser("export", help="write a run as a TensorFlow SavedModel (image bytes in, captions or answers out)")
     export.add_argument("--run", required=True, help="run directory written by `captioner train`")
     export.add_argument("--out", required=True, help="SavedModel folder to write (replaced atomically)")
     export.add_argument("--beam-size", type=_positive_int, default=None, help="beam width baked into the export (default: the run's)")
@@ -399,7 +399,10 @@ def run_export(args: argparse.Namespace) -> int:
 
     run = load_run(args.run, task=stored_task(args.run))
     out = export_run(run, args.out, args.beam_size, args.length_penalty)
-    print(f"wrote {out}: signature serving_default, images (encoded bytes) -> captions, tokens, scores")
+    if run.config.task == "vqa":
+        print(f"wrote {out}: signature serving_default, images (encoded bytes) + questions -> answers, top_answers, top_probabilities")
+    else:
+        print(f"wrote {out}: signature serving_default, images (encoded bytes) -> captions, tokens, scores")
     return EXIT_OK
 
 

@@ -44,7 +44,41 @@ def test_the_export_captions_as_the_cli_does_without_captioner(overfit_run, tiny
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exported"]
 
 
-def test_export_of_a_vqa_run_is_a_one_line_error(vqa_run, tmp_path, capsys):
-    assert main(["export", "--run", str(vqa_run), "--out", str(tmp_path / "x")]) == 2
+ASK = """
+import json, sys
+sys.modules["captioner"] = None
+import tensorflow as tf
+serve = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+images = [open(path, "rb").read() for path in sys.argv[2::2]]
+out = serve(images=tf.constant(images), questions=tf.constant(sys.argv[3::2]))
+print(json.dumps({"answers": [a.decode() for a in out["answers"].numpy()], "top": out["top_probabilities"].numpy().tolist()}))
+"""
+
+
+def test_a_vqa_export_answers_as_ask_does_without_captioner(vqa_run, tiny_data, tmp_path, capsys):
+    out = tmp_path / "vqa-export"
+    assert main(["export", "--run", str(vqa_run), "--out", str(out)]) == 0
+    capsys.readouterr()
+    records = json.loads((tiny_data / "train.json").read_text())["records"][:3]
+    pairs = [(str(tiny_data / r["image"]), q["question"]) for r in records for q in r["qa"][:2]]
+    pairs.append((pairs[0][0], "What COLOUR is the xyzzy?!"))  # mixed case, punctuation, an unknown word
+    expected = []
+    for image, question in pairs:
+        assert main(["ask", "--run", str(vqa_run), "--json", image, question]) == 0
+        answer = json.loads(capsys.readouterr().out)["answers"][0]
+        expected.append((answer["answer"], [t["probability"] for t in answer["top"]]))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", ASK, str(out), *[x for pair in pairs for x in pair]], capture_output=True,
+                          text=True, env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["answers"] == [answer for answer, _ in expected]
+    for row, (_, probabilities) in zip(got["top"], expected):
+        assert row == pytest.approx(probabilities, abs=1e-4)
+
+
+def test_an_export_that_cannot_be_written_is_one_line(overfit_run, tmp_path, capsys):
+    (tmp_path / "file").write_text("in the way")
+    assert main(["export", "--run", str(overfit_run), "--out", str(tmp_path / "file" / "model")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "VQA export is not built yet" in err and not (tmp_path / "x").exists()
+    assert len(err.splitlines()) == 1 and err.startswith("captioner: error: cannot write") and "Traceback" not in err
