@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="SavedModel folder to write (replaced atomically)")
     export.add_argument("--beam-size", type=_positive_int, default=None, help="beam width baked into the export (default: the run's)")
     export.add_argument("--length-penalty", type=float, default=None, help="beam ranking: log-probability / length**this (default: the run's)")
+    export.add_argument("--format", choices=["savedmodel", "tflite"], default="savedmodel",
+                        help="savedmodel (default: image bytes in, captions out, beam search inside) or tflite (caption runs: "
+                             "an encoder and one decoder step for a greedy loop on a phone)")
 
     ask = commands.add_parser("ask", help="answer questions about an image with a VQA run")
     ask.add_argument("--run", required=True, help="run directory written by `captioner train-vqa`")
@@ -398,6 +401,12 @@ def run_export(args: argparse.Namespace) -> int:
     from captioner.run import load_run, stored_task
 
     run = load_run(args.run, task=stored_task(args.run))
+    if args.format == "tflite":
+        from captioner.export import export_tflite
+
+        out = export_tflite(run, args.out)
+        print(f"wrote {out}: encoder.tflite, step.tflite and tflite.json (greedy decoding; captioner.export.tflite_greedy is the loop)")
+        return EXIT_OK
     out = export_run(run, args.out, args.beam_size, args.length_penalty)
     if run.config.task == "vqa":
         print(f"wrote {out}: signature serving_default, images (encoded bytes) + questions -> answers, top_answers, top_probabilities")

@@ -123,3 +123,98 @@ def export_run(run: Run, out: str | Path, beam_size: int | None = None, length_p
     except OSError as exc:  # e.g. a file where a folder on the way should be, or no write permission
         raise CaptionerError(f"cannot write {out}: {exc.strerror or exc}") from None
     return out
+
+
+def tflite_models(run: Run) -> dict[str, bytes]:
+    """A caption run as two TFLite (LiteRT) models, the usual way around the converter's trouble with LSTM
+    loops: `encoder.tflite` (images (1, size, size, 3) uint8 -> h, c and, with attention, grid and projected
+    grid) and `step.tflite` (one word for one image: tokens (1,), h, c[, grid, projected] -> logits, h, c).
+    Outputs are named output_0, output_1, ... in that order. Weights are frozen into constants first: left as
+    resource variables, the converted models read uninitialised variables (NaN)."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    model, decoder = run.model, run.model.decoder
+    size, hidden = model.encoder.image_size, decoder.hidden_dim
+
+    @tf.function(input_signature=[tf.TensorSpec((1, size, size, 3), tf.uint8)])
+    def encode(images):
+        grid, pooled = model.encode(images)
+        h, c = decoder.initial_state(pooled, grid)
+        return (h, c, *decoder.memory(grid))
+
+    specs = [tf.TensorSpec((1,), tf.int32), tf.TensorSpec((1, hidden), tf.float32), tf.TensorSpec((1, hidden), tf.float32)]
+    if decoder.uses_attention:
+        pixels, channels = model.encoder.num_pixels, model.encoder.encoder_dim
+
+        @tf.function(input_signature=specs + [tf.TensorSpec((1, pixels, channels), tf.float32),
+                                              tf.TensorSpec((1, pixels, decoder.attention_dim), tf.float32)])
+        def step(tokens, h, c, grid, projected):
+            logits, (h, c), _ = decoder.step(tokens, (h, c), (grid, projected))
+            return logits, h, c
+    else:
+
+        @tf.function(input_signature=specs)
+        def step(tokens, h, c):
+            logits, (h, c), _ = decoder.step(tokens, (h, c))
+            return logits, h, c
+
+    def convert(function) -> bytes:
+        frozen = convert_variables_to_constants_v2(function.get_concrete_function())
+        return tf.lite.TFLiteConverter.from_concrete_functions([frozen], model).convert()
+
+    return {"encoder.tflite": convert(encode), "step.tflite": convert(step)}
+
+
+def export_tflite(run: Run, out: str | Path) -> Path:
+    """`tflite_models` written to the folder `out` (atomically) with `tflite.json`: what a greedy loop over
+    them needs (image size, max_length, the start and end ids, the ids never to emit, the words)."""
+    if keras.backend.backend() != "tensorflow":
+        raise CaptionerError("export writes TensorFlow Lite models: run it with KERAS_BACKEND=tensorflow")
+    if run.config.task != "caption":
+        raise CaptionerError(f"{run.path} is a {run.config.task} run; --format tflite exports caption runs")
+    import json
+
+    models = tflite_models(run)
+    vocab = run.vocab
+    spec = {"image_size": run.model.encoder.image_size, "max_length": run.config.decode.max_length,
+            "attention": run.model.decoder.uses_attention, "start_id": vocab.start_id, "end_id": vocab.end_id,
+            "never": [vocab.pad_id, vocab.start_id, vocab.unk_id], "words": vocab.words}
+    out = Path(out)
+    try:
+        with atomic_directory(out) as tmp:
+            for name, data in models.items():
+                (tmp / name).write_bytes(data)
+            (tmp / "tflite.json").write_text(json.dumps(spec), encoding="utf-8")
+    except OSError as exc:
+        raise CaptionerError(f"cannot write {out}: {exc.strerror or exc}") from None
+    return out
+
+
+def tflite_greedy(folder: str | Path, images: np.ndarray) -> list[str]:
+    """Greedy captions from an `export_tflite` folder, one image at a time: the loop an app would write."""
+    import json
+
+    import tensorflow as tf
+
+    folder = Path(folder)
+    spec = json.loads((folder / "tflite.json").read_text(encoding="utf-8"))
+    encoder = tf.lite.Interpreter(model_path=str(folder / "encoder.tflite")).get_signature_runner()
+    step = tf.lite.Interpreter(model_path=str(folder / "step.tflite")).get_signature_runner()
+    never = np.zeros(len(spec["words"]), np.float32)
+    never[spec["never"]] = -1e9
+    captions = []
+    for image in images:
+        state = encoder(images=image[None])
+        h, c = state["output_0"], state["output_1"]
+        memory = {"grid": state["output_2"], "projected": state["output_3"]} if spec["attention"] else {}
+        token, words = spec["start_id"], []
+        for _ in range(spec["max_length"]):
+            out = step(tokens=np.array([token], np.int32), h=h, c=c, **memory)
+            h, c = out["output_1"], out["output_2"]
+            token = int(np.argmax(out["output_0"][0] + never))
+            if token == spec["end_id"]:
+                break
+            words.append(spec["words"][token])
+        captions.append(" ".join(words))
+    return captions

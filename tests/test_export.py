@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import keras
+import numpy as np
 import pytest
 
 from captioner.cli import main
@@ -82,3 +83,17 @@ def test_an_export_that_cannot_be_written_is_one_line(overfit_run, tmp_path, cap
     assert main(["export", "--run", str(overfit_run), "--out", str(tmp_path / "file" / "model")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("captioner: error: cannot write") and "Traceback" not in err
+
+
+def test_the_tflite_export_gives_the_greedy_captions(overfit_run, tiny_data, tmp_path, capsys):
+    from captioner.decoding import CaptionGenerator
+    from captioner.export import tflite_greedy
+    from captioner.images import load_image
+    from captioner.run import load_run
+
+    assert main(["export", "--run", str(overfit_run), "--out", str(tmp_path / "lite"), "--format", "tflite"]) == 0
+    run = load_run(overfit_run)
+    paths = sorted((tiny_data / "images").glob("test_*.png"))[:8]
+    images = np.stack([load_image(p, run.model.encoder.image_size) for p in paths])
+    expected = CaptionGenerator(run.model, run.vocab, run.config.decode.max_length, beam_size=1)(images).captions
+    assert tflite_greedy(tmp_path / "lite", images) == expected and all(expected)
