@@ -23,6 +23,19 @@ from captioner.fileio import atomic_directory
 from captioner.run import Run
 
 
+def _decoded(images, size: int):
+    """Encoded image files (batch,) string -> (batch, size, size, 3) uint8, in the graph: the first frame,
+    RGB, resized bilinearly with antialiasing (as Pillow's resize)."""
+    import tensorflow as tf
+
+    def decode(data):
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)  # (height, width, 3) uint8
+        image = tf.image.resize(image, (size, size), method="bilinear", antialias=True)  # (size, size, 3) float32
+        return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+
+    return tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec((size, size, 3), tf.uint8))
+
+
 def caption_signature(run: Run, beam_size: int | None = None, length_penalty: float | None = None):
     """The serving function: images (batch,) string -> captions (batch,) string, tokens (batch, max_length)
     int32, scores (batch,) float32."""
@@ -35,13 +48,8 @@ def caption_signature(run: Run, beam_size: int | None = None, length_penalty: fl
     words = tf.constant(np.array(run.vocab.words, dtype=object))  # (vocab,) string
     vocab = run.vocab
 
-    def decode(data):
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)  # (height, width, 3) uint8
-        image = tf.image.resize(image, (size, size), method="bilinear", antialias=True)  # (size, size, 3) float32
-        return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
-
     def serve(images):
-        pixels = tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec((size, size, 3), tf.uint8))  # (batch, size, size, 3)
+        pixels = _decoded(images, size)  # (batch, size, size, 3)
         tokens, scores, _ = generator.search(pixels)  # (batch, max_length), (batch,)
         before_end = tf.equal(tf.cumsum(tf.cast(tf.equal(tokens, vocab.end_id), tf.int32), axis=1), 0)  # (batch, max_length)
         shown = before_end & tf.not_equal(tokens, vocab.pad_id) & tf.not_equal(tokens, vocab.start_id)
@@ -73,13 +81,8 @@ def vqa_signature(run: Run, top: int = 5):
     never_other = np.zeros(len(answers), np.float32)
     never_other[AnswerVocabulary.other_id] = -1e9
 
-    def decode(data):
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)  # (height, width, 3) uint8
-        image = tf.image.resize(image, (size, size), method="bilinear", antialias=True)
-        return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
-
     def serve(images, questions):
-        pixels = tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec((size, size, 3), tf.uint8))  # (batch, size, size, 3)
+        pixels = _decoded(images, size)  # (batch, size, size, 3)
         words = tf.strings.split(tf.strings.strip(tf.strings.regex_replace(tf.strings.lower(questions), "[^a-z0-9]+", " ")))
         ids = table.lookup(words[:, :steps]).to_tensor(default_value=0, shape=(None, steps))  # (batch, steps)
         empty = tf.equal(ids[:, :1], 0)  # (batch, 1) a question with no words

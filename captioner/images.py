@@ -56,14 +56,13 @@ def open_image(path: str | Path) -> Image.Image:
 
 def _decode(source, name: str) -> Image.Image:
     """Decode a path or a file object (named `name` in errors) as `open_image` does."""
-    path = name
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source, formats=FORMATS) as image:
                 width, height = image.size
                 if width * height > MAX_PIXELS:
-                    raise CaptionerError(f"{path}: {width}x{height} pixels is more than the {MAX_PIXELS:,} allowed")
+                    raise CaptionerError(f"{name}: {width}x{height} pixels is more than the {MAX_PIXELS:,} allowed")
                 image.seek(0)  # animated images: first frame
                 image.load()
                 upright = ImageOps.exif_transpose(image)
@@ -71,15 +70,15 @@ def _decode(source, name: str) -> Image.Image:
     except CaptionerError:
         raise
     except UnidentifiedImageError:
-        raise CaptionerError(f"{path}: not a JPEG, PNG, WebP, GIF or BMP image") from None
+        raise CaptionerError(f"{name}: not a JPEG, PNG, WebP, GIF or BMP image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise CaptionerError(f"{path}: declares more than the {MAX_PIXELS:,} pixels allowed (decompression bomb?)") from None
+        raise CaptionerError(f"{name}: declares more than the {MAX_PIXELS:,} pixels allowed (decompression bomb?)") from None
     except PermissionError as exc:
-        raise CaptionerError(f"{path}: cannot read ({exc.strerror})") from None
+        raise CaptionerError(f"{name}: cannot read ({exc.strerror})") from None
     except FileNotFoundError:
-        raise CaptionerError(f"{path}: no such file (deleted while the command ran?)") from None
+        raise CaptionerError(f"{name}: no such file (deleted while the command ran?)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise CaptionerError(f"{path}: cannot decode image ({exc})") from None
+        raise CaptionerError(f"{name}: cannot decode image ({exc})") from None
 
 
 def read_image_bytes(data: bytes, size: int, name: str = "upload") -> tuple[np.ndarray, tuple[int, int]]:

@@ -143,14 +143,10 @@ class Service:
 
     def caption_batch(self, images: list[np.ndarray]) -> list[dict[str, Any]]:
         generated = self.generator(np.stack(images))  # (batch, size, size, 3) -> tokens (batch, max_length)
-        vocab = self.caption_run.vocab
         results = []
         for row in range(len(images)):
-            words = []
-            for token in generated.tokens[row]:
-                if int(token) == vocab.end_id:
-                    break
-                words.append(vocab.words[int(token)])
+            # One word per step before <end>: <pad>, <start> and <unk> are never generated, so these are the tokens.
+            words = generated.captions[row].split()
             result = {"caption": generated.captions[row], "score": float(generated.scores[row]), "words": words}
             if generated.beams is not None:
                 result["beams"] = [{"caption": caption, "score": score} for caption, score in generated.beams[row]]
