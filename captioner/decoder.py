@@ -19,6 +19,7 @@ import keras
 from keras import layers, ops
 
 from captioner.attention import SoftAttention
+from captioner.precision import lstm_use_cudnn
 
 
 @keras.saving.register_keras_serializable(package="captioner")
@@ -68,7 +69,7 @@ class LSTMDecoder(layers.Layer):
         self.pooled_norm = layers.LayerNormalization(name="pooled_norm")  # normalises the grid mean too
         self.init_h = layers.Dense(self.hidden_dim, name="init_h")
         self.init_c = layers.Dense(self.hidden_dim, name="init_c")
-        self.lstm = layers.LSTM(self.hidden_dim, return_sequences=True, name="lstm")
+        self.lstm = layers.LSTM(self.hidden_dim, return_sequences=True, name="lstm", use_cudnn=lstm_use_cudnn(self.compute_dtype))
         self.dropout = layers.Dropout(self.dropout_rate)
         self.output_projection = layers.Dense(self.vocab_size, name="output_projection")
         if self.attention_dim is not None:

@@ -26,7 +26,8 @@ from captioner.metrics import (
     oracle_bleu,
     text_scores,
 )
-from captioner.preprocessing import group_questions, image_dataset, PipelineFailure, pipeline_error, question_arrays
+from captioner.arrays import group_questions, question_arrays
+from captioner.preprocessing import image_dataset, PipelineFailure, pipeline_error
 from captioner.run import Run, update_metrics
 from captioner.vocab import tokenize
 

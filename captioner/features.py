@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 import keras
 import numpy as np
 
+from captioner.backend import CompiledFunction
 from captioner.encoder import ImageEncoder
 from captioner.errors import CaptionerError
 from captioner.fileio import atomic_path, file_sha256, write_json
@@ -125,9 +126,16 @@ class FeatureCache:
         def read(item):
             return (item, *try_load_image(item[0], size))
 
+        # Compiled once for every batch size (a tf.function, or jax.jit): about twice the images/s of calling
+        # the Keras model eagerly batch by batch (BENCHMARKS.md, precision and utilisation).
+        encode = CompiledFunction(lambda images: self.encoder(images, training=False)[:1], self.encoder.variables,
+                                  [((None, size, size, 3), "uint8")])
+
         with ThreadPoolExecutor(max_workers=2) as pool:
+            pending = pool.map(read, todo[:batch_size])  # submitted now: the next batch decodes while this one computes
             for start in range(0, len(todo), batch_size):
-                batch = list(pool.map(read, todo[start : start + batch_size]))
+                batch = list(pending)
+                pending = pool.map(read, todo[start + batch_size : start + 2 * batch_size])
                 good = [(item, image) for item, image, error in batch if error is None]
                 for item, _, error in batch:
                     if error is not None:
@@ -135,8 +143,8 @@ class FeatureCache:
                             raise CaptionerError(error)
                         on_error(item[0], error)
                 if good:
-                    grid, _ = self.encoder(np.stack([image for _, image in good]), training=False)  # (batch, num_pixels, encoder_dim)
-                    rows.append(np.asarray(grid).astype(self.dtype))
+                    grid, = encode(np.stack([image for _, image in good]))  # (batch, num_pixels, encoder_dim)
+                    rows.append(grid.astype(self.dtype))
                     names += [digest for (_, digest), _ in good]
                 if len(names) - computed >= shard_images:
                     self.store(names[computed:], np.concatenate(rows))
@@ -163,18 +171,48 @@ class FeatureCache:
             raise
         self._index = index
 
-    def load(self, paths: Sequence[str], digests: Sequence[str] | None = None) -> np.ndarray:
-        """Features of `paths` in order: (len(paths), num_pixels, encoder_dim), in the storage dtype."""
+    def rows(self, paths: Sequence[str], digests: Sequence[str] | None = None) -> "CachedRows":
+        """The features of `paths` as an array-like read on demand from the memory-mapped shards (what training
+        indexes batch by batch): memory stays at the batches read, whatever the number of images."""
         digests = digests or self.digests(paths)
-        out = np.empty((len(paths), *self.shape), self.dtype)
         rows = self._index["rows"]
-        for i, digest in enumerate(digests):
+        locations = []
+        for path, digest in zip(paths, digests):
             if digest is None:
-                raise CaptionerError(f"{paths[i]}: cannot read (deleted or no permission)")
+                raise CaptionerError(f"{path}: cannot read (deleted or no permission)")
             if digest not in rows:
-                raise CaptionerError(f"no cached features for {paths[i]}; run `captioner features` first")
+                raise CaptionerError(f"no cached features for {path}; run `captioner features` first")
             shard, row = rows[digest]
             if shard not in self._shards:
-                self._shards[shard] = np.load(self.folder / shard, mmap_mode="r")
-            out[i] = self._shards[shard][row]
+                self._shards[shard] = np.load(self.folder / shard, mmap_mode="r")  # (shard_images, num_pixels, encoder_dim)
+            locations.append((shard, row))
+        return CachedRows(self._shards, locations, self.shape, self.dtype)
+
+    def load(self, paths: Sequence[str], digests: Sequence[str] | None = None) -> np.ndarray:
+        """Features of `paths` in order, in memory: (len(paths), num_pixels, encoder_dim), in the storage dtype."""
+        return self.rows(paths, digests)[np.arange(len(paths))]
+
+
+class CachedRows:
+    """Cached features of a list of images, indexed like an array of shape (images, num_pixels, encoder_dim):
+    `rows[indices]` gathers those images' grids from the shards (memory maps), in the order asked."""
+
+    def __init__(self, shards: dict[str, np.ndarray], locations: Sequence[tuple[str, int]], grid: tuple[int, int], dtype: np.dtype):
+        self.shards = shards
+        self.shard_of = np.array([shard for shard, _ in locations], dtype=object)
+        self.row_of = np.array([row for _, row in locations], dtype=np.int64)
+        self.shape = (len(locations), *grid)
+        self.dtype = dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, indices) -> np.ndarray:
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        out = np.empty((len(indices), *self.shape[1:]), self.dtype)  # (len(indices), num_pixels, encoder_dim)
+        shards = self.shard_of[indices]
+        for shard in dict.fromkeys(shards):
+            picked = np.flatnonzero(shards == shard)
+            order = np.argsort(self.row_of[indices[picked]], kind="stable")  # ascending rows: sequential reads
+            out[picked[order]] = self.shards[shard][self.row_of[indices[picked[order]]]]
         return out

@@ -40,6 +40,14 @@ def resolve_precision(name: str) -> str:
     return name
 
 
+def lstm_use_cudnn(compute_dtype: str) -> str | bool:
+    """`use_cudnn` for a keras.layers.LSTM computing in `compute_dtype`: "auto" (cuDNN where Keras can) for
+    float32, False otherwise. Under JAX on a GPU, Keras's cuDNN LSTM (jax.experimental.rnn) fails to compile
+    for bfloat16 ("ValueError: Unknown output type bfloat16"; Keras 3.15.1, jax 0.11.2, an H200, 2026-11-26),
+    and it fails after Keras's own fall-back check, so "auto" does not catch it; the generic loop works."""
+    return "auto" if compute_dtype == "float32" else False
+
+
 @contextlib.contextmanager
 def precision_scope(name: str) -> Iterator[None]:
     """Layers created inside use `name` ("auto" resolved); the previous global policy is restored after."""

@@ -9,31 +9,11 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from captioner.arrays import caption_arrays, question_arrays
 from captioner.datasets import CaptionRecord, QARecord
 from captioner.errors import CaptionerError
 from captioner.images import try_load_image
 from captioner.vocab import AnswerVocabulary, Vocabulary
-
-
-def caption_arrays(
-    records: Sequence[CaptionRecord], vocab: Vocabulary, captions_per_image: int, max_caption_length: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Teacher-forcing inputs `<start> w1..wn` and targets `w1..wn <end>`, zero-padded.
-
-    Images with fewer captions get all-padding rows, which the loss ignores; extra captions are dropped.
-
-    Returns:
-        inputs, targets: int32, each (num_records, captions_per_image, max_caption_length + 1).
-    """
-    steps = max_caption_length + 1
-    inputs = np.zeros((len(records), captions_per_image, steps), np.int32)
-    targets = np.zeros_like(inputs)
-    for i, record in enumerate(records):
-        for j, caption in enumerate(record.captions[:captions_per_image]):
-            ids = vocab.encode_caption(caption, max_caption_length)  # <start> w1..wn <end>
-            inputs[i, j, : len(ids) - 1] = ids[:-1]
-            targets[i, j, : len(ids) - 1] = ids[1:]
-    return inputs, targets
 
 
 def image_dataset(paths: Sequence[str], image_size: int, on_error: Callable[[str, str], None], what: str = "images") -> tf.data.Dataset:
@@ -130,37 +110,6 @@ def caption_dataset(
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def group_questions(records: Sequence[QARecord], questions_per_image: int) -> list[tuple[str, list[QARecord]]]:
-    """Questions grouped by image (first-seen order), at most `questions_per_image` per group, so each image
-    is encoded once for all of its questions; an image with more questions gets several groups."""
-    by_image: dict[str, list[QARecord]] = {}
-    for record in records:
-        by_image.setdefault(record.image, []).append(record)
-    return [
-        (image, questions[start : start + questions_per_image])
-        for image, questions in by_image.items()
-        for start in range(0, len(questions), questions_per_image)
-    ]
-
-
-def question_arrays(
-    groups: Sequence[tuple[str, Sequence[QARecord]]], vocab: Vocabulary, answers: AnswerVocabulary, questions_per_image: int, max_question_length: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Question word ids and answer ids, zero-padded; padding questions and `<other>` answers have target 0 (ignored).
-
-    Returns:
-        questions: int32 (num_groups, questions_per_image, max_question_length); targets: int32 (num_groups, questions_per_image).
-    """
-    questions = np.zeros((len(groups), questions_per_image, max_question_length), np.int32)
-    targets = np.zeros((len(groups), questions_per_image), np.int32)
-    for i, (_, group) in enumerate(groups):
-        for j, record in enumerate(group):
-            ids = vocab.encode(record.question, max_question_length) or [vocab.unk_id]  # never an all-padding question
-            questions[i, j, : len(ids)] = ids
-            targets[i, j] = answers.encode(record.answer)
-    return questions, targets
-
-
 def vqa_dataset(
     groups: Sequence[tuple[str, Sequence[QARecord]]],
     vocab: Vocabulary,
@@ -200,8 +149,8 @@ def feature_caption_dataset(
 ) -> tf.data.Dataset:
     """Training batches `({"features", "tokens"}, targets)` from cached encoder features (no image decoding).
 
-    features: (num_records, num_pixels, encoder_dim) array (float16 from a FeatureCache); batches are gathered
-    from it by index, so it may be a memory map.
+    features: (num_records, num_pixels, encoder_dim), anything indexed by an integer array: an array, a memory map,
+    or `FeatureCache.rows` (gathered from the cache's shards per batch, so the features are never all in memory).
     """
     inputs, targets = caption_arrays(records, vocab, captions_per_image, max_caption_length)
     num_pixels, encoder_dim = features.shape[1:]

@@ -13,6 +13,7 @@ import keras
 from keras import layers, ops
 
 from captioner.attention import SoftAttention
+from captioner.precision import lstm_use_cudnn
 
 
 @keras.saving.register_keras_serializable(package="captioner")
@@ -35,7 +36,7 @@ class QuestionEncoder(layers.Layer):
         self.embedding_dim = int(embedding_dim)
         self.hidden_dim = int(hidden_dim)
         self.embedding = layers.Embedding(self.vocab_size, self.embedding_dim, mask_zero=True, name="embedding")
-        self.lstm = layers.LSTM(self.hidden_dim, name="lstm")
+        self.lstm = layers.LSTM(self.hidden_dim, name="lstm", use_cudnn=lstm_use_cudnn(self.compute_dtype))
 
     def build(self, tokens_shape):
         if self.built:

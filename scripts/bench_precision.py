@@ -15,9 +15,12 @@ attention projections, scores, context and gate, per caption-word; initial state
 image) and with TensorFlow's profiler for the CNNs (Conv2D, MatMul, ...; no loops inside a CNN). A training
 step is counted as 3x its forward FLOPs (backward = 2x forward), the frozen CNN of the cached path as 0.
 
-Under KERAS_BACKEND=jax the peaks and the steps are JAX's (jax.jit); CNN FLOPs are counted only under TensorFlow.
+Under KERAS_BACKEND=jax the peaks and the steps are JAX's (jax.jit) and CNN FLOPs are XLA's cost analysis of
+the compiled forward pass; TensorFlow is then not needed (the GPU machine has none). On a GPU JAX computes
+float32 matmuls with TensorFloat-32 by default: the peak is measured both ways ("float32" = the default,
+"float32 highest" = jnp.matmul(precision="highest")), and the float32 rows run with the default.
 
-    python scripts/bench_precision.py [--steps 10] [--precisions float32,mixed_bfloat16] [--skip decode]
+    python scripts/bench_precision.py [--steps 10] [--precisions float32,mixed_bfloat16] [--skip decode] [--peak-size 2048]
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from captioner.backend import CompiledFunction
 from captioner.config import ModelConfig, preset
@@ -40,14 +42,21 @@ from captioner.precision import precision_scope
 from captioner.vocab import Vocabulary
 
 
-def matmul_peak(dtype: str, n: int = 2048, reps: int = 20) -> float:
-    """GFLOP/s of an n x n matmul compiled by the backend (a tf.function, or jax.jit)."""
+def matmul_peak(dtype: str, n: int = 2048, reps: int = 20, highest: bool = False) -> float:
+    """GFLOP/s of an n x n matmul compiled by the backend (a tf.function, or jax.jit; `highest`: JAX's full
+    float32 precision instead of its default, TensorFloat-32 on recent GPUs)."""
     a, b = (keras.ops.cast(keras.random.normal((n, n), seed=i), dtype) for i in range(2))
     if keras.backend.backend() == "jax":
         import jax
 
-        product, wait = jax.jit(keras.ops.matmul), lambda x: x.block_until_ready()
+        if highest:
+            product = jax.jit(lambda x, y: jax.numpy.matmul(x, y, precision="highest"))
+        else:
+            product = jax.jit(keras.ops.matmul)
+        wait = lambda x: x.block_until_ready()  # noqa: E731
     else:
+        import tensorflow as tf
+
         product, wait = tf.function(tf.linalg.matmul), lambda x: x.numpy()
     wait(product(a, b))
     started = time.perf_counter()
@@ -58,9 +67,23 @@ def matmul_peak(dtype: str, n: int = 2048, reps: int = 20) -> float:
 
 
 def cnn_flops(cnn: keras.Model, size: int) -> float | None:
-    """Forward FLOPs of one image through a CNN, by TensorFlow's profiler (None under another backend)."""
+    """Forward FLOPs of one image through a CNN: TensorFlow's profiler, or XLA's cost analysis under JAX."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        def forward(trainable, non_trainable, x):
+            return cnn.stateless_call(trainable, non_trainable, x, training=False)[0]
+
+        # The HLO lowered for a CPU, not compiled: on a GPU the convolutions become cuDNN calls that the cost
+        # analysis does not count (it reported 0.6 instead of 19.6 GFLOP for MobileNetV2 on an H200).
+        lowered = jax.jit(forward).trace([v.value for v in cnn.trainable_variables], [v.value for v in cnn.non_trainable_variables],
+                                         np.zeros((1, size, size, 3), "float32")).lower(lowering_platforms=("cpu",))
+        cost = lowered.cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        return float(cost["flops"]) if cost and "flops" in cost else None
     if keras.backend.backend() != "tensorflow":
         return None
+    import tensorflow as tf
     from tensorflow.python.profiler import model_analyzer, option_builder
 
     graph = tf.function(lambda x: cnn(x, training=False)).get_concrete_function(tf.TensorSpec((1, size, size, 3), tf.float32)).graph
@@ -116,26 +139,26 @@ def train_step_row(name: str, config, vocab_size: int, inputs: dict, targets: np
     return {"name": name, "seconds": seconds, "flops": flops, "items": f"{images * captions / seconds:.0f} captions/s"}
 
 
-def rows_for(precision: str, reps: int, skip: set[str]) -> list[dict]:
+def rows_for(precision: str, reps: int, skip: set[str]):
+    """Yields one row (a dict) at a time, so a slow machine prints as it goes."""
     rng = np.random.default_rng(0)
-    rows = []
     with precision_scope(precision):
         shapes = preset("shapes")
         steps = 13  # the shapes split's longest caption (12 words) + 1
         tokens = rng.integers(4, 60, (32, 5, steps)).astype("int32")
         images = rng.integers(0, 255, (32, 64, 64, 3)).astype("uint8")
         if "train" not in skip:
-            rows.append(train_step_row("shapes Show-and-Tell, train step", shapes, 60, {"images": images, "tokens": tokens}, tokens, reps, False))
+            yield train_step_row("shapes Show-and-Tell, train step", shapes, 60, {"images": images, "tokens": tokens}, tokens, reps, False)
             sat = preset("shapes")
             sat.model.decoder = "attention"
-            rows.append(train_step_row("shapes Show-Attend-Tell, train step", sat, 60, {"images": images, "tokens": tokens}, tokens, reps, False))
+            yield train_step_row("shapes Show-Attend-Tell, train step", sat, 60, {"images": images, "tokens": tokens}, tokens, reps, False)
             f8k = preset("flickr8k")
             f8k.model.encoder_weights = None
             f8k.data.image_size = 224
             f8k_tokens = rng.integers(4, 2500, (32, 5, 21)).astype("int32")
             features = rng.standard_normal((32, 49, 1280)).astype("float16")
-            rows.append(train_step_row("flickr8k Show-Attend-Tell, cached features, train step", f8k, 2573,
-                                       {"features": features, "tokens": f8k_tokens}, f8k_tokens, reps, True))
+            yield train_step_row("flickr8k Show-Attend-Tell, cached features, train step", f8k, 2573,
+                                 {"features": features, "tokens": f8k_tokens}, f8k_tokens, reps, True)
         if "features" not in skip:
             for backbone in ("mobilenet_v2", "efficientnet_b0"):
                 keras.utils.set_random_seed(0)
@@ -144,8 +167,8 @@ def rows_for(precision: str, reps: int, skip: set[str]) -> list[dict]:
                 run = CompiledFunction(lambda x: encoder(x, training=False), encoder.variables, [((None, 224, 224, 3), "uint8")])
                 seconds = time_calls(lambda: run(batch), max(2, reps // 2))
                 flops = cnn_flops(encoder.cnn, 224)
-                rows.append({"name": f"features {backbone}, batch 32", "seconds": seconds,
-                             "flops": 32 * flops if flops else None, "items": f"{32 / seconds:.0f} images/s"})
+                yield {"name": f"features {backbone}, batch 32", "seconds": seconds,
+                       "flops": 32 * flops if flops else None, "items": f"{32 / seconds:.0f} images/s"}
         if "decode" not in skip:
             keras.utils.set_random_seed(0)
             model = build_caption_model(shapes.model, 60, 64)
@@ -155,9 +178,8 @@ def rows_for(precision: str, reps: int, skip: set[str]) -> list[dict]:
                 generator = CaptionGenerator(model, vocab, shapes.decode.max_length, beam)
                 generator(batch)  # trace
                 seconds = time_calls(lambda: generator(batch), 2)
-                rows.append({"name": f"decode shapes Show-and-Tell, batch 512, {'greedy' if beam == 1 else f'beam {beam}'}",
-                             "seconds": seconds, "flops": None, "items": f"{512 / seconds:.0f} captions/s"})
-    return rows
+                yield {"name": f"decode shapes Show-and-Tell, batch 512, {'greedy' if beam == 1 else f'beam {beam}'}",
+                       "seconds": seconds, "flops": None, "items": f"{512 / seconds:.0f} captions/s"}
 
 
 def main() -> None:
@@ -165,16 +187,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed calls per row, after two warm-up calls")
     parser.add_argument("--precisions", default="float32,mixed_bfloat16")
     parser.add_argument("--skip", default="", help="comma-separated: train, features, decode")
+    parser.add_argument("--peak-size", type=int, default=2048, help="n of the n x n matmul whose speed is the peak (8192 on a GPU)")
     args = parser.parse_args()
-    peaks = {name: matmul_peak(name) for name in ("float32", "bfloat16", "float16")}
-    print(f"backend {keras.backend.backend()}; matmul 2048x2048 peak GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()))
+    n = args.peak_size
+    peaks = {name: matmul_peak(name, n) for name in ("float32", "bfloat16", "float16")}
+    if keras.backend.backend() == "jax":
+        import jax
+
+        peaks["float32 highest"] = matmul_peak("float32", n, highest=True)
+        print(f"devices: {jax.devices()}")
+    print(f"backend {keras.backend.backend()}; matmul {n}x{n} peak GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()))
     print("| row | precision | GFLOP/step | ms/step | achieved GFLOP/s | of fp32 peak | of bf16 peak | throughput |")
     print("|---|---|---|---|---|---|---|---|")
     for precision in args.precisions.split(","):
         for row in rows_for(precision, args.steps, set(filter(None, args.skip.split(",")))):
             flops = row["flops"]
             rate = flops / row["seconds"] / 1e9 if flops else None
-            cells = [f"{flops / 1e9:.1f}" if flops else "-", f"{row['seconds'] * 1000:.0f}", f"{rate:.0f}" if rate else "-",
+            cells = [f"{flops / 1e9:.1f}" if flops else "-", f"{row['seconds'] * 1000:.{0 if row['seconds'] >= 0.1 else 2}f}", f"{rate:.0f}" if rate else "-",
                      f"{rate / peaks['float32']:.0%}" if rate else "-", f"{rate / peaks['bfloat16']:.0%}" if rate else "-"]
             print(f"| {row['name']} | {precision} | " + " | ".join(cells) + f" | {row['items']} |", flush=True)
 

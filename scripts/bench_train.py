@@ -22,7 +22,7 @@ from captioner.config import preset
 from captioner.datasets import load_split
 from captioner.images import load_image
 from captioner.models import build_caption_model
-from captioner.preprocessing import caption_arrays
+from captioner.arrays import caption_arrays
 from captioner.vocab import Vocabulary
 
 

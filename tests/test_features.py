@@ -163,3 +163,17 @@ def test_a_full_disk_while_writing_a_shard_leaves_the_index_consistent(backbone,
     fresh = FeatureCache(tmp_path / "fresh", backbone)
     fresh.extract(paths, batch_size=6, verbose=False)
     np.testing.assert_array_equal(reopened.load(paths), fresh.load(paths))
+
+
+def test_rows_gather_from_several_shards_in_any_order_without_loading_them(backbone, tmp_path):
+    paths = _images(tmp_path / "images", 7)
+    cache = FeatureCache(tmp_path / "cache", backbone)
+    cache.extract(paths, batch_size=2, verbose=False, shard_images=3)  # shards of 4, 3 (a batch overshoots) rows
+    assert len(list(cache.folder.glob("shard-*.npy"))) == 2
+    rows = cache.rows(paths[::-1])  # records in another order than the shards
+    assert rows.shape == (7, backbone.num_pixels, backbone.encoder_dim) and rows.dtype == np.float16
+    assert all(isinstance(shard, np.memmap) for shard in rows.shards.values())  # read per batch, never all at once
+    in_memory = cache.load(paths[::-1])
+    indices = np.array([6, 0, 3, 3, 5, 1])  # shuffled, across both shards, one repeated
+    np.testing.assert_array_equal(rows[indices], in_memory[indices])
+    np.testing.assert_array_equal(rows[np.arange(7)], in_memory)

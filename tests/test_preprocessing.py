@@ -1,7 +1,8 @@
 import numpy as np
 
 from captioner.datasets import CaptionRecord, load_split
-from captioner.preprocessing import caption_arrays, caption_dataset
+from captioner.arrays import caption_arrays
+from captioner.preprocessing import caption_dataset
 from captioner.vocab import Vocabulary
 
 

@@ -3,13 +3,12 @@
 import json
 import sys
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from captioner.datasets import QARecord, Skipped, answer_type, load_qa_split
 from captioner.errors import CaptionerError
-from captioner.preprocessing import group_questions, question_arrays
+from captioner.arrays import group_questions, question_arrays
 from captioner.vocab import AnswerVocabulary, Vocabulary, normalize_answer
 
 

@@ -88,7 +88,7 @@ class CaptionTask(Task):
                     raise CaptionerError(f"none of the images of the {split} split could be read ({skipped.summary('entries')})")
 
             def batches(records, shuffle):
-                features = cache.load([r.image for r in records])  # (images, num_pixels, encoder_dim) float16
+                features = cache.rows([r.image for r in records])  # (images, num_pixels, encoder_dim) float16, read per batch
                 return feature_caption_dataset(features, records, vocab, data.captions_per_image, data.max_caption_length,
                                                train_cfg.batch_size, shuffle=shuffle, seed=train_cfg.seed)
 

@@ -17,7 +17,8 @@ from captioner.encoder import ImageEncoder, default_image_size
 from captioner.evaluate import evaluate_vqa, vqa_summary_lines
 from captioner.images import read_image
 from captioner.models import build_vqa_model
-from captioner.preprocessing import group_questions, vqa_dataset
+from captioner.arrays import group_questions
+from captioner.preprocessing import vqa_dataset
 from captioner.run import ANSWERS_FILE, VOCAB_FILE, Run, load_run, save_config
 from captioner.tasks import base
 from captioner.tasks.base import EvalOptions, Setup, Task
