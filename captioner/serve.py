@@ -23,6 +23,7 @@ import base64
 import binascii
 import contextlib
 import json
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -315,13 +316,31 @@ def create_app(service: Service):
     return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port), or a one-line CaptionerError (a port in use, an address not of this
+    machine), so a server fails before it loads anything and never announces an address it cannot serve."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as exc:
+        raise CaptionerError(f"cannot listen on {host}:{port}: {exc.strerror}; pass --host 127.0.0.1 or this machine's address") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart need not wait for TIME_WAIT
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise CaptionerError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port or stop what uses it") from None
+    return sock
+
+
 def serve(caption_run: Run, vqa_run: Run | None, host: str, port: int, config: ServeConfig, beam_size: int | None = None,
           announce: Callable[[str], None] = print) -> None:
-    """Load, warm up, and serve until interrupted."""
+    """Bind, load, warm up, and serve until interrupted."""
     import uvicorn
 
+    sock = listening_socket(host, port)
     service = Service(caption_run, vqa_run, config, beam_size)
     service.warm_up()
     announce(f"serving {caption_run.path} on http://{host}:{port}/ (batches of up to {config.max_batch}, "
              f"waiting up to {config.max_wait_ms:g} ms); Ctrl-C stops")
-    uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
+    uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning")).run(sockets=[sock])

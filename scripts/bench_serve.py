@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,15 +25,14 @@ import numpy as np
 import uvicorn
 
 from captioner.run import load_run
-from captioner.serve import ServeConfig, Service, create_app
+from captioner.serve import ServeConfig, Service, create_app, listening_socket
 
 
 def start(service: Service) -> tuple[uvicorn.Server, str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="error"))
-    threading.Thread(target=server.run, daemon=True).start()
+    sock = listening_socket("127.0.0.1", 0)  # a free port, held from now on
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="error"))
+    threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True).start()
     while not server.started:
         time.sleep(0.05)
     return server, f"http://127.0.0.1:{port}/api/caption"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import threading
 import time
 
@@ -102,13 +101,12 @@ def serving(service):
     """A real uvicorn server of `service` on a free 127.0.0.1 port, in a background thread: yields its base URL."""
     import uvicorn
 
-    from captioner.serve import create_app
+    from captioner.serve import create_app, listening_socket
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    sock = listening_socket("127.0.0.1", 0)  # a free port, held from now on: no other process can take it first
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="error"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     for _ in range(400):
         if server.started:

@@ -134,3 +134,16 @@ def test_a_failing_batch_fails_its_requests_not_the_batcher():
 
     first, second = asyncio.run(scenario())
     assert isinstance(first[0], RuntimeError) and second == [0, 2, 4]
+
+
+def test_a_busy_port_is_one_line_before_anything_is_announced(attention_run, capsys):
+    from captioner.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--run", str(attention_run), "--port", str(port)]) == 2
+    out, err = capsys.readouterr()
+    assert "serving" not in out  # no address announced that is not being served
+    assert err.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in err and "choose another --port" in err
