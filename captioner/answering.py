@@ -77,7 +77,14 @@ class Answerer:
     def __call__(self, images: np.ndarray, questions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """images (batch, size, size, 3) uint8, questions (batch, per_image, steps) int32 ->
         probabilities (batch, per_image, num_answers) and attention (batch, per_image, num_pixels)."""
-        return self._probabilities(np.asarray(images, np.uint8), np.asarray(questions, np.int32))
+        questions = np.asarray(questions, np.int32)
+        per_image = questions.shape[1]
+        if backend.name() == "jax":  # jax.jit compiles per shape: pad the questions axis as the batch axis is padded
+            padding = np.zeros((len(questions), backend.bucket(per_image) - per_image, questions.shape[2]), np.int32)
+            padding[:, :, 0] = self.vocab.unk_id  # a padding question is one unknown word, never all padding
+            questions = np.concatenate([questions, padding], axis=1)  # (batch, bucket(per_image), steps)
+        probabilities, attention = self._probabilities(np.asarray(images, np.uint8), questions)
+        return probabilities[:, :per_image], attention[:, :per_image]
 
     def top(self, probabilities: np.ndarray, k: int = 5) -> list[tuple[str, float]]:
         """The k most probable answers of one question's distribution (num_answers,)."""

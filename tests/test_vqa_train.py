@@ -125,3 +125,22 @@ def test_vqa_v2_files_train_and_score_with_ten_answers(tmp_path):
     # 8 of 10 annotators agree: a right answer scores 1 (min(7/3, 1) or min(8/3, 1) in every subset).
     assert result["accuracy"] in {i / 8 for i in range(9)}
     assert result["accuracy"] >= 0.75, result
+
+
+@pytest.mark.backends
+def test_any_number_of_questions_per_image_is_one_compilation_with_the_same_answers(vqa_run, tiny_data):
+    """Under JAX the questions axis is padded like the batch axis (else every new count compiles again);
+    on both backends the answers to a question do not depend on how many others come with it."""
+    from captioner.images import load_image
+
+    run = load_run(vqa_run, task="vqa")
+    answerer = Answerer(run.model, run.vocab, run.answers, run.config.vqa.max_question_length)
+    image = load_image(tiny_data / "images" / "test_00000.png", run.model.encoder.image_size)[None]  # (1, size, size, 3)
+    asked = ["what color is the circle", "how many shapes are there", "is there a square", "what shape is red"]
+    encoded = [answerer.encode(q) for q in asked]
+    alone, _ = answerer(image, answerer.question_array([encoded[:1]]))
+    for count in (1, 2, 3, 4):
+        probabilities, attention = answerer(image, answerer.question_array([encoded[:count]]))
+        assert probabilities.shape[:2] == attention.shape[:2] == (1, count)
+        np.testing.assert_allclose(probabilities[0, 0], alone[0, 0], atol=1e-5)
+    assert answerer.trace_count == 1
