@@ -9,7 +9,14 @@ from typing import Sequence
 import numpy as np
 
 from captioner.datasets import CaptionRecord, QARecord
-from captioner.vocab import AnswerVocabulary, Vocabulary
+from captioner.vocab import AnswerVocabulary, Vocabulary, tokenize
+
+
+def padded_caption_length(records: Sequence[CaptionRecord], limit: int, percentile: float = 100.0) -> int:
+    """Words to pad captions to: the `percentile` of the training captions' lengths (100: the longest), at most
+    `limit`. Not further: padded steps cost time."""
+    lengths = [len(tokenize(c)) for r in records for c in r.captions]
+    return min(int(limit), int(np.ceil(np.percentile(lengths, percentile))))
 
 
 def caption_arrays(

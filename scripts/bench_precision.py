@@ -127,38 +127,55 @@ def time_calls(call, reps: int) -> float:
     return (time.perf_counter() - started) / reps
 
 
-def train_step_row(name: str, config, vocab_size: int, inputs: dict, targets: np.ndarray, reps: int, cached: bool) -> dict:
+TRAIN_ROWS = {  # name -> table label
+    "shapes-nic": "shapes Show-and-Tell, train step",
+    "shapes-sat": "shapes Show-Attend-Tell, train step",
+    "flickr8k": "flickr8k Show-Attend-Tell, cached features, train step",
+}
+
+
+def train_row_inputs(name: str):
+    """(config, vocab size, inputs, targets) of one training row: random weights, a batch of the real shapes
+    (`shapes`: 32 images x 5 captions of 13 steps; `flickr8k`: 32 cached 7x7x1280 grids, captions of 21 steps)."""
+    rng = np.random.default_rng(0)
+    if name == "flickr8k":
+        config = preset("flickr8k")
+        config.model.encoder_weights = None
+        config.data.image_size = 224
+        tokens = rng.integers(4, 2500, (32, 5, 21)).astype("int32")
+        return config, 2573, {"features": rng.standard_normal((32, 49, 1280)).astype("float16"), "tokens": tokens}, tokens
+    config = preset("shapes")
+    config.model.decoder = "attention" if name == "shapes-sat" else "lstm"
+    tokens = rng.integers(4, 60, (32, 5, 13)).astype("int32")  # the shapes split's longest caption (12 words) + 1
+    return config, 60, {"images": rng.integers(0, 255, (32, 64, 64, 3)).astype("uint8"), "tokens": tokens}, tokens
+
+
+def compiled_caption_model(config, vocab_size: int):
+    """The row's model from seed 0, compiled as training compiles it."""
     keras.utils.set_random_seed(0)
     model = build_caption_model(config.model, vocab_size, config.data.image_size)
     model.compile(optimizer=keras.optimizers.Adam(1e-3, global_clipnorm=5.0),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0))
+    return model
+
+
+def train_step_row(name: str, reps: int) -> dict:
+    config, vocab_size, inputs, targets = train_row_inputs(name)
+    model = compiled_caption_model(config, vocab_size)
     seconds = time_calls(lambda: model.train_on_batch(inputs, targets), reps)
     images, captions, steps = targets.shape
-    forward = decoder_flops(model, images, captions, steps, with_cnn=not cached)
+    forward = decoder_flops(model, images, captions, steps, with_cnn="images" in inputs)
     flops = 3 * forward if forward is not None else None
-    return {"name": name, "seconds": seconds, "flops": flops, "items": f"{images * captions / seconds:.0f} captions/s"}
+    return {"name": TRAIN_ROWS[name], "seconds": seconds, "flops": flops, "items": f"{images * captions / seconds:.0f} captions/s"}
 
 
 def rows_for(precision: str, reps: int, skip: set[str]):
     """Yields one row (a dict) at a time, so a slow machine prints as it goes."""
     rng = np.random.default_rng(0)
     with precision_scope(precision):
-        shapes = preset("shapes")
-        steps = 13  # the shapes split's longest caption (12 words) + 1
-        tokens = rng.integers(4, 60, (32, 5, steps)).astype("int32")
-        images = rng.integers(0, 255, (32, 64, 64, 3)).astype("uint8")
         if "train" not in skip:
-            yield train_step_row("shapes Show-and-Tell, train step", shapes, 60, {"images": images, "tokens": tokens}, tokens, reps, False)
-            sat = preset("shapes")
-            sat.model.decoder = "attention"
-            yield train_step_row("shapes Show-Attend-Tell, train step", sat, 60, {"images": images, "tokens": tokens}, tokens, reps, False)
-            f8k = preset("flickr8k")
-            f8k.model.encoder_weights = None
-            f8k.data.image_size = 224
-            f8k_tokens = rng.integers(4, 2500, (32, 5, 21)).astype("int32")
-            features = rng.standard_normal((32, 49, 1280)).astype("float16")
-            yield train_step_row("flickr8k Show-Attend-Tell, cached features, train step", f8k, 2573,
-                                 {"features": features, "tokens": f8k_tokens}, f8k_tokens, reps, True)
+            for name in TRAIN_ROWS:
+                yield train_step_row(name, reps)
         if "features" not in skip:
             for backbone in ("mobilenet_v2", "efficientnet_b0"):
                 keras.utils.set_random_seed(0)
@@ -171,6 +188,7 @@ def rows_for(precision: str, reps: int, skip: set[str]):
                        "flops": 32 * flops if flops else None, "items": f"{32 / seconds:.0f} images/s"}
         if "decode" not in skip:
             keras.utils.set_random_seed(0)
+            shapes = preset("shapes")
             model = build_caption_model(shapes.model, 60, 64)
             vocab = Vocabulary.build(" ".join(f"w{i}" for i in range(56)) for _ in range(1))
             batch = rng.integers(0, 255, (512, 64, 64, 3)).astype("uint8")

@@ -28,7 +28,7 @@ import keras
 import numpy as np
 
 from captioner.answering import Answerer
-from captioner.arrays import caption_arrays, group_questions, question_arrays
+from captioner.arrays import caption_arrays, group_questions, padded_caption_length, question_arrays
 from captioner.config import preset
 from captioner.datasets import load_qa_split, load_split
 from captioner.datasets.shapes import generate
@@ -85,8 +85,7 @@ def caption_quality(data_dir: str, precisions: list[str], decoder: str, epochs: 
     config = resolve_auto(config)
     splits = {name: load_split("shapes", data_dir, name)[:limit] for name in ("train", "val", "test")}
     vocab = Vocabulary.build((c for r in splits["train"] for c in r.captions), min_count=config.data.min_word_count)
-    lengths = [len(tokenize(c)) for r in splits["train"] for c in r.captions]
-    max_length = min(config.data.max_caption_length, int(np.ceil(np.percentile(lengths, config.data.max_length_percentile))))
+    max_length = padded_caption_length(splits["train"], config.data.max_caption_length, config.data.max_length_percentile)
     size = config.data.image_size
     images = {name: np.stack([load_image(r.image, size) for r in records]) for name, records in splits.items()}  # (n, size, size, 3)
     arrays = {name: caption_arrays(splits[name], vocab, config.data.captions_per_image, max_length) for name in ("train", "val")}

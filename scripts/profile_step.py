@@ -23,28 +23,10 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import keras
-import numpy as np
 import tensorflow as tf
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-from captioner.config import preset
-from captioner.models import build_caption_model
-
-
-def row_inputs(name: str):
-    """(config, vocab size, inputs, targets) of one benchmark row."""
-    rng = np.random.default_rng(0)
-    if name == "flickr8k":
-        config = preset("flickr8k")
-        config.model.encoder_weights = None
-        config.data.image_size = 224
-        tokens = rng.integers(4, 2500, (32, 5, 21)).astype("int32")
-        return config, 2573, {"features": rng.standard_normal((32, 49, 1280)).astype("float16"), "tokens": tokens}, tokens
-    config = preset("shapes")
-    config.model.decoder = "attention" if name == "shapes-sat" else "lstm"
-    tokens = rng.integers(4, 60, (32, 5, 13)).astype("int32")
-    return config, 60, {"images": rng.integers(0, 255, (32, 64, 64, 3)).astype("uint8"), "tokens": tokens}, tokens
+from bench_precision import compiled_caption_model, train_row_inputs  # the same rows, beside this script
 
 
 def op_times(trace_dir: Path) -> collections.Counter:
@@ -74,11 +56,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=12)
     args = parser.parse_args()
     for name in args.rows.split(","):
-        config, vocab_size, inputs, targets = row_inputs(name)
-        keras.utils.set_random_seed(0)
-        model = build_caption_model(config.model, vocab_size, config.data.image_size)
-        model.compile(optimizer=keras.optimizers.Adam(1e-3, global_clipnorm=5.0),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0))
+        config, vocab_size, inputs, targets = train_row_inputs(name)
+        model = compiled_caption_model(config, vocab_size)
         for _ in range(2):
             model.train_on_batch(inputs, targets)
         with tempfile.TemporaryDirectory() as trace_dir:

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import keras
 import numpy as np
 
+from captioner.arrays import padded_caption_length
 from captioner.config import ModelConfig, RunConfig
 from captioner.datasets import Skipped, load_split
 from captioner.decoding import CaptionGenerator
@@ -26,7 +27,7 @@ from captioner.run import VOCAB_FILE, Run, save_config
 from captioner.tasks import base
 from captioner.tasks.base import EvalOptions, Setup, Task
 from captioner.viz import attention_figure
-from captioner.vocab import Vocabulary, tokenize
+from captioner.vocab import Vocabulary
 
 
 class CaptionTask(Task):
@@ -59,10 +60,8 @@ class CaptionTask(Task):
             vocab = Vocabulary.load(run_dir / VOCAB_FILE)
         else:
             vocab = Vocabulary.build((c for r in train_records for c in r.captions), min_count=data.min_word_count)
-            # Pad to the longest training caption (or a percentile of the lengths), not further: padded steps cost time.
-            lengths = [len(tokenize(c)) for r in train_records for c in r.captions]
-            longest = int(np.ceil(np.percentile(lengths, data.max_length_percentile)))
-            data = replace(data, image_size=image_size, data_dir=str(Path(data.data_dir).resolve()), max_caption_length=min(data.max_caption_length, longest))
+            longest = padded_caption_length(train_records, data.max_caption_length, data.max_length_percentile)
+            data = replace(data, image_size=image_size, data_dir=str(Path(data.data_dir).resolve()), max_caption_length=longest)
             config = replace(config, data=data)
             run_dir.mkdir(parents=True, exist_ok=True)
             vocab.save(run_dir / VOCAB_FILE)
