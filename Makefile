@@ -6,7 +6,7 @@ DATA := data/shapes
 RUN := runs/demo
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test install data train evaluate caption clean flickr8k
+.PHONY: demo test test-slow install data train evaluate caption clean flickr8k
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ flickr8k: install
 test: install
 	$(BIN)/python -m pytest -q
 	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -m "backends and not slow"
+
+# The tests marked `slow` (kill -9 and resume, a real full disk, VQA v2, ...), on TensorFlow; .ci/run runs them after `test`.
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
 
 clean:
 	rm -rf $(VENV) $(RUN) $(DATA)

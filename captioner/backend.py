@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-import tempfile
 from typing import Callable, Sequence
 
 import numpy as np
@@ -114,34 +113,75 @@ def gpu_compute_capabilities() -> list[tuple[int, int]]:
         return []
 
 
-# What TensorFlow, absl and oneDNN print on stderr when TensorFlow is imported: start-up chatter, not news.
-_IMPORT_NOISE = re.compile(
-    r"^(WARNING: All log messages before absl::InitializeLog|[IWE]\d{4} [\d:. ]+\d+ \S+\.cc:\d+\]|"
-    r"To enable the following instructions|oneDNN custom operations are on|This TensorFlow binary is optimized)"
-)
+# The shape of a line of TensorFlow's, XLA's or oneDNN's C++ logging (absl/glog: severity, MMDD, time, thread,
+# file:line]) and absl's notice before its logging starts. Fatal ("F...") lines are not noise and pass.
+NATIVE_LOG_LINE = re.compile(r"^(?:[IWE]\d{4} +[\d:.]+ +\d+ +[^ \]]+:\d+\]|WARNING: All log messages before absl::InitializeLog)")
+
+# The filter process: what arrives on fd 2 (native writes only) goes to the real stderr, less native log lines and
+# the lines read together with one, after it (a message's continuation, e.g. "To enable the following ..."; a
+# non-logging line written in the same instant after a log line would go too). Fatal lines and crash reports pass.
+_FILTER = r"""
+import os, re, sys
+header = re.compile(sys.argv[1])
+while True:
+    try:
+        chunk = os.read(0, 1 << 16)
+    except InterruptedError:
+        continue
+    if not chunk:
+        break
+    kept, dropping = [], False
+    for line in chunk.decode("utf-8", "replace").splitlines(keepends=True):
+        if header.match(line):
+            dropping = True
+        elif not dropping or line.startswith(("F0", "Fatal", "Traceback", "terminate called")):
+            dropping = False
+            kept.append(line)
+    if kept:
+        os.write(1, "".join(kept).encode("utf-8"))
+"""
+
+
+def filter_native_logs() -> None:
+    """From now on, lines of native (C++) logging written to stderr by TensorFlow, XLA, oneDNN or absl are dropped,
+    whatever their message and whenever they come: file descriptor 2 becomes a pipe into a small filter process that
+    passes on everything else; Python's own `sys.stderr` writes to the real stderr directly. The filter is a process,
+    not a thread, so what a crash writes still gets through. The CLI calls this before importing TensorFlow;
+    `--verbose` or CAPTIONER_TF_LOGS=1 skip it (TF_CPP_MIN_LOG_LEVEL is then left as the user set it)."""
+    import atexit
+    import subprocess
+
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # most of it is not even written
+    sys.stderr.flush()
+    real = os.dup(2)
+    read_end, write_end = os.pipe()
+    try:
+        child = subprocess.Popen([sys.executable, "-S", "-c", _FILTER, NATIVE_LOG_LINE.pattern], stdin=read_end, stdout=real,
+                                 stderr=subprocess.DEVNULL, close_fds=True)
+    except OSError:  # no process to spare: leave stderr as it is
+        for fd in (read_end, write_end, real):
+            os.close(fd)
+        return
+    os.close(read_end)
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    sys.stderr = open(real, "w", buffering=1, encoding=sys.stderr.encoding or "utf-8", errors="backslashreplace", closefd=False)
+
+    def finish() -> None:  # close the pipe's last write end, so the filter drains it and exits before we do
+        sys.stderr.flush()
+        os.dup2(real, 2)
+        try:
+            child.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            pass
+
+    atexit.register(finish)
 
 
 def import_tensorflow_quietly() -> None:
-    """Import TensorFlow with stderr (the file descriptor: C++ writes there) sent to a temporary file, then
-    pass on every line that is not start-up noise; TensorFlow's own Python logger is set to errors only.
+    """Filter native log lines out of stderr (`filter_native_logs`), then import TensorFlow and set its Python
+    logger to errors only (retracing notices say nothing a user can act on)."""
+    filter_native_logs()
+    import tensorflow as tf
 
-    The CLI calls this before anything imports Keras (which imports TensorFlow under every backend, for
-    tf.data); `--verbose` or CAPTIONER_TF_LOGS=1 skip it: everything TensorFlow says is shown.
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import tensorflow as tf
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-        captured.seek(0)
-        lines = captured.read().decode("utf-8", "replace").splitlines()
-    kept = [line for line in lines if line.strip() and not _IMPORT_NOISE.match(line)]
-    if kept:
-        print("\n".join(kept), file=sys.stderr)
-    tf.get_logger().setLevel("ERROR")  # e.g. retracing notices, which say nothing a user can act on
+    tf.get_logger().setLevel("ERROR")

@@ -63,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--cache-dir", default=None, help="cache folder (default DATA_DIR/features, as train uses)")
     features.add_argument("--batch-size", type=_positive_int, default=32, help="images per CNN batch (default 32)")
     features.add_argument("--seed", type=int, default=0, help="with --encoder-weights none: the seed train will use (default 0)")
-    features.add_argument("--precision", default="float32", choices=PRECISION_CHOICES,
-                          help="compute precision of the CNN (default float32; a train run reads the features of its own)")
+    features.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
+                          help="compute precision of the CNN (default auto, as train's data.feature_precision, so train reads these features)")
     features.add_argument("--verbose", action="store_true", help="list every entry the dataset loader skipped")
 
     classify = commands.add_parser("classify", help="ImageNet classes of photos: check a backbone's weights file (with the classifier)")
@@ -171,7 +171,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="any other setting, e.g. model.hidden_dim=512")
     parser.add_argument("--fine-tune-encoder", action="store_true", help="train a pretrained backbone too (no feature cache; slow on a CPU)")
     parser.add_argument("--precision", default=None, choices=PRECISION_CHOICES,
-                        help="auto (default: mixed_bfloat16 where the CPU/GPU has fast bfloat16, else float32) or one of these")
+                        help="auto (default: what measured faster at equal quality on this CPU/GPU for this kind of training; "
+                             "BENCHMARKS.md) or one of these")
     parser.add_argument("--cache-dir", default=None, help="feature cache of a frozen backbone (default DATA_DIR/features)")
     parser.add_argument("--restart", action="store_true", help="discard an existing run directory's training and start over")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -264,6 +265,10 @@ def _report_skipped(skipped: Skipped, what: str, verbose: bool) -> None:
             print(f"  {line}", file=sys.stderr)
 
 
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
 def _notify(line: str) -> None:
     print(f"captioner: {line}", file=sys.stderr, flush=True)
 
@@ -289,7 +294,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     config = _configure(args, args.preset, _TRAIN_FLAGS, {"model.encoder_trainable": "true"} if args.fine_tune_encoder else {})
     skipped = Skipped()
-    metrics = train(config, args.run, verbose=0 if args.quiet else "auto", restart=args.restart, skipped=skipped, notify=_notify)
+    metrics = train(config, args.run, verbose=0 if args.quiet else "auto", restart=args.restart, skipped=skipped, notify=_notify,
+                    log=_log)
     _report_skipped(skipped, "entries", args.verbose)
     return _report_training(metrics, args.run, "captions")
 
@@ -314,7 +320,8 @@ def run_train_vqa(args: argparse.Namespace) -> int:
     config = _configure(args, name, _TRAIN_VQA_FLAGS, {k: v for k, v in fixed.items() if k != "task"})
     config.task = "vqa"
     skipped = Skipped()
-    metrics = train(config, args.run, verbose=0 if args.quiet else "auto", restart=args.restart, skipped=skipped, notify=_notify)
+    metrics = train(config, args.run, verbose=0 if args.quiet else "auto", restart=args.restart, skipped=skipped, notify=_notify,
+                    log=_log)
     _report_skipped(skipped, "questions", args.verbose)
     return _report_training(metrics, args.run, "questions")
 
@@ -400,7 +407,8 @@ def run_export(args: argparse.Namespace) -> int:
     from captioner.export import export_run
     from captioner.run import load_run, stored_task
 
-    run = load_run(args.run, task=stored_task(args.run))
+    # float32 whatever the run trained at (its variables are float32): what TFLite converts and every server runs
+    run = load_run(args.run, task=stored_task(args.run), precision="float32")
     if args.format == "tflite":
         from captioner.export import export_tflite
 

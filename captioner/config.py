@@ -28,6 +28,7 @@ class DataConfig:
     cache_images: bool = True  # keep decoded images in memory after the first epoch (small datasets)
     max_length_percentile: float = 100.0  # pad captions to this percentile of training caption lengths (at most max_caption_length)
     feature_cache_dir: str = ""  # frozen backbones: where grid features are cached ("" = DATA_DIR/features)
+    feature_precision: str = "auto"  # frozen backbones: precision of the CNN that fills the cache (auto: as `captioner features`)
 
 
 @dataclass
@@ -40,6 +41,7 @@ class ModelConfig:
     encoder_filters: list[int] = field(default_factory=lambda: [32, 64, 128, 128])  # small_cnn channels per stage
     encoder_trainable: bool | None = None  # train the CNN with the decoder; None: small_cnn yes, backbones no (frozen, features cached)
     encoder_norm: str = "none"  # small_cnn normalisation: "none", "group" or "batch" (see README: collapse)
+    encoder_input: str = "centered"  # small_cnn pixels scaled to [-1, 1] ("centered") or [0, 1] ("unit", runs before 2026-11-30)
     feature_dim: int = 256  # width of the pooled image vector when encoder_pooling is "flatten"
     encoder_pooling: str | None = None  # "flatten" or "avg"; None: flatten for small_cnn, avg for backbones
     embedding_dim: int = 128  # word-embedding width
@@ -48,7 +50,8 @@ class ModelConfig:
     attention_dim: int = 128  # width of the additive attention (decoder "attention")
     attention_regularization: float = 1.0  # lambda of the doubly stochastic attention penalty
     init_from: str | None = None  # LSTM state from "pooled" or "grid_mean"; None: grid_mean with attention
-    precision: str = "auto"  # float32, mixed_bfloat16 or mixed_float16; auto: mixed_bfloat16 where bfloat16 is fast (captioner.precision)
+    precision: str = "auto"  # float32, mixed_bfloat16 or mixed_float16; auto: what measured faster at equal quality (captioner.precision)
+    precision_reason: str = ""  # why "auto" became `precision` (written when a run starts; "" when it was asked for)
 
 
 @dataclass
@@ -154,8 +157,10 @@ def preset(name: str) -> RunConfig:
     if name == "tiny":
         return RunConfig(
             data=DataConfig(image_size=32, cache_images=True),
+            # float32 on every machine: tests compare its numbers tightly (eager vs traced, backend vs backend,
+            # export vs caption); mixed precision has tests of its own (tests/test_precision.py).
             model=ModelConfig(
-                encoder_filters=[8, 16, 16], feature_dim=32, embedding_dim=16, hidden_dim=32, dropout_rate=0.0
+                encoder_filters=[8, 16, 16], feature_dim=32, embedding_dim=16, hidden_dim=32, dropout_rate=0.0, precision="float32"
             ),
             train=TrainConfig(epochs=2, batch_size=16, learning_rate=1e-2, patience=5),
             vqa=VQAConfig(question_embedding_dim=16, question_hidden_dim=32, fusion_dim=32, mlp_dim=32, dropout_rate=0.0, attention_dim=16),
@@ -166,10 +171,10 @@ def preset(name: str) -> RunConfig:
         # sizes follow sgrvinod's tutorial, scaled down for a CPU.
         return RunConfig(
             data=DataConfig(dataset="flickr8k", data_dir="data/flickr8k", min_word_count=5, max_length_percentile=95.0, cache_images=False),
-            # float32 until mixed precision is shown to keep Flickr8k's BLEU (BENCHMARKS.md, precision), and so
-            # that `captioner features` (float32 by default) computes the features this run reads.
+            # precision "auto": the decoder on cached features is the work mixed precision may speed up; the features
+            # are computed at data.feature_precision, as `captioner features` computes them (BENCHMARKS.md, precision).
             model=ModelConfig(decoder="attention", encoder="mobilenet_v2", encoder_weights="imagenet", embedding_dim=256,
-                              hidden_dim=512, attention_dim=256, dropout_rate=0.5, precision="float32"),
+                              hidden_dim=512, attention_dim=256, dropout_rate=0.5),
             # 1e-3 halved whenever validation loss stalls: 188 steps of 160 captions an epoch, so sgrvinod's 4e-4
             # (for batches of 32 captions) learns too slowly for a CPU budget (BENCHMARKS.md, Flickr8k tries).
             train=TrainConfig(epochs=20, batch_size=32, learning_rate=1e-3, patience=3, lr_reduce_factor=0.5, lr_reduce_patience=1),
@@ -215,9 +220,10 @@ def flatten(config: RunConfig) -> dict[str, Any]:
 
 def resume_changes(before: dict[str, Any], now: dict[str, Any]) -> tuple[dict[str, tuple], dict[str, tuple]]:
     """The settings that differ between the command that started a run and this one, as {key: (before, now)}:
-    those a resume may apply, and the others. "preset" is not compared: the values it set are."""
+    those a resume may apply, and the others. "preset" is not compared: the values it set are. Nor are settings
+    the earlier command could not name (added to captioner since; the stored config says what was built)."""
     changed = {key: (before.get(key), now.get(key)) for key in sorted(set(before) | set(now))
-               if key != "preset" and before.get(key) != now.get(key)}
+               if key != "preset" and (key in before or key not in now) and before.get(key) != now.get(key)}
     allowed = {k: v for k, v in changed.items() if k in RESUMABLE or k.partition(".")[0] in RESUMABLE_SECTIONS}
     return allowed, {k: v for k, v in changed.items() if k not in allowed}
 

@@ -58,6 +58,11 @@ class ImageEncoder(layers.Layer):
         encoder_trainable: bool. Whether the CNN's weights are trained. Defaults to True.
         norm: str. small_cnn normalisation: "group" (GroupNorm, same in training and inference), "batch"
             (BatchNorm, momentum 0.9) or "none". Defaults to "none".
+        input_scale: str. small_cnn input scaling: "centered" (pixels to [-1, 1]) or "unit" ([0, 1], as runs before
+            2026-11-30 were trained). Defaults to "unit", so a saved model without the key loads as it was trained.
+            Centered inputs keep what all images share (a grey background) from dominating every feature: at
+            initialisation the pooled vectors of different `shapes` images have cosine 0.97 with "unit" and 0.73
+            with "centered" (BENCHMARKS.md, "The demo's plateau").
 
     Call returns:
         grid: (batch, num_pixels, encoder_dim) float32.
@@ -74,6 +79,7 @@ class ImageEncoder(layers.Layer):
         weights: str | None = None,
         encoder_trainable: bool = True,
         norm: str = "none",
+        input_scale: str = "unit",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -91,11 +97,14 @@ class ImageEncoder(layers.Layer):
         if norm not in ("group", "batch", "none"):
             raise CaptionerError(f"unknown norm '{norm}'; use group, batch or none")
         self.norm = norm
+        if input_scale not in ("unit", "centered"):
+            raise CaptionerError(f"unknown input_scale '{input_scale}'; use centered or unit")
+        self.input_scale = input_scale
         if encoder == "small_cnn":
             if weights not in (None, "none"):
                 raise CaptionerError("the small_cnn encoder has no pretrained weights; use --encoder-weights none")
             self.cnn = self._small_cnn()
-            self._preprocess = lambda images: images / 255.0
+            self._preprocess = (lambda images: images / 127.5 - 1.0) if input_scale == "centered" else (lambda images: images / 255.0)
         else:
             backbone = BACKBONES[encoder]
             self.cnn = _build_backbone(encoder, backbone, self.image_size, weights)
@@ -163,6 +172,7 @@ class ImageEncoder(layers.Layer):
             weights=self.weights_source,
             encoder_trainable=self.encoder_trainable,
             norm=self.norm,
+            input_scale=self.input_scale,
         )
         return config
 

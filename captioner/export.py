@@ -164,7 +164,12 @@ def tflite_models(run: Run) -> dict[str, bytes]:
 
     def convert(function) -> bytes:
         frozen = convert_variables_to_constants_v2(function.get_concrete_function())
-        return tf.lite.TFLiteConverter.from_concrete_functions([frozen], model).convert()
+        try:
+            return tf.lite.TFLiteConverter.from_concrete_functions([frozen], model).convert()
+        except Exception as exc:  # the converter's errors are multi-line MLIR dumps: one line, and what to do
+            first = next((line.strip() for line in str(exc).splitlines() if "error" in line.lower()), type(exc).__name__)
+            raise CaptionerError(f"TFLite cannot convert {run.path} computed in {model.compute_dtype} ({first[:200]}); "
+                                 f"load the run at float32 (captioner export does)") from None
 
     return {"encoder.tflite": convert(encode), "step.tflite": convert(step)}
 

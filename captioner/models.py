@@ -117,6 +117,7 @@ def build_image_encoder(model_config, image_size: int, pooling: str | None = Non
         weights=model_config.encoder_weights,
         encoder_trainable=encoder_is_trainable(model_config),
         norm=model_config.encoder_norm,
+        input_scale=model_config.encoder_input,
         name="image_encoder",
     )
 

@@ -5,11 +5,18 @@ captioner's layers create their sub-layers themselves, so a model is built (and 
 `precision_scope`, which sets the policy for the duration and puts the previous one back. Variables stay
 float32 under every policy, so a model saved under one precision loads under any other; the loss, the
 softmax of generation and beam scores stay float32.
+
+`auto` is chosen per kind of work and per kind of hardware from a table of measurements (`AUTO_RULES`,
+BENCHMARKS.md "Precision: what auto picks"): mixed precision only where it measured faster than float32 on
+that hardware *and* kept the quality; float32 everywhere else. `CAPTIONER_AUTO_PRECISION=float32` or
+`=mixed_bfloat16` forces what `auto` becomes (to run the suite as if on another kind of machine).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -18,23 +25,67 @@ import keras
 from captioner.backend import gpu_compute_capabilities
 from captioner.config import PRECISIONS
 
+AUTO_ENV = "CAPTIONER_AUTO_PRECISION"  # forces what "auto" becomes: float32 or mixed_bfloat16 (tests, other machines)
+# What a precision is chosen for: training a CNN from pixels (the small CNN, a fine-tuned backbone), training a
+# decoder or VQA head on cached backbone features, running a frozen backbone to fill the feature cache, and
+# generating captions or answers.
+WORKS = ("train_cnn", "train_cached", "features", "decode")
+# Hardware kinds as `hardware()` names them.
+HARDWARE = ("gpu_bf16", "cpu_amx", "cpu_avx512_bf16", "cpu")
 
-def fast_bfloat16() -> bool:
-    """Whether this machine multiplies bfloat16 matrices much faster than float32: an x86 CPU with AMX or
-    AVX512-BF16, or a GPU of compute capability 8.0 or newer (Ampere on)."""
+# (hardware, work) -> (precision, why). Absent pairs are float32. Mixed precision is listed only where it was
+# measured faster than float32 on that hardware and of equal quality (BENCHMARKS.md, "Precision: what auto picks").
+AUTO_RULES: dict[tuple[str, str], tuple[str, str]] = {}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What `auto` became, and the one-line reason (config.json and the training log say it)."""
+
+    precision: str
+    reason: str
+
+
+def hardware() -> str:
+    """The kind of machine for precision purposes: a GPU of compute capability 8.0+ (Ampere on), an x86 CPU with
+    AMX, one with AVX512-BF16, or any other CPU."""
+    if any(capability >= (8, 0) for capability in gpu_compute_capabilities()):
+        return "gpu_bf16"
     try:
         flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
         flags = ""
-    if "amx_bf16" in flags or "avx512_bf16" in flags:
-        return True
-    return any(capability >= (8, 0) for capability in gpu_compute_capabilities())
+    if "amx_bf16" in flags:
+        return "cpu_amx"
+    if "avx512_bf16" in flags:
+        return "cpu_avx512_bf16"
+    return "cpu"
 
 
-def resolve_precision(name: str) -> str:
-    """A concrete precision for "auto" (mixed_bfloat16 where bfloat16 is fast, else float32); others as given."""
+def fast_bfloat16() -> bool:
+    """Whether this machine has native bfloat16 matrix units (AMX, AVX512-BF16, a GPU of compute capability 8.0+).
+    Native is not the same as faster for our models: `auto` follows `AUTO_RULES`, not this flag."""
+    return hardware() != "cpu"
+
+
+def choose_auto(work: str) -> Choice:
+    """What "auto" becomes for `work` (one of WORKS) on this machine, and why."""
+    if work not in WORKS:
+        raise ValueError(f"unknown kind of work '{work}'; one of: {', '.join(WORKS)}")
+    forced = os.environ.get(AUTO_ENV, "").strip()
+    if forced:
+        if forced not in PRECISIONS:
+            raise ValueError(f"{AUTO_ENV}={forced} is not a precision; use one of: {', '.join(PRECISIONS)}")
+        return Choice(forced, f"auto forced to {forced} by {AUTO_ENV}")
+    kind = hardware()
+    precision, why = AUTO_RULES.get((kind, work), ("float32", "no measurement shows mixed precision faster at equal quality"))
+    return Choice(precision, f"auto -> {precision} for {work} on {kind}: {why}")
+
+
+def resolve_precision(name: str, work: str = "decode") -> str:
+    """A concrete precision: "auto" as `choose_auto(work)` says; the others as given."""
     if name == "auto":
-        return "mixed_bfloat16" if fast_bfloat16() else "float32"
+        return choose_auto(work).precision
     if name not in PRECISIONS:
         raise ValueError(f"unknown precision '{name}'; choose auto or one of: {', '.join(PRECISIONS)}")
     return name
@@ -49,10 +100,10 @@ def lstm_use_cudnn(compute_dtype: str) -> str | bool:
 
 
 @contextlib.contextmanager
-def precision_scope(name: str) -> Iterator[None]:
-    """Layers created inside use `name` ("auto" resolved); the previous global policy is restored after."""
+def precision_scope(name: str, work: str = "decode") -> Iterator[None]:
+    """Layers created inside use `name` ("auto" resolved for `work`); the previous global policy is restored after."""
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(resolve_precision(name))
+    keras.config.set_dtype_policy(resolve_precision(name, work))
     try:
         yield
     finally:

@@ -118,6 +118,8 @@ def load_config(run_dir: str | Path) -> RunConfig:
     payload.pop("captioner_version", None)
     if isinstance(payload.get("model"), dict) and "precision" not in payload["model"]:
         payload["model"] = {**payload["model"], "precision": "float32"}  # written before the setting existed
+    if isinstance(payload.get("model"), dict) and "encoder_input" not in payload["model"]:
+        payload["model"] = {**payload["model"], "encoder_input": "unit"}  # likewise: trained on [0, 1] pixels
     version = payload.get("format_version")
     if version != FORMAT_VERSION:
         raise CaptionerError(

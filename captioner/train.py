@@ -19,9 +19,10 @@ from keras import ops
 from captioner.config import DERIVED, RESUMABLE, RunConfig, flatten, resume_changes, with_settings
 from captioner.datasets import Skipped
 from captioner.errors import CaptionerError
+from captioner.encoder import BACKBONES
 from captioner.fileio import atomic_path, directory_lock, is_disk_full, remove_stale_temporaries, write_json
-from captioner.models import resolve_auto
-from captioner.precision import precision_scope, resolve_precision
+from captioner.models import encoder_is_trainable, resolve_auto
+from captioner.precision import choose_auto, precision_scope, resolve_precision
 from captioner.preprocessing import PipelineFailure, pipeline_error
 from captioner.run import (
     ANSWERS_FILE,
@@ -203,6 +204,25 @@ def _resumed_config(run_dir: Path, requested: RunConfig, finished: dict | None) 
     return config, changes
 
 
+def training_work(config: RunConfig) -> str:
+    """The kind of work a run's training is, for `auto` precision: a decoder on cached features of a frozen
+    backbone, or a model trained from pixels (the small CNN, a fine-tuned backbone, VQA)."""
+    model = config.model
+    cached = config.task == "caption" and model.encoder in BACKBONES and not encoder_is_trainable(model)
+    return "train_cached" if cached else "train_cnn"
+
+
+def resolve_precisions(config: RunConfig) -> RunConfig:
+    """`model.precision` and `data.feature_precision` as concrete precisions; an "auto" model precision leaves
+    its reason in `model.precision_reason` (config.json and the training log say it)."""
+    model_choice = choose_auto(training_work(config)) if config.model.precision == "auto" else None
+    return with_settings(config, {
+        "model.precision": model_choice.precision if model_choice else resolve_precision(config.model.precision),
+        "model.precision_reason": model_choice.reason if model_choice else "",
+        "data.feature_precision": resolve_precision(config.data.feature_precision, "features"),
+    })
+
+
 def train(
     config: RunConfig,
     run_dir: str | Path,
@@ -210,6 +230,7 @@ def train(
     restart: bool = False,
     skipped: Skipped | None = None,
     notify: Callable[[str], None] = lambda line: None,
+    log: Callable[[str], None] = lambda line: None,
 ) -> dict[str, Any]:
     """Train a captioner or a VQA model (`config.task`) as `config` says and write the run directory.
 
@@ -226,18 +247,19 @@ def train(
         restart: bool. Discard what the run directory holds and start over.
         skipped: Skipped. Collects the dataset entries the loaders could not use (metrics.json gets the summary).
         notify: called with one line for each thing the caller should tell the user (settings a resume applies).
+        log: called with one line of information for the training log (what "auto" precision became, and why).
 
     Returns:
         The contents of metrics.json.
     """
     run_dir = Path(run_dir)
     with directory_lock(run_dir), contextlib.ExitStack() as scope:  # one writer per run directory
-        return _train(config, run_dir, verbose, restart, skipped, notify, scope)
+        return _train(config, run_dir, verbose, restart, skipped, notify, log, scope)
 
 
 def _train(
     requested: RunConfig, run_dir: Path, verbose: int | str, restart: bool, skipped: Skipped | None, notify: Callable[[str], None],
-    scope: contextlib.ExitStack,
+    log: Callable[[str], None], scope: contextlib.ExitStack,
 ) -> dict[str, Any]:
     config = requested
     previous = read_json(run_dir / METRICS_FILE, {}) if (run_dir / CONFIG_FILE).exists() else None
@@ -262,8 +284,9 @@ def _train(
         if finished is not None:
             update_metrics(run_dir, {"status": "training"})
     task = get_task(config.task)
-    if not resuming:  # every "auto" becomes what is built (the precision: what this machine runs fast); config.json says which
-        config = resolve_auto(with_settings(config, {"model.precision": resolve_precision(config.model.precision)}))
+    if not resuming:  # every "auto" becomes what is built; config.json says which, and why for the precision
+        config = resolve_precisions(resolve_auto(config))
+        log(f"precision {config.model.precision}" + (f" ({config.model.precision_reason})" if config.model.precision_reason else ""))
     scope.enter_context(precision_scope(config.model.precision))  # every layer is built (and trained) at it
     keras.utils.set_random_seed(config.train.seed)
     skipped = skipped if skipped is not None else Skipped()

@@ -226,3 +226,28 @@ def test_features_of_a_split_whose_every_image_fails_is_an_error(data, tmp_path,
     assert main(args) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("captioner: error: none of the 16 images could be read (") and "cannot decode image" in line
+
+
+NATIVE_NOISE = r'''
+import os, sys
+from captioner.backend import filter_native_logs
+filter_native_logs()
+os.write(2, b"a native line that is not logging\n")
+os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+os.write(2, b"E0000 00:00:1796013327.777158    1862 util.cc:131] oneDNN supports DT_INT32 only on platforms with AVX-512.\n")
+os.write(2, b"I0000 00:00:1796013595.436440    8233 cpu_feature_guard.cc:210] This TensorFlow binary is optimized\nTo enable the following instructions: AVX512F, in other operations, rebuild TensorFlow.\n")
+os.write(2, b"W1130 04:34:17.000001  77 some_new_file.cc:9] a message nobody has seen before\n")
+print("captioner: error: the one line", file=sys.stderr)
+os.write(2, b"F0000 00:00:1.0 1 fatal.cc:1] a fatal error passes\n")
+'''
+
+
+def test_native_log_lines_never_reach_stderr_whatever_their_message():
+    """The filter works on the shape of absl/glog lines (severity, date, time, thread, file:line]), not on known
+    messages: any I/W/E line and its continuation is dropped, other lines (and fatal ones) pass, in a new process."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run([sys.executable, "-c", NATIVE_NOISE], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert sorted(lines) == sorted(["a native line that is not logging", "captioner: error: the one line",
+                                    "F0000 00:00:1.0 1 fatal.cc:1] a fatal error passes"]), lines

@@ -7,15 +7,50 @@ import numpy as np
 import pytest
 
 from captioner.cli import main
-from captioner.precision import PRECISIONS, fast_bfloat16, precision_scope, resolve_precision
+from captioner.precision import AUTO_ENV, AUTO_RULES, HARDWARE, PRECISIONS, WORKS, choose_auto, hardware, precision_scope, resolve_precision
 from captioner.run import load_config, load_run
 
 
-def test_auto_resolves_by_the_hardware_and_unknown_names_are_refused():
-    assert resolve_precision("auto") == ("mixed_bfloat16" if fast_bfloat16() else "float32")
+def test_auto_follows_the_rule_table_and_unknown_names_are_refused(monkeypatch):
+    monkeypatch.delenv(AUTO_ENV, raising=False)
+    for work in WORKS:
+        expected, _ = AUTO_RULES.get((hardware(), work), ("float32", ""))
+        choice = choose_auto(work)
+        assert resolve_precision("auto", work) == choice.precision == expected
+        assert work in choice.reason and hardware() in choice.reason
     assert [resolve_precision(name) for name in PRECISIONS] == list(PRECISIONS)
     with pytest.raises(ValueError, match="unknown precision 'half'"):
         resolve_precision("half")
+    with pytest.raises(ValueError, match="unknown kind of work"):
+        choose_auto("painting")
+
+
+def test_the_rules_name_only_known_hardware_work_and_precisions():
+    for (kind, work), (precision, why) in AUTO_RULES.items():
+        assert kind in HARDWARE and work in WORKS and precision in PRECISIONS and why
+
+
+@pytest.mark.parametrize("forced", ["float32", "mixed_bfloat16"])
+def test_the_environment_forces_what_auto_becomes(monkeypatch, forced):
+    monkeypatch.setenv(AUTO_ENV, forced)
+    assert {resolve_precision("auto", work) for work in WORKS} == {forced}
+    assert resolve_precision("float32", "train_cnn") == "float32"  # an explicit precision is never overridden
+    monkeypatch.setenv(AUTO_ENV, "half")
+    with pytest.raises(ValueError, match=AUTO_ENV):
+        resolve_precision("auto", "decode")
+
+
+@pytest.mark.parametrize("forced", ["float32", "mixed_bfloat16"])
+def test_a_run_records_what_auto_became_and_why(tiny_data, tmp_path, monkeypatch, capsys, forced):
+    monkeypatch.setenv(AUTO_ENV, forced)
+    run = tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--data-dir", str(tiny_data), "--run", str(run), "--epochs", "1", "--quiet",
+            "--precision", "auto", "--max-train-images", "8", "--set", "train.max_val_images=8"]
+    assert main(args) == 0
+    model = json.loads((run / "config.json").read_text())["model"]
+    assert model["precision"] == forced and AUTO_ENV in model["precision_reason"]
+    assert f"precision {forced} (auto forced" in capsys.readouterr().out  # the training log says it too
+    assert load_run(run).model.decoder.lstm.compute_dtype == forced.removeprefix("mixed_")
 
 
 def test_the_scope_puts_the_previous_policy_back_even_after_an_error():
@@ -94,3 +129,38 @@ def test_every_decoder_takes_a_training_step_under_mixed_precision(decoder, prec
         loss = model.train_on_batch({"images": images, "tokens": tokens}, tokens)
     assert np.isfinite(loss) and {w.dtype for w in model.weights} == {"float32"}
     assert model.decoder.output_projection.compute_dtype == precision.removeprefix("mixed_")
+
+
+def test_a_mixed_precision_run_exports_in_float32_to_savedmodel_and_tflite(bf16_run, tiny_data, tmp_path, capsys):
+    """On every CPU: the export computes in float32 (TFLite has no bfloat16 convolutions), so a bfloat16 run
+    exports, and its greedy captions are those of `caption --precision float32`."""
+    from captioner.decoding import CaptionGenerator
+    from captioner.export import tflite_greedy
+    from captioner.images import load_image
+
+    assert main(["export", "--run", str(bf16_run), "--out", str(tmp_path / "lite"), "--format", "tflite"]) == 0
+    assert main(["export", "--run", str(bf16_run), "--out", str(tmp_path / "saved")]) == 0
+    run = load_run(bf16_run, precision="float32")
+    paths = sorted((tiny_data / "images").glob("test_*.png"))[:6]
+    images = np.stack([load_image(p, run.model.encoder.image_size) for p in paths])
+    expected = CaptionGenerator(run.model, run.vocab, run.config.decode.max_length, beam_size=1)(images).captions
+    assert tflite_greedy(tmp_path / "lite", images) == expected and all(expected)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        served = tf.saved_model.load(str(tmp_path / "saved")).signatures["serving_default"]
+        data = tf.constant([p.read_bytes() for p in paths])
+        assert all(c.decode() for c in served(images=data)["captions"].numpy())
+
+
+def test_a_conversion_that_cannot_work_is_one_line(bf16_run, tmp_path):
+    """TFLite cannot convert bfloat16 convolutions: asked to (a run loaded in bfloat16), it is a one-line error."""
+    from captioner.errors import CaptionerError
+    from captioner.export import export_tflite
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("TFLite export needs TensorFlow")
+    with pytest.raises(CaptionerError) as caught:
+        export_tflite(load_run(bf16_run, precision="mixed_bfloat16"), tmp_path / "lite")
+    message = str(caught.value)
+    assert "\n" not in message and "float32" in message and not (tmp_path / "lite").exists()

@@ -21,7 +21,7 @@ from captioner.evaluate import evaluate, summary_lines
 from captioner.features import FeatureCache
 from captioner.images import read_image
 from captioner.models import build_caption_model, build_image_encoder
-from captioner.precision import precision_scope
+from captioner.precision import precision_scope, resolve_precision
 from captioner.preprocessing import caption_dataset, feature_caption_dataset
 from captioner.run import VOCAB_FILE, Run, save_config
 from captioner.tasks import base
@@ -72,7 +72,7 @@ class CaptionTask(Task):
         if config.model.encoder in BACKBONES and not model.encoder.encoder_trainable:
             # A frozen pretrained CNN: run it once per image (cached on disk), then train on its features.
             cache_dir = data.feature_cache_dir or str(Path(data.data_dir) / "features")
-            cache = FeatureCache(cache_dir, model.encoder)
+            cache = FeatureCache(cache_dir, _cache_encoder(model.encoder, config))
             unreadable: set[str] = set()
 
             def unusable(path: str, message: str) -> None:
@@ -113,6 +113,18 @@ class CaptionTask(Task):
             train_items=len(train_records) * data.captions_per_image,
             stats={"train_images": len(train_records), "val_images": len(val_records), **stats},
         )
+
+
+def _cache_encoder(encoder, config: RunConfig):
+    """The frozen backbone that fills the feature cache: the model's own, or, where the run trains at another
+    precision than `data.feature_precision`, a copy at that precision (the features `captioner features` makes)."""
+    precision = resolve_precision(config.data.feature_precision, "features")
+    if encoder.cnn.compute_dtype == keras.dtype_policies.get(precision).compute_dtype:
+        return encoder
+    with precision_scope(precision):
+        copy = build_image_encoder(config.model, encoder.image_size)
+    copy.cnn.set_weights(encoder.cnn.get_weights())
+    return copy
 
 
 def caption_files(
@@ -169,7 +181,7 @@ def draw_attention(run: Run, image: np.ndarray, tokens: np.ndarray, attention: n
 
 def extract_features(
     dataset: str, data_dir: str, splits: Sequence[str], encoder: str, weights: str | None, cache_dir: str | None = None,
-    batch_size: int = 32, precision: str = "float32", seed: int = 0, skipped: Skipped | None = None,
+    batch_size: int = 32, precision: str = "auto", seed: int = 0, skipped: Skipped | None = None,
 ) -> dict[str, Any]:
     """Run a frozen pretrained backbone once over the images of `splits` and store their grids in the
     feature cache that `train` reads (`cache_dir`, default DATA_DIR/features); images already there are not
@@ -184,6 +196,7 @@ def extract_features(
         raise CaptionerError(f"--encoder must be a pretrained backbone ({', '.join(BACKBONES)}); the small CNN trains with the decoder")
     skipped = skipped if skipped is not None else Skipped()
     keras.utils.set_random_seed(seed)  # as train does before building the model, for weights None
+    precision = resolve_precision(precision, "features")  # "auto" as train resolves data.feature_precision
     model_config = ModelConfig(encoder=encoder, encoder_weights=weights, encoder_trainable=False, precision=precision)
     with precision_scope(precision):  # the CNN computes at this precision (part of the cache key unless float32)
         image_encoder = build_image_encoder(model_config, default_image_size(encoder, 224))
