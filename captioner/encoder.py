@@ -121,7 +121,11 @@ class ImageEncoder(layers.Layer):
         """Conv-norm-ReLU stages, halving the grid after every stage but the last."""
         stack: list[layers.Layer] = [layers.Input((self.image_size, self.image_size, 3))]
         for stage, width in enumerate(self.filters):
-            stack.append(layers.Conv2D(width, 3, padding="same", use_bias=self.norm == "none", name=f"conv{stage}"))
+            # He initialisation (variance 2/fan_in): the ReLU stack keeps its signal's scale. With Keras's default
+            # (Glorot) each ReLU layer halves it, and the demo's Show-and-Tell sat on a plateau for epochs while
+            # its CNN learned (BENCHMARKS.md, "The demo's plateau"). A loaded model takes its weights from the file.
+            stack.append(layers.Conv2D(width, 3, padding="same", use_bias=self.norm == "none", kernel_initializer="he_normal",
+                                       name=f"conv{stage}"))
             if self.norm == "group":
                 stack.append(layers.GroupNormalization(groups=min(8, width), name=f"norm{stage}"))
             elif self.norm == "batch":
