@@ -7,7 +7,7 @@ float32 under every policy, so a model saved under one precision loads under any
 softmax of generation and beam scores stay float32.
 
 `auto` is chosen per kind of work and per kind of hardware from a table of measurements (`AUTO_RULES`,
-BENCHMARKS.md "Precision: what auto picks"): mixed precision only where it measured faster than float32 on
+BENCHMARKS.md "Green on every CPU"): mixed precision only where it measured faster than float32 on
 that hardware *and* kept the quality; float32 everywhere else. `CAPTIONER_AUTO_PRECISION=float32` or
 `=mixed_bfloat16` forces what `auto` becomes (to run the suite as if on another kind of machine).
 """
@@ -34,11 +34,11 @@ WORKS = ("train_cnn", "train_cached", "features", "decode")
 HARDWARE = ("gpu_bf16", "cpu_amx", "cpu_avx512_bf16", "cpu")
 
 # (hardware, work) -> (precision, why). Absent pairs are float32. Mixed precision is listed only where it was
-# measured faster than float32 on that hardware and of equal quality (BENCHMARKS.md, "Precision: what auto picks").
+# measured faster than float32 on that hardware and of equal quality (BENCHMARKS.md, "Green on every CPU").
 AUTO_RULES: dict[tuple[str, str], tuple[str, str]] = {
     ("cpu_avx512_bf16", "train_cached"): (
-        "mixed_bfloat16", "Flickr8k on cached features: BLEU-4 0.1687 vs 0.1702 in float32 after 2 epochs each, an epoch "
-                          "TIMES_CPU (2026-11-30)"),
+        "mixed_bfloat16", "Flickr8k on cached features: BLEU-4 0.1687 vs 0.1702 in float32 after 2 epochs each, "
+                          "`captioner train` 1.64x faster (AMD EPYC, 2026-11-30)"),
     ("gpu_bf16", "train_cached"): (
         "mixed_bfloat16", "Flickr8k decoder step 1.61x faster on an H200 (2026-11-26); BLEU-4 within 0.0015 of float32 "
                           "(the CPU pair, 2026-11-30)"),

@@ -10,6 +10,7 @@ from PIL import Image
 from captioner.encoder import ImageEncoder
 from captioner.errors import CaptionerError
 from captioner.features import FeatureCache
+from captioner.tasks.caption import cache_encoder
 from captioner.train import train
 
 from conftest import tiny_config
@@ -104,10 +105,13 @@ def test_training_with_a_frozen_backbone_reads_cached_features(tiny_data, tmp_pa
 
     images = np.stack([load_image(p, run.model.encoder.image_size) for p in paths])
     tokens = np.ones((4, 1, 3), np.int32)
-    cache = FeatureCache(tmp_path / "cache", run.model.encoder)
+    cache = FeatureCache(tmp_path / "cache", cache_encoder(run.model.encoder, run.config))  # the CNN training read with
     from_pixels = np.asarray(run.model({"images": images, "tokens": tokens}))
     from_cache = np.asarray(run.model({"features": cache.load(paths), "tokens": tokens}))
-    np.testing.assert_allclose(from_pixels, from_cache, rtol=1e-2, atol=1e-2)
+    # Features computed in bfloat16 (data.feature_precision, e.g. CAPTIONER_AUTO_PRECISION=mixed_bfloat16) differ
+    # from the float32 CNN's by bfloat16's rounding through MobileNetV2's 50-odd layers.
+    tolerance = 1e-2 if run.config.data.feature_precision == "float32" else 1e-1
+    np.testing.assert_allclose(from_pixels, from_cache, rtol=tolerance, atol=tolerance)
 
 
 def test_large_extractions_are_stored_shard_by_shard(backbone, tmp_path, monkeypatch):

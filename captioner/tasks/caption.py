@@ -72,7 +72,7 @@ class CaptionTask(Task):
         if config.model.encoder in BACKBONES and not model.encoder.encoder_trainable:
             # A frozen pretrained CNN: run it once per image (cached on disk), then train on its features.
             cache_dir = data.feature_cache_dir or str(Path(data.data_dir) / "features")
-            cache = FeatureCache(cache_dir, _cache_encoder(model.encoder, config))
+            cache = FeatureCache(cache_dir, cache_encoder(model.encoder, config))
             unreadable: set[str] = set()
 
             def unusable(path: str, message: str) -> None:
@@ -115,7 +115,7 @@ class CaptionTask(Task):
         )
 
 
-def _cache_encoder(encoder, config: RunConfig):
+def cache_encoder(encoder, config: RunConfig):
     """The frozen backbone that fills the feature cache: the model's own, or, where the run trains at another
     precision than `data.feature_precision`, a copy at that precision (the features `captioner features` makes)."""
     precision = resolve_precision(config.data.feature_precision, "features")
