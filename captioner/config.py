@@ -154,7 +154,8 @@ def preset(name: str) -> RunConfig:
     """
     if name == "shapes":
         # 12 epochs: with He-initialised convolutions and centered pixels the demo's Show-and-Tell leaves its plateau
-        # in the first epochs on every CPU and precision measured (test BLEU-4 0.66 after 8; BENCHMARKS.md, issue 22).
+        # in the first epochs in 5 of 6 seed x precision runs measured (test BLEU-4 0.70-0.73; one bfloat16 seed
+        # stayed on it: 0.64). BENCHMARKS.md, "The demo's plateau".
         return RunConfig(train=TrainConfig(epochs=12), preset="shapes")
     if name == "tiny":
         return RunConfig(
