@@ -164,3 +164,24 @@ def test_a_conversion_that_cannot_work_is_one_line(bf16_run, tmp_path):
         export_tflite(load_run(bf16_run, precision="mixed_bfloat16"), tmp_path / "lite")
     message = str(caught.value)
     assert "\n" not in message and "float32" in message and not (tmp_path / "lite").exists()
+
+
+@pytest.mark.parametrize("preset_name,settings,work", [
+    ("flickr8k", {}, "train_cached"),  # a frozen backbone: the decoder trains on cached features
+    ("flickr8k", {"model.encoder_trainable": True}, "train_cnn"),  # fine-tuned: pixels through the backbone
+    ("shapes", {}, "train_cnn"),
+    ("shapes-vqa", {}, "train_cnn"),
+])
+def test_a_run_is_resolved_for_its_kind_of_training(monkeypatch, preset_name, settings, work):
+    from captioner.config import preset, with_settings
+    from captioner.models import resolve_auto
+    from captioner.train import resolve_precisions, training_work
+
+    monkeypatch.delenv(AUTO_ENV, raising=False)
+    config = resolve_auto(with_settings(preset(preset_name), settings))
+    assert training_work(config) == work
+    resolved = resolve_precisions(config)
+    assert resolved.model.precision == choose_auto(work).precision and work in resolved.model.precision_reason
+    assert resolved.data.feature_precision == choose_auto("features").precision
+    explicit = resolve_precisions(with_settings(config, {"model.precision": "float32"}))
+    assert explicit.model.precision == "float32" and explicit.model.precision_reason == ""  # asked for: no reason
