@@ -14,7 +14,7 @@ import keras
 from keras import ops
 
 from captioner.decoder import LSTMDecoder
-from captioner.encoder import ImageEncoder
+from captioner.encoder import BACKBONES, ImageEncoder
 from captioner.vqa import QuestionEncoder, VQAHead
 
 
@@ -97,6 +97,15 @@ def resolve_auto(run_config):
         pooling = "avg" if grid_only or model.encoder != "small_cnn" else "flatten"
     resolved = dataclasses.replace(model, encoder_trainable=encoder_is_trainable(model), init_from=init_from, encoder_pooling=pooling)
     return dataclasses.replace(run_config, model=resolved)
+
+
+def training_work(run_config) -> str:
+    """What a run's training is, for `auto` precision and for the task's data path: "train_cached" (a caption
+    decoder on the cached features of a frozen backbone) or "train_cnn" (pixels through a trained CNN: the small
+    CNN, a fine-tuned backbone, VQA)."""
+    model = run_config.model
+    cached = run_config.task == "caption" and model.encoder in BACKBONES and not encoder_is_trainable(model)
+    return "train_cached" if cached else "train_cnn"
 
 
 def encoder_is_trainable(model_config) -> bool:

@@ -69,12 +69,6 @@ def hardware() -> str:
     return "cpu"
 
 
-def fast_bfloat16() -> bool:
-    """Whether this machine has native bfloat16 matrix units (AMX, AVX512-BF16, a GPU of compute capability 8.0+).
-    Native is not the same as faster for our models: `auto` follows `AUTO_RULES`, not this flag."""
-    return hardware() != "cpu"
-
-
 def choose_auto(work: str) -> Choice:
     """What "auto" becomes for `work` (one of WORKS) on this machine, and why."""
     if work not in WORKS:

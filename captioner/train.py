@@ -19,9 +19,8 @@ from keras import ops
 from captioner.config import DERIVED, RESUMABLE, RunConfig, flatten, resume_changes, with_settings
 from captioner.datasets import Skipped
 from captioner.errors import CaptionerError
-from captioner.encoder import BACKBONES
 from captioner.fileio import atomic_path, directory_lock, is_disk_full, remove_stale_temporaries, write_json
-from captioner.models import encoder_is_trainable, resolve_auto
+from captioner.models import resolve_auto, training_work
 from captioner.precision import choose_auto, precision_scope, resolve_precision
 from captioner.preprocessing import PipelineFailure, pipeline_error
 from captioner.run import (
@@ -202,14 +201,6 @@ def _resumed_config(run_dir: Path, requested: RunConfig, finished: dict | None) 
             changes.append(f"it stopped early after {ran} epochs, so it stops again after one more epoch "
                            f"unless train.patience grows too (now {stored.train.patience})")
     return config, changes
-
-
-def training_work(config: RunConfig) -> str:
-    """The kind of work a run's training is, for `auto` precision: a decoder on cached features of a frozen
-    backbone, or a model trained from pixels (the small CNN, a fine-tuned backbone, VQA)."""
-    model = config.model
-    cached = config.task == "caption" and model.encoder in BACKBONES and not encoder_is_trainable(model)
-    return "train_cached" if cached else "train_cnn"
 
 
 def resolve_precisions(config: RunConfig) -> RunConfig:

@@ -175,7 +175,8 @@ def test_a_conversion_that_cannot_work_is_one_line(bf16_run, tmp_path):
 def test_a_run_is_resolved_for_its_kind_of_training(monkeypatch, preset_name, settings, work):
     from captioner.config import preset, with_settings
     from captioner.models import resolve_auto
-    from captioner.train import resolve_precisions, training_work
+    from captioner.models import training_work
+    from captioner.train import resolve_precisions
 
     monkeypatch.delenv(AUTO_ENV, raising=False)
     config = resolve_auto(with_settings(preset(preset_name), settings))

@@ -20,7 +20,7 @@ from captioner.errors import CaptionerError
 from captioner.evaluate import evaluate, summary_lines
 from captioner.features import FeatureCache
 from captioner.images import read_image
-from captioner.models import build_caption_model, build_image_encoder
+from captioner.models import build_caption_model, build_image_encoder, training_work
 from captioner.precision import precision_scope, resolve_precision
 from captioner.preprocessing import caption_dataset, feature_caption_dataset
 from captioner.run import VOCAB_FILE, Run, save_config
@@ -69,7 +69,7 @@ class CaptionTask(Task):
         model = build_caption_model(config.model, len(vocab), image_size)
         stats: dict[str, Any] = {"vocab_size": len(vocab), "unknown_word_rate_val": vocab.unknown_rate(c for r in val_records for c in r.captions)}
 
-        if config.model.encoder in BACKBONES and not model.encoder.encoder_trainable:
+        if training_work(config) == "train_cached":
             # A frozen pretrained CNN: run it once per image (cached on disk), then train on its features.
             cache_dir = data.feature_cache_dir or str(Path(data.data_dir) / "features")
             cache = FeatureCache(cache_dir, cache_encoder(model.encoder, config))
