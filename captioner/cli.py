@@ -610,6 +610,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if holder:
             print(f"captioner: error: {busy_message(args.run, holder)}", file=sys.stderr)
             return EXIT_ERROR
+    from captioner.config import AUTO_PRECISION_ENV, PRECISIONS
+
+    forced = os.environ.get(AUTO_PRECISION_ENV, "").strip()
+    if forced and forced not in PRECISIONS:  # checked once here, before anything resolves "auto"
+        print(f"captioner: error: {AUTO_PRECISION_ENV}={forced} is not a precision; unset it or use one of: "
+              f"{', '.join(PRECISIONS)}", file=sys.stderr)
+        return EXIT_ERROR
     if args.command not in NO_TENSORFLOW and "tensorflow" not in sys.modules:
         if getattr(args, "verbose", False) or os.environ.get("CAPTIONER_TF_LOGS", "") not in ("", "0"):
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")

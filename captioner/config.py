@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # Keras dtype policies a run may use (captioner.precision)
+AUTO_PRECISION_ENV = "CAPTIONER_AUTO_PRECISION"  # forces what "auto" precision becomes (captioner.precision)
 FORMAT_VERSION = 1  # bump when the run-directory layout or config schema changes incompatibly
 
 

@@ -23,9 +23,9 @@ from typing import Iterator
 import keras
 
 from captioner.backend import gpu_compute_capabilities
-from captioner.config import PRECISIONS
+from captioner.config import AUTO_PRECISION_ENV, PRECISIONS
 
-AUTO_ENV = "CAPTIONER_AUTO_PRECISION"  # forces what "auto" becomes: float32 or mixed_bfloat16 (tests, other machines)
+AUTO_ENV = AUTO_PRECISION_ENV  # forces what "auto" becomes: float32 or mixed_bfloat16 (tests, other machines)
 # What a precision is chosen for: training a CNN from pixels (the small CNN, a fine-tuned backbone), training a
 # decoder or VQA head on cached backbone features, running a frozen backbone to fill the feature cache, and
 # generating captions or answers.

@@ -186,3 +186,11 @@ def test_a_run_is_resolved_for_its_kind_of_training(monkeypatch, preset_name, se
     assert resolved.data.feature_precision == choose_auto("features").precision
     explicit = resolve_precisions(with_settings(config, {"model.precision": "float32"}))
     assert explicit.model.precision == "float32" and explicit.model.precision_reason == ""  # asked for: no reason
+
+
+def test_a_bad_forced_precision_is_one_line_before_any_work(tiny_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(AUTO_ENV, "half")
+    args = ["train", "--preset", "tiny", "--data-dir", str(tiny_data), "--run", str(tmp_path / "run"), "--epochs", "1", "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and AUTO_ENV in err and "Traceback" not in err and not (tmp_path / "run").exists()
