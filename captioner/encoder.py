@@ -110,7 +110,10 @@ class ImageEncoder(layers.Layer):
             self.cnn = _build_backbone(encoder, backbone, self.image_size, weights)
             self._preprocess = backbone.preprocess
         self.cnn.trainable = self.encoder_trainable
-        self.projection = layers.Dense(self.feature_dim, activation="relu", name="pooled_projection") if self.pooling == "flatten" else None
+        # He-initialised for the same reason as the convolutions: a Glorot ReLU projection halved the pooled vector's
+        # scale, and one demo run (bfloat16, seed 2) sat on the plateau for 11 epochs (BENCHMARKS.md, "The demo's plateau").
+        self.projection = (layers.Dense(self.feature_dim, activation="relu", kernel_initializer="he_normal", name="pooled_projection")
+                           if self.pooling == "flatten" else None)
         grid_side = self.cnn.compute_output_shape((None, self.image_size, self.image_size, 3))
         self.grid_shape = (int(grid_side[1]), int(grid_side[2]), int(grid_side[3]))
         self.num_pixels = self.grid_shape[0] * self.grid_shape[1]
