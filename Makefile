@@ -6,7 +6,7 @@ DATA := data/shapes
 RUN := runs/demo
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test test-slow install data train evaluate caption clean flickr8k
+.PHONY: demo test test-slow install data train evaluate caption clean flickr8k vqa-coco
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,18 @@ flickr8k: install
 	dir=$(DATA)/Images; [ -d $$dir ] || dir=$(DATA)/Flicker8k_Dataset; \
 	$(BIN)/captioner caption --run $(RUN) --attention $(RUN)/attention.png \
 	    $$(grep -v '^e' $(DATA)/Flickr_8k.testImages.txt | head -n 4 | sed "s|^|$$dir/|")
+
+# Yes/no questions about real photographs (README, "VQA on photographs"): features once, the VQA head on them (the
+# best epoch by dev accuracy), the test split scored once, three questions about a test photo answered.
+#   make vqa-coco DATA=path/to/vqa_coco_yesno WEIGHTS=imagenet|path/to/mobilenet_v2_..._no_top.weights.h5
+vqa-coco: DATA = data/vqa_coco_yesno
+vqa-coco: RUN = runs/vqa-coco
+vqa-coco: install
+	$(BIN)/captioner features --dataset vqa-lines --data-dir $(DATA) --encoder mobilenet_v2 --encoder-weights $(WEIGHTS) --cache-dir $(CACHE)
+	$(BIN)/captioner train-vqa --preset vqa-coco --data-dir $(DATA) --encoder-weights $(WEIGHTS) --cache-dir $(CACHE) --run $(RUN)
+	$(BIN)/captioner evaluate --run $(RUN) --split test --out $(RUN)/test_answers.json
+	photo=$(DATA)/Images/$$(head -n 1 $(DATA)/*TestImages.txt | cut -d '#' -f 1); \
+	$(BIN)/captioner ask --run $(RUN) $$photo "is there a person ?" "is it outdoors ?" "$$(head -n 1 $(DATA)/*TestImages.txt | cut -f 2 | sed 's/ ? .*/ ?/')"
 
 # Every test on TensorFlow, then the model, decoding, save/load and CLI tests (marked `backends`) on JAX.
 test: install

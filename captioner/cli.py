@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--image-size", type=_positive_int, default=64, help="image side in pixels (default 64)")
 
     features = commands.add_parser("features", help="run a frozen CNN once per image and cache its grid features")
-    features.add_argument("--dataset", required=True, choices=["shapes", "flickr8k", "karpathy", "coco"])
+    features.add_argument("--dataset", required=True, choices=["shapes", "flickr8k", "karpathy", "coco", "vqa", "vqa-lines"],
+                          help="a caption dataset, or a question one (vqa: VQA v2 JSON; vqa-lines: NAME#N<TAB>question ? answer)")
     features.add_argument("--data-dir", required=True, help="dataset folder")
     features.add_argument("--encoder", required=True, help="a keras.applications backbone, e.g. mobilenet_v2")
     features.add_argument("--encoder-weights", default="imagenet", help="imagenet (default), none or a weights file")
@@ -182,14 +183,20 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 def add_train_vqa_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `captioner train-vqa`."""
     parser.add_argument("--run", required=True, help="output run directory")
-    parser.add_argument("--preset", default=None, help="starting configuration: shapes-vqa (default), easy-vqa (with --dataset easy-vqa) or tiny")
-    parser.add_argument("--dataset", default=None, choices=["shapes", "easy-vqa", "vqa"], help="shapes (default), easy-vqa (the PyPI package) or vqa (VQA v2 JSON)")
+    parser.add_argument("--preset", default=None, help="starting configuration: shapes-vqa (default), easy-vqa (with --dataset easy-vqa), "
+                                                       "vqa-coco (with --dataset vqa-lines) or tiny")
+    parser.add_argument("--dataset", default=None, choices=["shapes", "easy-vqa", "vqa", "vqa-lines"],
+                        help="shapes (default), easy-vqa (the PyPI package), vqa (VQA v2 JSON) or vqa-lines (NAME#N<TAB>question ? answer "
+                             "files with Images/, e.g. the VQA v2 yes/no subset on COCO photos)")
+    parser.add_argument("--answer-type", default=None, choices=["yes/no", "number", "other"], help="keep only questions with this type of answer")
     parser.add_argument("--data-dir", default=None, help="dataset folder (default data/shapes; not used by easy-vqa)")
     parser.add_argument("--encoder-from", default=None, metavar="RUN", help="start from this captioning run's trained encoder (frozen)")
     parser.add_argument("--fine-tune-encoder", action="store_true", help="train the encoder taken with --encoder-from")
     parser.add_argument("--fusion", default=None, choices=["multiply", "concat"], help="how image and question meet (default multiply)")
     parser.add_argument("--attention", action="store_true", help="the question attends over the image grid")
-    parser.add_argument("--question-only", action="store_true", help="zero the image features: a blind model, for ablations")
+    parser.add_argument("--question-only", action="store_true", help="the image takes no part: a blind model, for ablations")
+    parser.add_argument("--image-only", action="store_true", help="the question takes no part: an image-only model, for ablations")
+    parser.add_argument("--cache-dir", default=None, help="feature cache of a frozen backbone (default DATA_DIR/features)")
     parser.add_argument("--precision", default=None, choices=PRECISION_CHOICES, help="auto (default) or one of these, as for train")
     parser.add_argument("--encoder", default=None, help="small_cnn or a keras.applications name (without --encoder-from)")
     parser.add_argument("--encoder-weights", default=None, help="none, imagenet or a weights file (backbones)")
@@ -227,6 +234,8 @@ _TRAIN_VQA_FLAGS = {
     "encoder_weights": "model.encoder_weights",
     "encoder_from": "vqa.encoder_from",
     "fusion": "vqa.fusion",
+    "answer_type": "vqa.answer_type",
+    "cache_dir": "data.feature_cache_dir",
     "epochs": "train.epochs",
     "batch_size": "train.batch_size",
     "learning_rate": "train.learning_rate",
@@ -275,15 +284,15 @@ def _notify(line: str) -> None:
 
 def _report_training(metrics: dict, run: str, item_name: str) -> int:
     stats = metrics["train"]
+    monitor = stats.get("monitor", "val_loss")
+    best = f"best {monitor.replace('_', ' ')} {stats[f'best_{monitor}']:.4f}"
     if metrics.get("already_finished"):
-        print(f"run {run} is finished ({stats['epochs_run']} epochs, best val loss {stats['best_val_loss']:.4f}); "
-              f"pass --restart to train it again")
+        print(f"run {run} is finished ({stats['epochs_run']} epochs, {best}); pass --restart to train it again")
         return EXIT_OK
     print(
         f"trained {stats['epochs_run']} epochs in {stats['seconds']:.0f}s "
         f"({stats['images_per_second']:.0f} images/s, {stats[f'{item_name}_per_second']:.0f} {item_name}/s, "
-        f"peak memory {stats['peak_rss_mib']:.0f} MiB); best val loss {stats['best_val_loss']:.4f} "
-        f"at epoch {stats['best_epoch']}; run saved to {run}"
+        f"peak memory {stats['peak_rss_mib']:.0f} MiB); {best} at epoch {stats['best_epoch']}; run saved to {run}"
     )
     return EXIT_OK
 
@@ -309,12 +318,16 @@ def run_train_vqa(args: argparse.Namespace) -> int:
         raise CaptionerError("--fine-tune-encoder needs --encoder-from RUN (an encoder trained from scratch is always trained)")
     if args.encoder_from and (args.encoder or args.encoder_weights):
         raise CaptionerError("--encoder-from takes the encoder from that run; drop --encoder/--encoder-weights")
-    name = args.preset or ("easy-vqa" if args.dataset == "easy-vqa" else "shapes-vqa")
+    if args.question_only and args.image_only:
+        raise CaptionerError("--question-only and --image-only leave the model nothing to read; pass one of them")
+    name = args.preset or {"easy-vqa": "easy-vqa", "vqa-lines": "vqa-coco"}.get(args.dataset, "shapes-vqa")
     fixed = {"task": "vqa"}
     if args.attention:
         fixed["vqa.attention"] = "true"
     if args.question_only:
         fixed["vqa.use_image"] = "false"
+    if args.image_only:
+        fixed["vqa.use_question"] = "false"
     if args.fine_tune_encoder:
         fixed["vqa.fine_tune_encoder"] = "true"
     config = _configure(args, name, _TRAIN_VQA_FLAGS, {k: v for k, v in fixed.items() if k != "task"})

@@ -224,7 +224,7 @@ def evaluate_vqa(
     """
     data, vqa = run.config.data, run.config.vqa
     skipped = skipped if skipped is not None else Skipped()
-    records = load_qa_split(data.dataset, data_dir or data.data_dir, split, skipped)
+    records = load_qa_split(data.dataset, data_dir or data.data_dir, split, skipped, vqa.answer_type)
     if max_images is not None:
         keep = set(list(dict.fromkeys(r.image for r in records))[:max_images])
         records = [r for r in records if r.image in keep]
@@ -236,14 +236,17 @@ def evaluate_vqa(
                                  skipped.unreadable, f"images of the {split} split")
     seconds = time.perf_counter() - started
     records, predictions = [r for r, p in zip(records, predictions) if p is not None], [p for p in predictions if p is not None]
-    train_records = load_qa_split(data.dataset, data_dir or data.data_dir, run.config.train.train_split)
+    train_records = load_qa_split(data.dataset, data_dir or data.data_dir, run.config.train.train_split, answer_type=vqa.answer_type)
+    photos_seen = {Path(r.image).name for r in train_records}  # a split by question can share photos with train
+    by_photo = ["seen in training" if Path(r.image).name in photos_seen else "unseen" for r in records]
     result = {
-        **accuracy_table(records, predictions),
+        **accuracy_table(records, predictions, {"by_photo": by_photo}),
         "split": split,
         "images": len({r.image for r in records}),
         "answer_coverage": run.answers.coverage(r.answer for r in records),
         "blind_baselines": blind_baselines(train_records, records),
         "use_image": vqa.use_image,
+        "use_question": vqa.use_question,
         "seconds": seconds,
         "skipped": skipped.summary("questions"),
     }
@@ -258,14 +261,18 @@ def evaluate_vqa(
 
 def vqa_summary_lines(result: dict[str, Any]) -> list[str]:
     """Human-readable lines for the CLI."""
+    ablation = {(True, True): "", (False, True): " (question-only model: the image takes no part)",
+                (True, False): " (image-only model: the question takes no part)"}[result["use_image"], result.get("use_question", True)]
     lines = [
         f"{result['split']} ({result['questions']} questions on {result['images']} images): VQA accuracy {result['accuracy']:.2%}"
-        + ("" if result["use_image"] else " (question-only model: the image takes no part)"),
+        f" +- {result.get('interval_95', 0.0):.2%} (95%)" + ablation,
         f"answers in the answer vocabulary: {result['answer_coverage']:.1%} (the ceiling)",
     ]
-    for title, key in (("answer type", "by_answer_type"), ("question type", "by_question_type")):
+    for title, key in (("answer type", "by_answer_type"), ("question type", "by_question_type"), ("photo", "by_photo")):
+        if key not in result:  # written before captioner had it
+            continue
         lines.append(f"by {title}:")
-        lines += [f"  {name:<14} {g['accuracy']:7.2%}  ({g['questions']} questions)" for name, g in result[key].items()]
+        lines += [f"  {name:<16} {g['accuracy']:7.2%}  ({g['questions']} questions)" for name, g in result[key].items()]
     blind = result["blind_baselines"]
     lines.append(
         f"blind baselines: always 'yes' {blind['always_yes']:.2%}, most frequent answer {blind['most_frequent']:.2%}, "

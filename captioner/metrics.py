@@ -9,6 +9,7 @@ averaged over the ten leave-one-annotator-out subsets, on answers normalised by 
 from __future__ import annotations
 
 import collections
+import math
 import warnings
 from typing import Any, Sequence
 
@@ -91,23 +92,37 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
     return sum(min((matches - (a == predicted)) / 3.0, 1.0) for a in given) / len(given)
 
 
-def accuracy_table(records: Sequence[Any], predictions: Sequence[str]) -> dict[str, Any]:
-    """Overall VQA accuracy and accuracy per answer type and per question type.
+def accuracy_table(records: Sequence[Any], predictions: Sequence[str], groups: dict[str, Sequence[str]] | None = None) -> dict[str, Any]:
+    """Overall VQA accuracy with its 95% interval, and accuracy per answer type, per question type and per any
+    other grouping given.
 
     Args:
         records: QARecord-like objects with `answers`, `answer_type`, `question_type`.
         predictions: one answer per record.
+        groups: {"by_NAME": one group label per record}, e.g. whether each question's photo was seen in training.
+
+    The interval is the normal approximation, 1.96 standard errors of the mean per-question score (for 0/1
+    scores, 1.96 * sqrt(p (1 - p) / n): +-2.2 points at 50% on 2,022 questions).
     """
     if len(records) != len(predictions):
         raise ValueError(f"{len(records)} questions for {len(predictions)} predictions")
     scores = [vqa_accuracy(p, r.answers) for r, p in zip(records, predictions)]
-    result: dict[str, Any] = {"accuracy": _mean(scores), "questions": len(scores)}
-    for key, attribute in (("by_answer_type", "answer_type"), ("by_question_type", "question_type")):
-        groups: dict[str, list[float]] = {}
-        for record, value in zip(records, scores):
-            groups.setdefault(getattr(record, attribute), []).append(value)
-        result[key] = {name: {"accuracy": _mean(v), "questions": len(v)} for name, v in sorted(groups.items())}
+    result: dict[str, Any] = {"accuracy": _mean(scores), "interval_95": _interval_95(scores), "questions": len(scores)}
+    labels = {key: [getattr(r, attribute) for r in records] for key, attribute in (("by_answer_type", "answer_type"), ("by_question_type", "question_type"))}
+    for key, keys in {**labels, **(groups or {})}.items():
+        grouped: dict[str, list[float]] = {}
+        for label, value in zip(keys, scores):
+            grouped.setdefault(label, []).append(value)
+        result[key] = {name: {"accuracy": _mean(v), "interval_95": _interval_95(v), "questions": len(v)} for name, v in sorted(grouped.items())}
     return result
+
+
+def _interval_95(scores: Sequence[float]) -> float:
+    """Half-width of the normal-approximation 95% interval of the mean of `scores`."""
+    if len(scores) < 2:
+        return 0.0
+    mean = _mean(scores)
+    return 1.96 * math.sqrt(sum((x - mean) ** 2 for x in scores) / len(scores) / len(scores))
 
 
 def blind_baselines(train_records: Sequence[Any], records: Sequence[Any]) -> dict[str, float]:

@@ -100,11 +100,14 @@ def resolve_auto(run_config):
 
 
 def training_work(run_config) -> str:
-    """What a run's training is, for `auto` precision and for the task's data path: "train_cached" (a caption
-    decoder on the cached features of a frozen backbone) or "train_cnn" (pixels through a trained CNN: the small
-    CNN, a fine-tuned backbone, VQA)."""
+    """What a run's training is, for `auto` precision and for the task's data path: "train_cached" (a caption decoder
+    or a VQA head on the cached features of a frozen backbone) or "train_cnn" (pixels through a CNN: the small CNN, a
+    fine-tuned backbone, or an encoder taken from a captioning run)."""
     model = run_config.model
-    cached = run_config.task == "caption" and model.encoder in BACKBONES and not encoder_is_trainable(model)
+    vqa = run_config.vqa
+    if run_config.task == "vqa" and vqa.encoder_from:  # a captioning run's encoder (the small CNN, or fine-tuned)
+        return "train_cnn"
+    cached = model.encoder in BACKBONES and not encoder_is_trainable(model)
     return "train_cached" if cached else "train_cnn"
 
 
@@ -162,18 +165,24 @@ class VQAModel(keras.Model):
         question_encoder: QuestionEncoder.
         head: VQAHead.
         use_image: bool. False: the image takes no part (the question-only "LSTM Q" ablation). Defaults to True.
+        use_question: bool. False: the question takes no part (the image-only "I" ablation). Defaults to True.
 
     Call:
-        inputs: dict with "images" (batch, size, size, 3) 0-255 and "questions" (batch, questions, steps) int ids.
+        inputs: dict with "images" (batch, size, size, 3) 0-255, or "features" (batch, num_pixels, encoder_dim) from a
+            FeatureCache of this (frozen) encoder, and "questions" (batch, questions, steps) int ids.
         returns logits (batch, questions, num_answers).
     """
 
-    def __init__(self, encoder: ImageEncoder, question_encoder: QuestionEncoder, head: VQAHead, use_image: bool = True, **kwargs):
+    def __init__(self, encoder: ImageEncoder, question_encoder: QuestionEncoder, head: VQAHead, use_image: bool = True,
+                 use_question: bool = True, **kwargs):
         super().__init__(**kwargs)
+        if not (use_image or use_question):
+            raise ValueError("a VQA model needs the image, the question or both")
         self.encoder = encoder
         self.question_encoder = question_encoder
         self.head = head
         self.use_image = bool(use_image)
+        self.use_question = bool(use_question)
 
     def build(self, input_shape=None):
         if self.built:
@@ -192,19 +201,27 @@ class VQAModel(keras.Model):
         self.build()
 
     def call(self, inputs, training=None):
-        logits, _ = self.answer(inputs["images"], inputs["questions"], training=training)
+        cached = "features" in inputs
+        logits, _ = self.answer(inputs["features"] if cached else inputs["images"], inputs["questions"], training=training, cached=cached)
         return logits
 
-    def answer(self, images, questions, training=None):
-        """Logits (batch, questions, num_answers) and attention (batch, questions, num_pixels)."""
+    def answer(self, images, questions, training=None, cached=False):
+        """Logits (batch, questions, num_answers) and attention (batch, questions, num_pixels); with `cached`,
+        `images` are the CNN's grids from a feature cache (batch, num_pixels, encoder_dim)."""
         count, steps = ops.shape(questions)[1], questions.shape[2]  # questions per image may vary between calls
-        encoded = self.question_encoder(ops.reshape(questions, (-1, steps)), training=training)  # (batch * questions, question_dim)
+        flat_questions = ops.reshape(questions, (-1, steps))  # (batch * questions, steps)
         if not self.use_image:  # the blind ablation: the CNN never runs, the head sees the question alone
+            encoded = self.question_encoder(flat_questions, training=training)  # (batch * questions, question_dim)
             logits = self.head.question_only(encoded, training=training)  # (batch * questions, num_answers)
             alpha = ops.zeros((ops.shape(encoded)[0], self.encoder.num_pixels))  # (batch * questions, num_pixels)
             return ops.reshape(logits, (-1, count, self.head.num_answers)), ops.reshape(alpha, (-1, count, self.encoder.num_pixels))
-        grid, pooled = self.encoder(images, training=training)  # (batch, num_pixels, encoder_dim), (batch, pooled_dim)
+        grid, pooled = self.encoder.pool(images) if cached else self.encoder(images, training=training)  # (batch, num_pixels, encoder_dim), (batch, pooled_dim)
         flat_pooled = ops.repeat(pooled, count, axis=0)  # (batch * questions, pooled_dim)
+        if not self.use_question:  # the image-only ablation: the same answer to every question about a photo
+            logits = self.head.image_only(flat_pooled, training=training)  # (batch * questions, num_answers)
+            alpha = ops.ones((ops.shape(flat_pooled)[0], self.encoder.num_pixels)) / self.encoder.num_pixels  # (batch * questions, num_pixels)
+            return ops.reshape(logits, (-1, count, self.head.num_answers)), ops.reshape(alpha, (-1, count, self.encoder.num_pixels))
+        encoded = self.question_encoder(flat_questions, training=training)  # (batch * questions, question_dim)
         flat_grid = ops.repeat(grid, count, axis=0)  # (batch * questions, num_pixels, encoder_dim)
         logits, alpha = self.head(encoded, flat_pooled, flat_grid, training=training)  # (batch * questions, num_answers)
         logits = ops.reshape(logits, (-1, count, self.head.num_answers))  # (batch, questions, num_answers)
@@ -218,6 +235,7 @@ class VQAModel(keras.Model):
             question_encoder=keras.saving.serialize_keras_object(self.question_encoder),
             head=keras.saving.serialize_keras_object(self.head),
             use_image=self.use_image,
+            use_question=self.use_question,
         )
         return config
 
@@ -252,12 +270,17 @@ def build_vqa_model(run_config, question_vocab_size: int, num_answers: int, imag
         attention=vqa.attention,
         attention_dim=vqa.attention_dim,
         image_norm=vqa.image_norm,
+        image_hidden_dim=vqa.image_hidden_dim,
         name="vqa_head",
     )
-    model = VQAModel(encoder, question_encoder, head, use_image=vqa.use_image, name="vqa_model")
+    model = VQAModel(encoder, question_encoder, head, use_image=vqa.use_image, use_question=vqa.use_question, name="vqa_model")
     model.build()
     if not vqa.use_image:  # the image branch of the head gets no gradient in the blind ablation
-        for layer in (head.image_projection, head.image_batch_norm, head.soft_attention):
+        for layer in (head.image_projection, head.image_batch_norm, head.image_hidden, head.soft_attention):
+            if layer is not None:
+                layer.trainable = False
+    if not vqa.use_question:  # nor does the question branch in the image-only one
+        for layer in (question_encoder, head.question_projection, head.soft_attention):
             if layer is not None:
                 layer.trainable = False
     return model

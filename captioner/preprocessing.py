@@ -152,7 +152,32 @@ def feature_caption_dataset(
     features: (num_records, num_pixels, encoder_dim), anything indexed by an integer array: an array, a memory map,
     or `FeatureCache.rows` (gathered from the cache's shards per batch, so the features are never all in memory).
     """
-    inputs, targets = caption_arrays(records, vocab, captions_per_image, max_caption_length)
+    arrays = caption_arrays(records, vocab, captions_per_image, max_caption_length)
+    return _feature_dataset(features, arrays, "tokens", batch_size, shuffle, seed)
+
+
+def feature_vqa_dataset(
+    features: np.ndarray,
+    groups: Sequence[tuple[str, Sequence[QARecord]]],
+    vocab: Vocabulary,
+    answers: AnswerVocabulary,
+    questions_per_image: int,
+    max_question_length: int,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+) -> tf.data.Dataset:
+    """Training batches `({"features", "questions"}, targets)` from cached encoder features, one row per question
+    group (features: (num_groups, num_pixels, encoder_dim), indexed like `feature_caption_dataset`'s)."""
+    arrays = question_arrays(groups, vocab, answers, questions_per_image, max_question_length)
+    return _feature_dataset(features, arrays, "questions", batch_size, shuffle, seed)
+
+
+def _feature_dataset(
+    features: np.ndarray, text: tuple[np.ndarray, np.ndarray], text_key: str, batch_size: int, shuffle: bool, seed: int
+) -> tf.data.Dataset:
+    """`({"features", text_key}, targets)` batches: rows of `features` gathered per batch with the rows of `text`."""
+    inputs, targets = text
     num_pixels, encoder_dim = features.shape[1:]
 
     def gather(indices):
@@ -162,11 +187,11 @@ def feature_caption_dataset(
     def load(indices):
         grid, tokens, target = tf.numpy_function(gather, [indices], [tf.as_dtype(features.dtype), tf.int32, tf.int32], stateful=False)
         grid = tf.ensure_shape(grid, (None, num_pixels, encoder_dim))  # (batch, num_pixels, encoder_dim)
-        tokens = tf.ensure_shape(tokens, (None, captions_per_image, max_caption_length + 1))  # (batch, captions, steps)
-        target = tf.ensure_shape(target, (None, captions_per_image, max_caption_length + 1))  # (batch, captions, steps)
-        return {"features": grid, "tokens": tokens}, target
+        tokens = tf.ensure_shape(tokens, (None, *inputs.shape[1:]))  # (batch, captions, steps) or (batch, questions, steps)
+        target = tf.ensure_shape(target, (None, *targets.shape[1:]))  # (batch, captions, steps) or (batch, questions)
+        return {"features": grid, text_key: tokens}, target
 
-    dataset = tf.data.Dataset.range(len(records))
+    dataset = tf.data.Dataset.range(len(inputs))
     if shuffle:
-        dataset = dataset.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

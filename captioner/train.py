@@ -66,18 +66,38 @@ class FinalBackup(keras.callbacks.BackupAndRestore):
         super().on_train_end(logs)
 
 
-class BestCheckpoint(keras.callbacks.Callback):
-    """Save the model atomically whenever validation loss improves."""
+MONITORS = {"val_loss": "min", "val_accuracy": "max"}  # train.monitor: what picks the best epoch, and which way is better
 
-    def __init__(self, path: Path):
+
+def monitor_mode(monitor: str, task: str) -> str:
+    """"min" or "max" for a `train.monitor` the task logs (caption runs log no accuracy)."""
+    if monitor not in MONITORS:
+        raise CaptionerError(f"unknown train.monitor '{monitor}'; use one of {', '.join(MONITORS)}")
+    if monitor == "val_accuracy" and task != "vqa":
+        raise CaptionerError("train.monitor=val_accuracy is for VQA runs; caption runs monitor val_loss")
+    return MONITORS[monitor]
+
+
+def best_epoch(values: list[float], mode: str) -> int:
+    """The epoch (0-based) of the best value; the first of equal ones."""
+    better = min if mode == "min" else max
+    return better(range(len(values)), key=values.__getitem__)
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Save the model atomically whenever the monitored validation value improves ("min": val_loss, "max": val_accuracy)."""
+
+    def __init__(self, path: Path, monitor: str = "val_loss", mode: str = "min"):
         super().__init__()
         self.path = path
-        self.best = float("inf")
+        self.monitor = monitor
+        self.sign = 1.0 if mode == "min" else -1.0
+        self.best = self.sign * float("inf")
         self.best_epoch = -1
 
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get("val_loss")
-        if value is not None and value < self.best:
+        value = (logs or {}).get(self.monitor)
+        if value is not None and self.sign * value < self.sign * self.best:
             self.best, self.best_epoch = float(value), epoch
             save_model(self.model, self.path)
 
@@ -141,11 +161,11 @@ def _restore_progress(run_dir: Path, log: RunLog, checkpoint: BestCheckpoint, ea
     history = read_json(run_dir / HISTORY_FILE, {})
     log.history = {key: values[:epochs_done] for key, values in history.items()}
     log.train_seconds = list(log.history.get("train_seconds", []))
-    val_losses = log.history.get("val_loss", [])
-    if val_losses:
-        best_epoch = min(range(len(val_losses)), key=val_losses.__getitem__)
-        checkpoint.best, checkpoint.best_epoch = val_losses[best_epoch], best_epoch
-        early_stopping.resume_best, early_stopping.resume_wait = val_losses[best_epoch], len(val_losses) - 1 - best_epoch
+    values = log.history.get(checkpoint.monitor, [])
+    if values:
+        best = best_epoch(values, "min" if checkpoint.sign > 0 else "max")
+        checkpoint.best, checkpoint.best_epoch = values[best], best
+        early_stopping.resume_best, early_stopping.resume_wait = values[best], len(values) - 1 - best
 
 
 def _clear_run(run_dir: Path) -> None:
@@ -275,6 +295,7 @@ def _train(
         if finished is not None:
             update_metrics(run_dir, {"status": "training"})
     task = get_task(config.task)
+    monitor, mode = config.train.monitor, monitor_mode(config.train.monitor, config.task)  # a bad name fails before any work
     if not resuming:  # every "auto" becomes what is built; config.json says which, and why for the precision
         config = resolve_precisions(resolve_auto(config))
         log(f"precision {config.model.precision}" + (f" ({config.model.precision_reason})" if config.model.precision_reason else ""))
@@ -290,9 +311,9 @@ def _train(
         loss=setup.loss,
         metrics=setup.metrics,
     )
-    checkpoint = BestCheckpoint(run_dir / MODEL_FILE)
+    checkpoint = BestCheckpoint(run_dir / MODEL_FILE, monitor, mode)
     log = RunLog(run_dir / HISTORY_FILE, setup.train_images, setup.train_items, task.item_name)
-    early_stopping = ResumableEarlyStopping(monitor="val_loss", patience=train_cfg.patience)
+    early_stopping = ResumableEarlyStopping(monitor=monitor, mode=mode, patience=train_cfg.patience)
     backup = FinalBackup(run_dir / BACKUP_DIR, save_freq=train_cfg.backup_every_steps, double_checkpoint=True, delete_checkpoint=False)
     if resuming:
         _restore_progress(run_dir, log, checkpoint, early_stopping)
@@ -300,7 +321,7 @@ def _train(
     # extra history entry, which the next resume cuts off; never a missing one.
     callbacks = [log, backup, checkpoint, early_stopping]
     if train_cfg.lr_reduce_factor < 1.0:  # the rate itself is an optimizer variable, so a resume restores it
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=train_cfg.lr_reduce_factor,
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=train_cfg.lr_reduce_factor,
                                                            patience=train_cfg.lr_reduce_patience, verbose=1))
     started = time.perf_counter()
     try:
@@ -326,7 +347,8 @@ def _train(
             "train": {
                 "epochs_run": len(log.train_seconds),
                 "best_epoch": checkpoint.best_epoch + 1,
-                "best_val_loss": checkpoint.best,
+                "monitor": monitor,
+                f"best_{monitor}": checkpoint.best,
                 **setup.stats,
                 # after training: images the pipeline could not decode are known only once read
                 "skipped": skipped.summary(task.skipped_item),

@@ -78,7 +78,9 @@ class VQAHead(layers.Layer):
         attention_dim: int. Width of that attention. Defaults to 128.
         image_norm: str. "batch" (BatchNormalization: removes what every image's features share, which for a
             CNN trained from scratch is ~98% of the vector at the start, see README) or "l2" (Antol et al.'s
-            "norm I"). Defaults to "batch".
+            "norm I") or "layer" (LayerNormalization). Defaults to "batch".
+        image_hidden_dim: int. A ReLU layer of this width on the normalised image vector before its tanh projection
+            (0: none). Defaults to 0.
 
     Call:
         question: (batch, question_dim); pooled: (batch, pooled_dim); grid: (batch, num_pixels, encoder_dim).
@@ -95,6 +97,7 @@ class VQAHead(layers.Layer):
         attention: bool = False,
         attention_dim: int = 128,
         image_norm: str = "batch",
+        image_hidden_dim: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -110,6 +113,8 @@ class VQAHead(layers.Layer):
         self.dropout_rate = float(dropout_rate)
         self.attention = bool(attention)
         self.attention_dim = int(attention_dim)
+        self.image_hidden_dim = int(image_hidden_dim)
+        self.image_hidden = layers.Dense(self.image_hidden_dim, activation="relu", name="image_hidden") if self.image_hidden_dim else None
         self.image_projection = layers.Dense(self.fusion_dim, activation="tanh", name="image_projection")
         self.question_projection = layers.Dense(self.fusion_dim, activation="tanh", name="question_projection")
         self.hidden = layers.Dense(self.mlp_dim, activation="relu", name="hidden")
@@ -123,9 +128,12 @@ class VQAHead(layers.Layer):
         if self.built:
             return
         image_dim = grid_shape[-1] if self.attention else pooled_shape[-1]
-        self.image_projection.build((None, image_dim))
         if self.image_batch_norm is not None:
             self.image_batch_norm.build((None, image_dim))
+        if self.image_hidden is not None:
+            self.image_hidden.build((None, image_dim))
+            image_dim = self.image_hidden_dim
+        self.image_projection.build((None, image_dim))
         self.question_projection.build(question_shape)
         fused_dim = self.fusion_dim * (2 if self.fusion == "concat" else 1)
         self.hidden.build((None, fused_dim))
@@ -141,22 +149,37 @@ class VQAHead(layers.Layer):
         else:
             image = pooled  # (batch, pooled_dim)
             alpha = ops.ones_like(grid[..., 0]) / ops.cast(ops.shape(grid)[1], grid.dtype)  # (batch, num_pixels)
+        image = self._image_vector(image, training)  # (batch, fusion_dim)
+        fused = query * image if self.fusion == "multiply" else ops.concatenate([query, image], axis=-1)  # (batch, fused_dim)
+        return self._classify(fused, training), alpha  # (batch, num_answers), (batch, num_pixels)
+
+    def _image_vector(self, image, training=None):
+        """Normalised, (optionally) through the hidden ReLU layer, projected: (batch, image_dim) -> (batch, fusion_dim)."""
         if self.image_batch_norm is not None:
             image = self.image_batch_norm(image, training=training)  # (batch, image_dim)
         else:
             image = image / (ops.norm(image, axis=-1, keepdims=True) + 1e-6)  # (batch, image_dim)
-        image = self.image_projection(image)  # (batch, fusion_dim)
-        fused = query * image if self.fusion == "multiply" else ops.concatenate([query, image], axis=-1)  # (batch, fused_dim)
+        if self.image_hidden is not None:
+            image = self.dropout(self.image_hidden(image), training=training)  # (batch, image_hidden_dim)
+        return self.image_projection(image)  # (batch, fusion_dim)
+
+    def _classify(self, fused, training=None):
         hidden = self.hidden(self.dropout(fused, training=training))  # (batch, mlp_dim)
-        return self.classifier(self.dropout(hidden, training=training)), alpha  # (batch, num_answers), (batch, num_pixels)
+        return self.classifier(self.dropout(hidden, training=training))  # (batch, num_answers)
 
     def question_only(self, question, training=None):
         """Logits from the question alone: the image factor of the fusion is 1 (multiply) or 0 (concat), so the
         blind model is the same classifier with the image taken out, not a product stuck at zero."""
         query = self.question_projection(question)  # (batch, fusion_dim)
         fused = query if self.fusion == "multiply" else ops.concatenate([query, ops.zeros_like(query)], axis=-1)  # (batch, fused_dim)
-        hidden = self.hidden(self.dropout(fused, training=training))  # (batch, mlp_dim)
-        return self.classifier(self.dropout(hidden, training=training))  # (batch, num_answers)
+        return self._classify(fused, training)  # (batch, num_answers)
+
+    def image_only(self, pooled, training=None):
+        """Logits from the pooled image vector alone (the question factor is 1 or 0 as in `question_only`): the
+        "I" baseline of Antol et al., which can only learn which photos tend to get which answer."""
+        image = self._image_vector(pooled, training)  # (batch, fusion_dim)
+        fused = image if self.fusion == "multiply" else ops.concatenate([ops.zeros_like(image), image], axis=-1)  # (batch, fused_dim)
+        return self._classify(fused, training)  # (batch, num_answers)
 
     def get_config(self):
         config = super().get_config()
@@ -170,5 +193,6 @@ class VQAHead(layers.Layer):
             attention=self.attention,
             attention_dim=self.attention_dim,
             image_norm=self.image_norm,
+            image_hidden_dim=self.image_hidden_dim,
         )
         return config

@@ -277,6 +277,15 @@ def test_train_vqa_flag_errors(tiny_data, tmp_path, capsys):
     _one_line_error(capsys.readouterr())
     assert main(["train-vqa", "--run", str(tmp_path / "r"), "--encoder-from", str(tmp_path / "none")]) == 2
     _one_line_error(capsys.readouterr())
+    assert main(["train-vqa", "--run", str(tmp_path / "r"), "--data-dir", str(tiny_data), "--question-only", "--image-only"]) == 2
+    _one_line_error(capsys.readouterr())
+    for bad in ("train.monitor=val_bleu", "vqa.answer_type=maybe"):  # refused before any training
+        assert main(["train-vqa", "--preset", "tiny", "--run", str(tmp_path / "r"), "--data-dir", str(tiny_data), "--set", bad]) == 2
+        captured = capsys.readouterr()
+        _one_line_error(captured)
+        assert bad.split("=")[1] in captured.err
+    assert main(["train", "--preset", "tiny", "--run", str(tmp_path / "c"), "--data-dir", str(tiny_data), "--set", "train.monitor=val_accuracy"]) == 2
+    assert "caption runs monitor val_loss" in capsys.readouterr().err
 
 
 def test_train_vqa_command(tiny_data, tmp_path, capsys):

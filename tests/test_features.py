@@ -10,7 +10,7 @@ from PIL import Image
 from captioner.encoder import ImageEncoder
 from captioner.errors import CaptionerError
 from captioner.features import FeatureCache
-from captioner.tasks.caption import cache_encoder
+from captioner.tasks.base import cache_encoder
 from captioner.train import train
 
 from conftest import tiny_config

@@ -6,11 +6,11 @@ from pathlib import Path
 
 from captioner.datasets.captions import load_coco, load_flickr8k, load_karpathy
 from captioner.datasets.records import CaptionRecord, QAPair, QARecord, Skipped, read_split_file
-from captioner.datasets.vqa import answer_type, load_easy_vqa, load_shapes_qa, load_vqa_v2
+from captioner.datasets.vqa import ANSWER_TYPES, answer_type, load_easy_vqa, load_shapes_qa, load_vqa_lines, load_vqa_v2
 from captioner.errors import CaptionerError
 
 DATASETS = ("shapes", "flickr8k", "karpathy", "coco")
-QA_DATASETS = ("shapes", "easy-vqa", "vqa")
+QA_DATASETS = ("shapes", "easy-vqa", "vqa", "vqa-lines")
 
 
 def load_split(dataset: str, data_dir: str | Path, split: str, skipped: Skipped | None = None) -> list[CaptionRecord]:
@@ -46,26 +46,39 @@ def load_split(dataset: str, data_dir: str | Path, split: str, skipped: Skipped 
     return records
 
 
-def load_qa_split(dataset: str, data_dir: str | Path, split: str, skipped: Skipped | None = None) -> list[QARecord]:
+def load_qa_split(dataset: str, data_dir: str | Path, split: str, skipped: Skipped | None = None, answer_type: str = "") -> list[QARecord]:
     """Question records of one split: one `QARecord` per question.
 
     Args:
         dataset: str. One of QA_DATASETS ("easy-vqa" reads the installed package and ignores data_dir).
-        data_dir: str. Folder of the shapes split files or of the VQA v2 JSON files.
+        data_dir: str. Folder of the shapes split files, of the VQA v2 JSON files or of the question-per-line files.
         split: str. "train", "val" or "test" (VQA v2: train or val).
         skipped: Skipped. Collects what could not be used.
+        answer_type: str. Keep only questions of this answer type ("yes/no", "number", "other"); the others are
+            skipped and counted. "" keeps every question.
     """
+    skipped = skipped if skipped is not None else Skipped()
+    if answer_type and answer_type not in ANSWER_TYPES:
+        raise CaptionerError(f"unknown answer type '{answer_type}'; use one of {', '.join(ANSWER_TYPES)} (or nothing for all)")
     if dataset == "easy-vqa":
         records = load_easy_vqa(split)
     elif dataset in QA_DATASETS:
         data_dir = Path(data_dir)
         if not data_dir.is_dir():
             raise CaptionerError(f"dataset directory {data_dir} does not exist")
-        records = load_shapes_qa(data_dir, split) if dataset == "shapes" else load_vqa_v2(data_dir, split, skipped)
+        loaders = {"shapes": lambda: load_shapes_qa(data_dir, split), "vqa": lambda: load_vqa_v2(data_dir, split, skipped),
+                   "vqa-lines": lambda: load_vqa_lines(data_dir, split, skipped)}
+        records = loaders[dataset]()
     else:
         raise CaptionerError(f"unknown question-answer dataset '{dataset}'; choose one of: {', '.join(QA_DATASETS)}")
+    if answer_type:
+        for record in records:
+            if record.answer_type != answer_type:
+                skipped.add(f"answer not {answer_type}", f"{record.question_id}: {record.answer!r}")
+        records = [r for r in records if r.answer_type == answer_type]
     if not records:
-        raise CaptionerError(f"the {split} split of {dataset} in {data_dir} has no usable questions")
+        detail = f" ({skipped.summary('questions')})" if skipped.count() else ""
+        raise CaptionerError(f"the {split} split of {dataset} in {data_dir} has no usable questions{detail}")
     empty = [r.question_id for r in records if not r.question.strip() or not any(a.strip() for a in r.answers)]
     if empty:
         raise CaptionerError(f"{len(empty)} question(s) of the {split} split have an empty question or no answer (first: {empty[0]})")

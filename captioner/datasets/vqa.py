@@ -1,4 +1,5 @@
-"""Question-answer loaders: `QARecord`s from the built-in shapes, the easy-VQA package and VQA v2 JSON.
+"""Question-answer loaders: `QARecord`s from the built-in shapes, the easy-VQA package, VQA v2 JSON and
+question-per-line files (the VQA v2 yes/no subset on COCO photos).
 
 Pure Python, no TensorFlow. Every loader returns one record per question; what it cannot use is counted
 in a `Skipped` (never dropped silently).
@@ -13,6 +14,7 @@ from pathlib import Path
 from captioner.datasets.records import QARecord, Skipped, read_split_file
 from captioner.errors import CaptionerError
 
+ANSWER_TYPES = ("yes/no", "number", "other")  # VQA's coarse answer classes
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 EASY_VQA_VAL_EVERY = 10  # easy-VQA ships train and test only: every 10th training image (id % 10 == 9) validates
 
@@ -80,8 +82,9 @@ def load_vqa_v2(data_dir: Path, split: str, skipped: Skipped | None = None) -> l
     if split not in VQA_SUBTYPES:
         raise CaptionerError(f"VQA v2 has public answers for the splits train and val only, not '{split}'; evaluate on --split val")
     subtype = VQA_SUBTYPES[split]
-    questions_file = _one_file(data_dir, f"*{subtype}_questions.json")
-    annotations_file = _one_file(data_dir, f"*{subtype}_annotations.json")
+    hint = "download VQA v2 questions and annotations there"
+    questions_file = _one_file(data_dir, f"*{subtype}_questions.json", hint)
+    annotations_file = _one_file(data_dir, f"*{subtype}_annotations.json", hint)
     questions = _read_json_list(questions_file, "questions")
     annotations = {a.get("question_id"): a for a in _read_json_list(annotations_file, "annotations") if isinstance(a, dict)}
     image_dirs = [d for d in (data_dir / subtype, data_dir / "images" / subtype) if d.is_dir()]
@@ -111,10 +114,58 @@ def load_vqa_v2(data_dir: Path, split: str, skipped: Skipped | None = None) -> l
     return records
 
 
-def _one_file(data_dir: Path, pattern: str) -> Path:
+LINE_SPLITS = {"train": "Train", "val": "Dev", "dev": "Dev", "test": "Test"}
+
+
+def load_vqa_lines(data_dir: Path, split: str, skipped: Skipped | None = None) -> list[QARecord]:
+    """Questions one a line, `NAME.jpg#N<TAB>question ? answer`, in `*TrainImages.txt`, `*DevImages.txt` and
+    `*TestImages.txt` with the photos in `Images/` (the layout of the VQA v2 yes/no subset on COCO photos, and of
+    Flickr8k's files). Split "val" reads the Dev file. A line without a tab, without "?" or without an answer, and
+    a question whose photo is not on disk, are skipped and counted.
+    """
+    skipped = skipped if skipped is not None else Skipped()
+    if split not in LINE_SPLITS:
+        raise CaptionerError(f"split '{split}' is not one of {', '.join(LINE_SPLITS)} (val reads the *DevImages.txt file)")
+    path = _one_file(data_dir, f"*{LINE_SPLITS[split]}Images.txt", "put the split files (NAME#N<TAB>question ? answer) there")
+    images = data_dir / "Images"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CaptionerError(f"cannot read {path} ({exc.__class__.__name__}); check the file and its permissions") from None
+    on_disk: dict[str, bool] = {}
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        key, tab, text = line.partition("\t")
+        question, mark, answer = text.rpartition("?")
+        name = key.split("#", 1)[0].strip()
+        where = f"{path.name}:{number}"
+        if not tab or not name:
+            skipped.add("line without a tab", where)
+            continue
+        if not mark or not question.strip():
+            skipped.add("line without a question mark", where)
+            continue
+        if not answer.strip():
+            skipped.add("question without an answer", where)
+            continue
+        if name not in on_disk:
+            on_disk[name] = (images / name).is_file()
+        if not on_disk[name]:
+            skipped.add("image not on disk", name)
+            continue
+        answer = answer.strip().lower()
+        question = question.strip() + " ?"
+        first_word = question.split()[0].lower()  # "is", "are", "does" ...: the question type VQA's breakdowns use
+        records.append(QARecord(str(images / name), question, (answer,), first_word, answer_type(answer), f"{split}-{key.strip()}"))
+    return records
+
+
+def _one_file(data_dir: Path, pattern: str, hint: str) -> Path:
     matches = sorted(data_dir.glob(pattern))
     if not matches:
-        raise CaptionerError(f"no file matching {pattern} in {data_dir}; download VQA v2 questions and annotations there")
+        raise CaptionerError(f"no file matching {pattern} in {data_dir}; {hint}")
     if len(matches) > 1:
         raise CaptionerError(f"several files match {pattern} in {data_dir} ({', '.join(m.name for m in matches)}); keep one")
     return matches[0]

@@ -18,6 +18,9 @@ import keras
 from captioner.config import RunConfig
 from captioner.datasets import Skipped
 from captioner.errors import CaptionerError
+from captioner.features import FeatureCache
+from captioner.models import build_image_encoder
+from captioner.precision import precision_scope, resolve_precision
 from captioner.run import Run
 
 
@@ -88,3 +91,35 @@ def on_disk(records: list, split: str, skipped: Skipped) -> list:
     if not kept:
         raise CaptionerError(f"none of the {len(records)} images of the {split} split can be read (first: {first_problem})")
     return kept
+
+
+def cache_encoder(encoder, config: RunConfig):
+    """The frozen backbone that fills the feature cache: the model's own, or, where the run trains at another
+    precision than `data.feature_precision`, a copy at that precision (the features `captioner features` makes)."""
+    precision = resolve_precision(config.data.feature_precision, "features")
+    if encoder.cnn.compute_dtype == keras.dtype_policies.get(precision).compute_dtype:
+        return encoder
+    with precision_scope(precision):
+        copy = build_image_encoder(config.model, encoder.image_size)
+    copy.cnn.set_weights(encoder.cnn.get_weights())
+    return copy
+
+
+def filled_cache(config: RunConfig, encoder, splits: dict[str, list], verbose: int | str, skipped: Skipped) -> tuple[FeatureCache, dict[str, list], int]:
+    """The feature cache of a frozen backbone with every image of `splits` ({split name: records}) in it: the CNN
+    runs once per image not cached yet. Returns the cache, the records whose image could be read, and how many
+    images were computed; a split left with none is an error."""
+    data = config.data
+    cache = FeatureCache(data.feature_cache_dir or str(Path(data.data_dir) / "features"), cache_encoder(encoder, config))
+    unreadable: set[str] = set()
+
+    def unusable(path: str, message: str) -> None:
+        unreadable.add(path)
+        skipped.unreadable(path, message)
+
+    computed = cache.extract([r.image for records in splits.values() for r in records], verbose=verbose != 0, on_error=unusable)
+    kept = {split: [r for r in records if r.image not in unreadable] for split, records in splits.items()}
+    for split, records in kept.items():
+        if not records:
+            raise CaptionerError(f"none of the images of the {split} split could be read ({skipped.summary('entries')})")
+    return cache, kept, computed

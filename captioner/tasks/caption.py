@@ -13,7 +13,7 @@ import numpy as np
 
 from captioner.arrays import padded_caption_length
 from captioner.config import ModelConfig, RunConfig
-from captioner.datasets import Skipped, load_split
+from captioner.datasets import DATASETS, Skipped, load_qa_split, load_split
 from captioner.decoding import CaptionGenerator
 from captioner.encoder import BACKBONES, default_image_size
 from captioner.errors import CaptionerError
@@ -71,20 +71,9 @@ class CaptionTask(Task):
 
         if training_work(config) == "train_cached":
             # A frozen pretrained CNN: run it once per image (cached on disk), then train on its features.
-            cache_dir = data.feature_cache_dir or str(Path(data.data_dir) / "features")
-            cache = FeatureCache(cache_dir, cache_encoder(model.encoder, config))
-            unreadable: set[str] = set()
-
-            def unusable(path: str, message: str) -> None:
-                unreadable.add(path)
-                skipped.unreadable(path, message)
-
-            computed = cache.extract([r.image for r in train_records + val_records], verbose=verbose != 0, on_error=unusable)
-            train_records = [r for r in train_records if r.image not in unreadable]
-            val_records = [r for r in val_records if r.image not in unreadable]
-            for split, records in ((train_cfg.train_split, train_records), (train_cfg.val_split, val_records)):
-                if not records:
-                    raise CaptionerError(f"none of the images of the {split} split could be read ({skipped.summary('entries')})")
+            cache, kept, computed = base.filled_cache(config, model.encoder, {train_cfg.train_split: train_records, train_cfg.val_split: val_records},
+                                                      verbose, skipped)
+            train_records, val_records = kept[train_cfg.train_split], kept[train_cfg.val_split]
 
             def batches(records, shuffle):
                 features = cache.rows([r.image for r in records])  # (images, num_pixels, encoder_dim) float16, read per batch
@@ -113,18 +102,6 @@ class CaptionTask(Task):
             train_items=len(train_records) * data.captions_per_image,
             stats={"train_images": len(train_records), "val_images": len(val_records), **stats},
         )
-
-
-def cache_encoder(encoder, config: RunConfig):
-    """The frozen backbone that fills the feature cache: the model's own, or, where the run trains at another
-    precision than `data.feature_precision`, a copy at that precision (the features `captioner features` makes)."""
-    precision = resolve_precision(config.data.feature_precision, "features")
-    if encoder.cnn.compute_dtype == keras.dtype_policies.get(precision).compute_dtype:
-        return encoder
-    with precision_scope(precision):
-        copy = build_image_encoder(config.model, encoder.image_size)
-    copy.cnn.set_weights(encoder.cnn.get_weights())
-    return copy
 
 
 def caption_files(
@@ -200,7 +177,8 @@ def extract_features(
     model_config = ModelConfig(encoder=encoder, encoder_weights=weights, encoder_trainable=False, precision=precision)
     with precision_scope(precision):  # the CNN computes at this precision (part of the cache key unless float32)
         image_encoder = build_image_encoder(model_config, default_image_size(encoder, 224))
-    records = [r for split in splits if split.strip() for r in load_split(dataset, data_dir, split.strip(), skipped)]
+    load = load_split if dataset in DATASETS else load_qa_split  # caption datasets, or question ones (VQA's photos)
+    records = [r for split in splits if split.strip() for r in load(dataset, data_dir, split.strip(), skipped)]
     cache = FeatureCache(cache_dir or str(Path(data_dir) / "features"), image_encoder)
     started = time.perf_counter()
     computed = cache.extract([r.image for r in records], batch_size=batch_size, on_error=skipped.unreadable)

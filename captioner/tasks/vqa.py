@@ -16,9 +16,9 @@ from captioner.datasets import QARecord, Skipped, load_qa_split
 from captioner.encoder import ImageEncoder, default_image_size
 from captioner.evaluate import evaluate_vqa, vqa_summary_lines
 from captioner.images import read_image
-from captioner.models import build_vqa_model
+from captioner.models import build_vqa_model, training_work
 from captioner.arrays import group_questions
-from captioner.preprocessing import vqa_dataset
+from captioner.preprocessing import feature_vqa_dataset, vqa_dataset
 from captioner.run import ANSWERS_FILE, VOCAB_FILE, Run, load_run, save_config
 from captioner.tasks import base
 from captioner.tasks.base import EvalOptions, Setup, Task
@@ -91,8 +91,10 @@ class VQATask(Task):
 
     def setup(self, config: RunConfig, run_dir: Path, resuming: bool, verbose: int | str, skipped: Skipped) -> Setup:
         data, train_cfg, vqa = config.data, config.train, config.vqa
-        train_records = _first_images(load_qa_split(data.dataset, data.data_dir, train_cfg.train_split, skipped), train_cfg.max_train_images)
-        val_records = _first_images(load_qa_split(data.dataset, data.data_dir, train_cfg.val_split, skipped), train_cfg.max_val_images)
+        train_records = _first_images(load_qa_split(data.dataset, data.data_dir, train_cfg.train_split, skipped, vqa.answer_type),
+                                      train_cfg.max_train_images)
+        val_records = _first_images(load_qa_split(data.dataset, data.data_dir, train_cfg.val_split, skipped, vqa.answer_type),
+                                    train_cfg.max_val_images)
         train_records = base.on_disk(train_records, train_cfg.train_split, skipped)
         val_records = base.on_disk(val_records, train_cfg.val_split, skipped)
         encoder = _shared_encoder(vqa.encoder_from, vqa.fine_tune_encoder) if vqa.encoder_from else None
@@ -113,21 +115,38 @@ class VQATask(Task):
             answers.save(run_dir / ANSWERS_FILE)
             save_config(config, run_dir)
 
-        def batches(records, shuffle):
-            groups = group_questions(records, vqa.questions_per_image)
-            split = train_cfg.train_split if shuffle else train_cfg.val_split
-            dataset = vqa_dataset(
-                groups, vocab, answers, image_size, vqa.questions_per_image, vqa.max_question_length,
-                train_cfg.batch_size, shuffle=shuffle, seed=train_cfg.seed, cache=data.cache_images,
-                on_error=skipped.unreadable, what=f"images of the {split} split",
-            )
-            return dataset, len(groups)
+        model = build_vqa_model(config, len(vocab), len(answers), image_size, encoder)
+        stats: dict[str, Any] = {}
+        if training_work(config) == "train_cached":
+            # A frozen pretrained CNN: run it once per photo (the cache captioning uses), then train on its features.
+            cache, kept, computed = base.filled_cache(config, model.encoder, {train_cfg.train_split: train_records, train_cfg.val_split: val_records},
+                                                      verbose, skipped)
+            train_records, val_records = kept[train_cfg.train_split], kept[train_cfg.val_split]
+            stats.update(feature_cache=str(cache.folder), features_computed=computed)
+
+            def batches(records, shuffle):
+                groups = group_questions(records, vqa.questions_per_image)
+                features = cache.rows([image for image, _ in groups])  # (groups, num_pixels, encoder_dim), read per batch
+                dataset = feature_vqa_dataset(features, groups, vocab, answers, vqa.questions_per_image, vqa.max_question_length,
+                                              train_cfg.batch_size, shuffle=shuffle, seed=train_cfg.seed)
+                return dataset, len(groups)
+        else:
+
+            def batches(records, shuffle):
+                groups = group_questions(records, vqa.questions_per_image)
+                split = train_cfg.train_split if shuffle else train_cfg.val_split
+                dataset = vqa_dataset(
+                    groups, vocab, answers, image_size, vqa.questions_per_image, vqa.max_question_length,
+                    train_cfg.batch_size, shuffle=shuffle, seed=train_cfg.seed, cache=data.cache_images,
+                    on_error=skipped.unreadable, what=f"images of the {split} split",
+                )
+                return dataset, len(groups)
 
         train_data, train_groups = batches(train_records, True)
         val_data, _ = batches(val_records, False)
         return Setup(
             config=config,
-            model=build_vqa_model(config, len(vocab), len(answers), image_size, encoder),
+            model=model,
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=AnswerVocabulary.other_id),
             metrics=[AnsweredAccuracy()],
             train_data=train_data,
@@ -142,6 +161,7 @@ class VQATask(Task):
                 "num_answers": len(answers),
                 "val_answer_coverage": answers.coverage(r.answer for r in val_records),
                 "unknown_word_rate_val": vocab.unknown_rate(r.question for r in val_records),
+                **stats,
             },
         )
 
