@@ -277,6 +277,7 @@ def vqa_summary_lines(result: dict[str, Any]) -> list[str]:
     lines.append(
         f"blind baselines: always 'yes' {blind['always_yes']:.2%}, most frequent answer {blind['most_frequent']:.2%}, "
         f"most frequent answer to the same question text {blind['question_prior']:.2%}"
+        + (f", to any question about the same photo {blind['photo_prior']:.2%}" if "photo_prior" in blind else "")
     )
     return lines
 

@@ -130,7 +130,10 @@ def blind_baselines(train_records: Sequence[Any], records: Sequence[Any]) -> dic
 
     - always_yes: answer "yes" to everything;
     - most_frequent: the most frequent training answer, to everything;
-    - question_prior: the most frequent training answer to this exact question text (else most_frequent).
+    - question_prior: the most frequent training answer to this exact question text (else most_frequent);
+    - photo_prior: the most frequent training answer to any question about this photo (else most_frequent): no
+      pixels and no question, only the photo's identity; where a split is by question, not by photo, this
+      measures how much of an accuracy can come from remembering photos.
     """
     overall = collections.Counter(r.answer for r in train_records)
     top = overall.most_common(1)[0][0] if overall else "yes"
@@ -138,11 +141,20 @@ def blind_baselines(train_records: Sequence[Any], records: Sequence[Any]) -> dic
     for r in train_records:
         by_text[_question_key(r.question)][r.answer] += 1
     prior = [by_text[_question_key(r.question)].most_common(1)[0][0] if _question_key(r.question) in by_text else top for r in records]
+    by_photo: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for r in train_records:
+        by_photo[_photo_key(r.image)][r.answer] += 1
+    photo = [by_photo[_photo_key(r.image)].most_common(1)[0][0] if _photo_key(r.image) in by_photo else top for r in records]
     return {
         "always_yes": accuracy_table(records, ["yes"] * len(records))["accuracy"],
         "most_frequent": accuracy_table(records, [top] * len(records))["accuracy"],
         "question_prior": accuracy_table(records, prior)["accuracy"],
+        "photo_prior": accuracy_table(records, photo)["accuracy"],
     }
+
+
+def _photo_key(image: str) -> str:
+    return image.replace("\\", "/").rsplit("/", 1)[-1]
 
 
 def _question_key(question: str) -> str:

@@ -79,6 +79,20 @@ def test_accuracy_table_and_blind_baselines():
     assert blind["always_yes"] == 0.25
     assert blind["most_frequent"] == 0.0  # "blue" answers nothing here
     assert blind["question_prior"] == 0.5  # "no" and "yes" right; "blue" for colour; unseen question -> "blue"
+    assert blind["photo_prior"] == 0.0  # every question is about x.png, whose most frequent training answer is "blue"
+    assert table["interval_95"] == pytest.approx(1.96 * (0.75 * 0.25 / 4) ** 0.5)  # normal approximation, 0/1 scores
+
+
+def test_the_photo_prior_answers_what_training_said_about_the_same_photo():
+    from captioner.datasets import QARecord
+    from captioner.metrics import blind_baselines
+
+    train = [QARecord("d/a.jpg", "is it a dog?", ("yes",)), QARecord("d/b.jpg", "is it a cat?", ("no",)),
+             QARecord("d/b.jpg", "is it red?", ("no",)), QARecord("d/c.jpg", "is it big?", ("no",))]
+    test = [QARecord("other/a.jpg", "could this be dog?", ("yes",)), QARecord("d/b.jpg", "is it blue?", ("yes",)),
+            QARecord("d/new.jpg", "is it a cow?", ("no",))]
+    # a.jpg -> "yes" (right, whatever the folder), b.jpg -> "no" (wrong), new.jpg unseen -> most frequent, "no" (right)
+    assert blind_baselines(train, test)["photo_prior"] == pytest.approx(2 / 3)
 
 
 def test_diversity_counts_distinct_captions_words_and_the_most_common():
