@@ -1,10 +1,10 @@
 """`captioner serve`: an HTTP API and a web page over a caption run (and optionally a VQA run).
 
 Starlette (ASGI) served by uvicorn, on 127.0.0.1 unless told otherwise. Requests are decoded and checked
-in the request handler (size limit, image safety, question length); captioning goes through a `Batcher`:
-concurrent requests queue up and are decoded together, up to `max_batch` images, waiting at most
-`max_wait_ms` for a batch to fill - batched generation is many times faster per caption than one image at
-a time. The model runs in one worker thread, so the event loop keeps accepting requests meanwhile.
+in the request handler (size limit, image safety, question length); captions and answers each go through a
+`Batcher`: concurrent requests queue up and are computed together, up to `max_batch` images (or questions),
+waiting at most `max_wait_ms` for a batch to fill - batched generation is many times faster per caption than
+one image at a time. Each model runs in its own worker thread, so the event loop keeps accepting requests.
 
 API (JSON in and out; errors are 4xx with {"error": one line}):
     GET  /                 the web page (everything served from here: no CDN)
@@ -24,7 +24,6 @@ import binascii
 import contextlib
 import json
 import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -131,7 +130,7 @@ class Service:
         self.grid = [int(grid[0]), int(grid[1])]
         self.attention = bool(caption_run.model.decoder.uses_attention)
         self.batcher = Batcher(self.caption_batch, config.max_batch, config.max_wait_ms)
-        self._answer_lock = threading.Lock()
+        self.vqa_batcher = Batcher(self.answer_batch, config.max_batch, config.max_wait_ms)  # questions from many requests, one call
         if vqa_run is not None:
             from captioner.tasks.vqa import VQATask
 
@@ -166,23 +165,37 @@ class Service:
             "attention_grid": self.grid if self.attention else None,
             "beam_size": self.generator.beam_size,
             "batching": {"max_batch": self.config.max_batch, "max_wait_ms": self.config.max_wait_ms, **self.batcher.stats.summary()},
+            "vqa_batching": self.vqa_batcher.stats.summary(),
             "limits": {"max_bytes": self.config.max_bytes, "max_images": self.config.max_images,
                        "max_question_chars": self.config.max_question_chars},
             "vqa_run": str(self.vqa_run.path) if self.vqa_run is not None else None,
         }
         return info
 
-    def answer(self, image: np.ndarray, question: str) -> dict[str, Any]:
+    def encode_question(self, question: str):
+        """The question's word ids, or a CaptionerError for one with no words (before it joins a batch)."""
         encoded = self.answerer.encode(question)
         if not encoded.ids:
             raise CaptionerError(f"question {question!r} has no words; ask something, e.g. \"what color is the circle?\"")
-        with self._answer_lock:  # one model call at a time; answering is a single small forward pass
-            probabilities, _ = self.answerer(image[None], self.answerer.question_array([[encoded]]))
-        top = self.answerer.top(probabilities[0, 0], 5)
-        result = {"question": question, "answer": top[0][0], "top": [{"answer": a, "probability": p} for a, p in top]}
-        if encoded.unknown_words:
-            result["warning"] = f"word(s) this model never saw: {', '.join(encoded.unknown_words)}"
-        return result
+        return encoded
+
+    def answer_batch(self, items: list[tuple[np.ndarray, Any, str]]) -> list[dict[str, Any]]:
+        """(image, encoded question, question text) from many requests -> one answer each, in one model call."""
+        images = np.stack([image for image, _, _ in items])  # (batch, size, size, 3)
+        questions = self.answerer.question_array([[encoded] for _, encoded, _ in items])  # (batch, 1, steps)
+        probabilities, _ = self.answerer(images, questions)  # (batch, 1, num_answers)
+        results = []
+        for row, (_, encoded, question) in enumerate(items):
+            top = self.answerer.top(probabilities[row, 0], 5)
+            result = {"question": question, "answer": top[0][0], "top": [{"answer": a, "probability": p} for a, p in top]}
+            if encoded.unknown_words:
+                result["warning"] = f"word(s) this model never saw: {', '.join(encoded.unknown_words)}"
+            results.append(result)
+        return results
+
+    def answer(self, image: np.ndarray, question: str) -> dict[str, Any]:
+        """One question about one image, outside the server's batching (benchmarks, tests)."""
+        return self.answer_batch([(image, self.encode_question(question), question)])[0]
 
 
 class BadRequest(Exception):
@@ -277,10 +290,10 @@ def create_app(service: Service):
             raise BadRequest(400, f"question of {len(question):,} characters; at most {config.max_question_chars}")
         image = image_of(decoded(payload.get("image"), "image"), "image", service.vqa_size)
         try:
-            result = await asyncio.get_running_loop().run_in_executor(None, service.answer, image, question)
+            encoded = service.encode_question(question)
         except CaptionerError as exc:
             raise BadRequest(400, str(exc)) from None
-        return JSONResponse(result)
+        return JSONResponse(await service.vqa_batcher.submit((image, encoded, question)))
 
     async def health(request: Request):
         return JSONResponse({"status": "ok"})
@@ -312,6 +325,7 @@ def create_app(service: Service):
     async def lifespan(app):
         yield
         service.batcher.close()
+        service.vqa_batcher.close()
 
     return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
 

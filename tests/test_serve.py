@@ -114,6 +114,25 @@ def test_bad_input_gets_one_line_4xx_and_the_others_are_still_served(server, tin
     assert answer.status_code == 200 and len(answer.json()["top"]) == 5
 
 
+def test_concurrent_questions_are_answered_together_as_one_at_a_time(server, tiny_data):
+    url, service = server
+    images = sorted((tiny_data / "images").glob("val_*.png"))[:4]
+    questions = ["how many shapes are there?", "what color is the circle?", "is there a square?"]
+    jobs = [(base64.b64encode(images[i % 4].read_bytes()).decode(), questions[i % 3]) for i in range(24)]
+    from captioner.images import load_image
+
+    alone = [service.answer(load_image(str(images[i % 4]), service.vqa_size), questions[i % 3]) for i in range(24)]
+    before = len(service.vqa_batcher.stats.sizes)
+    with ThreadPoolExecutor(12) as pool:
+        answered = list(pool.map(lambda job: httpx.post(f"{url}/api/ask", json={"image": job[0], "question": job[1]}).json(), jobs))
+    sizes = service.vqa_batcher.stats.sizes[before:]
+    assert sum(sizes) == 24 and max(sizes) > 1  # questions from several requests shared a model call
+    assert [a["answer"] for a in answered] == [a["answer"] for a in alone]
+    for got, want in zip(answered, alone):
+        assert got["top"][0]["probability"] == pytest.approx(want["top"][0]["probability"], abs=1e-5)
+    assert httpx.get(f"{url}/api/info").json()["vqa_batching"]["largest_batch"] > 1
+
+
 def test_a_failing_batch_fails_its_requests_not_the_batcher():
     import asyncio
 
