@@ -160,9 +160,9 @@ def preset(name: str) -> RunConfig:
       on COCO photos) with a frozen ImageNet MobileNetV2 and cached features.
     """
     if name == "shapes":
-        # 12 epochs: with He-initialised convolutions and centered pixels the demo's Show-and-Tell leaves its plateau
-        # in the first epochs in 5 of 6 seed x precision runs measured (test BLEU-4 0.70-0.73; one bfloat16 seed
-        # stayed on it: 0.64). BENCHMARKS.md, "The demo's plateau".
+        # 12 epochs: with a He-initialised CNN (convolutions and projection) and centered pixels the demo's Show-and-Tell
+        # leaves its plateau in the first epochs in all 6 seed x precision runs measured (test BLEU-4 0.67-0.71).
+        # BENCHMARKS.md, "The demo's plateau".
         return RunConfig(train=TrainConfig(epochs=12), preset="shapes")
     if name == "tiny":
         return RunConfig(
