@@ -31,7 +31,8 @@ def _save(figure: Figure, path: str | Path) -> None:
 
 
 def attention_figure(
-    image: np.ndarray, words: Sequence[str], alphas: np.ndarray, grid_shape: tuple[int, int], path: str | Path, columns: int = 6
+    image: np.ndarray, words: Sequence[str], alphas: np.ndarray, grid_shape: tuple[int, int], path: str | Path, columns: int = 6,
+    title: str | None = None,
 ) -> None:
     """The image, then one panel per generated word with its attention weights overlaid as a heat map.
 
@@ -42,6 +43,7 @@ def attention_figure(
         grid_shape: (grid_h, grid_w) of the encoder's feature grid.
         path: PNG file to write.
         columns: panels per row. Defaults to 6.
+        title: str. A line above the panels (wrapped), e.g. the question and the answer of a VQA model. Defaults to none.
     """
     panels = 1 + len(words)
     rows = math.ceil(panels / columns)
@@ -57,6 +59,11 @@ def attention_figure(
             ax.imshow(heat, cmap="inferno", alpha=0.6, interpolation="bilinear", extent=(-0.5, size[1] - 0.5, size[0] - 0.5, -0.5))
             ax.set_title(words[index - 1], fontsize=10)
         ax.axis("off")
+    if title:
+        import textwrap
+
+        lines = textwrap.wrap(title, 22 * min(panels, columns))
+        figure.suptitle("\n".join(lines), fontsize=10, y=1.0 + 0.09 * len(lines), va="top")
     _save(figure, path)
 
 
