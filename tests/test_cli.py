@@ -242,6 +242,11 @@ def test_ask_bad_questions(vqa_run, tiny_data, capsys):
     captured = capsys.readouterr()
     assert "warning: no word of" in captured.err and len(captured.err.strip().splitlines()) == 1
     assert captured.out.strip()
+    # 10,000 characters: answered from its first words, with a one-line warning; the question beside it too.
+    assert main(["ask", "--run", str(vqa_run), "--json", image, "how many shapes are there " * 385, "what color is the circle?"]) == 0
+    captured = capsys.readouterr()
+    assert "reads the first" in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert [bool(a.get("answer")) for a in json.loads(captured.out)["answers"]] == [True, True]
 
 
 def test_runs_of_the_other_task_are_refused(vqa_run, overfit_run, tiny_data, capsys):

@@ -181,7 +181,11 @@ def ask(run: Run, image_path: str, questions: Sequence[str], top: int = 5) -> di
             result["error"] = f"question {question!r} has no words; ask something, e.g. \"what color is the circle?\""
         else:
             encoded.append(words)
-            if words.all_unknown:
+            length = len(tokenize(question))
+            if length > answerer.max_question_length:
+                result["warning"] = (f"question of {length:,} words; this model reads the first {answerer.max_question_length} "
+                                     f"(its longest training question)")
+            elif words.all_unknown:
                 result["warning"] = f"no word of {question!r} is known to this model; the answer rests on the image alone"
             elif words.unknown_words:
                 result["warning"] = f"word(s) of {question!r} this model never saw, read as <unk>: {', '.join(words.unknown_words)}"
