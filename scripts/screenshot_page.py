@@ -3,6 +3,7 @@
 attention map of one word, taken with headless Chromium (Debian's chromium + chromium-driver) via Selenium.
 
     python scripts/screenshot_page.py --run runs/f8k-sat --image photo.jpg --word 1 --out docs/serve_page.png
+    python scripts/screenshot_page.py --run runs/f8k-sat --vqa-run runs/vqa-coco --question "is there a dog ?" --image photo.jpg --out docs/serve_vqa.png
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ def main() -> None:
     parser.add_argument("--image", required=True)
     parser.add_argument("--word", type=int, default=0, help="which word's attention map to show")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--vqa-run", default=None, help="also load this VQA run and ask --question about the photo")
+    parser.add_argument("--question", default="is there a person ?")
     args = parser.parse_args()
-    service = Service(load_run(args.run), None, ServeConfig())
+    service = Service(load_run(args.run), load_run(args.vqa_run, task="vqa") if args.vqa_run else None, ServeConfig())
     service.warm_up()
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
@@ -43,7 +46,7 @@ def main() -> None:
     with serving(service) as url:
         browser = webdriver.Chrome(service=DriverService(shutil.which("chromedriver")), options=options)
         try:
-            browser.set_window_size(900, 1000)
+            browser.set_window_size(900, 1150 if args.vqa_run else 1000)
             browser.get(f"{url}/")
             wait = WebDriverWait(browser, 120)
             wait.until(lambda b: "px" in b.find_element(By.ID, "info").text)
@@ -52,6 +55,11 @@ def main() -> None:
             word = browser.find_elements(By.CSS_SELECTOR, "#caption span.word")[args.word]
             ActionChains(browser).move_to_element(word).perform()
             wait.until(lambda b: b.find_element(By.ID, "overlay").get_attribute("data-word") == str(args.word))
+            if args.vqa_run:
+                browser.find_element(By.ID, "question").send_keys(args.question)
+                browser.find_element(By.ID, "ask").click()
+                wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#answers li"))
+                print("answers: " + "; ".join(li.text for li in browser.find_elements(By.CSS_SELECTOR, "#answers li")))
             browser.save_screenshot(args.out)
             print(f"wrote {args.out}: {' '.join(s.text for s in browser.find_elements(By.CSS_SELECTOR, '#caption span.word'))}")
         finally:
