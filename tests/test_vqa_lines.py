@@ -146,3 +146,26 @@ def test_the_real_vqa_yes_no_files_load_whole():
         records = load_qa_split("vqa-lines", root, split, skipped, answer_type="yes/no")
         counts[split] = (len(records), len({r.image for r in records}), sum(r.answer == "yes" for r in records), skipped.count())
     assert counts == {"train": (7846, 6732, 3787, 0), "val": (1952, 1776, 906, 0), "test": (2022, 1827, 912, 0)}  # the README's counts
+
+
+def test_the_recipe_s_commands_features_then_train_vqa_then_evaluate(tmp_path, capsys):
+    """`make vqa-coco`'s path through the CLI: `features` fills the cache that `train-vqa` reads (0 computed there),
+    and `evaluate` prints the interval, the per-photo split and the photo prior."""
+    from captioner.cli import main
+
+    root = write_lines_dataset(tmp_path / "data")
+    cache = str(tmp_path / "cache")
+    assert main(["features", "--dataset", "vqa-lines", "--data-dir", str(root), "--encoder", "mobilenet_v2",
+                 "--encoder-weights", "none", "--cache-dir", cache]) == 0
+    assert "12 of 12 images computed" in capsys.readouterr().out  # train, dev and test photos (the broken lines counted apart)
+    run = str(tmp_path / "run")
+    assert main(["train-vqa", "--dataset", "vqa-lines", "--data-dir", str(root), "--encoder-weights", "none", "--cache-dir", cache,
+                 "--run", run, "--epochs", "1", "--quiet", "--set", "vqa.question_hidden_dim=16", "--set", "vqa.fusion_dim=16",
+                 "--set", "vqa.image_hidden_dim=16"]) == 0
+    captured = capsys.readouterr()
+    assert "best val accuracy" in captured.out and "skipped 5 questions" in captured.err
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["train"]
+    assert metrics["features_computed"] == 0 and json.loads((tmp_path / "run" / "config.json").read_text())["preset"] == "vqa-coco"
+    assert main(["evaluate", "--run", run, "--split", "test"]) == 0
+    out = capsys.readouterr().out
+    assert "(95%)" in out and "seen in training" in out and "unseen" in out and "same photo" in out
