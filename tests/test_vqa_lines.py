@@ -169,3 +169,24 @@ def test_the_recipe_s_commands_features_then_train_vqa_then_evaluate(tmp_path, c
     assert main(["evaluate", "--run", run, "--split", "test"]) == 0
     out = capsys.readouterr().out
     assert "(95%)" in out and "seen in training" in out and "unseen" in out and "same photo" in out
+
+
+def test_a_resumed_run_keeps_the_most_accurate_epoch_as_its_best():
+    """Resuming restores the best value and the patience count from history.json in the monitor's direction:
+    with val_accuracy the best epoch is the highest one, not the lowest."""
+    import tempfile
+
+    from captioner.fileio import write_json
+    from captioner.run import HISTORY_FILE
+    from captioner.train import BACKUP_DIR, BestCheckpoint, ResumableEarlyStopping, RunLog, _restore_progress
+
+    with tempfile.TemporaryDirectory() as folder:
+        run_dir = Path(folder)
+        (run_dir / BACKUP_DIR).mkdir()
+        write_json(run_dir / BACKUP_DIR / "training_metadata.json", {"epoch": 3, "batch": 0})
+        write_json(run_dir / HISTORY_FILE, {"val_loss": [0.5, 0.6, 0.55, 0.4], "val_accuracy": [0.5, 0.7, 0.6, 0.9]})
+        checkpoint = BestCheckpoint(run_dir / "model.keras", "val_accuracy", "max")
+        stopping = ResumableEarlyStopping(monitor="val_accuracy", mode="max", patience=5)
+        _restore_progress(run_dir, RunLog(run_dir / HISTORY_FILE, 1, 1, "questions"), checkpoint, stopping)
+        # the 4th epoch was not backed up: cut; of the three kept, epoch 2 (0.7) is the best, one epoch since
+        assert (checkpoint.best, checkpoint.best_epoch, stopping.resume_best, stopping.resume_wait) == (0.7, 1, 0.7, 1)
