@@ -68,6 +68,16 @@ def test_vqa_v2_files_are_read_and_what_cannot_be_used_is_counted(tmp_path):
     assert skipped.summary("questions").startswith("skipped 3 questions:")
 
 
+def test_vqa_v2_keeps_one_answer_type_and_counts_the_others(tmp_path):
+    _write_vqa(tmp_path)
+    skipped = Skipped()
+    numbers = load_qa_split("vqa", tmp_path, "val", skipped, answer_type="number")
+    assert [r.question_id for r in numbers] == ["20"]
+    assert skipped.count("answer not number") == 1  # the colour question; the dog one was already skipped (no image)
+    with pytest.raises(CaptionerError, match=r"no usable questions \(skipped .*answer not yes/no"):
+        load_qa_split("vqa", tmp_path, "val", Skipped(), answer_type="yes/no")  # its only yes/no question has no image
+
+
 def test_vqa_v2_without_files_or_test_answers_says_what_to_do(tmp_path):
     with pytest.raises(CaptionerError, match="questions.json"):
         load_qa_split("vqa", tmp_path, "val")
