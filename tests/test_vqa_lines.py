@@ -190,3 +190,13 @@ def test_a_resumed_run_keeps_the_most_accurate_epoch_as_its_best():
         _restore_progress(run_dir, RunLog(run_dir / HISTORY_FILE, 1, 1, "questions"), checkpoint, stopping)
         # the 4th epoch was not backed up: cut; of the three kept, epoch 2 (0.7) is the best, one epoch since
         assert (checkpoint.best, checkpoint.best_epoch, stopping.resume_best, stopping.resume_wait) == (0.7, 1, 0.7, 1)
+
+
+def test_a_photo_that_cannot_be_decoded_is_a_counted_skip_and_the_others_train(tmp_path):
+    from captioner.train import train
+
+    root = write_lines_dataset(tmp_path / "data")
+    (root / "Images" / "photo_3.jpg").write_bytes(b"not a jpeg at all")
+    metrics = train(lines_config(root, tmp_path / "cache", **{"train.epochs": "1"}), tmp_path / "run", verbose=0)["train"]
+    assert metrics["features_computed"] == 7 and metrics["train_questions"] == 14  # photo_3's two questions left out
+    assert "1 unreadable image" in metrics["skipped"] and "1 image not on disk" in metrics["skipped"]
