@@ -24,6 +24,7 @@ from captioner.metrics import (
     diversity,
     human_agreement,
     oracle_bleu,
+    photo_key,
     text_scores,
 )
 from captioner.arrays import group_questions, question_arrays
@@ -237,8 +238,8 @@ def evaluate_vqa(
     seconds = time.perf_counter() - started
     records, predictions = [r for r, p in zip(records, predictions) if p is not None], [p for p in predictions if p is not None]
     train_records = load_qa_split(data.dataset, data_dir or data.data_dir, run.config.train.train_split, answer_type=vqa.answer_type)
-    photos_seen = {Path(r.image).name for r in train_records}  # a split by question can share photos with train
-    by_photo = ["seen in training" if Path(r.image).name in photos_seen else "unseen" for r in records]
+    photos_seen = {photo_key(r.image) for r in train_records}  # a split by question can share photos with train
+    by_photo = ["seen in training" if photo_key(r.image) in photos_seen else "unseen" for r in records]
     result = {
         **accuracy_table(records, predictions, {"by_photo": by_photo}),
         "split": split,

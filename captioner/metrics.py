@@ -143,8 +143,8 @@ def blind_baselines(train_records: Sequence[Any], records: Sequence[Any]) -> dic
     prior = [by_text[_question_key(r.question)].most_common(1)[0][0] if _question_key(r.question) in by_text else top for r in records]
     by_photo: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for r in train_records:
-        by_photo[_photo_key(r.image)][r.answer] += 1
-    photo = [by_photo[_photo_key(r.image)].most_common(1)[0][0] if _photo_key(r.image) in by_photo else top for r in records]
+        by_photo[photo_key(r.image)][r.answer] += 1
+    photo = [by_photo[photo_key(r.image)].most_common(1)[0][0] if photo_key(r.image) in by_photo else top for r in records]
     return {
         "always_yes": accuracy_table(records, ["yes"] * len(records))["accuracy"],
         "most_frequent": accuracy_table(records, [top] * len(records))["accuracy"],
@@ -153,7 +153,8 @@ def blind_baselines(train_records: Sequence[Any], records: Sequence[Any]) -> dic
     }
 
 
-def _photo_key(image: str) -> str:
+def photo_key(image: str) -> str:
+    """A photo's identity across splits and folders: its file name."""
     return image.replace("\\", "/").rsplit("/", 1)[-1]
 
 

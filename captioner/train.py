@@ -91,13 +91,13 @@ class BestCheckpoint(keras.callbacks.Callback):
         super().__init__()
         self.path = path
         self.monitor = monitor
-        self.sign = 1.0 if mode == "min" else -1.0
-        self.best = self.sign * float("inf")
+        self.mode = mode
+        self.best = float("inf") if mode == "min" else -float("inf")
         self.best_epoch = -1
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
-        if value is not None and self.sign * value < self.sign * self.best:
+        if value is not None and (value < self.best if self.mode == "min" else value > self.best):
             self.best, self.best_epoch = float(value), epoch
             save_model(self.model, self.path)
 
@@ -163,7 +163,7 @@ def _restore_progress(run_dir: Path, log: RunLog, checkpoint: BestCheckpoint, ea
     log.train_seconds = list(log.history.get("train_seconds", []))
     values = log.history.get(checkpoint.monitor, [])
     if values:
-        best = best_epoch(values, "min" if checkpoint.sign > 0 else "max")
+        best = best_epoch(values, checkpoint.mode)
         checkpoint.best, checkpoint.best_epoch = values[best], best
         early_stopping.resume_best, early_stopping.resume_wait = values[best], len(values) - 1 - best
 

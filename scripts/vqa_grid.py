@@ -17,6 +17,7 @@ import numpy as np
 
 from captioner.datasets import load_qa_split
 from captioner.images import load_image
+from captioner.metrics import photo_key
 from captioner.run import load_run
 from captioner.tasks.vqa import VQATask
 from captioner.viz import attention_figure, caption_grid_figure
@@ -41,7 +42,7 @@ def main() -> None:
     rng.shuffle(chosen)
     run = load_run(args.run, task="vqa")
     data = run.config.data
-    seen = {Path(r.image).name for r in load_qa_split(data.dataset, data.data_dir, run.config.train.train_split, answer_type=run.config.vqa.answer_type)}
+    seen = {photo_key(r.image) for r in load_qa_split(data.dataset, data.data_dir, run.config.train.train_split, answer_type=run.config.vqa.answer_type)}
     answerer = VQATask().answerer(run)
     size = run.model.encoder.image_size
     images = np.stack([load_image(e["image"], size) for e in chosen])  # (count, size, size, 3)
@@ -51,7 +52,7 @@ def main() -> None:
     for entry, distribution in zip(chosen, probabilities[:, 0]):
         answer, probability = answerer.top(distribution, 1)[0]
         mark = "right" if answer in entry["answers"] else "WRONG"
-        photo = "seen" if Path(entry["image"]).name in seen else "not seen"
+        photo = "seen" if photo_key(entry["image"]) in seen else "not seen"
         titles.append([entry["question"], f"model: {answer} ({probability:.0%}), {mark}", f"truth: {entry['answers'][0]}; photo {photo} in training"])
     caption_grid_figure(images, titles, args.out, columns=4)
     print(f"wrote {args.out}")

@@ -117,6 +117,7 @@ class VQATask(Task):
 
         model = build_vqa_model(config, len(vocab), len(answers), image_size, encoder)
         stats: dict[str, Any] = {}
+        cache = None
         if training_work(config) == "train_cached":
             # A frozen pretrained CNN: run it once per photo (the cache captioning uses), then train on its features.
             cache, kept, computed = base.filled_cache(config, model.encoder, {train_cfg.train_split: train_records, train_cfg.val_split: val_records},
@@ -124,23 +125,20 @@ class VQATask(Task):
             train_records, val_records = kept[train_cfg.train_split], kept[train_cfg.val_split]
             stats.update(feature_cache=str(cache.folder), features_computed=computed)
 
-            def batches(records, shuffle):
-                groups = group_questions(records, vqa.questions_per_image)
+        def batches(records, shuffle):
+            groups = group_questions(records, vqa.questions_per_image)
+            if cache is not None:
                 features = cache.rows([image for image, _ in groups])  # (groups, num_pixels, encoder_dim), read per batch
                 dataset = feature_vqa_dataset(features, groups, vocab, answers, vqa.questions_per_image, vqa.max_question_length,
                                               train_cfg.batch_size, shuffle=shuffle, seed=train_cfg.seed)
-                return dataset, len(groups)
-        else:
-
-            def batches(records, shuffle):
-                groups = group_questions(records, vqa.questions_per_image)
+            else:
                 split = train_cfg.train_split if shuffle else train_cfg.val_split
                 dataset = vqa_dataset(
                     groups, vocab, answers, image_size, vqa.questions_per_image, vqa.max_question_length,
                     train_cfg.batch_size, shuffle=shuffle, seed=train_cfg.seed, cache=data.cache_images,
                     on_error=skipped.unreadable, what=f"images of the {split} split",
                 )
-                return dataset, len(groups)
+            return dataset, len(groups)
 
         train_data, train_groups = batches(train_records, True)
         val_data, _ = batches(val_records, False)
