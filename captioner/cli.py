@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--cache-dir", default=None, help="cache folder (default DATA_DIR/features, as train uses)")
     features.add_argument("--batch-size", type=_positive_int, default=32, help="images per CNN batch (default 32)")
     features.add_argument("--seed", type=int, default=0, help="with --encoder-weights none: the seed train will use (default 0)")
+    features.add_argument("--fine-tune-blocks", type=int, default=0, metavar="N",
+                          help="store the activations below the top N blocks, what train --fine-tune-blocks N reads (default 0: the grid)")
     features.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
                           help="compute precision of the CNN (default auto, as train's data.feature_precision, so train reads these features)")
     features.add_argument("--verbose", action="store_true", help="list every entry the dataset loader skipped")
@@ -164,6 +166,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decoder", default=None, choices=["show-tell", "attention"], help="show-tell (default) or attention (Show-Attend-Tell)")
     parser.add_argument("--encoder", default=None, help="small_cnn or a keras.applications name, e.g. mobilenet_v2")
     parser.add_argument("--encoder-weights", default=None, help="none, imagenet or a weights file (backbones)")
+    parser.add_argument("--fine-tune-blocks", type=int, default=None, metavar="N",
+                        help="train the top N blocks of the frozen backbone, on cached activations below them (default 0)")
     parser.add_argument("--epochs", type=_positive_int, default=None)
     parser.add_argument("--batch-size", type=_positive_int, default=None)
     parser.add_argument("--learning-rate", type=float, default=None)
@@ -200,6 +204,8 @@ def add_train_vqa_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default=None, choices=PRECISION_CHOICES, help="auto (default) or one of these, as for train")
     parser.add_argument("--encoder", default=None, help="small_cnn or a keras.applications name (without --encoder-from)")
     parser.add_argument("--encoder-weights", default=None, help="none, imagenet or a weights file (backbones)")
+    parser.add_argument("--fine-tune-blocks", type=int, default=None, metavar="N",
+                        help="train the top N blocks of the frozen backbone, on cached activations below them (default 0)")
     parser.add_argument("--epochs", type=_positive_int, default=None)
     parser.add_argument("--batch-size", type=_positive_int, default=None, help="images per step")
     parser.add_argument("--learning-rate", type=float, default=None)
@@ -217,6 +223,7 @@ _TRAIN_FLAGS = {
     "decoder": "model.decoder",
     "encoder": "model.encoder",
     "encoder_weights": "model.encoder_weights",
+    "fine_tune_blocks": "model.fine_tune_blocks",
     "epochs": "train.epochs",
     "batch_size": "train.batch_size",
     "learning_rate": "train.learning_rate",
@@ -232,6 +239,7 @@ _TRAIN_VQA_FLAGS = {
     "dataset": "data.dataset",
     "encoder": "model.encoder",
     "encoder_weights": "model.encoder_weights",
+    "fine_tune_blocks": "model.fine_tune_blocks",
     "encoder_from": "vqa.encoder_from",
     "fusion": "vqa.fusion",
     "answer_type": "vqa.answer_type",
@@ -542,7 +550,7 @@ def run_features(args: argparse.Namespace) -> int:
     skipped = Skipped()
     weights = None if args.encoder_weights.lower() == "none" else args.encoder_weights
     done = extract_features(args.dataset, args.data_dir, args.splits.split(","), args.encoder, weights, args.cache_dir,
-                            args.batch_size, args.precision, args.seed, skipped)
+                            args.batch_size, args.precision, args.seed, skipped, args.fine_tune_blocks)
     _report_skipped(skipped, "entries", args.verbose)
     rate = f" ({done['computed'] / done['seconds']:.1f} images/s)" if done["computed"] else ""
     print(f"{done['computed']} of {done['images']} images computed in {done['seconds']:.0f}s{rate}, the rest were cached; "

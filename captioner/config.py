@@ -41,6 +41,7 @@ class ModelConfig:
     encoder_weights: str | None = None  # None, "imagenet" or a path to a .weights.h5 file (backbones only)
     encoder_filters: list[int] = field(default_factory=lambda: [32, 64, 128, 128])  # small_cnn channels per stage
     encoder_trainable: bool | None = None  # train the CNN with the decoder; None: small_cnn yes, backbones no (frozen, features cached)
+    fine_tune_blocks: int = 0  # backbones: train the top N blocks on cached activations below them (the rest frozen)
     encoder_norm: str = "none"  # small_cnn normalisation: "none", "group" or "batch" (see README: collapse)
     encoder_input: str = "centered"  # small_cnn pixels scaled to [-1, 1] ("centered") or [0, 1] ("unit", runs before 2026-11-30)
     feature_dim: int = 256  # width of the pooled image vector when encoder_pooling is "flatten"

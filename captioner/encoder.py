@@ -7,6 +7,7 @@ Two kinds behind one class: a small CNN trained from scratch (the default for `s
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,10 @@ class ImageEncoder(layers.Layer):
         encoder_trainable: bool. Whether the CNN's weights are trained. Defaults to True.
         norm: str. small_cnn normalisation: "group" (GroupNorm, same in training and inference), "batch"
             (BatchNorm, momentum 0.9) or "none". Defaults to "none".
+        fine_tune_blocks: int. Backbones only: train the top N blocks (and the head convolution after them) of an
+            otherwise frozen backbone. The network is then split at the input of its N-th block from the top:
+            `cache_features` gives the activations there (what a feature cache stores, so the frozen part runs once per
+            image) and `from_cached` runs the trained top on them. Batch norms stay in inference mode. Defaults to 0.
         input_scale: str. small_cnn input scaling: "centered" (pixels to [-1, 1]) or "unit" ([0, 1], as runs before
             2026-11-30 were trained). Defaults to "unit", so a saved model without the key loads as it was trained.
             Centered inputs keep what all images share (a grey background) from dominating every feature: at
@@ -95,6 +100,7 @@ class ImageEncoder(layers.Layer):
         encoder_trainable: bool = True,
         norm: str = "none",
         input_scale: str = "unit",
+        fine_tune_blocks: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -128,6 +134,10 @@ class ImageEncoder(layers.Layer):
             self.cnn = _build_backbone(encoder, backbone, self.image_size, weights)
             self._preprocess = backbone.preprocess
         self.cnn.trainable = self.encoder_trainable
+        self.fine_tune_blocks = int(fine_tune_blocks)
+        self.cut = None  # the layer whose input is the cached activations, when fine-tuning the top blocks
+        if self.fine_tune_blocks:
+            self._split_for_fine_tuning()
         # He-initialised for the same reason as the convolutions: a Glorot ReLU projection halved the pooled vector's
         # scale, and one demo run (bfloat16, seed 2) sat on the plateau for 11 epochs (BENCHMARKS.md, "The demo's plateau").
         self.projection = (layers.Dense(self.feature_dim, activation="relu", kernel_initializer="he_normal", name="pooled_projection")
@@ -137,6 +147,54 @@ class ImageEncoder(layers.Layer):
         self.num_pixels = self.grid_shape[0] * self.grid_shape[1]
         self.encoder_dim = self.grid_shape[2]
         self.pooled_dim = self.feature_dim if self.pooling == "flatten" else self.encoder_dim
+
+    def _split_for_fine_tuning(self) -> None:
+        if self.encoder == "small_cnn":
+            raise CaptionerError("--fine-tune-blocks is for pretrained backbones; the small CNN trains whole")
+        if self.encoder_trainable:
+            raise CaptionerError("--fine-tune-blocks trains the top blocks of a frozen backbone; do not also make the whole encoder trainable")
+        blocks = backbone_blocks(self.cnn)
+        if not 0 < self.fine_tune_blocks <= len(blocks):
+            raise CaptionerError(f"{self.encoder} has {len(blocks)} blocks; --fine-tune-blocks must be between 0 and {len(blocks)} "
+                                 f"(got {self.fine_tune_blocks})")
+        first = blocks[-self.fine_tune_blocks][0]
+        self.cut = first.name
+        cut = first.input  # (batch, h', w', c') symbolic: the activations below the trained blocks
+        self.cnn_below = keras.Model(self.cnn.input, cut, name=f"{self.encoder}_below")
+        self.cnn_top = keras.Model(cut, self.cnn.output, name=f"{self.encoder}_top")
+        top_layers = {id(layer) for layer in self.cnn_top.layers}
+        self.cnn.trainable = True  # a frozen parent would hide its trainable children
+        for layer in self.cnn.layers:
+            layer.trainable = id(layer) in top_layers and bool(layer.weights)
+
+    @property
+    def cached_shape(self) -> tuple[int, int]:
+        """(positions, channels) of what `cache_features` returns for one image."""
+        if self.cut is None:
+            return self.num_pixels, self.encoder_dim
+        _, h, w, c = self.cnn_below.output.shape
+        return int(h) * int(w), int(c)
+
+    @property
+    def frozen_cnn(self) -> keras.Model:
+        """The part of the CNN that never trains: what a feature cache's key hashes."""
+        return self.cnn if self.cut is None else self.cnn_below
+
+    def cache_features(self, images):
+        """What a feature cache stores for `images` (batch, size, size, 3) 0-255: the grid (batch, num_pixels,
+        encoder_dim), or with `fine_tune_blocks` the activations below the trained blocks (batch, positions, channels)."""
+        x = self._preprocess(ops.cast(images, "float32"))  # (batch, size, size, 3)
+        out = self.frozen_cnn(x, training=False)  # (batch, h, w, c)
+        return ops.reshape(out, (-1, out.shape[1] * out.shape[2], out.shape[3]))
+
+    def from_cached(self, features):
+        """(grid, pooled) from `cache_features` output: the trained top blocks first when fine-tuning, then pooling."""
+        if self.cut is None:
+            return self.pool(features)
+        _, h, w, c = self.cnn_below.output.shape
+        x = ops.reshape(ops.cast(features, self.cnn_top.compute_dtype), (-1, h, w, c))  # (batch, h', w', c')
+        grid = self.cnn_top(x, training=False)  # (batch, h, w, encoder_dim): batch norms in inference mode
+        return self.pool(ops.reshape(grid, (-1, self.num_pixels, self.encoder_dim)))
 
     def _small_cnn(self) -> keras.Sequential:
         """Conv-norm-ReLU stages, halving the grid after every stage but the last."""
@@ -198,6 +256,7 @@ class ImageEncoder(layers.Layer):
             encoder_trainable=self.encoder_trainable,
             norm=self.norm,
             input_scale=self.input_scale,
+            fine_tune_blocks=self.fine_tune_blocks,
         )
         return config
 
@@ -205,6 +264,17 @@ class ImageEncoder(layers.Layer):
     def from_config(cls, config):
         # Saved weights replace the initial ones, so never download or read the original source again.
         return cls(**{**config, "weights": None})
+
+
+def backbone_blocks(cnn: keras.Model) -> list[list[layers.Layer]]:
+    """The layers of a backbone grouped by block, in order: names such as `block3_...` (EfficientNet-Lite),
+    `block_3_...` (MobileNetV2) or `block3a_...` (EfficientNetB0); the stem and head layers around them belong to none."""
+    groups: dict[str, list[layers.Layer]] = {}
+    for layer in cnn.layers:
+        match = re.match(r"^(block_?\d+)_", layer.name)
+        if match:
+            groups.setdefault(match.group(1), []).append(layer)
+    return list(groups.values())
 
 
 def _build_backbone(name: str, backbone: Backbone, image_size: int, weights: str | None, include_top: bool = False) -> keras.Model:

@@ -37,8 +37,10 @@ def encoder_digest(encoder: ImageEncoder) -> str:
     identity = {"encoder": encoder.encoder, "image_size": encoder.image_size}
     if encoder.cnn.compute_dtype != "float32":  # reduced-precision features are other features (float32 keys unchanged)
         identity["compute_dtype"] = encoder.cnn.compute_dtype
+    if encoder.cut is not None:  # activations below the fine-tuned blocks: only the frozen part decides them
+        identity["below"] = encoder.cut
     digest = hashlib.sha256(json.dumps(identity).encode())
-    for weight in encoder.cnn.get_weights():
+    for weight in encoder.frozen_cnn.get_weights():
         digest.update(np.ascontiguousarray(weight).tobytes())
     return digest.hexdigest()
 
@@ -57,7 +59,7 @@ class FeatureCache:
         self.dtype = np.dtype(dtype)
         self.key = encoder_digest(encoder)
         self.folder = Path(root) / f"{encoder.encoder}-{encoder.image_size}px-{self.key[:16]}"
-        self.shape = (encoder.num_pixels, encoder.encoder_dim)
+        self.shape = encoder.cached_shape  # (num_pixels, encoder_dim), or the activations below fine-tuned blocks
         self._index = self._read_index()
         self._shards: dict[str, np.ndarray] = {}
 
@@ -128,7 +130,7 @@ class FeatureCache:
 
         # Compiled once for every batch size (a tf.function, or jax.jit): 1.2x the images/s of calling the Keras
         # model eagerly batch by batch, and 2.3 GB less memory (BENCHMARKS.md, "Feature extraction").
-        encode = CompiledFunction(lambda images: self.encoder(images, training=False)[:1], self.encoder.variables,
+        encode = CompiledFunction(lambda images: (self.encoder.cache_features(images),), self.encoder.variables,
                                   [((None, size, size, 3), "uint8")])
 
         with ThreadPoolExecutor(max_workers=2) as pool:

@@ -55,7 +55,7 @@ class CaptionModel(keras.Model):
     def call(self, inputs, training=None):
         tokens = inputs["tokens"]
         if "features" in inputs:  # cached CNN output: only the pooling runs
-            grid, pooled = self.encoder.pool(inputs["features"])  # (batch, num_pixels, encoder_dim), (batch, pooled_dim)
+            grid, pooled = self.encoder.from_cached(inputs["features"])  # (batch, num_pixels, encoder_dim), (batch, pooled_dim)
         else:
             grid, pooled = self.encoder(inputs["images"], training=training)  # (batch, num_pixels, encoder_dim), (batch, pooled_dim)
         captions, steps = tokens.shape[1], tokens.shape[2]
@@ -130,6 +130,7 @@ def build_image_encoder(model_config, image_size: int, pooling: str | None = Non
         encoder_trainable=encoder_is_trainable(model_config),
         norm=model_config.encoder_norm,
         input_scale=model_config.encoder_input,
+        fine_tune_blocks=model_config.fine_tune_blocks,
         name="image_encoder",
     )
 
@@ -215,7 +216,7 @@ class VQAModel(keras.Model):
             logits = self.head.question_only(encoded, training=training)  # (batch * questions, num_answers)
             alpha = ops.zeros((ops.shape(encoded)[0], self.encoder.num_pixels))  # (batch * questions, num_pixels)
             return ops.reshape(logits, (-1, count, self.head.num_answers)), ops.reshape(alpha, (-1, count, self.encoder.num_pixels))
-        grid, pooled = self.encoder.pool(images) if cached else self.encoder(images, training=training)  # (batch, num_pixels, encoder_dim), (batch, pooled_dim)
+        grid, pooled = self.encoder.from_cached(images) if cached else self.encoder(images, training=training)  # (batch, num_pixels, encoder_dim), (batch, pooled_dim)
         flat_pooled = ops.repeat(pooled, count, axis=0)  # (batch * questions, pooled_dim)
         if not self.use_question:  # the image-only ablation: the same answer to every question about a photo
             logits = self.head.image_only(flat_pooled, training=training)  # (batch * questions, num_answers)

@@ -25,6 +25,15 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 FULL = keras.backend.backend() == "tensorflow"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def weights_cache(tmp_path_factory):
+    """Converted backbone weights (EfficientNet-Lite) go to one temporary folder per session, never to ~/.cache."""
+    folder = tmp_path_factory.mktemp("captioner-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CAPTIONER_CACHE_DIR", str(folder))
+        yield folder / "weights"
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """32 train / 16 val / 16 test images of 32x32 with at most two objects."""

@@ -31,14 +31,6 @@ PHOTOS = SHARED / "datasets" / "flickr8k" / "Images"
 CLASS_INDEX = SHARED / "weights" / "imagenet_class_index.json"
 
 
-@pytest.fixture(autouse=True)
-def weights_cache(tmp_path_factory, monkeypatch):
-    """Converted weights go to one temporary folder per test session, never to the user's ~/.cache."""
-    folder = tmp_path_factory.getbasetemp() / "captioner-cache"
-    monkeypatch.setenv("CAPTIONER_CACHE_DIR", str(folder))
-    return folder / "weights"
-
-
 # ---- a writer of both PyTorch layouts, the way torch.save writes them, for the reader's tests ----------------------
 
 class _Storage:
@@ -219,7 +211,7 @@ def test_lite2_classifies_real_photos_sensibly(weights_cache):
     names = read_class_index(CLASS_INDEX)
     top = [names[i] for i in np.argmax(np.asarray(model(preprocess(photos))), axis=1)]
     assert top == list(EXPECTED.values())
-    assert [p.name.split("-")[0] for p in weights_cache.glob("*.weights.h5")] == ["efficientnet_lite2"]  # converted once, cached
+    assert len(list(weights_cache.glob("efficientnet_lite2-*.weights.h5"))) == 1  # converted once, cached
 
 
 @needs_lite2

@@ -158,12 +158,13 @@ def draw_attention(run: Run, image: np.ndarray, tokens: np.ndarray, attention: n
 
 def extract_features(
     dataset: str, data_dir: str, splits: Sequence[str], encoder: str, weights: str | None, cache_dir: str | None = None,
-    batch_size: int = 32, precision: str = "auto", seed: int = 0, skipped: Skipped | None = None,
+    batch_size: int = 32, precision: str = "auto", seed: int = 0, skipped: Skipped | None = None, fine_tune_blocks: int = 0,
 ) -> dict[str, Any]:
     """Run a frozen pretrained backbone once over the images of `splits` and store their grids in the
     feature cache that `train` reads (`cache_dir`, default DATA_DIR/features); images already there are not
     computed again. The encoder is built exactly as `train` builds a frozen one (same seed, same config path),
-    so the cache key (the CNN's weights and input size) is the one training looks up.
+    so the cache key (the CNN's weights and input size) is the one training looks up. With `fine_tune_blocks` N it
+    stores the activations below the top N blocks instead, what `train --fine-tune-blocks N` reads.
 
     Returns:
         {"computed", "images", "seconds", "folder"}. Unreadable images are skipped and counted in `skipped`;
@@ -174,7 +175,8 @@ def extract_features(
     skipped = skipped if skipped is not None else Skipped()
     keras.utils.set_random_seed(seed)  # as train does before building the model, for weights None
     precision = resolve_precision(precision, "features")  # "auto" as train resolves data.feature_precision
-    model_config = ModelConfig(encoder=encoder, encoder_weights=weights, encoder_trainable=False, precision=precision)
+    model_config = ModelConfig(encoder=encoder, encoder_weights=weights, encoder_trainable=False, precision=precision,
+                               fine_tune_blocks=fine_tune_blocks)
     with precision_scope(precision):  # the CNN computes at this precision (part of the cache key unless float32)
         image_encoder = build_image_encoder(model_config, default_image_size(encoder, 224))
     load = load_split if dataset in DATASETS else load_qa_split  # caption datasets, or question ones (VQA's photos)

