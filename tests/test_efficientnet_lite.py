@@ -186,6 +186,7 @@ def _numpy_port(state: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     return relu6(bn(conv(x, state["_conv_head.weight"]), "_bn1"))  # (n, 1280, h/32, w/32)
 
 
+@pytest.mark.backends  # Keras's "same" padding is TensorFlow's on both backends: the extra row and column go bottom-right
 @needs_lite2
 def test_the_converted_network_equals_the_pytorch_port_on_a_fixed_input():
     state = load_state_dict(lite.package_file("efficientnet_lite2"))

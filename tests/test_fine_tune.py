@@ -21,6 +21,7 @@ def split_encoder():
     return ImageEncoder("efficientnet_lite0", image_size=64, weights=None, encoder_trainable=False, fine_tune_blocks=2)
 
 
+@pytest.mark.backends
 def test_the_top_on_cached_activations_equals_the_whole_network(split_encoder):
     images = np.random.default_rng(0).integers(0, 255, size=(3, 64, 64, 3)).astype("uint8")
     below = split_encoder.cache_features(images)
