@@ -8,6 +8,7 @@ images failed and the rest were captioned.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import json
 import os
@@ -88,12 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     caption = commands.add_parser("caption", help="caption image files, folders or globs")
     caption.add_argument("--run", required=True, help="run directory written by `captioner train`")
     caption.add_argument("images", nargs="+", help="image files, folders or glob patterns")
-    caption.add_argument("--beam-size", type=_positive_int, default=None, help="beam width (default: the run's, 1 = greedy)")
-    caption.add_argument("--length-penalty", type=float, default=None, help="beam ranking: log-probability / length**this (default: the run's)")
     caption.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch (default 64)")
     caption.add_argument("--json", action="store_true", help="print JSON instead of text")
     caption.add_argument("--attention", default=None, metavar="PNG", help="write the attention map of each word (attention runs)")
     caption.add_argument("--precision", default=None, choices=PRECISION_CHOICES, help="compute precision (default: the run's)")
+    add_decode_arguments(caption)
 
     serve = commands.add_parser("serve", help="HTTP API and web page over a caption run (and a VQA run), with request batching")
     serve.add_argument("--run", required=True, help="caption run directory")
@@ -103,16 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch", type=_positive_int, default=32, help="images decoded together at most; 1 turns batching off (default 32)")
     serve.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for others to batch with (default 5)")
     serve.add_argument("--max-mb", type=float, default=8.0, help="largest request body in MB (default 8)")
-    serve.add_argument("--beam-size", type=_positive_int, default=None, help="beam width (default: the run's)")
+    add_decode_arguments(serve)
 
     export = commands.add_parser("export", help="write a run as a TensorFlow SavedModel (image bytes in, captions or answers out)")
     export.add_argument("--run", required=True, help="run directory written by `captioner train`")
     export.add_argument("--out", required=True, help="SavedModel folder to write (replaced atomically)")
-    export.add_argument("--beam-size", type=_positive_int, default=None, help="beam width baked into the export (default: the run's)")
-    export.add_argument("--length-penalty", type=float, default=None, help="beam ranking: log-probability / length**this (default: the run's)")
     export.add_argument("--format", choices=["savedmodel", "tflite"], default="savedmodel",
                         help="savedmodel (default: image bytes in, captions out, beam search inside) or tflite (caption runs: "
                              "an encoder and one decoder step for a greedy loop on a phone)")
+    add_decode_arguments(export, sampling=False)
 
     ask = commands.add_parser("ask", help="answer questions about an image with a VQA run")
     ask.add_argument("--run", required=True, help="run directory written by `captioner train-vqa`")
@@ -130,14 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--run", required=True, help="run directory")
     evaluate.add_argument("--split", default="test", help="split to score (default test)")
     evaluate.add_argument("--data-dir", default=None, help="dataset folder (default: the one the run was trained on)")
-    evaluate.add_argument("--beam-size", type=_positive_int, default=None, help="caption runs: beam width (default: the run's, 1 = greedy)")
-    evaluate.add_argument("--length-penalty", type=float, default=None, help="caption runs: beam ranking by log-probability / length**this (default: the run's)")
     evaluate.add_argument("--batch-size", type=_positive_int, default=256, help="images per batch (default 256)")
     evaluate.add_argument("--max-images", type=_positive_int, default=None, help="score only the first N images")
     evaluate.add_argument("--out", default=None, help="save the generated captions (or answers) to this JSON file")
     evaluate.add_argument("--meteor", action="store_true", help="caption runs: also METEOR (pycocoevalcap + Java; slower)")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evaluate.add_argument("--precision", default=None, choices=PRECISION_CHOICES, help="compute precision (default: the run's)")
+    add_decode_arguments(evaluate, "caption runs: ")
     evaluate.add_argument("--verbose", action="store_true", help="list every entry the dataset loader skipped")
 
     score = commands.add_parser("score", help="score captions from files (no model): BLEU with nltk, COCO metrics with pycocoevalcap")
@@ -365,6 +363,40 @@ def expand_image_arguments(arguments: Sequence[str]) -> list[str]:
     return paths
 
 
+_DECODE_FLAGS = ("sampler", "beam_size", "length_penalty", "temperature", "top_k", "top_p", "num_captions", "seed",
+                 "no_repeat_ngram", "min_length")
+
+
+def add_decode_arguments(parser: argparse.ArgumentParser, prefix: str = "", sampling: bool = True) -> None:
+    """How captions are generated (DecodeConfig), each flag defaulting to the run's own setting."""
+    group = parser.add_argument_group("decoding (default: the run's decode settings)")
+    group.add_argument("--sampler", default=None, choices=["greedy", "beam", "sampling"] if sampling else ["greedy", "beam"],
+                       help=f"{prefix}greedy, beam (search) or sampling (random words from the model's distribution)")
+    group.add_argument("--beam-size", type=_positive_int, default=None, help=f"{prefix}beam width (1 = greedy)")
+    group.add_argument("--length-penalty", type=float, default=None, help=f"{prefix}beams and samples ranked by log-probability / length**this")
+    if sampling:
+        group.add_argument("--temperature", type=float, default=None, help="sampling: logits divided by this (0: the most likely word)")
+        group.add_argument("--top-k", type=int, default=None, help="sampling: among the k most likely words only")
+        group.add_argument("--top-p", type=float, default=None, help="sampling: among the most likely words whose probability reaches p")
+        group.add_argument("--num-captions", type=int, default=None, metavar="N", help="captions per image: the N best beams, or N samples")
+        group.add_argument("--seed", type=int, default=None, help="sampling: the same seed gives the same captions (default 0)")
+    group.add_argument("--no-repeat-ngram", type=int, default=None, metavar="N", help="never repeat an N-gram within a caption (3: trigrams)")
+    group.add_argument("--min-length", type=int, default=None, help="no <end> before this many words")
+
+
+def decode_from_args(decode, args: argparse.Namespace):
+    """The run's DecodeConfig with the flags given on the command line; checked now (a bad combination is one line,
+    before any image is read). `--beam-size` alone keeps its old meaning: 1 is greedy, more is beam search."""
+    from captioner.decoding import make_sampler
+
+    given = {name: getattr(args, name) for name in _DECODE_FLAGS if getattr(args, name, None) is not None}
+    if "beam_size" in given and "sampler" not in given:
+        given["sampler"] = "auto"
+    decode = dataclasses.replace(decode, **given)
+    make_sampler(decode)
+    return decode
+
+
 def run_caption(args: argparse.Namespace) -> int:
     from captioner.errors import CaptionerError
     from captioner.run import load_run
@@ -376,7 +408,7 @@ def run_caption(args: argparse.Namespace) -> int:
         raise CaptionerError("no image files found in the given folders")
     if args.attention is not None:
         _check_output_folder(args.attention)
-    results = caption_files(run, paths, args.beam_size, args.length_penalty, args.batch_size, args.attention)
+    results = caption_files(run, paths, decode_from_args(run.config.decode, args), args.batch_size, args.attention)
     return _print_per_image(results, args.json, "captioned",
                             lambda r: r["caption"] if len(paths) == 1 else f"{r['image']}\t{r['caption']}")
 
@@ -420,7 +452,7 @@ def run_serve(args: argparse.Namespace) -> int:
     run = load_run(args.run)
     vqa = load_run(args.vqa_run, task="vqa") if args.vqa_run else None
     config = ServeConfig(max_batch=args.max_batch, max_wait_ms=max(0.0, args.max_wait_ms), max_bytes=int(args.max_mb * 1024 * 1024))
-    serve(run, vqa, args.host, args.port, config, args.beam_size)
+    serve(run, vqa, args.host, args.port, config, decode_from_args(run.config.decode, args))
     return EXIT_OK
 
 
@@ -436,7 +468,7 @@ def run_export(args: argparse.Namespace) -> int:
         out = export_tflite(run, args.out)
         print(f"wrote {out}: encoder.tflite, step.tflite and tflite.json (greedy decoding; captioner.export.tflite_greedy is the loop)")
         return EXIT_OK
-    out = export_run(run, args.out, args.beam_size, args.length_penalty)
+    out = export_run(run, args.out, decode_from_args(run.config.decode, args))
     if run.config.task == "vqa":
         print(f"wrote {out}: signature serving_default, images (encoded bytes) + questions -> answers, top_answers, top_probabilities")
     else:
@@ -502,8 +534,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     skipped = Skipped()
     task = get_task(stored_task(args.run))
     run = load_run(args.run, task=task.name, precision=args.precision)
-    options = EvalOptions(args.split, args.data_dir, args.batch_size, args.out, args.max_images, args.beam_size,
-                          args.length_penalty, args.meteor)
+    decode = decode_from_args(run.config.decode, args) if run.config.task == "caption" else None
+    options = EvalOptions(args.split, args.data_dir, args.batch_size, args.out, args.max_images, decode, args.meteor)
     result = task.evaluate(run, options, skipped)
     _report_skipped(skipped, task.skipped_item, args.verbose)
     print(json.dumps(result, indent=2) if args.json else "\n".join(task.summary_lines(result)))

@@ -82,7 +82,15 @@ class DecodeConfig:
 
     max_length: int = 26  # generated tokens at most, <end> included
     beam_size: int = 3  # default beam width of caption and evaluate; 1 = greedy
-    length_penalty: float = 1.0  # beams are ranked by log-probability / length**length_penalty (0: raw log-probability)
+    length_penalty: float = 1.0  # beams (and samples) are ranked by log-probability / length**length_penalty (0: raw log-probability)
+    sampler: str = "auto"  # "greedy", "beam", "sampling" (captioner.samplers); "auto": beam if beam_size > 1, else greedy
+    temperature: float = 1.0  # sampling: logits divided by it (0: the most likely word)
+    top_k: int | None = None  # sampling: among the k most likely words only
+    top_p: float | None = None  # sampling: among the smallest set of most likely words whose probability reaches p
+    num_captions: int = 1  # captions returned per image: the best beams, or samples (best first)
+    seed: int = 0  # sampling: the same seed gives the same captions, on every backend
+    no_repeat_ngram: int = 0  # never repeat an n-gram of this length within a caption (3: no repeated trigram; 0: off)
+    min_length: int = 0  # <end> only after this many words
 
 
 @dataclass

@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from captioner.answering import Answerer
+from captioner.config import DecodeConfig
 from captioner.datasets import CaptionRecord, QARecord, Skipped, load_qa_split, load_split
 from captioner.decoding import CaptionGenerator
 from captioner.errors import CaptionerError
@@ -101,13 +102,12 @@ def evaluate(
     run: Run,
     split: str = "test",
     data_dir: str | None = None,
-    beam_size: int = 1,
+    decode: DecodeConfig | None = None,
     batch_size: int = 256,
     out: str | Path | None = None,
     max_images: int | None = None,
     meteor: bool = False,
     skipped: Skipped | None = None,
-    length_penalty: float | None = None,
 ) -> dict[str, Any]:
     """Caption every image of `split`, score against all references, record in metrics.json.
 
@@ -115,29 +115,33 @@ def evaluate(
         run: Run. A loaded run directory.
         split: str. Split to score. Defaults to "test".
         data_dir: str. Dataset folder; defaults to the one the run was trained on.
-        beam_size: int. 1 is greedy.
+        decode: DecodeConfig. How captions are generated; defaults to the run's decode settings.
         batch_size: int. Images per generation batch.
         out: path. Where to save the generated captions as JSON, if given.
         max_images: int. Score only the first N images.
         meteor: bool. Also METEOR (pycocoevalcap, runs Java).
         skipped: Skipped. Collects the dataset entries the loader could not use (the result keeps the summary).
-        length_penalty: float. Beam ranking by log-probability / length**length_penalty. Defaults to the run's.
     """
     data = run.config.data
-    length_penalty = run.config.decode.length_penalty if length_penalty is None else length_penalty
+    decode = decode or run.config.decode
     skipped = skipped if skipped is not None else Skipped()
     records = load_split(data.dataset, data_dir or data.data_dir, split, skipped)[:max_images]
-    generator = CaptionGenerator(run.model, run.vocab, run.config.decode.max_length, beam_size, length_penalty)
+    generator = CaptionGenerator(run.model, run.vocab, decode)
     started = time.perf_counter()
     captions = generate_captions(generator, [r.image for r in records], batch_size,
                                  skipped.unreadable, f"images of the {split} split")
     seconds = time.perf_counter() - started
     records, captions = [r for r, c in zip(records, captions) if c is not None], [c for c in captions if c is not None]
     result = score(records, captions, meteor=meteor)
-    result.update(split=split, beam_size=beam_size, length_penalty=length_penalty, seconds=seconds, tokenization=TOKENIZATIONS["words"], skipped=skipped.summary("entries"))
+    sampler = generator.sampler.get_config()
+    result.update(split=split, sampler=sampler, beam_size=generator.beam_size if sampler["name"] != "sampling" else 1,
+                  length_penalty=decode.length_penalty, constraints={"no_repeat_ngram": decode.no_repeat_ngram, "min_length": decode.min_length},
+                  seconds=seconds, tokenization=TOKENIZATIONS["words"], skipped=skipped.summary("entries"))
+    if sampler["name"] == "sampling":
+        result["seed"] = decode.seed
     if out is not None:
         write_json(out, [{"image": r.image, "caption": c, "references": list(r.captions)} for r, c in zip(records, captions)])
-    key = f"eval_{split}_beam{beam_size}" + ("" if length_penalty == 1.0 or beam_size == 1 else f"_lp{length_penalty:g}")
+    key = f"eval_{split}_{_decoding_key(result)}"
     update_metrics(run.path, {key: result})
     return result
 
@@ -166,10 +170,30 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _decoding_parts(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """A result's decoding as (metrics.json key, human name) pieces: greedy and beam keys as before ("beam1",
+    "beam3_lp0.5"); sampling names its settings; constraints follow."""
+    sampler = result.get("sampler", {})
+    if sampler.get("name") == "sampling":
+        seed, count, temperature = result.get("seed", 0), sampler["num_captions"], sampler["temperature"]
+        parts = [(f"sampling_t{temperature:g}", f"sampling (temperature {temperature:g}")]
+        parts += [(f"_{k[4:]}{sampler[k]:g}", f", {k.replace('_', '-')} {sampler[k]:g}") for k in ("top_k", "top_p") if sampler.get(k) is not None]
+        parts.append((f"_n{count}_seed{seed}", f"; best of {count}, seed {seed})"))
+    elif result["beam_size"] == 1:
+        parts = [("beam1", "greedy")]
+    else:
+        penalty = result.get("length_penalty", 1.0)
+        parts = [(f"beam{result['beam_size']}", f"beam {result['beam_size']}")]
+        parts += [] if penalty == 1.0 else [(f"_lp{penalty:g}", f", length penalty {penalty:g}")]
+    return parts + [(f"_{k}{v}", f", {k.replace('_', ' ')} {v}") for k, v in result.get("constraints", {}).items() if v]
+
+
+def _decoding_key(result: dict[str, Any]) -> str:
+    return "".join(key for key, _ in _decoding_parts(result))
+
+
 def _decoding_name(result: dict[str, Any]) -> str:
-    if result["beam_size"] == 1:
-        return "greedy"
-    return f"beam {result['beam_size']}" + ("" if result.get("length_penalty", 1.0) == 1.0 else f", length penalty {result['length_penalty']:g}")
+    return "".join(name for _, name in _decoding_parts(result))
 
 
 def _diversity_line(what: str, figures: dict[str, Any]) -> str:

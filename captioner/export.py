@@ -18,6 +18,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from captioner.config import DecodeConfig
 from captioner.errors import CaptionerError
 from captioner.fileio import atomic_directory
 from captioner.run import Run
@@ -36,21 +37,23 @@ def _decoded(images, size: int):
     return tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec((size, size, 3), tf.uint8))
 
 
-def caption_signature(run: Run, beam_size: int | None = None, length_penalty: float | None = None):
+def caption_signature(run: Run, decode: DecodeConfig | None = None):
     """The serving function: images (batch,) string -> captions (batch,) string, tokens (batch, max_length)
     int32, scores (batch,) float32."""
     import tensorflow as tf
 
     from captioner.tasks.caption import CaptionTask
 
-    generator = CaptionTask().generator(run, beam_size, length_penalty)
+    generator = CaptionTask().generator(run, decode)
+    if generator.sampler.needs_noise:
+        raise CaptionerError("export bakes greedy or beam search into the SavedModel; sampling is not exported")
     size = run.model.encoder.image_size
     words = tf.constant(np.array(run.vocab.words, dtype=object))  # (vocab,) string
     vocab = run.vocab
 
     def serve(images):
         pixels = _decoded(images, size)  # (batch, size, size, 3)
-        tokens, scores, _ = generator.search(pixels)  # (batch, max_length), (batch,)
+        tokens, scores, *_ = generator.search(pixels)  # (batch, max_length), (batch,)
         before_end = tf.equal(tf.cumsum(tf.cast(tf.equal(tokens, vocab.end_id), tf.int32), axis=1), 0)  # (batch, max_length)
         shown = before_end & tf.not_equal(tokens, vocab.pad_id) & tf.not_equal(tokens, vocab.start_id)
         captions = tf.strings.reduce_join(tf.ragged.boolean_mask(tf.gather(words, tokens), shown), axis=1, separator=" ")
@@ -95,7 +98,7 @@ def vqa_signature(run: Run, top: int = 5):
     return serve, table
 
 
-def export_run(run: Run, out: str | Path, beam_size: int | None = None, length_penalty: float | None = None) -> Path:
+def export_run(run: Run, out: str | Path, decode: DecodeConfig | None = None) -> Path:
     """Write `run` as a SavedModel directory at `out` (atomically: a failed export leaves nothing half-written).
 
     A caption run takes images; a VQA run takes images and one question per image. The export needs the
@@ -114,7 +117,7 @@ def export_run(run: Run, out: str | Path, beam_size: int | None = None, length_p
     archive.track(run.model)
     images = tf.TensorSpec((None,), tf.string, name="images")
     if run.config.task == "caption":
-        archive.add_endpoint("serving_default", caption_signature(run, beam_size, length_penalty), input_signature=[images])
+        archive.add_endpoint("serving_default", caption_signature(run, decode), input_signature=[images])
     else:
         serve, table = vqa_signature(run)
         archive.track(table)

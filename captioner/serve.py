@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from captioner.config import DecodeConfig
 from captioner.errors import CaptionerError
 from captioner.images import read_image_bytes
 from captioner.run import Run
@@ -118,13 +119,13 @@ class Batcher:
 class Service:
     """The loaded runs and what the HTTP layer calls: caption a batch, answer a question."""
 
-    def __init__(self, caption_run: Run, vqa_run: Run | None, config: ServeConfig, beam_size: int | None = None):
+    def __init__(self, caption_run: Run, vqa_run: Run | None, config: ServeConfig, decode: DecodeConfig | None = None):
         from captioner.tasks.caption import CaptionTask
 
         self.caption_run = caption_run
         self.vqa_run = vqa_run
         self.config = config
-        self.generator = CaptionTask().generator(caption_run, beam_size, n_best=True)  # the alternatives cost nothing extra
+        self.generator = CaptionTask().generator(caption_run, decode)  # every beam (or sample) comes back: the page lists them
         self.size = caption_run.model.encoder.image_size
         grid = caption_run.model.encoder.grid_shape
         self.grid = [int(grid[0]), int(grid[1])]
@@ -164,6 +165,7 @@ class Service:
             "image_size": self.size,
             "attention_grid": self.grid if self.attention else None,
             "beam_size": self.generator.beam_size,
+            "sampler": self.generator.sampler.get_config(),
             "batching": {"max_batch": self.config.max_batch, "max_wait_ms": self.config.max_wait_ms, **self.batcher.stats.summary()},
             "vqa_batching": self.vqa_batcher.stats.summary(),
             "limits": {"max_bytes": self.config.max_bytes, "max_images": self.config.max_images,
@@ -347,13 +349,13 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(caption_run: Run, vqa_run: Run | None, host: str, port: int, config: ServeConfig, beam_size: int | None = None,
+def serve(caption_run: Run, vqa_run: Run | None, host: str, port: int, config: ServeConfig, decode: DecodeConfig | None = None,
           announce: Callable[[str], None] = print) -> None:
     """Bind, load, warm up, and serve until interrupted."""
     import uvicorn
 
     sock = listening_socket(host, port)
-    service = Service(caption_run, vqa_run, config, beam_size)
+    service = Service(caption_run, vqa_run, config, decode)
     service.warm_up()
     announce(f"serving {caption_run.path} on http://{host}:{port}/ (batches of up to {config.max_batch}, "
              f"waiting up to {config.max_wait_ms:g} ms); Ctrl-C stops")

@@ -9,7 +9,7 @@ from captioner.run import load_run
 from captioner.tasks.caption import CaptionTask
 from captioner.images import load_image
 run = load_run(sys.argv[1]); paths = sorted(glob.glob(sys.argv[2]))[:16]
-gen = CaptionTask().generator(run, n_best=True)
+gen = CaptionTask().generator(run)
 size = run.model.encoder.image_size
 images = np.stack([load_image(p, size) for p in paths])
 gen(images[:8])

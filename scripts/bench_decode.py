@@ -19,6 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
+from captioner.config import DecodeConfig
 from captioner.datasets import load_split
 from captioner.decoding import CaptionGenerator
 from captioner.images import load_image
@@ -55,7 +56,7 @@ def main() -> None:
 
     rates = {}
     for beam in (1, 3, 5):
-        generator = CaptionGenerator(run.model, run.vocab, max_length, beam_size=beam)
+        generator = CaptionGenerator(run.model, run.vocab, DecodeConfig(max_length=max_length, beam_size=beam))
         started = time.perf_counter()
         generator(images)
         first = time.perf_counter() - started
@@ -78,7 +79,7 @@ def main() -> None:
     started = time.perf_counter()
     tokens = [naive_caption(run, image, max_length) for image in naive]
     per_caption = (time.perf_counter() - started) / len(naive)
-    reference = CaptionGenerator(run.model, run.vocab, max_length)(naive).captions
+    reference = CaptionGenerator(run.model, run.vocab, DecodeConfig(max_length=max_length, beam_size=1))(naive).captions
     same = sum(run.vocab.decode(t) == r for t, r in zip(tokens, reference))
     print(f"naive   {per_caption * 1000:6.1f} ms/caption = {1 / per_caption:7.1f} captions/s "
           f"(eager, one image and one word per call; {same}/{len(naive)} captions equal to batched greedy)")

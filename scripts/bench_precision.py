@@ -35,7 +35,7 @@ import keras
 import numpy as np
 
 from captioner.backend import CompiledFunction
-from captioner.config import ModelConfig, preset
+from captioner.config import DecodeConfig, ModelConfig, preset
 from captioner.decoding import CaptionGenerator
 from captioner.models import build_caption_model, build_image_encoder
 from captioner.precision import precision_scope
@@ -193,7 +193,7 @@ def rows_for(precision: str, reps: int, skip: set[str]):
             vocab = Vocabulary.build(" ".join(f"w{i}" for i in range(56)) for _ in range(1))
             batch = rng.integers(0, 255, (512, 64, 64, 3)).astype("uint8")
             for beam in (1, 5):
-                generator = CaptionGenerator(model, vocab, shapes.decode.max_length, beam)
+                generator = CaptionGenerator(model, vocab, DecodeConfig(max_length=shapes.decode.max_length, beam_size=beam))
                 generator(batch)  # trace
                 seconds = time_calls(lambda: generator(batch), 2)
                 yield {"name": f"decode shapes Show-and-Tell, batch 512, {'greedy' if beam == 1 else f'beam {beam}'}",

@@ -29,7 +29,7 @@ import numpy as np
 
 from captioner.answering import Answerer
 from captioner.arrays import caption_arrays, group_questions, padded_caption_length, question_arrays
-from captioner.config import preset
+from captioner.config import DecodeConfig, preset
 from captioner.datasets import load_qa_split, load_split
 from captioner.datasets.shapes import generate
 from captioner.decoding import CaptionGenerator
@@ -99,7 +99,7 @@ def caption_quality(data_dir: str, precisions: list[str], decoder: str, epochs: 
                **fit(model, config, ({"images": images["train"], "tokens": arrays["train"][0]}, arrays["train"][1]),
                      ({"images": images["val"], "tokens": arrays["val"][0]}, arrays["val"][1]), verbose)}
         for beam in sorted({1, config.decode.beam_size}):
-            generator = CaptionGenerator(model, vocab, config.decode.max_length, beam, config.decode.length_penalty)
+            generator = CaptionGenerator(model, vocab, DecodeConfig(max_length=config.decode.max_length, beam_size=beam, length_penalty=config.decode.length_penalty))
             captions = [c for start in range(0, len(images["test"]), 256) for c in generator(images["test"][start : start + 256]).captions]
             row[f"bleu4_beam{beam}"] = bleu_scores(references, [tokenize(c) for c in captions])["bleu4"]
         rows.append(row)

@@ -19,6 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
 
+from captioner.config import DecodeConfig
 from captioner.decoding import CaptionGenerator
 from captioner.export import export_tflite, tflite_greedy
 from captioner.images import load_image
@@ -39,7 +40,7 @@ def main() -> None:
     print(f"converted in {time.perf_counter() - started:.1f}s: {sizes}")
     paths = sorted(glob.glob(args.images))[: args.count]
     images = np.stack([load_image(p, run.model.encoder.image_size) for p in paths])
-    reference = CaptionGenerator(run.model, run.vocab, run.config.decode.max_length, beam_size=1)(images).captions
+    reference = CaptionGenerator(run.model, run.vocab, DecodeConfig(max_length=run.config.decode.max_length, beam_size=1))(images).captions
     started = time.perf_counter()
     captions = tflite_greedy(folder, images)
     seconds = time.perf_counter() - started

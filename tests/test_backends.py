@@ -18,18 +18,21 @@ OTHER = {"tensorflow": "jax", "jax": "tensorflow"}[keras.backend.backend()]
 SCRIPT = """
 import json, sys
 import numpy as np
+from captioner.config import DecodeConfig
 from captioner.decoding import CaptionGenerator
 from captioner.answering import Answerer
 from captioner.images import load_image
 from captioner.run import load_run
 import keras
 
+SAMPLING = DecodeConfig(max_length=20, sampler="sampling", temperature=2.0, num_captions=3, seed=7)
 caption_dir, vqa_dir, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
 run = load_run(caption_dir)
 images = np.stack([load_image(p, run.model.encoder.image_size) for p in paths])
 out = {"backend": keras.backend.backend()}
 for beam in (1, 3):
-    out[f"beam{beam}"] = CaptionGenerator(run.model, run.vocab, 20, beam, 0.5)(images).tokens.tolist()
+    out[f"beam{beam}"] = CaptionGenerator(run.model, run.vocab, DecodeConfig(max_length=20, beam_size=beam, length_penalty=0.5))(images).tokens.tolist()
+out["sampling"] = CaptionGenerator(run.model, run.vocab, SAMPLING)(images).beams
 vqa = load_run(vqa_dir, task="vqa")
 answerer = Answerer(vqa.model, vqa.vocab, vqa.answers, vqa.config.vqa.max_question_length)
 questions = answerer.question_array([[answerer.encode("what color is the circle"), answerer.encode("how many shapes")]] * len(paths))
@@ -40,6 +43,7 @@ print(json.dumps(out))
 
 def test_a_run_saved_under_one_backend_generates_the_same_tokens_under_the_other(overfit_run, vqa_run, tiny_data):
     from captioner.answering import Answerer
+    from captioner.config import DecodeConfig
     from captioner.decoding import CaptionGenerator
     from captioner.images import load_image
     from captioner.run import load_run
@@ -47,7 +51,10 @@ def test_a_run_saved_under_one_backend_generates_the_same_tokens_under_the_other
     paths = [str(p) for p in sorted((tiny_data / "images").glob("test_*.png"))[:9]]
     run = load_run(overfit_run)
     images = np.stack([load_image(p, run.model.encoder.image_size) for p in paths])
-    here = {f"beam{beam}": CaptionGenerator(run.model, run.vocab, 20, beam, 0.5)(images).tokens.tolist() for beam in (1, 3)}
+    here = {f"beam{beam}": CaptionGenerator(run.model, run.vocab, DecodeConfig(max_length=20, beam_size=beam, length_penalty=0.5))(images).tokens.tolist() for beam in (1, 3)}
+    # sampling: the noise is drawn with numpy from the seed, so the samples (and their order) are the same too
+    here["sampling"] = CaptionGenerator(run.model, run.vocab, DecodeConfig(max_length=20, sampler="sampling", temperature=2.0,
+                                                                           num_captions=3, seed=7))(images).beams
     vqa = load_run(vqa_run, task="vqa")
     answerer = Answerer(vqa.model, vqa.vocab, vqa.answers, vqa.config.vqa.max_question_length)
     questions = answerer.question_array([[answerer.encode("what color is the circle"), answerer.encode("how many shapes")]] * len(paths))
@@ -61,5 +68,7 @@ def test_a_run_saved_under_one_backend_generates_the_same_tokens_under_the_other
     assert there["backend"] == OTHER
     assert there["beam1"] == here["beam1"]  # greedy: the same tokens, word for word
     assert there["beam3"] == here["beam3"]
+    assert [[c for c, _ in row] for row in there["sampling"]] == [[c for c, _ in row] for row in here["sampling"]]
+    assert len({c for row in here["sampling"] for c, _ in row}) > 1  # temperature 2 on a memorised set still varies
     assert any(any(t) for t in here["beam1"])  # not an empty caption everywhere
     np.testing.assert_allclose(np.array(there["answers"]), probabilities, atol=1e-4)

@@ -3,8 +3,10 @@ import numpy as np
 import pytest
 from keras import ops
 
-from captioner.config import preset
-from captioner.decoding import EAGER_BELOW, CaptionGenerator, beam_search, greedy_search
+from captioner.config import DecodeConfig, preset
+from captioner.decoding import EAGER_BELOW, CaptionGenerator
+from captioner.errors import CaptionerError
+from captioner.samplers import beam_search, greedy_search
 from captioner.models import build_caption_model
 from captioner.vocab import Vocabulary
 
@@ -65,8 +67,8 @@ def random_model():
 def test_beam_width_one_equals_greedy(random_model):
     model, vocab = random_model
     images = np.random.default_rng(0).integers(0, 255, (6, 32, 32, 3)).astype(np.uint8)
-    greedy = CaptionGenerator(model, vocab, max_length=10, beam_size=1)(images)
-    beam = CaptionGenerator(model, vocab, max_length=10, beam_size=1, length_penalty=0.0)(images)
+    greedy = CaptionGenerator(model, vocab, DecodeConfig(max_length=10, beam_size=1))(images)
+    beam = CaptionGenerator(model, vocab, DecodeConfig(max_length=10, beam_size=1, sampler="beam", length_penalty=0.0))(images)
     np.testing.assert_array_equal(greedy.tokens, beam.tokens)
     # The beam code path itself (k=1 through beam_search) gives the same tokens as greedy.
     grid, pooled = model.encode(images)
@@ -85,7 +87,7 @@ def test_beam_width_one_equals_greedy(random_model):
 
 def test_one_trace_serves_every_batch_size(random_model):
     model, vocab = random_model
-    generator = CaptionGenerator(model, vocab, max_length=8, beam_size=2)
+    generator = CaptionGenerator(model, vocab, DecodeConfig(max_length=8, beam_size=2))
     for batch in (EAGER_BELOW, 1, 5, 3):  # the first is large enough to trace; the small ones then reuse the trace
         out = generator(np.zeros((batch, 32, 32, 3), np.uint8))
         assert out.tokens.shape == (batch, 8) and len(out.captions) == batch
@@ -102,10 +104,10 @@ def test_small_batches_searched_eagerly_give_the_traced_captions(overfit_run, ti
     run = load_run(overfit_run)
     paths = sorted((tiny_data / "images").glob("test_*.png"))[: EAGER_BELOW - 1]
     images = np.stack([load_image(p, run.model.encoder.image_size) for p in paths])
-    eager = CaptionGenerator(run.model, run.vocab, 20, beam_size, 0.5)
+    eager = CaptionGenerator(run.model, run.vocab, DecodeConfig(max_length=20, beam_size=beam_size, length_penalty=0.5))
     small = eager(images)
     assert eager.trace_count == 0
-    traced = CaptionGenerator(run.model, run.vocab, 20, beam_size, 0.5)
+    traced = CaptionGenerator(run.model, run.vocab, DecodeConfig(max_length=20, beam_size=beam_size, length_penalty=0.5))
     large = traced(np.concatenate([images, images[:1]]))  # EAGER_BELOW images: traced
     assert traced.trace_count == 1
     np.testing.assert_array_equal(small.tokens, large.tokens[: len(images)])
@@ -114,8 +116,8 @@ def test_small_batches_searched_eagerly_give_the_traced_captions(overfit_run, ti
 
 def test_beam_size_must_be_positive(random_model):
     model, vocab = random_model
-    with pytest.raises(ValueError):
-        CaptionGenerator(model, vocab, max_length=8, beam_size=0)
+    with pytest.raises(CaptionerError, match="beam size must be at least 1"):
+        CaptionGenerator(model, vocab, DecodeConfig(max_length=8, beam_size=0, sampler="beam"))
 
 
 @pytest.mark.parametrize("beam_size", [1, 3])
@@ -133,7 +135,7 @@ def test_unk_pad_and_start_are_never_generated(random_model, beam_size):
         grid, pooled = model.encode(images)
         logits, _, _ = model.decoder.step(np.full([4], vocab.start_id), model.decoder.initial_state(pooled, grid))
         assert set(np.argmax(ops.convert_to_numpy(logits), -1).tolist()) <= {vocab.unk_id, vocab.pad_id, vocab.start_id}  # the model's own choice
-        out = CaptionGenerator(model, vocab, max_length=6, beam_size=beam_size)(images)
+        out = CaptionGenerator(model, vocab, DecodeConfig(max_length=6, beam_size=beam_size))(images)
         assert not np.isin(out.tokens[:, :1], [vocab.unk_id, vocab.pad_id, vocab.start_id]).any()
         assert not np.isin(out.tokens, [vocab.unk_id, vocab.start_id]).any()
         assert all("<unk>" not in c for c in out.captions)
@@ -141,13 +143,11 @@ def test_unk_pad_and_start_are_never_generated(random_model, beam_size):
         bias.assign(saved)
 
 
-def test_n_best_lists_every_beam_best_first(random_model):
+def test_beam_search_lists_every_beam_best_first(random_model):
     model, vocab = random_model
     images = np.random.default_rng(2).integers(0, 255, (5, 32, 32, 3)).astype(np.uint8)
-    plain = CaptionGenerator(model, vocab, max_length=8, beam_size=3)(images)
-    listed = CaptionGenerator(model, vocab, max_length=8, beam_size=3, n_best=True)(images)
-    np.testing.assert_array_equal(plain.tokens, listed.tokens)  # asking for the list changes nothing else
-    assert plain.beams is None and all(len(b) == 3 for b in listed.beams)
+    listed = CaptionGenerator(model, vocab, DecodeConfig(max_length=8, beam_size=3))(images)
+    assert all(len(b) == 3 for b in listed.beams)
     for beams, caption, score in zip(listed.beams, listed.captions, listed.scores):
         assert beams[0][0] == caption and beams[0][1] == pytest.approx(float(score), abs=1e-5)
         assert [s for _, s in beams] == sorted((s for _, s in beams), reverse=True)

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 
+from captioner.config import DecodeConfig
 from captioner.cli import main
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="export writes a TensorFlow SavedModel")
@@ -95,5 +96,5 @@ def test_the_tflite_export_gives_the_greedy_captions(overfit_run, tiny_data, tmp
     run = load_run(overfit_run)
     paths = sorted((tiny_data / "images").glob("test_*.png"))[:8]
     images = np.stack([load_image(p, run.model.encoder.image_size) for p in paths])
-    expected = CaptionGenerator(run.model, run.vocab, run.config.decode.max_length, beam_size=1)(images).captions
+    expected = CaptionGenerator(run.model, run.vocab, DecodeConfig(max_length=run.config.decode.max_length, beam_size=1))(images).captions
     assert tflite_greedy(tmp_path / "lite", images) == expected and all(expected)

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 
+from captioner.config import DecodeConfig
 from captioner.cli import main
 from captioner.precision import AUTO_ENV, AUTO_RULES, HARDWARE, PRECISIONS, WORKS, choose_auto, hardware, precision_scope, resolve_precision
 from captioner.run import load_config, load_run
@@ -143,7 +144,7 @@ def test_a_mixed_precision_run_exports_in_float32_to_savedmodel_and_tflite(bf16_
     run = load_run(bf16_run, precision="float32")
     paths = sorted((tiny_data / "images").glob("test_*.png"))[:6]
     images = np.stack([load_image(p, run.model.encoder.image_size) for p in paths])
-    expected = CaptionGenerator(run.model, run.vocab, run.config.decode.max_length, beam_size=1)(images).captions
+    expected = CaptionGenerator(run.model, run.vocab, DecodeConfig(max_length=run.config.decode.max_length, beam_size=1))(images).captions
     assert tflite_greedy(tmp_path / "lite", images) == expected and all(expected)
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from captioner.config import DecodeConfig
 from captioner.decoding import CaptionGenerator
 from captioner.evaluate import evaluate, generate_captions
 from captioner.run import load_run
@@ -46,8 +47,8 @@ def test_save_load_gives_identical_captions(overfit_run, tiny_data):
     run = load_run(overfit_run)
     again = load_run(overfit_run)
     paths = sorted(str(p) for p in (tiny_data / "images").glob("test_*.png"))
-    first = generate_captions(CaptionGenerator(run.model, run.vocab, 20), paths)
-    second = generate_captions(CaptionGenerator(again.model, again.vocab, 20), paths)
+    first = generate_captions(CaptionGenerator(run.model, run.vocab, DecodeConfig(max_length=20, beam_size=1)), paths)
+    second = generate_captions(CaptionGenerator(again.model, again.vocab, DecodeConfig(max_length=20, beam_size=1)), paths)
     assert first == second and all(first)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import keras
 
-from captioner.config import RunConfig
+from captioner.config import DecodeConfig, RunConfig
 from captioner.datasets import Skipped
 from captioner.errors import CaptionerError
 from captioner.features import FeatureCache
@@ -48,8 +48,7 @@ class EvalOptions:
     batch_size: int = 256
     out: str | None = None
     max_images: int | None = None
-    beam_size: int | None = None  # None: the run's decode.beam_size
-    length_penalty: float | None = None
+    decode: DecodeConfig | None = None  # caption runs: how to generate (None: the run's decode settings)
     meteor: bool = False
 
 

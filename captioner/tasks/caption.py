@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from captioner.arrays import padded_caption_length
-from captioner.config import ModelConfig, RunConfig
+from captioner.config import DecodeConfig, ModelConfig, RunConfig
 from captioner.datasets import DATASETS, Skipped, load_qa_split, load_split
 from captioner.decoding import CaptionGenerator
 from captioner.encoder import BACKBONES, default_image_size
@@ -34,17 +34,13 @@ class CaptionTask(Task):
     name = "caption"
     item_name = "captions"
 
-    def generator(self, run: Run, beam_size: int | None = None, length_penalty: float | None = None, n_best: bool = False) -> CaptionGenerator:
-        """Batched greedy (beam_size 1) or beam captions with the run's decode settings unless given; `n_best`
-        also returns every beam."""
-        decode = run.config.decode
-        return CaptionGenerator(run.model, run.vocab, decode.max_length, beam_size or decode.beam_size,
-                                decode.length_penalty if length_penalty is None else length_penalty, n_best)
+    def generator(self, run: Run, decode: DecodeConfig | None = None) -> CaptionGenerator:
+        """Batched captions as `decode` says (default: the run's decode settings)."""
+        return CaptionGenerator(run.model, run.vocab, decode or run.config.decode)
 
     def evaluate(self, run: Run, options: EvalOptions, skipped: Skipped) -> dict[str, Any]:
-        return evaluate(run, options.split, options.data_dir, options.beam_size or run.config.decode.beam_size,
-                        options.batch_size, options.out, options.max_images, meteor=options.meteor, skipped=skipped,
-                        length_penalty=options.length_penalty)
+        return evaluate(run, options.split, options.data_dir, options.decode, options.batch_size, options.out,
+                        options.max_images, meteor=options.meteor, skipped=skipped)
 
     def summary_lines(self, result: dict[str, Any]) -> list[str]:
         return summary_lines(result)
@@ -105,17 +101,18 @@ class CaptionTask(Task):
 
 
 def caption_files(
-    run: Run, paths: Sequence[str], beam_size: int | None = None, length_penalty: float | None = None,
-    batch_size: int = 64, attention_out: str | None = None,
+    run: Run, paths: Sequence[str], decode: DecodeConfig | None = None, batch_size: int = 64, attention_out: str | None = None,
 ) -> list[dict[str, Any]]:
     """Caption image files in batches: one dict per path, in order, with "caption", "score", "width", "height"
     (upright: EXIF orientation applied) and, with `attention_out`, "attention_map" (a PNG per image:
     `attention_out` itself for one image, `OUT-STEM_IMAGE-STEM.png` beside it for several); or "error", a
-    one-line reason, for a file that cannot be read. Only `batch_size` decoded images are in memory at a time.
+    one-line reason, for a file that cannot be read; with `decode.num_captions` > 1 also "candidates", the N best
+    as {"caption", "score"}. Only `batch_size` decoded images are in memory at a time.
     """
     if attention_out is not None and not run.model.decoder.uses_attention:
         raise CaptionerError(f"{run.path} is a {run.config.model.decoder} run: it has no attention weights; train one with --decoder attention")
-    generator = CaptionTask().generator(run, beam_size, length_penalty)
+    generator = CaptionTask().generator(run, decode)
+    wanted = generator.decode.num_captions
     size = run.model.encoder.image_size
     results: list[dict[str, Any]] = [{"image": path} for path in paths]
     for start in range(0, len(paths), batch_size):
@@ -130,8 +127,11 @@ def caption_files(
         if not chunk:
             continue
         generated = generator(np.stack([image for _, image in chunk]))  # (batch, size, size, 3)
+        candidates = generated.candidates(wanted)
         for row, ((index, image), caption, score) in enumerate(zip(chunk, generated.captions, generated.scores)):
             results[index].update(caption=caption, score=float(score))
+            if wanted > 1:
+                results[index]["candidates"] = [{"caption": c, "score": s} for c, s in candidates[row]]
             if attention_out is not None:
                 picture = _attention_path(attention_out, results[index]["image"], single=len(paths) == 1)
                 draw_attention(run, image, generated.tokens[row], generated.attention[row], picture)
