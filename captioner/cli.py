@@ -162,6 +162,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None, help="dataset folder (default data/shapes)")
     parser.add_argument("--dataset", default=None, help="dataset loader (default shapes)")
     parser.add_argument("--decoder", default=None, choices=["show-tell", "attention"], help="show-tell (default) or attention (Show-Attend-Tell)")
+    parser.add_argument("--cell", default=None, help="the decoder's recurrent cell: lstm (default) or gru")
+    parser.add_argument("--num-layers", type=int, default=None, help="stacked recurrent layers, 1 to 4 (default 1)")
     parser.add_argument("--encoder", default=None, help="small_cnn or a keras.applications name, e.g. mobilenet_v2")
     parser.add_argument("--encoder-weights", default=None, help="none, imagenet or a weights file (backbones)")
     parser.add_argument("--fine-tune-blocks", type=int, default=None, metavar="N",
@@ -219,6 +221,8 @@ _TRAIN_FLAGS = {
     "data_dir": "data.data_dir",
     "dataset": "data.dataset",
     "decoder": "model.decoder",
+    "cell": "model.cell",
+    "num_layers": "model.num_layers",
     "encoder": "model.encoder",
     "encoder_weights": "model.encoder_weights",
     "fine_tune_blocks": "model.fine_tune_blocks",

@@ -37,6 +37,8 @@ class ModelConfig:
     """Architecture hyper-parameters of the encoder and decoder."""
 
     decoder: str = "show-tell"  # "show-tell" (Vinyals et al. 2015) or "attention" (Xu et al. 2015, soft attention)
+    cell: str = "lstm"  # the decoder's recurrent cell: "lstm" or "gru"
+    num_layers: int = 1  # stacked recurrent layers, 1-4 (dropout_rate between them; the image initialises each)
     encoder: str = "small_cnn"  # "small_cnn" or a keras.applications backbone name, e.g. "mobilenet_v2"
     encoder_weights: str | None = None  # None, "imagenet" or a path to a .weights.h5 file (backbones only)
     encoder_filters: list[int] = field(default_factory=lambda: [32, 64, 128, 128])  # small_cnn channels per stage

@@ -1,14 +1,21 @@
-"""`LSTMDecoder`: Show-and-Tell (Vinyals et al. 2015), or Show-Attend-Tell with soft attention (Xu et al. 2015).
+"""`RNNDecoder`: Show-and-Tell (Vinyals et al. 2015), or Show-Attend-Tell with soft attention (Xu et al. 2015), on
+an LSTM or a GRU, one layer or a stack of up to four.
 
-The image vector, layer-normalised and projected linearly, initialises the LSTM state (h0, c0). Both
+The recurrent cell is a setting (`cell="lstm" | "gru"`, `num_layers` 1-4) and the state it carries is opaque to
+everything outside this file: a flat tuple (h1, c1, h2, c2, ...) for LSTMs, (h1, h2, ...) for GRUs, which the
+searches repeat and reorder row by row and the TFLite export stacks into one tensor. The image initialises
+every layer's state.
+
+The image vector, layer-normalised and projected linearly, initialises the state (h0, c0 for an LSTM). Both
 choices matter: pooled CNN features have arbitrary scale (a from-scratch CNN's grew to a mean of ~30 here);
 with tanh projections the optimiser learned the caption prior by saturating them, every image got the same
 (h0, c0), and no gradient reached the image again - the classic "same caption for every image" collapse
 (BENCHMARKS.md has the measurements). sgrvinod's Show-Attend-Tell also projects linearly.
 
-Without attention, the whole caption runs through one fused `LSTM` (teacher forcing). With attention
-(`attention_dim` set), every step attends over the grid with the previous hidden state, gates the context
-with sigmoid(f_beta(h)), and feeds [word embedding, context] to the same LSTM cell; the doubly stochastic
+Without attention, the whole caption runs through one fused `LSTM`/`GRU` layer per layer (teacher forcing),
+with dropout between layers. With attention (`attention_dim` set), every step attends over the grid with the top
+layer's previous hidden state, gates the context with sigmoid(f_beta(h)), and feeds [word embedding, context] to
+the first layer's cell; the doubly stochastic
 penalty lambda * mean_i (1 - sum_t alpha_ti)^2 is added to the loss in training. `step` serves generation
 for both, so decoding is written once.
 """
@@ -19,22 +26,30 @@ import keras
 from keras import layers, ops
 
 from captioner.attention import SoftAttention
+from captioner.errors import CaptionerError
 from captioner.precision import lstm_use_cudnn
 
 
+CELLS = ("lstm", "gru")
+MAX_LAYERS = 4
+
+
 @keras.saving.register_keras_serializable(package="captioner")
-class LSTMDecoder(layers.Layer):
-    """Word-level LSTM decoder conditioned on an image.
+class RNNDecoder(layers.Layer):
+    """Word-level recurrent decoder conditioned on an image.
 
     Args:
         vocab_size: int. Output classes, `<pad>` included.
         embedding_dim: int. Word-embedding width. Defaults to 128.
-        hidden_dim: int. LSTM units. Defaults to 256.
-        dropout_rate: float. Dropout on the LSTM output before the vocabulary projection. Defaults to 0.2.
+        hidden_dim: int. Units of every recurrent layer. Defaults to 256.
+        dropout_rate: float. Dropout on the top layer's output before the vocabulary projection, and between
+            stacked layers in training (one mask per sequence, the same at every step). Defaults to 0.2.
         attention_dim: int | None. Soft-attention width; None is Show-and-Tell. Defaults to None.
         attention_regularization: float. lambda of the doubly stochastic penalty. Defaults to 1.0.
         init_from: str. "pooled" (the encoder's pooled vector) or "grid_mean" (the mean of the grid, as in
             Show-Attend-Tell). Defaults to "pooled".
+        cell: str. "lstm" or "gru". Defaults to "lstm".
+        num_layers: int. Stacked recurrent layers, 1 to 4. Defaults to 1.
 
     Call:
         tokens: (batch, steps) int ids, `<start> w1 ... wn` padded with 0.
@@ -53,11 +68,19 @@ class LSTMDecoder(layers.Layer):
         attention_dim: int | None = None,
         attention_regularization: float = 1.0,
         init_from: str = "pooled",
+        cell: str = "lstm",
+        num_layers: int = 1,
         **kwargs,
     ):
         super().__init__(**kwargs)
         if init_from not in ("pooled", "grid_mean"):
             raise ValueError(f"init_from must be 'pooled' or 'grid_mean', got '{init_from}'")
+        if cell not in CELLS:
+            raise CaptionerError(f"unknown cell '{cell}'; choose lstm or gru")
+        if not 1 <= int(num_layers) <= MAX_LAYERS:
+            raise CaptionerError(f"num_layers must be between 1 and {MAX_LAYERS} (got {num_layers})")
+        self.cell = cell
+        self.num_layers = int(num_layers)
         self.vocab_size = int(vocab_size)
         self.embedding_dim = int(embedding_dim)
         self.hidden_dim = int(hidden_dim)
@@ -67,9 +90,22 @@ class LSTMDecoder(layers.Layer):
         self.init_from = init_from
         self.embedding = layers.Embedding(self.vocab_size, self.embedding_dim, name="embedding")
         self.pooled_norm = layers.LayerNormalization(name="pooled_norm")  # normalises the grid mean too
-        self.init_h = layers.Dense(self.hidden_dim, name="init_h")
-        self.init_c = layers.Dense(self.hidden_dim, name="init_c")
-        self.lstm = layers.LSTM(self.hidden_dim, return_sequences=True, name="lstm", use_cudnn=lstm_use_cudnn(self.compute_dtype))
+        # Layer i's recurrent layer and its state projections. Attribute names are what a saved file's weights are
+        # filed under: layer 1 keeps `lstm`, `init_h`, `init_c` (runs saved before cells were a setting load as they
+        # were); later layers add a suffix (`lstm_2`, `init_h_2`...). The lists are for the code; saving files each
+        # layer once, under its attribute.
+        self._rnns: list[layers.Layer] = []
+        self._inits: list[list[layers.Dense]] = []
+        recurrent = layers.LSTM if cell == "lstm" else layers.GRU
+        for i in range(self.num_layers):
+            suffix = "" if i == 0 else f"_{i + 1}"
+            rnn = recurrent(self.hidden_dim, return_sequences=True, name=f"{cell}{suffix}", use_cudnn=lstm_use_cudnn(self.compute_dtype))
+            inits = [layers.Dense(self.hidden_dim, name=f"init_{part}{suffix}") for part in (("h", "c") if cell == "lstm" else ("h",))]
+            setattr(self, f"{cell}{suffix}", rnn)
+            for dense, part in zip(inits, ("h", "c")):
+                setattr(self, f"init_{part}{suffix}", dense)
+            self._rnns.append(rnn)
+            self._inits.append(inits)
         self.dropout = layers.Dropout(self.dropout_rate)
         self.output_projection = layers.Dense(self.vocab_size, name="output_projection")
         if self.attention_dim is not None:
@@ -86,8 +122,8 @@ class LSTMDecoder(layers.Layer):
         self.embedding.build(tokens_shape)
         image_dim = grid_shape[-1] if self.init_from == "grid_mean" else pooled_shape[-1]
         self.pooled_norm.build((None, image_dim))
-        self.init_h.build((None, image_dim))
-        self.init_c.build((None, image_dim))
+        for dense in (d for inits in self._inits for d in inits):
+            dense.build((None, image_dim))
         lstm_input = self.embedding_dim
         if self.uses_attention:
             encoder_dim = grid_shape[-1]
@@ -95,15 +131,48 @@ class LSTMDecoder(layers.Layer):
             self.gate = layers.Dense(encoder_dim, activation="sigmoid", name="gate")
             self.gate.build((None, self.hidden_dim))
             lstm_input += encoder_dim
-        self.lstm.build((None, None, lstm_input))
+        for i, rnn in enumerate(self._rnns):
+            rnn.build((None, None, lstm_input if i == 0 else self.hidden_dim))
         self.output_projection.build((None, self.hidden_dim))
         self.built = True
 
+    @property
+    def state_count(self) -> int:
+        """Tensors in the state, each (batch, hidden_dim): 2 per LSTM layer (h, c), 1 per GRU layer (h)."""
+        return self.num_layers * (2 if self.cell == "lstm" else 1)
+
     def initial_state(self, pooled, grid=None):
-        """(h0, c0), each (batch, hidden_dim), from the pooled vector or the mean of the grid."""
+        """The state, a tuple of `state_count` (batch, hidden_dim) tensors, from the pooled vector or the mean of
+        the grid: every layer's own projection of the same normalised image vector."""
         image = ops.mean(grid, axis=1) if self.init_from == "grid_mean" else pooled  # (batch, image_dim)
         image = self.pooled_norm(image)
-        return self.init_h(image), self.init_c(image)
+        return tuple(dense(image) for inits in self._inits for dense in inits)
+
+    def _per_layer(self, state) -> list[list]:
+        """The flat state split per layer: [[h, c], ...] (LSTM) or [[h], ...] (GRU)."""
+        size = 2 if self.cell == "lstm" else 1
+        return [list(state[i * size:(i + 1) * size]) for i in range(self.num_layers)]
+
+    def _between_layers(self, batch_like, training=None) -> list:
+        """Dropout masks between stacked layers, one (batch, hidden_dim) per boundary, drawn once per sequence and
+        used at every step (variational dropout): drawn outside any loop, so no random state is touched inside
+        a scan (JAX forbids it). Empty when not training, for one layer, or without dropout."""
+        if not training or self.num_layers == 1 or self.dropout_rate == 0:
+            return []
+        ones = ops.ones_like(batch_like)  # (batch, hidden_dim)
+        return [self.dropout(ones, training=True) for _ in range(self.num_layers - 1)]
+
+    def _cells(self, inputs, state, masks=()):
+        """One step through every layer: inputs (batch, in_dim), the flat state -> top output (batch, hidden_dim),
+        the new flat state; `masks` from `_between_layers` in training."""
+        new_state = []
+        x = inputs
+        for i, (rnn, layer_state) in enumerate(zip(self._rnns, self._per_layer(state))):
+            if i > 0 and masks:
+                x = x * masks[i - 1]
+            x, layer_state = rnn.cell(x, layer_state)  # (batch, hidden_dim)
+            new_state.extend(layer_state)
+        return x, tuple(new_state)
 
     def memory(self, grid):
         """What `step` attends over: (grid, projected grid), computed once per image; () without attention."""
@@ -119,19 +188,27 @@ class LSTMDecoder(layers.Layer):
         if captions_per_image > 1:
             state, memory = keras.tree.map_structure(lambda x: ops.repeat(x, captions_per_image, axis=0), (state, memory))
         embedded = self.embedding(tokens)  # (batch, steps, embedding_dim)
+        masks = self._between_layers(state[0], training)  # (batch, hidden_dim) per boundary between layers
         if not self.uses_attention:
-            outputs = self.lstm(embedded, initial_state=list(state), training=training)  # (batch, steps, hidden_dim)
+            outputs = embedded
+            for i, (rnn, layer_state) in enumerate(zip(self._rnns, self._per_layer(state))):  # fused layer by layer
+                if i > 0 and masks:
+                    outputs = outputs * masks[i - 1][:, None, :]  # the same mask at every step, as in the scan below
+                outputs = rnn(outputs, initial_state=layer_state, training=training)  # (batch, steps, hidden_dim)
         else:
-            def step(carry, word):  # one word for the whole batch: (h, c, alpha of the last word), (batch, embedding_dim)
-                _, (h, c), alpha = self._attend_and_step(word, carry[:2], memory)
-                carry = (h, c, ops.cast(alpha, carry[2].dtype))
-                return carry, carry  # Keras's scan stacks outputs shaped as the carry: alpha rides along in it
+            count = self.state_count
+
+            def step(carry, word):  # one word for the whole batch: (state..., output, alpha), (batch, embedding_dim)
+                output, new_state, alpha = self._attend_and_step(word, carry[:count], memory, masks)
+                carry = (*new_state, output, ops.cast(alpha, carry[-1].dtype))
+                return carry, carry  # Keras's scan stacks outputs shaped as the carry: output and alpha ride along in it
 
             # A scan over time, not a Python loop unrolled into the graph: one step body to trace and differentiate.
             pixels = ops.zeros_like(memory[1][..., 0])  # (batch, num_pixels)
-            _, (hiddens, _, alphas) = ops.scan(step, (*state, pixels), ops.moveaxis(embedded, 1, 0))  # (steps, batch, ...) each
-            outputs = ops.moveaxis(hiddens, 0, 1)  # (batch, steps, hidden_dim); an LSTM cell's output is its h
-            alphas = ops.moveaxis(alphas, 0, 1)  # (batch, steps, num_pixels)
+            start = (*state, ops.zeros_like(state[0]), pixels)
+            _, stacked = ops.scan(step, start, ops.moveaxis(embedded, 1, 0))  # (steps, batch, ...) each
+            outputs = ops.moveaxis(stacked[-2], 0, 1)  # (batch, steps, hidden_dim): the top layer's output
+            alphas = ops.moveaxis(stacked[-1], 0, 1)  # (batch, steps, num_pixels)
             if training and self.attention_regularization > 0:
                 mask = ops.cast(ops.not_equal(tokens, 0), "float32")[..., None]  # (batch, steps, 1)
                 alphas = ops.cast(alphas, "float32")  # (batch, steps, num_pixels); the penalty in float32
@@ -140,32 +217,31 @@ class LSTMDecoder(layers.Layer):
         outputs = self.dropout(outputs, training=training)
         return self.output_projection(outputs)  # (batch, steps, vocab_size)
 
-    def _attend_and_step(self, embedded, state, memory):
-        h, c = state
+    def _attend_and_step(self, embedded, state, memory, masks=()):
+        h = self._per_layer(state)[-1][0]  # (batch, hidden_dim): the top layer's previous hidden state asks
         features, projected = memory
         context, alpha = self.attention(features, projected, h)  # (batch, encoder_dim), (batch, num_pixels)
         context = self.gate(h) * context  # (batch, encoder_dim)
-        output, (h, c) = self.lstm.cell(ops.concatenate([embedded, context], axis=-1), [h, c])  # (batch, hidden_dim)
-        return output, (h, c), alpha
+        output, state = self._cells(ops.concatenate([embedded, context], axis=-1), state, masks)  # (batch, hidden_dim)
+        return output, state, alpha
 
     def step(self, tokens, state, memory=()):
         """One word for every sequence in the batch.
 
         Args:
             tokens: (batch,) int ids of the previous word.
-            state: tuple (h, c), each (batch, hidden_dim).
+            state: the tuple `initial_state` (or the last step) gave, `state_count` tensors (batch, hidden_dim).
             memory: tuple from `memory(grid)`, rows aligned with `tokens`.
 
         Returns:
-            logits (batch, vocab_size), the new (h, c), attention weights (batch, num_pixels) - (batch, 0)
+            logits (batch, vocab_size), the new state, attention weights (batch, num_pixels) - (batch, 0)
             without attention.
         """
         embedded = self.embedding(tokens)  # (batch, embedding_dim)
         if self.uses_attention:
             output, state, alpha = self._attend_and_step(embedded, state, memory)
         else:
-            output, state = self.lstm.cell(embedded, list(state))  # (batch, hidden_dim)
-            state = tuple(state)
+            output, state = self._cells(embedded, state)  # (batch, hidden_dim)
             alpha = ops.zeros((ops.shape(tokens)[0], 0))
         return self.output_projection(output), state, alpha  # (batch, vocab_size)
 
@@ -180,5 +256,13 @@ class LSTMDecoder(layers.Layer):
             attention_dim=self.attention_dim,
             attention_regularization=self.attention_regularization,
             init_from=self.init_from,
+            cell=self.cell,
+            num_layers=self.num_layers,
         )
         return config
+
+
+@keras.saving.register_keras_serializable(package="captioner")
+class LSTMDecoder(RNNDecoder):
+    """The name runs saved before cells were a setting carry in their files: the same decoder (one LSTM layer
+    unless the file says otherwise), so they load as they were trained."""

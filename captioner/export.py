@@ -133,37 +133,38 @@ def export_run(run: Run, out: str | Path, decode: DecodeConfig | None = None) ->
 
 def tflite_models(run: Run) -> dict[str, bytes]:
     """A caption run as two TFLite (LiteRT) models, the usual way around the converter's trouble with LSTM
-    loops: `encoder.tflite` (images (1, size, size, 3) uint8 -> h, c and, with attention, grid and projected
-    grid) and `step.tflite` (one word for one image: tokens (1,), h, c[, grid, projected] -> logits, h, c).
+    loops: `encoder.tflite` (images (1, size, size, 3) uint8 -> state and, with attention, grid and projected
+    grid) and `step.tflite` (one word for one image: tokens (1,), state[, grid, projected] -> logits, state). The
+    state is the decoder's, whatever its cell and depth, stacked: (1, state_count, hidden) - (h, c) for one LSTM
+    layer, (h1, c1, h2, c2) for two, (h) for one GRU layer.
     Outputs are named output_0, output_1, ... in that order. Weights are frozen into constants first: left as
     resource variables, the converted models read uninitialised variables (NaN)."""
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     model, decoder = run.model, run.model.decoder
-    size, hidden = model.encoder.image_size, decoder.hidden_dim
+    size, hidden, count = model.encoder.image_size, decoder.hidden_dim, decoder.state_count
 
     @tf.function(input_signature=[tf.TensorSpec((1, size, size, 3), tf.uint8)])
     def encode(images):
         grid, pooled = model.encode(images)
-        h, c = decoder.initial_state(pooled, grid)
-        return (h, c, *decoder.memory(grid))
+        return (tf.stack(decoder.initial_state(pooled, grid), axis=1), *decoder.memory(grid))  # state (1, count, hidden)
 
-    specs = [tf.TensorSpec((1,), tf.int32), tf.TensorSpec((1, hidden), tf.float32), tf.TensorSpec((1, hidden), tf.float32)]
+    specs = [tf.TensorSpec((1,), tf.int32), tf.TensorSpec((1, count, hidden), tf.float32)]
     if decoder.uses_attention:
         pixels, channels = model.encoder.num_pixels, model.encoder.encoder_dim
 
         @tf.function(input_signature=specs + [tf.TensorSpec((1, pixels, channels), tf.float32),
                                               tf.TensorSpec((1, pixels, decoder.attention_dim), tf.float32)])
-        def step(tokens, h, c, grid, projected):
-            logits, (h, c), _ = decoder.step(tokens, (h, c), (grid, projected))
-            return logits, h, c
+        def step(tokens, state, grid, projected):
+            logits, state, _ = decoder.step(tokens, tuple(tf.unstack(state, axis=1)), (grid, projected))
+            return logits, tf.stack(state, axis=1)
     else:
 
         @tf.function(input_signature=specs)
-        def step(tokens, h, c):
-            logits, (h, c), _ = decoder.step(tokens, (h, c))
-            return logits, h, c
+        def step(tokens, state):
+            logits, state, _ = decoder.step(tokens, tuple(tf.unstack(state, axis=1)))
+            return logits, tf.stack(state, axis=1)
 
     def convert(function) -> bytes:
         frozen = convert_variables_to_constants_v2(function.get_concrete_function())
@@ -216,13 +217,13 @@ def tflite_greedy(folder: str | Path, images: np.ndarray) -> list[str]:
     never[spec["never"]] = -1e9
     captions = []
     for image in images:
-        state = encoder(images=image[None])
-        h, c = state["output_0"], state["output_1"]
-        memory = {"grid": state["output_2"], "projected": state["output_3"]} if spec["attention"] else {}
+        encoded = encoder(images=image[None])
+        state = encoded["output_0"]  # (1, state_count, hidden)
+        memory = {"grid": encoded["output_1"], "projected": encoded["output_2"]} if spec["attention"] else {}
         token, words = spec["start_id"], []
         for _ in range(spec["max_length"]):
-            out = step(tokens=np.array([token], np.int32), h=h, c=c, **memory)
-            h, c = out["output_1"], out["output_2"]
+            out = step(tokens=np.array([token], np.int32), state=state, **memory)
+            state = out["output_1"]
             token = int(np.argmax(out["output_0"][0] + never))
             if token == spec["end_id"]:
                 break

@@ -1,4 +1,4 @@
-"""`CaptionModel` and `VQAModel`: one `ImageEncoder` feeding an `LSTMDecoder` or a question encoder + `VQAHead`.
+"""`CaptionModel` and `VQAModel`: one `ImageEncoder` feeding an `RNNDecoder` or a question encoder + `VQAHead`.
 
 Each image is encoded once per step and all of its reference captions (or questions) are decoded against
 that one encoding: images (batch, H, W, 3) and tokens (batch, captions_per_image, steps) go in, logits
@@ -13,7 +13,7 @@ import dataclasses
 import keras
 from keras import ops
 
-from captioner.decoder import LSTMDecoder
+from captioner.decoder import RNNDecoder
 from captioner.encoder import BACKBONES, ImageEncoder
 from captioner.vqa import QuestionEncoder, VQAHead
 
@@ -24,7 +24,7 @@ class CaptionModel(keras.Model):
 
     Args:
         encoder: ImageEncoder. The CNN.
-        decoder: LSTMDecoder. The language model.
+        decoder: RNNDecoder. The language model.
 
     Call:
         inputs: dict with "images" (batch, size, size, 3) 0-255, or "features" (batch, num_pixels, encoder_dim) from
@@ -32,7 +32,7 @@ class CaptionModel(keras.Model):
         returns logits (batch, captions, steps, vocab_size).
     """
 
-    def __init__(self, encoder: ImageEncoder, decoder: LSTMDecoder, **kwargs):
+    def __init__(self, encoder: ImageEncoder, decoder: RNNDecoder, **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.decoder = decoder
@@ -142,7 +142,7 @@ def build_caption_model(model_config, vocab_size: int, image_size: int) -> Capti
     # A decoder that starts from the grid mean never reads the pooled vector: skip the flatten projection
     # (2M unused weights that would get no gradient).
     encoder = build_image_encoder(model_config, image_size, "avg" if init_from == "grid_mean" else None)
-    decoder = LSTMDecoder(
+    decoder = RNNDecoder(
         vocab_size=vocab_size,
         embedding_dim=model_config.embedding_dim,
         hidden_dim=model_config.hidden_dim,
@@ -150,6 +150,8 @@ def build_caption_model(model_config, vocab_size: int, image_size: int) -> Capti
         attention_dim=model_config.attention_dim if attention else None,
         attention_regularization=model_config.attention_regularization,
         init_from=init_from,
+        cell=model_config.cell,
+        num_layers=model_config.num_layers,
         name="decoder",
     )
     model = CaptionModel(encoder, decoder, name="caption_model")
