@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Sequence
 from captioner.config import PRECISIONS  # plain dataclasses: no TensorFlow at parse time
 
 if TYPE_CHECKING:  # the CLI imports TensorFlow-bound modules lazily, so that `--help` is fast
-    from captioner.datasets import Skipped
+    from captioner.data import Skipped
 
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
 PRECISION_CHOICES = ("auto", *PRECISIONS)
@@ -308,7 +308,7 @@ def _report_training(metrics: dict, run: str, item_name: str) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from captioner.datasets import Skipped
+    from captioner.data import Skipped
     from captioner.train import train
 
     config = _configure(args, args.preset, _TRAIN_FLAGS, {"model.encoder_trainable": "true"} if args.fine_tune_encoder else {})
@@ -320,7 +320,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_train_vqa(args: argparse.Namespace) -> int:
-    from captioner.datasets import Skipped
+    from captioner.data import Skipped
     from captioner.errors import CaptionerError
     from captioner.train import train
 
@@ -354,7 +354,7 @@ def expand_image_arguments(arguments: Sequence[str]) -> list[str]:
 
     A pattern that matches nothing is kept as is, so it is reported as a missing file.
     """
-    from captioner.images import IMAGE_SUFFIXES
+    from captioner.data.images import IMAGE_SUFFIXES
 
     paths: list[str] = []
     for argument in arguments:
@@ -391,7 +391,7 @@ def add_decode_arguments(parser: argparse.ArgumentParser, prefix: str = "", samp
 def decode_from_args(decode, args: argparse.Namespace):
     """The run's DecodeConfig with the flags given on the command line; checked now (a bad combination is one line,
     before any image is read). `--beam-size` alone keeps its old meaning: 1 is greedy, more is beam search."""
-    from captioner.decoding import make_sampler
+    from captioner.generation.decoding import make_sampler
 
     given = {name: getattr(args, name) for name in _DECODE_FLAGS if getattr(args, name, None) is not None}
     if "beam_size" in given and "sampler" not in given:
@@ -444,7 +444,7 @@ def _check_output_folder(path: str) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     from captioner.errors import CaptionerError
     from captioner.run import load_run
-    from captioner.serve import ServeConfig, serve
+    from captioner.serving.serve import ServeConfig, serve
 
     try:
         import starlette  # noqa: F401
@@ -461,16 +461,16 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from captioner.export import export_run
+    from captioner.serving.export import export_run
     from captioner.run import load_run, stored_task
 
     # float32 whatever the run trained at (its variables are float32): what TFLite converts and every server runs
     run = load_run(args.run, task=stored_task(args.run), precision="float32")
     if args.format == "tflite":
-        from captioner.export import export_tflite
+        from captioner.serving.export import export_tflite
 
         out = export_tflite(run, args.out)
-        print(f"wrote {out}: encoder.tflite, step.tflite and tflite.json (greedy decoding; captioner.export.tflite_greedy is the loop)")
+        print(f"wrote {out}: encoder.tflite, step.tflite and tflite.json (greedy decoding; captioner.serving.export.tflite_greedy is the loop)")
         return EXIT_OK
     out = export_run(run, args.out, decode_from_args(run.config.decode, args))
     if run.config.task == "vqa":
@@ -483,9 +483,9 @@ def run_export(args: argparse.Namespace) -> int:
 def run_classify(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from captioner.encoder import build_classifier, read_class_index
+    from captioner.models.encoder import build_classifier, read_class_index
     from captioner.errors import CaptionerError
-    from captioner.images import read_image
+    from captioner.data.images import read_image
 
     paths = expand_image_arguments(args.images)
     beside = Path(args.weights).with_name("imagenet_class_index.json")
@@ -529,7 +529,7 @@ def run_plot_history(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from captioner.datasets import Skipped
+    from captioner.data import Skipped
     from captioner.run import load_run, stored_task
     from captioner.tasks import EvalOptions, get_task
 
@@ -547,9 +547,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    from captioner.datasets import Skipped, load_split
+    from captioner.data import Skipped, load_split
     from captioner.errors import CaptionerError
-    from captioner.evaluate import read_hypotheses, read_references, score_captions, score_lines
+    from captioner.evaluation.evaluate import read_hypotheses, read_references, score_captions, score_lines
 
     hypotheses = read_hypotheses(args.hypotheses) if args.hypotheses else None
     if args.references:
@@ -580,7 +580,7 @@ def run_score(args: argparse.Namespace) -> int:
 
 
 def run_features(args: argparse.Namespace) -> int:
-    from captioner.datasets import Skipped
+    from captioner.data import Skipped
     from captioner.tasks.caption import extract_features
 
     skipped = Skipped()
@@ -623,7 +623,7 @@ def run_ask(args: argparse.Namespace) -> int:
 def run_data(args: argparse.Namespace) -> int:
     import time
 
-    from captioner.datasets.shapes import ShapesSpec, generate
+    from captioner.data.shapes import ShapesSpec, generate
     from captioner.errors import CaptionerError
 
     for name in ("train", "val", "test"):

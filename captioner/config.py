@@ -20,7 +20,7 @@ FORMAT_VERSION = 1  # bump when the run-directory layout or config schema change
 class DataConfig:
     """Where the captions come from and how text and images are shaped."""
 
-    dataset: str = "shapes"  # name of a dataset loader in captioner.datasets
+    dataset: str = "shapes"  # name of a dataset loader in captioner.data
     data_dir: str = "data/shapes"  # folder holding the annotation files and images
     image_size: int = 64  # images are resized to image_size x image_size (pretrained encoders override it)
     max_caption_length: int = 24  # words kept per caption, before <start>/<end> are added
@@ -85,7 +85,7 @@ class DecodeConfig:
     max_length: int = 26  # generated tokens at most, <end> included
     beam_size: int = 3  # default beam width of caption and evaluate; 1 = greedy
     length_penalty: float = 1.0  # beams (and samples) are ranked by log-probability / length**length_penalty (0: raw log-probability)
-    sampler: str = "auto"  # "greedy", "beam", "sampling" (captioner.samplers); "auto": beam if beam_size > 1, else greedy
+    sampler: str = "auto"  # "greedy", "beam", "sampling" (captioner.generation.samplers); "auto": beam if beam_size > 1, else greedy
     temperature: float = 1.0  # sampling: logits divided by it (0: the most likely word)
     top_k: int | None = None  # sampling: among the k most likely words only
     top_p: float | None = None  # sampling: among the smallest set of most likely words whose probability reaches p

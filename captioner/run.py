@@ -20,9 +20,9 @@ from captioner import __version__
 from captioner.config import FORMAT_VERSION, RunConfig
 from captioner.errors import CaptionerError
 from captioner.fileio import atomic_path, file_sha256, write_json, write_text
-from captioner.models import CaptionModel, VQAModel
+from captioner.models.networks import CaptionModel, VQAModel
 from captioner.precision import precision_scope
-from captioner.vocab import AnswerVocabulary, Vocabulary
+from captioner.data.vocab import AnswerVocabulary, Vocabulary
 
 MODEL_FILE, VOCAB_FILE, CONFIG_FILE = "model.keras", "vocab.json", "config.json"
 HISTORY_FILE, METRICS_FILE, MANIFEST_FILE = "history.json", "metrics.json", "manifest.json"

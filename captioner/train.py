@@ -17,12 +17,12 @@ import keras
 from keras import ops
 
 from captioner.config import DERIVED, RESUMABLE, RunConfig, flatten, resume_changes, with_settings
-from captioner.datasets import Skipped
+from captioner.data import Skipped
 from captioner.errors import CaptionerError
 from captioner.fileio import atomic_path, directory_lock, is_disk_full, remove_stale_temporaries, write_json
-from captioner.models import resolve_auto, training_work
+from captioner.models.networks import resolve_auto, training_work
 from captioner.precision import choose_auto, precision_scope, resolve_precision
-from captioner.preprocessing import PipelineFailure, pipeline_error
+from captioner.data.preprocessing import PipelineFailure, pipeline_error
 from captioner.run import (
     ANSWERS_FILE,
     CONFIG_FILE,

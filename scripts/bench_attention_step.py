@@ -14,7 +14,7 @@ import keras
 import numpy as np
 
 from captioner.config import preset
-from captioner.models import build_caption_model
+from captioner.models.networks import build_caption_model
 
 
 def main() -> None:

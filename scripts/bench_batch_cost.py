@@ -7,7 +7,7 @@ import sys, time, glob
 import numpy as np
 from captioner.run import load_run
 from captioner.tasks.caption import CaptionTask
-from captioner.images import load_image
+from captioner.data.images import load_image
 run = load_run(sys.argv[1]); paths = sorted(glob.glob(sys.argv[2]))[:16]
 gen = CaptionTask().generator(run)
 size = run.model.encoder.image_size

@@ -24,9 +24,9 @@ import keras
 import numpy as np
 
 from captioner.config import apply_overrides, preset
-from captioner.encoder import default_image_size
-from captioner.features import FeatureCache
-from captioner.models import build_image_encoder
+from captioner.models.encoder import default_image_size
+from captioner.models.features import FeatureCache
+from captioner.models.networks import build_image_encoder
 from captioner.train import train
 
 

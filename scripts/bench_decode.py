@@ -20,9 +20,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 from captioner.config import DecodeConfig
-from captioner.datasets import load_split
-from captioner.decoding import CaptionGenerator
-from captioner.images import load_image
+from captioner.data import load_split
+from captioner.generation.decoding import CaptionGenerator
+from captioner.data.images import load_image
 from captioner.run import load_run
 
 

@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from captioner.encoder import ImageEncoder
+from captioner.models.encoder import ImageEncoder
 
 FLICKR8K_IMAGES = 8091  # images with captions in Flickr8k.token.txt
 FLICKR30K_IMAGES = 31783

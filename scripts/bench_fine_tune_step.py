@@ -24,8 +24,8 @@ import keras
 import numpy as np
 
 from captioner.config import preset
-from captioner.encoder import default_image_size
-from captioner.models import build_caption_model
+from captioner.models.encoder import default_image_size
+from captioner.models.networks import build_caption_model
 from captioner.precision import precision_scope, resolve_precision
 
 VOCAB, LENGTH, CAPTIONS = 2539, 20, 5  # the Flickr8k preset's vocabulary, padded caption length and captions per image

@@ -23,11 +23,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 
 from captioner.config import ModelConfig
-from captioner.datasets import load_split
-from captioner.features import FeatureCache
-from captioner.models import build_image_encoder
-from captioner.preprocessing import caption_dataset, feature_caption_dataset
-from captioner.vocab import Vocabulary
+from captioner.data import load_split
+from captioner.models.features import FeatureCache
+from captioner.models.networks import build_image_encoder
+from captioner.data.preprocessing import caption_dataset, feature_caption_dataset
+from captioner.data.vocab import Vocabulary
 
 
 def timed_pass(dataset) -> tuple[float, int]:

@@ -36,10 +36,10 @@ import numpy as np
 
 from captioner.backend import CompiledFunction
 from captioner.config import DecodeConfig, ModelConfig, preset
-from captioner.decoding import CaptionGenerator
-from captioner.models import build_caption_model, build_image_encoder
+from captioner.generation.decoding import CaptionGenerator
+from captioner.models.networks import build_caption_model, build_image_encoder
 from captioner.precision import precision_scope
-from captioner.vocab import Vocabulary
+from captioner.data.vocab import Vocabulary
 
 
 def matmul_peak(dtype: str, n: int = 2048, reps: int = 20, highest: bool = False) -> float:

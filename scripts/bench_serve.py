@@ -28,7 +28,7 @@ import numpy as np
 import uvicorn
 
 from captioner.run import load_run
-from captioner.serve import ServeConfig, Service, create_app, listening_socket
+from captioner.serving.serve import ServeConfig, Service, create_app, listening_socket
 
 
 def start(service: Service) -> tuple[uvicorn.Server, str]:

@@ -19,11 +19,11 @@ import keras
 import numpy as np
 
 from captioner.config import preset
-from captioner.datasets import load_split
-from captioner.images import load_image
-from captioner.models import build_caption_model
-from captioner.arrays import caption_arrays
-from captioner.vocab import Vocabulary
+from captioner.data import load_split
+from captioner.data.images import load_image
+from captioner.models.networks import build_caption_model
+from captioner.data.arrays import caption_arrays
+from captioner.data.vocab import Vocabulary
 
 
 def measure(model, images, tokens, targets, steps: int) -> float:

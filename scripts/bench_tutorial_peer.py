@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from captioner.config import preset
-from captioner.models import build_caption_model
+from captioner.models.networks import build_caption_model
 
 IMAGES, CAPTIONS, STEPS, VOCAB, PIXELS, CHANNELS = 32, 5, 21, 2573, 49, 1280
 

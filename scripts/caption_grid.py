@@ -10,7 +10,7 @@ import argparse
 import json
 import random
 
-from captioner.images import load_image
+from captioner.data.images import load_image
 from captioner.viz import caption_grid_figure
 
 

@@ -7,7 +7,7 @@ schedule, the weights of the best validation loss kept; then test-split BLEU-4 w
 beam. With `--vqa`, the `easy-vqa` preset likewise, scored by test accuracy. Also printed: ms per training step
 (median of each epoch's mean, compilation excluded) and the best validation loss.
 
-The batches come from numpy arrays (`captioner.arrays`, Keras's own array adapter) instead of `tf.data`, so
+The batches come from numpy arrays (`captioner.data.arrays`, Keras's own array adapter) instead of `tf.data`, so
 the script runs where TensorFlow is not installed (the lent GPU machine has JAX only): the same records,
 vocabulary, padding, model, loss and optimiser as `captioner train`, a different shuffling stream. It is a
 comparison between precisions under one recipe, not a reproduction of a `captioner train` run's numbers.
@@ -27,17 +27,17 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from captioner.answering import Answerer
-from captioner.arrays import caption_arrays, group_questions, padded_caption_length, question_arrays
+from captioner.generation.answering import Answerer
+from captioner.data.arrays import caption_arrays, group_questions, padded_caption_length, question_arrays
 from captioner.config import DecodeConfig, preset
-from captioner.datasets import load_qa_split, load_split
-from captioner.datasets.shapes import generate
-from captioner.decoding import CaptionGenerator
-from captioner.images import load_image
-from captioner.metrics import bleu_scores, vqa_accuracy
-from captioner.models import build_caption_model, build_vqa_model, resolve_auto
+from captioner.data import load_qa_split, load_split
+from captioner.data.shapes import generate
+from captioner.generation.decoding import CaptionGenerator
+from captioner.data.images import load_image
+from captioner.evaluation.metrics import bleu_scores, vqa_accuracy
+from captioner.models.networks import build_caption_model, build_vqa_model, resolve_auto
 from captioner.precision import precision_scope
-from captioner.vocab import AnswerVocabulary, Vocabulary, tokenize
+from captioner.data.vocab import AnswerVocabulary, Vocabulary, tokenize
 
 
 class EpochTimer(keras.callbacks.Callback):

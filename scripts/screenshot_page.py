@@ -24,7 +24,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from captioner.run import load_run  # noqa: E402
-from captioner.serve import ServeConfig, Service  # noqa: E402
+from captioner.serving.serve import ServeConfig, Service  # noqa: E402
 from conftest import serving  # noqa: E402
 
 

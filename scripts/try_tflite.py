@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The TFLite (LiteRT) export against CaptionGenerator: `captioner export --format tflite` (an encoder and ONE
 decoder step, the usual way around the converter's trouble with LSTM loops), greedy captions from the
-exported files (`captioner.export.tflite_greedy`, one image at a time) compared with CaptionGenerator's greedy
+exported files (`captioner.serving.export.tflite_greedy`, one image at a time) compared with CaptionGenerator's greedy
 captions of the same images. Prints sizes, conversion time, identical captions and ms per image.
 
     python scripts/try_tflite.py --run runs/demo --images 'data/shapes/images/test_*.png' [--count 50] [--work /tmp/tflite]
@@ -20,9 +20,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 
 from captioner.config import DecodeConfig
-from captioner.decoding import CaptionGenerator
-from captioner.export import export_tflite, tflite_greedy
-from captioner.images import load_image
+from captioner.generation.decoding import CaptionGenerator
+from captioner.serving.export import export_tflite, tflite_greedy
+from captioner.data.images import load_image
 from captioner.run import load_run
 
 

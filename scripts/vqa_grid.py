@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from captioner.datasets import load_qa_split
-from captioner.images import load_image
-from captioner.metrics import photo_key
+from captioner.data import load_qa_split
+from captioner.data.images import load_image
+from captioner.evaluation.metrics import photo_key
 from captioner.run import load_run
 from captioner.tasks.vqa import VQATask
 from captioner.viz import attention_figure, caption_grid_figure

@@ -20,10 +20,10 @@ import keras
 from keras import layers, ops
 
 from captioner.config import ModelConfig
-from captioner.datasets import load_qa_split, load_split
-from captioner.features import FeatureCache
-from captioner.models import build_image_encoder
-from captioner.vocab import tokenize
+from captioner.data import load_qa_split, load_split
+from captioner.models.features import FeatureCache
+from captioner.models.networks import build_image_encoder
+from captioner.data.vocab import tokenize
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--cache-dir", required=True)

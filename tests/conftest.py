@@ -15,7 +15,7 @@ import keras
 import pytest
 
 from captioner.config import apply_overrides, preset
-from captioner.datasets.shapes import ShapesSpec, generate
+from captioner.data.shapes import ShapesSpec, generate
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -110,7 +110,7 @@ def serving(service):
     """A real uvicorn server of `service` on a free 127.0.0.1 port, in a background thread: yields its base URL."""
     import uvicorn
 
-    from captioner.serve import create_app, listening_socket
+    from captioner.serving.serve import create_app, listening_socket
 
     sock = listening_socket("127.0.0.1", 0)  # a free port, held from now on: no other process can take it first
     port = sock.getsockname()[1]

@@ -19,9 +19,9 @@ SCRIPT = """
 import json, sys
 import numpy as np
 from captioner.config import DecodeConfig
-from captioner.decoding import CaptionGenerator
-from captioner.answering import Answerer
-from captioner.images import load_image
+from captioner.generation.decoding import CaptionGenerator
+from captioner.generation.answering import Answerer
+from captioner.data.images import load_image
 from captioner.run import load_run
 import keras
 
@@ -42,10 +42,10 @@ print(json.dumps(out))
 
 
 def test_a_run_saved_under_one_backend_generates_the_same_tokens_under_the_other(overfit_run, vqa_run, tiny_data):
-    from captioner.answering import Answerer
+    from captioner.generation.answering import Answerer
     from captioner.config import DecodeConfig
-    from captioner.decoding import CaptionGenerator
-    from captioner.images import load_image
+    from captioner.generation.decoding import CaptionGenerator
+    from captioner.data.images import load_image
     from captioner.run import load_run
 
     paths = [str(p) for p in sorted((tiny_data / "images").glob("test_*.png"))[:9]]

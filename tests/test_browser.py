@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="no chromium/c
 @pytest.fixture(scope="module")
 def page_url(attention_run, vqa_run):
     from captioner.run import load_run
-    from captioner.serve import ServeConfig, Service
+    from captioner.serving.serve import ServeConfig, Service
 
     service = Service(load_run(attention_run), load_run(vqa_run, task="vqa"), ServeConfig())
     service.warm_up()

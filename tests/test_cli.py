@@ -222,7 +222,7 @@ def test_ask_json_answers_the_training_questions(vqa_run, tiny_data, capsys):
 
 
 def normalize(answer):
-    from captioner.vocab import normalize_answer
+    from captioner.data.vocab import normalize_answer
 
     return normalize_answer(answer)
 

@@ -6,7 +6,7 @@ import shutil
 import pytest
 from PIL import Image
 
-from captioner.datasets import Skipped, load_split
+from captioner.data import Skipped, load_split
 from captioner.errors import CaptionerError
 
 from conftest import SHARED
@@ -86,7 +86,7 @@ def test_flickr8k_images_missing_on_disk_are_counted(flickr8k, tmp_path):
 
 @needs_shared
 def test_official_flickr8k_test_captions_reproduce_the_human_bleu(flickr8k):
-    from captioner.metrics import bleu_scores, human_agreement
+    from captioner.evaluation.metrics import bleu_scores, human_agreement
 
     records = [r for r in load_split("flickr8k", flickr8k, "test") if not r.image_id.startswith("e")]
     scores = human_agreement([r.captions for r in records], tokenization="whitespace")

@@ -8,8 +8,8 @@ import pytest
 
 from captioner.cli import main
 from captioner.config import DecodeConfig
-from captioner.decoding import CaptionGenerator
-from captioner.images import load_image
+from captioner.generation.decoding import CaptionGenerator
+from captioner.data.images import load_image
 from captioner.run import load_run
 
 from conftest import FULL, tiny_config
@@ -53,7 +53,7 @@ def test_a_stacked_gru_memorises_the_tiny_set(tiny_data, tmp_path):
 
 
 def test_a_variant_reloads_beams_and_exports_with_the_same_captions(gru_stack_run, tiny_data, tmp_path):
-    from captioner.export import tflite_greedy
+    from captioner.serving.export import tflite_greedy
 
     run = load_run(gru_stack_run)
     images, _ = _images(run, tiny_data, "test")

@@ -4,11 +4,11 @@ import pytest
 from keras import ops
 
 from captioner.config import DecodeConfig, preset
-from captioner.decoding import EAGER_BELOW, CaptionGenerator
+from captioner.generation.decoding import EAGER_BELOW, CaptionGenerator
 from captioner.errors import CaptionerError
-from captioner.samplers import beam_search, greedy_search
-from captioner.models import build_caption_model
-from captioner.vocab import Vocabulary
+from captioner.generation.samplers import beam_search, greedy_search
+from captioner.models.networks import build_caption_model
+from captioner.data.vocab import Vocabulary
 
 pytestmark = pytest.mark.backends  # also run under KERAS_BACKEND=jax by `make test`
 
@@ -98,7 +98,7 @@ def test_one_trace_serves_every_batch_size(random_model):
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the eager shortcut is TensorFlow's (JAX always compiles)")
 def test_small_batches_searched_eagerly_give_the_traced_captions(overfit_run, tiny_data, beam_size):
     """`caption one.jpg` skips the ~1 s trace: the eager search must give exactly what the traced one does."""
-    from captioner.images import load_image
+    from captioner.data.images import load_image
     from captioner.run import load_run
 
     run = load_run(overfit_run)

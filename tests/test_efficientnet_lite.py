@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from captioner import efficientnet_lite as lite
+from captioner.models import efficientnet_lite as lite
 from captioner.cli import main
-from captioner.encoder import ImageEncoder, build_classifier, read_class_index
+from captioner.models.encoder import ImageEncoder, build_classifier, read_class_index
 from captioner.errors import CaptionerError
-from captioner.images import load_image
-from captioner.torchfile import LEGACY_MAGIC, load_state_dict
+from captioner.data.images import load_image
+from captioner.models.torchfile import LEGACY_MAGIC, load_state_dict
 
 from conftest import SHARED
 

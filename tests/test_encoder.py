@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from captioner.encoder import ImageEncoder
+from captioner.models.encoder import ImageEncoder
 from captioner.errors import CaptionerError
 
 

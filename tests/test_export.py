@@ -87,9 +87,9 @@ def test_an_export_that_cannot_be_written_is_one_line(overfit_run, tmp_path, cap
 
 
 def test_the_tflite_export_gives_the_greedy_captions(overfit_run, tiny_data, tmp_path, capsys):
-    from captioner.decoding import CaptionGenerator
-    from captioner.export import tflite_greedy
-    from captioner.images import load_image
+    from captioner.generation.decoding import CaptionGenerator
+    from captioner.serving.export import tflite_greedy
+    from captioner.data.images import load_image
     from captioner.run import load_run
 
     assert main(["export", "--run", str(overfit_run), "--out", str(tmp_path / "lite"), "--format", "tflite"]) == 0

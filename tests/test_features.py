@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioner.encoder import ImageEncoder
+from captioner.models.encoder import ImageEncoder
 from captioner.errors import CaptionerError
-from captioner.features import FeatureCache
+from captioner.models.features import FeatureCache
 from captioner.tasks.base import cache_encoder
 from captioner.train import train
 
@@ -101,7 +101,7 @@ def test_training_with_a_frozen_backbone_reads_cached_features(tiny_data, tmp_pa
     assert not run.model.encoder.encoder_trainable
     records = json.loads((tiny_data / "val.json").read_text())["records"][:4]
     paths = [str(tiny_data / r["image"]) for r in records]
-    from captioner.images import load_image
+    from captioner.data.images import load_image
 
     images = np.stack([load_image(p, run.model.encoder.image_size) for p in paths])
     tokens = np.ones((4, 1, 3), np.int32)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from captioner.cli import main
-from captioner.encoder import ImageEncoder, backbone_blocks
+from captioner.models.encoder import ImageEncoder, backbone_blocks
 from captioner.errors import CaptionerError
-from captioner.features import FeatureCache
-from captioner.images import load_image
+from captioner.models.features import FeatureCache
+from captioner.data.images import load_image
 from captioner.run import load_run
 
 

@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from captioner.errors import CaptionerError
-from captioner.images import load_image, open_image
+from captioner.data.images import load_image, open_image
 
 
 def test_exif_orientation_is_applied(tmp_path):

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from captioner.metrics import bleu_scores, distinct_share, oracle_bleu
+from captioner.evaluation.metrics import bleu_scores, distinct_share, oracle_bleu
 
 
 def test_perfect_match_scores_one():
@@ -52,7 +52,7 @@ def test_mismatched_lengths_are_an_error():
 
 
 def test_vqa_accuracy_matches_hand_computed_values():
-    from captioner.metrics import vqa_accuracy
+    from captioner.evaluation.metrics import vqa_accuracy
 
     ten = ["red"] * 3 + ["blue"] * 7
     # 3 of 10 said red: leaving out one of the three gives 2/3, leaving out one of the other seven gives 1.
@@ -64,8 +64,8 @@ def test_vqa_accuracy_matches_hand_computed_values():
 
 
 def test_accuracy_table_and_blind_baselines():
-    from captioner.datasets import QARecord
-    from captioner.metrics import accuracy_table, blind_baselines
+    from captioner.data import QARecord
+    from captioner.evaluation.metrics import accuracy_table, blind_baselines
 
     def qa(question, answer, kind):
         return QARecord("x.png", question, (answer,), kind, "yes/no" if answer in ("yes", "no") else "other")
@@ -84,8 +84,8 @@ def test_accuracy_table_and_blind_baselines():
 
 
 def test_the_photo_prior_answers_what_training_said_about_the_same_photo():
-    from captioner.datasets import QARecord
-    from captioner.metrics import blind_baselines
+    from captioner.data import QARecord
+    from captioner.evaluation.metrics import blind_baselines
 
     train = [QARecord("d/a.jpg", "is it a dog?", ("yes",)), QARecord("d/b.jpg", "is it a cat?", ("no",)),
              QARecord("d/b.jpg", "is it red?", ("no",)), QARecord("d/c.jpg", "is it big?", ("no",))]
@@ -96,7 +96,7 @@ def test_the_photo_prior_answers_what_training_said_about_the_same_photo():
 
 
 def test_diversity_counts_distinct_captions_words_and_the_most_common():
-    from captioner.metrics import diversity
+    from captioner.evaluation.metrics import diversity
 
     captions = ["a dog runs", "a dog runs", "a dog runs", "a cat sits", "two dogs play"]
     result = diversity(captions, top=1)

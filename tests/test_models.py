@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from captioner.config import preset
-from captioner.models import CaptionModel, build_caption_model
+from captioner.models.networks import CaptionModel, build_caption_model
 
 pytestmark = pytest.mark.backends  # also run under KERAS_BACKEND=jax by `make test`
 

@@ -116,7 +116,7 @@ def test_every_decoder_takes_a_training_step_under_mixed_precision(decoder, prec
     """One step of each architecture under each mixed policy: finite loss, float32 variables (catches a
     float32 constant meeting a half-precision tensor, as the attention penalty once did)."""
     from captioner.config import preset
-    from captioner.models import build_caption_model
+    from captioner.models.networks import build_caption_model
 
     config = preset("tiny")
     config.model.decoder = decoder
@@ -135,9 +135,9 @@ def test_every_decoder_takes_a_training_step_under_mixed_precision(decoder, prec
 def test_a_mixed_precision_run_exports_in_float32_to_savedmodel_and_tflite(bf16_run, tiny_data, tmp_path, capsys):
     """On every CPU: the export computes in float32 (TFLite has no bfloat16 convolutions), so a bfloat16 run
     exports, and its greedy captions are those of `caption --precision float32`."""
-    from captioner.decoding import CaptionGenerator
-    from captioner.export import tflite_greedy
-    from captioner.images import load_image
+    from captioner.generation.decoding import CaptionGenerator
+    from captioner.serving.export import tflite_greedy
+    from captioner.data.images import load_image
 
     assert main(["export", "--run", str(bf16_run), "--out", str(tmp_path / "lite"), "--format", "tflite"]) == 0
     assert main(["export", "--run", str(bf16_run), "--out", str(tmp_path / "saved")]) == 0
@@ -157,7 +157,7 @@ def test_a_mixed_precision_run_exports_in_float32_to_savedmodel_and_tflite(bf16_
 def test_a_conversion_that_cannot_work_is_one_line(bf16_run, tmp_path):
     """TFLite cannot convert bfloat16 convolutions: asked to (a run loaded in bfloat16), it is a one-line error."""
     from captioner.errors import CaptionerError
-    from captioner.export import export_tflite
+    from captioner.serving.export import export_tflite
 
     if keras.backend.backend() != "tensorflow":
         pytest.skip("TFLite export needs TensorFlow")
@@ -175,8 +175,8 @@ def test_a_conversion_that_cannot_work_is_one_line(bf16_run, tmp_path):
 ])
 def test_a_run_is_resolved_for_its_kind_of_training(monkeypatch, preset_name, settings, work):
     from captioner.config import preset, with_settings
-    from captioner.models import resolve_auto
-    from captioner.models import training_work
+    from captioner.models.networks import resolve_auto
+    from captioner.models.networks import training_work
     from captioner.train import resolve_precisions
 
     monkeypatch.delenv(AUTO_ENV, raising=False)

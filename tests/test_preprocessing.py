@@ -1,9 +1,9 @@
 import numpy as np
 
-from captioner.datasets import CaptionRecord, load_split
-from captioner.arrays import caption_arrays
-from captioner.preprocessing import caption_dataset
-from captioner.vocab import Vocabulary
+from captioner.data import CaptionRecord, load_split
+from captioner.data.arrays import caption_arrays
+from captioner.data.preprocessing import caption_dataset
+from captioner.data.vocab import Vocabulary
 
 
 def test_inputs_and_targets_are_shifted_and_padded():
@@ -61,7 +61,7 @@ def test_image_dataset_raises_one_line_only_when_every_image_fails(tmp_path):
     import tensorflow as tf
 
     from captioner.errors import CaptionerError
-    from captioner.preprocessing import image_dataset, pipeline_error
+    from captioner.data.preprocessing import image_dataset, pipeline_error
 
     paths = [str(tmp_path / f"missing{i}.png") for i in range(3)]
     failures: list[str] = []

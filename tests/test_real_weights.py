@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from captioner.cli import main
-from captioner.encoder import ImageEncoder, build_classifier, read_class_index
-from captioner.features import FeatureCache
-from captioner.images import load_image
+from captioner.models.encoder import ImageEncoder, build_classifier, read_class_index
+from captioner.models.features import FeatureCache
+from captioner.data.images import load_image
 
 from conftest import SHARED
 

@@ -9,11 +9,11 @@ from keras import ops
 
 from captioner.cli import main
 from captioner.config import DecodeConfig, preset
-from captioner.decoding import CaptionGenerator, make_sampler
+from captioner.generation.decoding import CaptionGenerator, make_sampler
 from captioner.errors import CaptionerError
-from captioner.models import build_caption_model
-from captioner.samplers import BeamSampler, GreedySampler, RandomSampler, get_sampler, greedy_search, ngram_ban
-from captioner.vocab import Vocabulary
+from captioner.models.networks import build_caption_model
+from captioner.generation.samplers import BeamSampler, GreedySampler, RandomSampler, get_sampler, greedy_search, ngram_ban
+from captioner.data.vocab import Vocabulary
 
 pytestmark = pytest.mark.backends  # also run under KERAS_BACKEND=jax by `make test`
 

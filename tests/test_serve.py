@@ -13,7 +13,7 @@ httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
 from captioner.run import load_run  # noqa: E402
-from captioner.serve import Batcher, ServeConfig, Service  # noqa: E402
+from captioner.serving.serve import Batcher, ServeConfig, Service  # noqa: E402
 from captioner.tasks.caption import caption_files  # noqa: E402
 from conftest import serving  # noqa: E402
 
@@ -119,7 +119,7 @@ def test_concurrent_questions_are_answered_together_as_one_at_a_time(server, tin
     images = sorted((tiny_data / "images").glob("val_*.png"))[:4]
     questions = ["how many shapes are there?", "what color is the circle?", "is there a square?"]
     jobs = [(base64.b64encode(images[i % 4].read_bytes()).decode(), questions[i % 3]) for i in range(24)]
-    from captioner.images import load_image
+    from captioner.data.images import load_image
 
     alone = [service.answer(load_image(str(images[i % 4]), service.vqa_size), questions[i % 3]) for i in range(24)]
     before = len(service.vqa_batcher.stats.sizes)

@@ -3,8 +3,8 @@ import json
 
 import numpy as np
 
-from captioner.datasets import load_split
-from captioner.datasets.shapes import ShapeObject, ShapesSpec, caption_candidates, generate, make_example, relation
+from captioner.data import load_split
+from captioner.data.shapes import ShapeObject, ShapesSpec, caption_candidates, generate, make_example, relation
 
 
 def _digest(folder):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from captioner.config import DecodeConfig
-from captioner.decoding import CaptionGenerator
-from captioner.evaluate import evaluate, generate_captions
+from captioner.generation.decoding import CaptionGenerator
+from captioner.evaluation.evaluate import evaluate, generate_captions
 from captioner.run import load_run
 
 from conftest import tiny_config

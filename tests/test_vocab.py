@@ -3,7 +3,7 @@ import json
 import pytest
 
 from captioner.errors import CaptionerError
-from captioner.vocab import SPECIAL_TOKENS, Vocabulary, tokenize
+from captioner.data.vocab import SPECIAL_TOKENS, Vocabulary, tokenize
 
 
 def test_tokenize_lowercases_and_drops_punctuation():

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from captioner.config import preset
-from captioner.models import VQAModel, build_vqa_model
-from captioner.vqa import QuestionEncoder, VQAHead
+from captioner.models.networks import VQAModel, build_vqa_model
+from captioner.models.vqa_head import QuestionEncoder, VQAHead
 
 pytestmark = pytest.mark.backends  # also run under KERAS_BACKEND=jax by `make test`
 

@@ -6,10 +6,10 @@ import sys
 import pytest
 from PIL import Image
 
-from captioner.datasets import QARecord, Skipped, answer_type, load_qa_split
+from captioner.data import QARecord, Skipped, answer_type, load_qa_split
 from captioner.errors import CaptionerError
-from captioner.arrays import group_questions, question_arrays
-from captioner.vocab import AnswerVocabulary, Vocabulary, normalize_answer
+from captioner.data.arrays import group_questions, question_arrays
+from captioner.data.vocab import AnswerVocabulary, Vocabulary, normalize_answer
 
 
 def test_shapes_questions_come_from_the_split_files(tiny_data):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from captioner.datasets import Skipped, load_qa_split
+from captioner.data import Skipped, load_qa_split
 from captioner.errors import CaptionerError
 
 from conftest import FULL, SHARED, tiny_config
@@ -86,7 +86,7 @@ def lines_config(root: Path, cache: Path, **overrides: str):
 
 
 def test_a_vqa_head_trains_on_cached_features_and_scores_seen_and_unseen_photos(tmp_path):
-    from captioner.evaluate import evaluate_vqa
+    from captioner.evaluation.evaluate import evaluate_vqa
     from captioner.run import load_run
     from captioner.train import train
 
@@ -108,7 +108,7 @@ def test_a_vqa_head_trains_on_cached_features_and_scores_seen_and_unseen_photos(
 @pytest.mark.skipif(not NO_TOP.is_file(), reason="needs the ImageNet MobileNetV2 weights in ../shared/weights")
 def test_with_imagenet_features_the_answer_comes_from_the_photo(tmp_path):
     """Random MobileNetV2 weights give grids of ~1e-12 (zeros in the float16 cache): real ones tell red from blue."""
-    from captioner.evaluate import evaluate_vqa
+    from captioner.evaluation.evaluate import evaluate_vqa
     from captioner.run import load_run
     from captioner.train import train
 
@@ -121,7 +121,7 @@ def test_with_imagenet_features_the_answer_comes_from_the_photo(tmp_path):
 
 
 def test_the_image_only_model_gives_one_answer_per_photo(tmp_path):
-    from captioner.answering import Answerer
+    from captioner.generation.answering import Answerer
     from captioner.run import load_run
     from captioner.train import train
 

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from captioner.answering import Answerer
-from captioner.datasets import load_qa_split
-from captioner.evaluate import answer_records, evaluate_vqa
+from captioner.generation.answering import Answerer
+from captioner.data import load_qa_split
+from captioner.evaluation.evaluate import answer_records, evaluate_vqa
 from captioner.run import load_run
 from captioner.train import train
 
@@ -131,7 +131,7 @@ def test_vqa_v2_files_train_and_score_with_ten_answers(tmp_path):
 def test_any_number_of_questions_per_image_is_one_compilation_with_the_same_answers(vqa_run, tiny_data):
     """Under JAX the questions axis is padded like the batch axis (else every new count compiles again);
     on both backends the answers to a question do not depend on how many others come with it."""
-    from captioner.images import load_image
+    from captioner.data.images import load_image
 
     run = load_run(vqa_run, task="vqa")
     answerer = Answerer(run.model, run.vocab, run.answers, run.config.vqa.max_question_length)

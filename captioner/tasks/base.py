@@ -16,10 +16,10 @@ from typing import Any
 import keras
 
 from captioner.config import DecodeConfig, RunConfig
-from captioner.datasets import Skipped
+from captioner.data import Skipped
 from captioner.errors import CaptionerError
-from captioner.features import FeatureCache
-from captioner.models import build_image_encoder
+from captioner.models.features import FeatureCache
+from captioner.models.networks import build_image_encoder
 from captioner.precision import precision_scope, resolve_precision
 from captioner.run import Run
 

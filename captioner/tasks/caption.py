@@ -11,23 +11,23 @@ from typing import Any, Sequence
 import keras
 import numpy as np
 
-from captioner.arrays import padded_caption_length
+from captioner.data.arrays import padded_caption_length
 from captioner.config import DecodeConfig, ModelConfig, RunConfig
-from captioner.datasets import DATASETS, Skipped, load_qa_split, load_split
-from captioner.decoding import CaptionGenerator
-from captioner.encoder import BACKBONES, default_image_size
+from captioner.data import DATASETS, Skipped, load_qa_split, load_split
+from captioner.generation.decoding import CaptionGenerator
+from captioner.models.encoder import BACKBONES, default_image_size
 from captioner.errors import CaptionerError
-from captioner.evaluate import evaluate, summary_lines
-from captioner.features import FeatureCache
-from captioner.images import read_image
-from captioner.models import build_caption_model, build_image_encoder, training_work
+from captioner.evaluation.evaluate import evaluate, summary_lines
+from captioner.models.features import FeatureCache
+from captioner.data.images import read_image
+from captioner.models.networks import build_caption_model, build_image_encoder, training_work
 from captioner.precision import precision_scope, resolve_precision
-from captioner.preprocessing import caption_dataset, feature_caption_dataset
+from captioner.data.preprocessing import caption_dataset, feature_caption_dataset
 from captioner.run import VOCAB_FILE, Run, save_config
 from captioner.tasks import base
 from captioner.tasks.base import EvalOptions, Setup, Task
 from captioner.viz import attention_figure
-from captioner.vocab import Vocabulary
+from captioner.data.vocab import Vocabulary
 
 
 class CaptionTask(Task):

@@ -10,19 +10,19 @@ from typing import Any, Sequence
 import keras
 from keras import ops
 
-from captioner.answering import Answerer
+from captioner.generation.answering import Answerer
 from captioner.config import RunConfig
-from captioner.datasets import QARecord, Skipped, load_qa_split
-from captioner.encoder import ImageEncoder, default_image_size
-from captioner.evaluate import evaluate_vqa, vqa_summary_lines
-from captioner.images import read_image
-from captioner.models import build_vqa_model, training_work
-from captioner.arrays import group_questions
-from captioner.preprocessing import feature_vqa_dataset, vqa_dataset
+from captioner.data import QARecord, Skipped, load_qa_split
+from captioner.models.encoder import ImageEncoder, default_image_size
+from captioner.evaluation.evaluate import evaluate_vqa, vqa_summary_lines
+from captioner.data.images import read_image
+from captioner.models.networks import build_vqa_model, training_work
+from captioner.data.arrays import group_questions
+from captioner.data.preprocessing import feature_vqa_dataset, vqa_dataset
 from captioner.run import ANSWERS_FILE, VOCAB_FILE, Run, load_run, save_config
 from captioner.tasks import base
 from captioner.tasks.base import EvalOptions, Setup, Task
-from captioner.vocab import AnswerVocabulary, Vocabulary, tokenize
+from captioner.data.vocab import AnswerVocabulary, Vocabulary, tokenize
 
 
 class AnsweredAccuracy(keras.metrics.Metric):

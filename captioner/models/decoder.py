@@ -25,7 +25,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from captioner.attention import SoftAttention
+from captioner.models.attention import SoftAttention
 from captioner.errors import CaptionerError
 from captioner.precision import lstm_use_cudnn
 

@@ -8,8 +8,8 @@ from typing import Sequence
 
 import numpy as np
 
-from captioner.datasets import CaptionRecord, QARecord
-from captioner.vocab import AnswerVocabulary, Vocabulary, tokenize
+from captioner.data import CaptionRecord, QARecord
+from captioner.data.vocab import AnswerVocabulary, Vocabulary, tokenize
 
 
 def padded_caption_length(records: Sequence[CaptionRecord], limit: int, percentile: float = 100.0) -> int:

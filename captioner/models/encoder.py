@@ -16,7 +16,7 @@ from typing import Callable
 import keras
 from keras import layers, ops
 
-from captioner import efficientnet_lite
+from captioner.models import efficientnet_lite
 from captioner.errors import CaptionerError
 
 

@@ -11,7 +11,7 @@ import json
 import re
 from pathlib import Path
 
-from captioner.datasets.records import QARecord, Skipped, read_split_file
+from captioner.data.records import QARecord, Skipped, read_split_file
 from captioner.errors import CaptionerError
 
 ANSWER_TYPES = ("yes/no", "number", "other")  # VQA's coarse answer classes

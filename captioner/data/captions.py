@@ -12,7 +12,7 @@ import csv
 import json
 from pathlib import Path
 
-from captioner.datasets.records import CaptionRecord, Skipped
+from captioner.data.records import CaptionRecord, Skipped
 from captioner.errors import CaptionerError
 
 FLICKR8K_IMAGE_DIRS = ("Flicker8k_Dataset", "Flickr8k_Dataset", "Images", "images")  # "Flicker" (sic) is the original

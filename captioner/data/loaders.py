@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from captioner.datasets.captions import load_coco, load_flickr8k, load_karpathy
-from captioner.datasets.records import CaptionRecord, QAPair, QARecord, Skipped, read_split_file
-from captioner.datasets.vqa import ANSWER_TYPES, answer_type, load_easy_vqa, load_shapes_qa, load_vqa_lines, load_vqa_v2
+from captioner.data.captions import load_coco, load_flickr8k, load_karpathy
+from captioner.data.records import CaptionRecord, QAPair, QARecord, Skipped, read_split_file
+from captioner.data.questions import ANSWER_TYPES, answer_type, load_easy_vqa, load_shapes_qa, load_vqa_lines, load_vqa_v2
 from captioner.errors import CaptionerError
 
 DATASETS = ("shapes", "flickr8k", "karpathy", "coco")

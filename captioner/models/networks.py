@@ -13,9 +13,9 @@ import dataclasses
 import keras
 from keras import ops
 
-from captioner.decoder import RNNDecoder
-from captioner.encoder import BACKBONES, ImageEncoder
-from captioner.vqa import QuestionEncoder, VQAHead
+from captioner.models.decoder import RNNDecoder
+from captioner.models.encoder import BACKBONES, ImageEncoder
+from captioner.models.vqa_head import QuestionEncoder, VQAHead
 
 
 @keras.saving.register_keras_serializable(package="captioner")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from captioner.datasets.records import CaptionRecord, QAPair, split_to_json
+from captioner.data.records import CaptionRecord, QAPair, split_to_json
 from captioner.fileio import write_json
 
 SHAPES = ("circle", "square", "triangle", "diamond")

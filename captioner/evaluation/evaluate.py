@@ -10,13 +10,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from captioner.answering import Answerer
+from captioner.generation.answering import Answerer
 from captioner.config import DecodeConfig
-from captioner.datasets import CaptionRecord, QARecord, Skipped, load_qa_split, load_split
-from captioner.decoding import CaptionGenerator
+from captioner.data import CaptionRecord, QARecord, Skipped, load_qa_split, load_split
+from captioner.generation.decoding import CaptionGenerator
 from captioner.errors import CaptionerError
 from captioner.fileio import write_json
-from captioner.metrics import (
+from captioner.evaluation.metrics import (
     TOKENIZATIONS,
     accuracy_table,
     bleu_scores,
@@ -28,10 +28,10 @@ from captioner.metrics import (
     photo_key,
     text_scores,
 )
-from captioner.arrays import group_questions, question_arrays
-from captioner.preprocessing import image_dataset, PipelineFailure, pipeline_error
+from captioner.data.arrays import group_questions, question_arrays
+from captioner.data.preprocessing import image_dataset, PipelineFailure, pipeline_error
 from captioner.run import Run, update_metrics
-from captioner.vocab import tokenize
+from captioner.data.vocab import tokenize
 
 
 def _readable_batches(paths: Sequence[str], image_size: int, batch_size: int, on_error: Callable[[str, str], None] | None, what: str):

@@ -1,4 +1,4 @@
-"""Caption generation: a CaptionModel bound to a sampler (`captioner.samplers`) under one `DecodeConfig`.
+"""Caption generation: a CaptionModel bound to a sampler (`captioner.generation.samplers`) under one `DecodeConfig`.
 
 `CaptionGenerator` encodes images, repeats each image's decoder state once per row the sampler keeps (beams,
 samples), and runs the sampler's search with the model's step function and a logits hook that applies the
@@ -18,9 +18,9 @@ from keras import ops
 from captioner import backend
 from captioner.config import DecodeConfig
 from captioner.errors import CaptionerError
-from captioner.models import CaptionModel
-from captioner.samplers import BeamSampler, GreedySampler, RandomSampler, Sampler, ngram_ban
-from captioner.vocab import Vocabulary
+from captioner.models.networks import CaptionModel
+from captioner.generation.samplers import BeamSampler, GreedySampler, RandomSampler, Sampler, ngram_ban
+from captioner.data.vocab import Vocabulary
 
 EAGER_BELOW = 8  # TensorFlow: batches this small skip tracing while nothing is traced yet (CaptionGenerator.__call__)
 

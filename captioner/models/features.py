@@ -23,10 +23,10 @@ import keras
 import numpy as np
 
 from captioner.backend import CompiledFunction
-from captioner.encoder import ImageEncoder
+from captioner.models.encoder import ImageEncoder
 from captioner.errors import CaptionerError
 from captioner.fileio import atomic_path, file_sha256, write_json
-from captioner.images import try_load_image
+from captioner.data.images import try_load_image
 
 INDEX_FILE = "index.json"
 

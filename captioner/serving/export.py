@@ -3,7 +3,7 @@ each) with no captioner installed.
 
 The serving signature takes a batch of encoded image files (JPEG, PNG, GIF, BMP bytes) and does everything in
 the graph: decoding (the first frame of an animation), resizing to the model's input (bilinear, antialiased,
-as Pillow's resize), the encoder, the same greedy or beam search as `captioner caption` (captioner.decoding,
+as Pillow's resize), the encoder, the same greedy or beam search as `captioner caption` (captioner.generation.decoding,
 traced here by TensorFlow), and the tokens -> words lookup. TensorFlow Serving loads the directory as it is.
 
 Differences from `captioner caption`, which reads files with Pillow: EXIF orientation is not applied, the
@@ -66,13 +66,13 @@ def vqa_signature(run: Run, top: int = 5):
     """The serving function of a VQA run: images (batch,) string and questions (batch,) string, one question per
     image -> answers (batch,) string, top_answers (batch, top) string, top_probabilities (batch, top) float32.
 
-    The question is tokenised in the graph as `captioner.vocab.tokenize` does (lower-case, runs of a-z0-9) and
+    The question is tokenised in the graph as `captioner.data.vocab.tokenize` does (lower-case, runs of a-z0-9) and
     cut to the run's max_question_length; unknown words are `<unk>`, a question with no words is one `<unk>`;
     `<other>` is never the answer (as `captioner ask`).
     """
     import tensorflow as tf
 
-    from captioner.vocab import AnswerVocabulary
+    from captioner.data.vocab import AnswerVocabulary
 
     size = run.model.encoder.image_size
     steps = run.config.vqa.max_question_length

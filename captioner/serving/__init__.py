@@ -1,0 +1,1 @@
+"""Serving: the HTTP API and web page with request batching (`serve`), and SavedModel / TFLite export (`export`)."""
