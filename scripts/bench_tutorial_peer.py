@@ -10,7 +10,7 @@ caption) pairs, so the grid is repeated once per caption, as in the tutorial. Si
 preset's: embedding 256, 512 units, attention 256 (the tutorial uses its units for attention too),
 7x7x1280 features, 2,573 words, 160 captions of 21 steps per step (32 images x 5 captions for captioner).
 
-    python scripts/bench_tutorial_peer.py [--steps 6]
+    python scripts/bench_tutorial_peer.py [--steps 6] [--cell gru]
 """
 
 from __future__ import annotations
@@ -87,10 +87,10 @@ def peer_seconds(steps: int) -> float:
     return _time(lambda: train_step(grid, captions).numpy(), steps)
 
 
-def captioner_seconds(steps: int) -> float:
+def captioner_seconds(steps: int, cell: str = "lstm") -> float:
     keras.utils.set_random_seed(0)
     config = preset("flickr8k")
-    config.model.encoder_weights, config.data.image_size = None, 224
+    config.model.encoder_weights, config.data.image_size, config.model.cell = None, 224, cell
     model = build_caption_model(config.model, VOCAB, 224)
     model.compile(optimizer=keras.optimizers.Adam(1e-3, global_clipnorm=5.0),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0))
@@ -112,13 +112,14 @@ def _time(call, steps: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--cell", default="lstm", choices=["lstm", "gru"], help="captioner's decoder cell (the peer's is a GRU)")
     args = parser.parse_args()
     captions = IMAGES * CAPTIONS
     results: dict[str, list[float]] = {"peer": [], "captioner": []}
     for key, name, measure in (("peer", "tutorial peer (GRU, grid per caption)", peer_seconds),
                                ("captioner", "captioner flickr8k preset", captioner_seconds),
                                ("peer", "tutorial peer, again", peer_seconds), ("captioner", "captioner, again", captioner_seconds)):
-        seconds = measure(args.steps)
+        seconds = measure(args.steps, args.cell) if key == "captioner" else measure(args.steps)
         results[key].append(seconds)
         print(f"{name:40s} {seconds * 1000:7.0f} ms/step  {captions / seconds:6.0f} captions/s", flush=True)
     print(f"captioner / peer, captions per second (best of two each): {min(results['peer']) / min(results['captioner']):.2f}x")
