@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -23,6 +21,7 @@ import numpy as np
 from captioner.config import preset
 from captioner.models.networks import build_caption_model
 from captioner.precision import precision_scope, resolve_precision
+from interleaved import median_step_seconds
 
 VOCAB, LENGTH, CAPTIONS = 2539, 20, 5  # the Flickr8k preset's vocabulary, padded caption length and captions per image
 
@@ -57,18 +56,12 @@ def main() -> None:
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0))
         model.train_on_batch(*data)  # compile and warm up
         models[variant] = model
-    times: dict[str, list[float]] = {v: [] for v in models}
-    for _ in range(args.rounds):
-        for variant, model in models.items():
-            for _ in range(args.steps):
-                started = time.perf_counter()
-                model.train_on_batch(*data)
-                times[variant].append(time.perf_counter() - started)
-    base = statistics.median(times[next(iter(models))])
+    medians = median_step_seconds({v: (lambda m=model: m.train_on_batch(*data)) for v, model in models.items()},
+                                  args.rounds, args.steps)
+    base = medians[next(iter(models))]
     print(f"{args.decoder}, precision {precision}, batch {batch} images x {CAPTIONS} captions, grid {positions}x{channels}, "
           f"{args.rounds} rounds x {args.steps} steps per variant")
-    for variant, values in times.items():
-        median = statistics.median(values)
+    for variant, median in medians.items():
         weights = sum(int(np.prod(w.shape)) for w in models[variant].decoder.trainable_weights)
         print(f"{variant}: {weights:,} decoder weights, {median * 1000:.0f} ms/step (x{median / base:.2f}), "
               f"{188 * median:.0f} s per 188-step epoch")

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -27,6 +25,7 @@ from captioner.config import preset
 from captioner.models.encoder import default_image_size
 from captioner.models.networks import build_caption_model
 from captioner.precision import precision_scope, resolve_precision
+from interleaved import median_step_seconds
 
 VOCAB, LENGTH, CAPTIONS = 2539, 20, 5  # the Flickr8k preset's vocabulary, padded caption length and captions per image
 
@@ -59,18 +58,12 @@ def main() -> None:
         data[n] = ({"features": rows, "tokens": inputs}, targets)
         model.train_on_batch(*data[n])  # compile and warm up
         models[n] = model
-    times: dict[int, list[float]] = {n: [] for n in models}
-    for _ in range(args.rounds):
-        for n, model in models.items():
-            for _ in range(args.steps):
-                started = time.perf_counter()
-                model.train_on_batch(*data[n])
-                times[n].append(time.perf_counter() - started)
-    base = statistics.median(times[min(models)])
+    medians = median_step_seconds({n: (lambda m=model, d=data[n]: m.train_on_batch(*d)) for n, model in models.items()},
+                                  args.rounds, args.steps)
+    base = medians[min(models)]
     print(f"{args.encoder}, precision {precision}, batch {batch} images x {CAPTIONS} captions, "
           f"{args.rounds} rounds x {args.steps} steps per setting")
-    for n, values in times.items():
-        median = statistics.median(values)
+    for n, median in medians.items():
         trained = sum(int(np.prod(w.shape)) for w in models[n].encoder.trainable_weights)
         print(f"fine-tune-blocks {n}: cached rows {models[n].encoder.cached_shape}, {trained:,} backbone weights trained, "
               f"{median * 1000:.0f} ms/step (x{median / base:.2f}), {188 * median:.0f} s per 188-step epoch")
