@@ -158,7 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `captioner train`, shared with scripts/train.py."""
     parser.add_argument("--run", required=True, help="output run directory")
-    parser.add_argument("--preset", default="shapes", help="starting configuration: shapes (default), flickr8k or tiny")
+    parser.add_argument("--preset", default=None, help="starting configuration: shapes (default), flickr8k or tiny")
+    parser.add_argument("--init-from", default=None, metavar="RUN",
+                        help="start from this finished caption run: its weights, vocabulary and settings (then the flags given here)")
+    parser.add_argument("--objective", default=None, choices=["xe", "scst"],
+                        help="xe: cross-entropy (default); scst: self-critical training on CIDEr-D (needs --init-from)")
+    parser.add_argument("--scst-samples", type=int, default=None, metavar="K", help="scst: captions sampled per image (default 5)")
+    parser.add_argument("--scst-baseline", default=None, choices=["greedy", "mean"],
+                        help="scst: subtract the greedy caption's reward (default) or the mean of the other samples'")
     parser.add_argument("--data-dir", default=None, help="dataset folder (default data/shapes)")
     parser.add_argument("--dataset", default=None, help="dataset loader (default shapes)")
     parser.add_argument("--decoder", default=None, choices=["show-tell", "attention"], help="show-tell (default) or attention (Show-Attend-Tell)")
@@ -233,6 +240,9 @@ _TRAIN_FLAGS = {
     "max_train_images": "train.max_train_images",
     "cache_dir": "data.feature_cache_dir",
     "precision": "model.precision",
+    "objective": "train.objective",
+    "scst_samples": "train.scst_samples",
+    "scst_baseline": "train.scst_baseline",
 }
 
 
@@ -256,12 +266,17 @@ _TRAIN_VQA_FLAGS = {
 
 
 def _configure(args: argparse.Namespace, preset_name: str, flags: dict[str, str], fixed: dict[str, str]):
-    """A preset with the command line's flags, then its --set values, applied as typed overrides."""
-    from captioner.config import apply_overrides, preset
+    """A preset (or, with --init-from, the source run's settings) with the command line's flags, then its --set
+    values, applied as typed overrides."""
+    from captioner.config import apply_overrides, preset, started_from
     from captioner.errors import CaptionerError
+    from captioner.run import load_config
 
     try:
-        config = preset(preset_name)
+        if getattr(args, "init_from", None):
+            config = started_from(load_config(args.init_from), args.init_from, args.objective or "xe")
+        else:
+            config = preset(preset_name)
         overrides = {key: str(getattr(args, flag)) for flag, key in flags.items() if getattr(args, flag) is not None}
         overrides.update(fixed)
         for item in args.set:
@@ -309,9 +324,12 @@ def _report_training(metrics: dict, run: str, item_name: str) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from captioner.data import Skipped
+    from captioner.errors import CaptionerError
     from captioner.train import train
 
-    config = _configure(args, args.preset, _TRAIN_FLAGS, {"model.encoder_trainable": "true"} if args.fine_tune_encoder else {})
+    if args.init_from and args.preset:
+        raise CaptionerError("--init-from takes its settings from that run; drop --preset")
+    config = _configure(args, args.preset or "shapes", _TRAIN_FLAGS, {"model.encoder_trainable": "true"} if args.fine_tune_encoder else {})
     skipped = Skipped()
     metrics = train(config, args.run, verbose=0 if args.quiet else "auto", restart=args.restart, skipped=skipped, notify=_notify,
                     log=_log)

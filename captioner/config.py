@@ -75,7 +75,11 @@ class TrainConfig:
     backup_every_steps: int = 100  # mid-epoch backup of weights and optimizer state, for resuming after a kill
     lr_reduce_factor: float = 1.0  # multiply the learning rate by this when validation loss stalls (1.0: never)
     lr_reduce_patience: int = 1  # epochs without validation-loss improvement before the learning rate is reduced
-    monitor: str = "val_loss"  # what picks the best epoch, stops early and reduces the rate: "val_loss" or "val_accuracy" (VQA)
+    monitor: str = "val_loss"  # what picks the best epoch, stops early and reduces the rate: "val_loss", "val_accuracy" (VQA), "val_cider" (SCST)
+    init_from: str | None = None  # start from this finished caption run's weights, vocabulary and model settings
+    objective: str = "xe"  # "xe": cross-entropy with teacher forcing; "scst": self-critical training on CIDEr-D (needs init_from)
+    scst_samples: int = 5  # scst: captions sampled per image per step
+    scst_baseline: str = "greedy"  # scst: the reward subtracted: the greedy caption's CIDEr-D ("greedy") or the other samples' mean ("mean")
 
 
 @dataclass
@@ -238,9 +242,25 @@ PRESETS = ("shapes", "tiny", "flickr8k", "shapes-vqa", "easy-vqa", "vqa-coco")
 # Settings a resumed run may take from the new command: how long and how patiently it trains, how often it backs
 # up, where cached features live, and how it captions afterwards. Any other change makes a different model.
 RESUMABLE = ("train.epochs", "train.patience", "train.backup_every_steps", "data.feature_cache_dir")
+# What a run started with --init-from takes from the command rather than from its source run: how it trains, and the
+# model settings that change no weight (dropout, the attention penalty, precision) or only which weights train (fine_tune_blocks).
+INIT_FROM_MODEL_CHANGES = ("model.fine_tune_blocks", "model.dropout_rate", "model.attention_regularization", "model.precision", "model.precision_reason")
+SCST_DEFAULTS = {"train.learning_rate": 5e-5, "train.lr_reduce_factor": 1.0, "train.monitor": "val_cider", "train.epochs": 10, "train.patience": 2,
+                 "model.dropout_rate": 0.0}
 RESUMABLE_SECTIONS = ("decode",)
 # Filled in from the data when a run starts (the command asks for a cap, the run stores what it used).
 DERIVED = ("data.image_size", "data.max_caption_length", "vqa.max_question_length")
+
+
+def started_from(source: RunConfig, init_from: str, objective: str = "xe") -> RunConfig:
+    """The settings of a run that starts from `source` (`--init-from`): the source's, then SCST's own training defaults
+    for `objective` "scst" (Rennie et al.'s Adam at 5e-5 without decay, the best epoch by validation CIDEr, dropout
+    off so the captions sampled are the policy trained), or for "xe" the source's training settings monitored by
+    validation loss. Command-line flags go on top."""
+    config = with_settings(source, {"train.init_from": init_from, "train.objective": objective})
+    if objective == "scst":
+        return with_settings(config, SCST_DEFAULTS)
+    return with_settings(config, {"train.monitor": "val_loss"} if source.train.monitor == "val_cider" else {})
 
 
 def flatten(config: RunConfig) -> dict[str, Any]:

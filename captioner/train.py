@@ -14,15 +14,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 import keras
+import numpy as np
 from keras import ops
 
-from captioner.config import DERIVED, RESUMABLE, RunConfig, flatten, resume_changes, with_settings
+from captioner.config import DERIVED, INIT_FROM_MODEL_CHANGES, RESUMABLE, RunConfig, flatten, resume_changes, with_settings
 from captioner.data import Skipped
 from captioner.errors import CaptionerError
 from captioner.fileio import atomic_path, directory_lock, is_disk_full, remove_stale_temporaries, write_json
 from captioner.models.networks import resolve_auto, training_work
 from captioner.precision import choose_auto, precision_scope, resolve_precision
 from captioner.data.preprocessing import PipelineFailure, pipeline_error
+from captioner.generation.self_critical import BASELINES, SelfCritic
 from captioner.run import (
     ANSWERS_FILE,
     CONFIG_FILE,
@@ -31,14 +33,18 @@ from captioner.run import (
     METRICS_FILE,
     MODEL_FILE,
     VOCAB_FILE,
+    Run,
     load_config,
+    load_run,
     read_json,
     save_config,
     save_model,
+    stored_task,
     update_metrics,
     write_manifest,
 )
 from captioner.tasks import get_task
+from captioner.tasks.base import Setup
 from captioner.viz import history_figure
 
 BACKUP_DIR = "backup"  # keras.callbacks.BackupAndRestore state (weights, optimizer, epoch); kept when training ends
@@ -50,6 +56,20 @@ class FinalBackup(keras.callbacks.BackupAndRestore):
     whole), and which also saves the state training ends with, and keeps it: a finished run can be trained
     further (a larger `--epochs`) from exactly where it stopped."""
 
+    steps_done = 0  # steps of the current epoch done (Keras's "batch" cannot tell "none" from "the first"); read back on a resume
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.steps_done = int(read_json(Path(self._training_metadata_path), {}).get("steps_done", 0))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps_done = batch + 1
+        super().on_train_batch_end(batch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.steps_done = 0
+        super().on_epoch_end(epoch, logs)
+
     def _save_model(self):
         weights, metadata = Path(self._weights_path), Path(self._training_metadata_path)
         if self.double_checkpoint:
@@ -59,23 +79,89 @@ class FinalBackup(keras.callbacks.BackupAndRestore):
                         shutil.copyfile(latest, tmp)
         with atomic_path(weights, suffix=".weights.h5") as tmp:
             self.model.save_weights(tmp, overwrite=True)
-        write_json(metadata, {"epoch": self._current_epoch, "batch": self._last_batch_seen})
+        write_json(metadata, {"epoch": self._current_epoch, "batch": self._last_batch_seen, "steps_done": self.steps_done})
 
     def on_train_end(self, logs=None):
         self._save_model()
         super().on_train_end(logs)
 
 
-MONITORS = {"val_loss": "min", "val_accuracy": "max"}  # train.monitor: what picks the best epoch, and which way is better
+MONITORS = {"val_loss": "min", "val_accuracy": "max", "val_cider": "max"}  # train.monitor: what picks the best epoch, and which way is better
+OBJECTIVES = ("xe", "scst")
 
 
-def monitor_mode(monitor: str, task: str) -> str:
-    """"min" or "max" for a `train.monitor` the task logs (caption runs log no accuracy)."""
+def monitor_mode(monitor: str, task: str, objective: str = "xe") -> str:
+    """"min" or "max" for a `train.monitor` the run logs (caption runs log no accuracy; only SCST runs log CIDEr, and
+    they log no validation loss)."""
     if monitor not in MONITORS:
         raise CaptionerError(f"unknown train.monitor '{monitor}'; use one of {', '.join(MONITORS)}")
     if monitor == "val_accuracy" and task != "vqa":
         raise CaptionerError("train.monitor=val_accuracy is for VQA runs; caption runs monitor val_loss")
+    if (monitor == "val_cider") != (objective == "scst"):
+        raise CaptionerError("train.monitor=val_cider goes with --objective scst, which monitors nothing else")
     return MONITORS[monitor]
+
+
+def check_objective(config: RunConfig) -> None:
+    """The objective and its settings, before anything is read or written: each problem one line."""
+    train_cfg = config.train
+    if train_cfg.objective not in OBJECTIVES:
+        raise CaptionerError(f"unknown --objective '{train_cfg.objective}'; use xe or scst")
+    if train_cfg.init_from and config.task != "caption":
+        raise CaptionerError(f"--init-from {train_cfg.init_from} is a {config.task} run; a caption run starts from a caption run "
+                             f"(a VQA run takes a caption run's encoder with --encoder-from)")
+    if train_cfg.objective == "scst":
+        if not train_cfg.init_from:
+            raise CaptionerError("--objective scst fine-tunes a trained captioner: add --init-from RUN (a finished cross-entropy run)")
+        if train_cfg.scst_samples < 1:
+            raise CaptionerError(f"--scst-samples must be at least 1 (got {train_cfg.scst_samples})")
+        if train_cfg.scst_baseline not in BASELINES:
+            raise CaptionerError(f"unknown --scst-baseline '{train_cfg.scst_baseline}'; use greedy or mean")
+        if train_cfg.scst_baseline == "mean" and train_cfg.scst_samples < 2:
+            raise CaptionerError("--scst-baseline mean compares each sample with the others: --scst-samples must be at least 2")
+
+
+def init_source(config: RunConfig, run_dir: Path) -> Run:
+    """The finished caption run `train.init_from` names, loaded, after checking that `config` keeps what its weights and
+    vocabulary fix (dataset, image size, caption length, every model setting but `INIT_FROM_MODEL_CHANGES`)."""
+    path = Path(config.train.init_from)
+    if path.resolve() == run_dir.resolve():
+        raise CaptionerError(f"--init-from {path} is the run being trained; the source is only read: choose a new --run "
+                             f"(to train {path} further, repeat its command with a larger --epochs)")
+    if (path / CONFIG_FILE).exists() and stored_task(path) != "caption":
+        raise CaptionerError(f"--init-from {path} is a {stored_task(path)} run; a caption run starts from a caption run")
+    try:
+        source = load_run(path)
+    except CaptionerError as exc:
+        raise CaptionerError(f"--init-from: {exc}") from None
+    status = read_json(path / METRICS_FILE, {}).get("status")
+    if status != "finished":
+        raise CaptionerError(f"--init-from {path} has not finished training (status '{status}'); finish it by repeating its train "
+                             f"command, or start from a finished run")
+    before, now = flatten(source.config), flatten(config)
+    if before["data.dataset"] != now["data.dataset"]:
+        raise CaptionerError(f"--init-from {path} was trained on the {before['data.dataset']} dataset's vocabulary, not {now['data.dataset']}'s; "
+                             f"start from a run of this dataset, or train without --init-from")
+    fixed = [key for key in before if (key.startswith("model.") and key not in INIT_FROM_MODEL_CHANGES) or key in DERIVED]
+    changed = [f"{key} ({before[key]} -> {now.get(key)})" for key in fixed if before[key] != now.get(key)]
+    if changed:
+        raise CaptionerError(f"--init-from {path} fixes {', '.join(changed[:3])}; drop those settings "
+                             f"(a run started from another may change only {', '.join(INIT_FROM_MODEL_CHANGES[:3])} and how it trains)")
+    return source
+
+
+def copy_weights(source: keras.Model, target: keras.Model) -> None:
+    """Every weight of `source` into the variable of the same path in `target` (the same network, built from a
+    config that may differ in what trains or in dropout)."""
+    def key(model: keras.Model, variable) -> str:  # a model built inside its own scope prefixes its name; a loaded one may not
+        return variable.path.removeprefix(f"{model.name}/")
+
+    by_path = {key(source, v): v for v in source.weights}
+    missing = [key(target, v) for v in target.weights if by_path.get(key(target, v)) is None or tuple(by_path[key(target, v)].shape) != tuple(v.shape)]
+    if missing or len(by_path) != len(target.weights):
+        raise CaptionerError(f"the --init-from model and this one differ ({(missing or ['variable count'])[0]}); start from a run of the same network")
+    for variable in target.weights:
+        variable.assign(by_path[key(target, variable)])
 
 
 def best_epoch(values: list[float], mode: str) -> int:
@@ -223,6 +309,52 @@ def _resumed_config(run_dir: Path, requested: RunConfig, finished: dict | None) 
     return config, changes
 
 
+def _fit_scst(setup: Setup, callbacks: list, log: RunLog, backup: FinalBackup, verbose: int | str) -> dict[str, Any]:
+    """`Model.fit`'s epoch loop for self-critical training, driving the same callbacks (backup and resume, best
+    checkpoint, early stopping, history, progress bar): each step samples with the weights as they are
+    (`train_on_batch` leaves them in the model's variables on every backend, so the sampler never lags), and each
+    epoch ends with the greedy CIDEr of the validation split ("val_cider"). A resume continues at the step after
+    the backup (`fit` restarts the epoch): the order and the noise of a step depend on (seed, epoch, step) only, so
+    a resumed run takes the steps an uninterrupted one takes."""
+    config, model = setup.config, setup.model
+    train_cfg = config.train
+    critic = SelfCritic(model, setup.vocab, setup.train_data, train_cfg.scst_samples, train_cfg.scst_baseline, config.decode.max_length,
+                        train_cfg.seed)
+    images = len(setup.train_data)
+    steps = -(-images // train_cfg.batch_size)
+    hooks = keras.callbacks.CallbackList(callbacks, add_progbar=verbose != 0, verbose=1 if verbose == "auto" else verbose,
+                                         epochs=train_cfg.epochs, steps=steps, model=model)
+    start_cider = critic.greedy_cider(setup.val_data)  # where the cross-entropy run stands (or the backup, on a resume)
+    model.stop_training = False
+    hooks.on_train_begin()
+    scoring = 0.0
+    first_step = backup.steps_done
+    for epoch in range(model._initial_epoch or 0, train_cfg.epochs):
+        hooks.on_epoch_begin(epoch)
+        order = np.random.default_rng([train_cfg.seed, epoch]).permutation(images)
+        sums: dict[str, float] = {}
+        for step in range(first_step, steps):
+            hooks.on_train_batch_begin(step)
+            indices = np.sort(order[step * train_cfg.batch_size:(step + 1) * train_cfg.batch_size])  # sequential cache reads
+            inputs, targets, weights, stats = critic.step_arrays(indices, epoch, step)
+            scoring += stats.pop("scoring_seconds")
+            logs = model.train_on_batch(inputs, targets, sample_weight=weights, return_dict=True)
+            for key, value in {**logs, **stats}.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+            hooks.on_train_batch_end(step, {key: value / (step + 1 - first_step) for key, value in sums.items()})
+            if model.stop_training:
+                break
+        log.on_test_begin()  # the epoch's training time ends here
+        epoch_logs = {key: value / max(steps - first_step, 1) for key, value in sums.items()}  # a resumed epoch: its steps since
+        first_step = 0
+        epoch_logs["val_cider"] = critic.greedy_cider(setup.val_data)
+        hooks.on_epoch_end(epoch, epoch_logs)
+        if model.stop_training:
+            break
+    hooks.on_train_end()
+    return {"start_val_cider": start_cider, "scst_scoring_seconds": scoring}
+
+
 def resolve_precisions(config: RunConfig) -> RunConfig:
     """`model.precision` and `data.feature_precision` as concrete precisions; an "auto" model precision leaves
     its reason in `model.precision_reason` (config.json and the training log say it)."""
@@ -264,12 +396,14 @@ def train(
         The contents of metrics.json.
     """
     run_dir = Path(run_dir)
+    check_objective(config)
+    source = init_source(config, run_dir) if config.train.init_from else None  # before anything is written, the lock included
     with directory_lock(run_dir), contextlib.ExitStack() as scope:  # one writer per run directory
-        return _train(config, run_dir, verbose, restart, skipped, notify, log, scope)
+        return _train(config, source, run_dir, verbose, restart, skipped, notify, log, scope)
 
 
 def _train(
-    requested: RunConfig, run_dir: Path, verbose: int | str, restart: bool, skipped: Skipped | None, notify: Callable[[str], None],
+    requested: RunConfig, source: Run | None, run_dir: Path, verbose: int | str, restart: bool, skipped: Skipped | None, notify: Callable[[str], None],
     log: Callable[[str], None], scope: contextlib.ExitStack,
 ) -> dict[str, Any]:
     config = requested
@@ -295,7 +429,7 @@ def _train(
         if finished is not None:
             update_metrics(run_dir, {"status": "training"})
     task = get_task(config.task)
-    monitor, mode = config.train.monitor, monitor_mode(config.train.monitor, config.task)  # a bad name fails before any work
+    monitor, mode = config.train.monitor, monitor_mode(config.train.monitor, config.task, config.train.objective)  # a bad name fails before any work
     if not resuming:  # every "auto" becomes what is built; config.json says which, and why for the precision
         config = resolve_precisions(resolve_auto(config))
         log(f"precision {config.model.precision}" + (f" ({config.model.precision_reason})" if config.model.precision_reason else ""))
@@ -306,6 +440,9 @@ def _train(
     if not resuming:
         write_json(run_dir / REQUEST_FILE, _as_requested(requested))  # what a later command is compared with
     train_cfg, model = setup.config.train, setup.model
+    if source is not None:  # a resume then restores its own backup over these
+        copy_weights(source.model, model)
+        setup.stats["init_from"] = str(Path(train_cfg.init_from).resolve())
     model.compile(
         optimizer=keras.optimizers.Adam(train_cfg.learning_rate, global_clipnorm=train_cfg.clip_norm),
         loss=setup.loss,
@@ -325,7 +462,10 @@ def _train(
                                                            patience=train_cfg.lr_reduce_patience, verbose=1))
     started = time.perf_counter()
     try:
-        model.fit(setup.train_data, validation_data=setup.val_data, epochs=train_cfg.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
+        if train_cfg.objective == "scst":
+            setup.stats.update(_fit_scst(setup, callbacks, log, backup, verbose))
+        else:
+            model.fit(setup.train_data, validation_data=setup.val_data, epochs=train_cfg.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
     except PipelineFailure as exc:  # raised inside tf.data (every image of a split unreadable, ...): one line
         raise pipeline_error(exc) from None
     except CaptionerError:

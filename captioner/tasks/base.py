@@ -37,6 +37,7 @@ class Setup:
     train_images: int  # image encodings per epoch
     train_items: int  # captions or questions per epoch
     stats: dict[str, Any]  # task-specific lines for metrics.json
+    vocab: Any = None  # caption runs: the Vocabulary (self-critical training decodes with it)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from captioner.data.arrays import padded_caption_length
 from captioner.config import DecodeConfig, ModelConfig, RunConfig
 from captioner.data import DATASETS, Skipped, load_qa_split, load_split
 from captioner.generation.decoding import CaptionGenerator
+from captioner.generation.self_critical import CaptionSource, reference_ids
 from captioner.models.encoder import BACKBONES, default_image_size
 from captioner.errors import CaptionerError
 from captioner.evaluation.evaluate import evaluate, summary_lines
@@ -28,6 +29,9 @@ from captioner.tasks import base
 from captioner.tasks.base import EvalOptions, Setup, Task
 from captioner.viz import attention_figure
 from captioner.data.vocab import Vocabulary
+
+
+MAX_UNKNOWN_FROM_SOURCE = 0.25  # --init-from: a source vocabulary missing more of the training words was trained on other captions
 
 
 class CaptionTask(Task):
@@ -52,8 +56,20 @@ class CaptionTask(Task):
         train_records = base.on_disk(train_records, train_cfg.train_split, skipped)
         val_records = base.on_disk(val_records, train_cfg.val_split, skipped)
         image_size = default_image_size(config.model.encoder, data.image_size)
+        init_from = config.train.init_from
         if resuming:  # the same command again: continue with the vocabulary the run started with
             vocab = Vocabulary.load(run_dir / VOCAB_FILE)
+        elif init_from:  # the source run's vocabulary, caption length and image size (train checked they were kept)
+            vocab = Vocabulary.load(Path(init_from) / VOCAB_FILE)
+            unknown = vocab.unknown_rate(c for r in train_records for c in r.captions)
+            if unknown > MAX_UNKNOWN_FROM_SOURCE:
+                raise CaptionerError(f"--init-from {init_from}: its vocabulary misses {unknown:.0%} of the words of these training captions; "
+                                     f"it was trained on other captions: start from a run of this dataset, or train without --init-from")
+            image_size = data.image_size
+            config = replace(config, data=replace(data, data_dir=str(Path(data.data_dir).resolve())))
+            run_dir.mkdir(parents=True, exist_ok=True)
+            vocab.save(run_dir / VOCAB_FILE)
+            save_config(config, run_dir)
         else:
             vocab = Vocabulary.build((c for r in train_records for c in r.captions), min_count=data.min_word_count)
             longest = padded_caption_length(train_records, data.max_caption_length, data.max_length_percentile)
@@ -65,6 +81,8 @@ class CaptionTask(Task):
         model = build_caption_model(config.model, len(vocab), image_size)
         stats: dict[str, Any] = {"vocab_size": len(vocab), "unknown_word_rate_val": vocab.unknown_rate(c for r in val_records for c in r.captions)}
 
+        if config.train.objective == "scst":
+            return self._scst_setup(config, model, vocab, train_records, val_records, verbose, skipped, stats)
         if training_work(config) == "train_cached":
             # A frozen pretrained CNN: run it once per image (cached on disk), then train on its features.
             cache, kept, computed = base.filled_cache(config, model.encoder, {train_cfg.train_split: train_records, train_cfg.val_split: val_records},
@@ -97,7 +115,55 @@ class CaptionTask(Task):
             train_images=len(train_records),
             train_items=len(train_records) * data.captions_per_image,
             stats={"train_images": len(train_records), "val_images": len(val_records), **stats},
+            vocab=vocab,
         )
+
+    def _scst_setup(self, config: RunConfig, model, vocab: Vocabulary, train_records, val_records, verbose, skipped: Skipped,
+                    stats: dict[str, Any]) -> Setup:
+        """Self-critical training reads images (or their cached features) and references, not teacher-forcing batches:
+        the captions it learns from are sampled at every step (`captioner.generation.self_critical`)."""
+        train_cfg = config.train
+        if training_work(config) == "train_cached":
+            cache, kept, computed = base.filled_cache(config, model.encoder, {train_cfg.train_split: train_records, train_cfg.val_split: val_records},
+                                                      verbose, skipped)
+            train_records, val_records = kept[train_cfg.train_split], kept[train_cfg.val_split]
+            stats.update(feature_cache=str(cache.folder), features_computed=computed)
+
+            def source(records) -> CaptionSource:
+                features = cache.rows([r.image for r in records])  # (images, positions, channels), read per batch
+                return CaptionSource(lambda indices: {"features": features[indices]}, reference_ids([r.captions for r in records], vocab),
+                                     ("features", model.encoder.cached_shape, np.dtype(features.dtype).name))
+        else:
+            size = model.encoder.image_size
+
+            def source(records) -> CaptionSource:
+                def images(indices):
+                    return {"images": np.stack([_image_or_blank(records[i].image, size, skipped) for i in indices])}  # (n, size, size, 3)
+
+                return CaptionSource(images, reference_ids([r.captions for r in records], vocab), ("images", (size, size, 3), "uint8"))
+
+        return Setup(
+            config=config,
+            model=model,
+            # The advantages are the weights; they already divide by the tokens of the batch.
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum"),
+            metrics=[],
+            train_data=source(train_records),
+            val_data=source(val_records),
+            train_images=len(train_records),
+            train_items=len(train_records) * train_cfg.scst_samples,
+            stats={"train_images": len(train_records), "val_images": len(val_records), **stats},
+            vocab=vocab,
+        )
+
+
+def _image_or_blank(path: str, size: int, skipped: Skipped) -> np.ndarray:
+    """The image as (size, size, 3) uint8, or a blank one for a file that cannot be decoded (counted as skipped)."""
+    try:
+        return read_image(path, size)[0]
+    except CaptionerError as exc:
+        skipped.unreadable(path, str(exc))
+        return np.zeros((size, size, 3), np.uint8)
 
 
 def caption_files(
