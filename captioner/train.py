@@ -150,20 +150,6 @@ def init_source(config: RunConfig, run_dir: Path) -> Run:
     return source
 
 
-def copy_weights(source: keras.Model, target: keras.Model) -> None:
-    """Every weight of `source` into the variable of the same path in `target` (the same network, built from a
-    config that may differ in what trains or in dropout)."""
-    def key(model: keras.Model, variable) -> str:  # a model built inside its own scope prefixes its name; a loaded one may not
-        return variable.path.removeprefix(f"{model.name}/")
-
-    by_path = {key(source, v): v for v in source.weights}
-    missing = [key(target, v) for v in target.weights if by_path.get(key(target, v)) is None or tuple(by_path[key(target, v)].shape) != tuple(v.shape)]
-    if missing or len(by_path) != len(target.weights):
-        raise CaptionerError(f"the --init-from model and this one differ ({(missing or ['variable count'])[0]}); start from a run of the same network")
-    for variable in target.weights:
-        variable.assign(by_path[key(target, variable)])
-
-
 def best_epoch(values: list[float], mode: str) -> int:
     """The epoch (0-based) of the best value; the first of equal ones."""
     better = min if mode == "min" else max
@@ -436,12 +422,11 @@ def _train(
     scope.enter_context(precision_scope(config.model.precision))  # every layer is built (and trained) at it
     keras.utils.set_random_seed(config.train.seed)
     skipped = skipped if skipped is not None else Skipped()
-    setup = task.setup(config, run_dir, resuming, verbose, skipped)
+    setup = task.setup(config, run_dir, resuming, verbose, skipped, source.model if source is not None else None)
     if not resuming:
         write_json(run_dir / REQUEST_FILE, _as_requested(requested))  # what a later command is compared with
     train_cfg, model = setup.config.train, setup.model
-    if source is not None:  # a resume then restores its own backup over these
-        copy_weights(source.model, model)
+    if source is not None:
         setup.stats["init_from"] = str(Path(train_cfg.init_from).resolve())
     model.compile(
         optimizer=keras.optimizers.Adam(train_cfg.learning_rate, global_clipnorm=train_cfg.clip_norm),

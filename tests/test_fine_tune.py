@@ -54,7 +54,8 @@ def test_training_moves_the_top_only_and_the_run_reloads_identically(tiny_data, 
     """Train with the top 2 blocks of ImageNet EfficientNet-Lite0 fine-tuned (a randomly initialised backbone's
     activations are ~1e-10, so nothing would move): the cache holds the activations below them (not the final grid),
     the saved backbone's lower blocks equal the ImageNet ones, its top blocks moved, the reloaded run gives the same
-    outputs from pixels as from the cache, and a second run with the same settings computes no features."""
+    outputs from pixels as from the cache, a second run with the same settings computes no features, and a run started
+    from it with the whole backbone frozen caches the fine-tuned grids."""
     cache, run = tmp_path / "cache", tmp_path / "run"
     common = ["--preset", "tiny", "--data-dir", str(tiny_data), "--encoder", "efficientnet_lite0", "--encoder-weights", "imagenet",
               "--cache-dir", str(cache), "--quiet", "--epochs", "2", "--seed", "0", "--set", "train.learning_rate=0.01"]
@@ -85,6 +86,26 @@ def test_training_moves_the_top_only_and_the_run_reloads_identically(tiny_data, 
 
     assert main(["train", *common, "--run", str(tmp_path / "run2"), "--fine-tune-blocks", "2"]) == 0
     assert json.loads((tmp_path / "run2" / "metrics.json").read_text())["train"]["features_computed"] == 0
+
+    # The run frozen whole (`--init-from` it with `--fine-tune-blocks 0`, learning rate 0): its cached grids are those of
+    # the fine-tuned top blocks, not ImageNet's, so it captions exactly as the run it started from.
+    frozen = tmp_path / "frozen"
+    assert main(["train", "--init-from", str(run), "--fine-tune-blocks", "0", "--learning-rate", "0", "--epochs", "1", "--quiet",
+                 "--run", str(frozen)]) == 0
+    stats = json.loads((frozen / "metrics.json").read_text())["train"]
+    assert stats["features_computed"] == 48
+    grids = FeatureCache(cache, load_run(frozen).model.encoder).load(paths).astype(np.float32)  # what the frozen run trained on
+    tuned, _ = loaded.model.encoder(images)  # (3, 49, 1280) the fine-tuned backbone's grids
+    imagenet, _ = ImageEncoder("efficientnet_lite0", image_size=encoder.image_size, weights="imagenet", encoder_trainable=False,
+                               pooling="avg")(images)
+    off_tuned, off_imagenet = (float(np.abs(grids - np.asarray(g)).max()) for g in (tuned, imagenet))
+    assert off_tuned < 0.1 * off_imagenet, (off_tuned, off_imagenet)
+    capsys.readouterr()
+    captions = []
+    for source in (run, frozen):
+        assert main(["caption", "--run", str(source), "--json", *paths]) == 0
+        captions.append([(r["caption"], round(r["score"], 3)) for r in json.loads(capsys.readouterr().out)])
+    assert captions[0] == captions[1]
 
 
 def test_the_cli_refuses_too_many_blocks(tiny_data, tmp_path, capsys):

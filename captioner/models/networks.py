@@ -13,6 +13,7 @@ import dataclasses
 import keras
 from keras import ops
 
+from captioner.errors import CaptionerError
 from captioner.models.decoder import RNNDecoder
 from captioner.models.encoder import BACKBONES, ImageEncoder
 from captioner.models.vqa_head import QuestionEncoder, VQAHead
@@ -287,3 +288,17 @@ def build_vqa_model(run_config, question_vocab_size: int, num_answers: int, imag
             if layer is not None:
                 layer.trainable = False
     return model
+
+
+def copy_weights(source: keras.Model, target: keras.Model) -> None:
+    """Every weight of `source` into the variable of the same path in `target` (the same network, built from a
+    config that may differ in what trains or in dropout)."""
+    def key(model: keras.Model, variable) -> str:  # a model built inside its own scope prefixes its name; a loaded one may not
+        return variable.path.removeprefix(f"{model.name}/")
+
+    by_path = {key(source, v): v for v in source.weights}
+    missing = [key(target, v) for v in target.weights if by_path.get(key(target, v)) is None or tuple(by_path[key(target, v)].shape) != tuple(v.shape)]
+    if missing or len(by_path) != len(target.weights):
+        raise CaptionerError(f"the --init-from model and this one differ ({(missing or ['variable count'])[0]}); start from a run of the same network")
+    for variable in target.weights:
+        variable.assign(by_path[key(target, variable)])

@@ -60,9 +60,12 @@ class Task:
     item_name = ""  # what is counted per image in training: "captions", "questions"
     skipped_item = "entries"  # what a skipped dataset entry is called in the evaluation report
 
-    def setup(self, config: RunConfig, run_dir: Path, resuming: bool, verbose: int | str, skipped: Skipped) -> Setup:
+    def setup(self, config: RunConfig, run_dir: Path, resuming: bool, verbose: int | str, skipped: Skipped,
+              source: keras.Model | None = None) -> Setup:
         """Load the splits, build (or, resuming, load) the vocabularies, write them with config.json into
-        `run_dir`, and return the model, loss, metrics and datasets to fit."""
+        `run_dir`, and return the model, loss, metrics and datasets to fit. `source`: the model of the run the new
+        one starts from (`train.init_from`), whose weights the new model takes before any feature is cached (a frozen
+        backbone's features are its weights' features; a resume then restores its own backup over them)."""
         raise NotImplementedError
 
     def evaluate(self, run: Run, options: EvalOptions, skipped: Skipped) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from captioner.errors import CaptionerError
 from captioner.evaluation.evaluate import evaluate, summary_lines
 from captioner.models.features import FeatureCache
 from captioner.data.images import read_image
-from captioner.models.networks import build_caption_model, build_image_encoder, training_work
+from captioner.models.networks import build_caption_model, build_image_encoder, copy_weights, training_work
 from captioner.precision import precision_scope, resolve_precision
 from captioner.data.preprocessing import caption_dataset, feature_caption_dataset
 from captioner.run import VOCAB_FILE, Run, save_config
@@ -49,7 +49,8 @@ class CaptionTask(Task):
     def summary_lines(self, result: dict[str, Any]) -> list[str]:
         return summary_lines(result)
 
-    def setup(self, config: RunConfig, run_dir: Path, resuming: bool, verbose: int | str, skipped: Skipped) -> Setup:
+    def setup(self, config: RunConfig, run_dir: Path, resuming: bool, verbose: int | str, skipped: Skipped,
+              source: keras.Model | None = None) -> Setup:
         data, train_cfg = config.data, config.train
         train_records = load_split(data.dataset, data.data_dir, train_cfg.train_split, skipped)[: train_cfg.max_train_images]
         val_records = load_split(data.dataset, data.data_dir, train_cfg.val_split, skipped)[: train_cfg.max_val_images]
@@ -79,6 +80,8 @@ class CaptionTask(Task):
             vocab.save(run_dir / VOCAB_FILE)
             save_config(config, run_dir)
         model = build_caption_model(config.model, len(vocab), image_size)
+        if source is not None:
+            copy_weights(source, model)
         stats: dict[str, Any] = {"vocab_size": len(vocab), "unknown_word_rate_val": vocab.unknown_rate(c for r in val_records for c in r.captions)}
 
         if config.train.objective == "scst":

@@ -89,7 +89,8 @@ class VQATask(Task):
     def summary_lines(self, result: dict[str, Any]) -> list[str]:
         return vqa_summary_lines(result)
 
-    def setup(self, config: RunConfig, run_dir: Path, resuming: bool, verbose: int | str, skipped: Skipped) -> Setup:
+    def setup(self, config: RunConfig, run_dir: Path, resuming: bool, verbose: int | str, skipped: Skipped,
+              source: keras.Model | None = None) -> Setup:
         data, train_cfg, vqa = config.data, config.train, config.vqa
         train_records = _first_images(load_qa_split(data.dataset, data.data_dir, train_cfg.train_split, skipped, vqa.answer_type),
                                       train_cfg.max_train_images)
