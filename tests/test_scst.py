@@ -104,6 +104,7 @@ def test_init_from_copies_weights_and_vocabulary(xe_run, tmp_path, capsys):
     assert outputs[0] == outputs[1]
 
 
+@pytest.mark.slow
 def test_the_mean_baseline_trains_and_a_fault_resumes_to_the_same_result(xe_run, tmp_path, monkeypatch):
     """A fault in epoch 2 (after a backup mid-epoch), then the same command: it continues at the step after the
     backup, and the validation CIDEr and the weights equal those of an uninterrupted run (each step's images and
