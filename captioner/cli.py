@@ -274,7 +274,7 @@ def _configure(args: argparse.Namespace, preset_name: str, flags: dict[str, str]
 
     try:
         if getattr(args, "init_from", None):
-            config = started_from(load_config(args.init_from), args.init_from, args.objective or "xe")
+            config = started_from(load_config(args.init_from), str(Path(args.init_from).resolve()), args.objective or "xe")
         else:
             config = preset(preset_name)
         overrides = {key: str(getattr(args, flag)) for flag, key in flags.items() if getattr(args, flag) is not None}

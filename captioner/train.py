@@ -251,7 +251,7 @@ def _as_requested(config: RunConfig) -> dict[str, Any]:
     """The settings a command asks for, flattened, with its paths made absolute (the same folder named from
     another working directory is the same request)."""
     flat = flatten(config)
-    for key in ("data.data_dir", "data.feature_cache_dir", "vqa.encoder_from", "model.encoder_weights"):
+    for key in ("data.data_dir", "data.feature_cache_dir", "vqa.encoder_from", "model.encoder_weights", "train.init_from"):
         value = flat.get(key)
         if value and (key != "model.encoder_weights" or Path(value).is_file()):
             flat[key] = str(Path(value).resolve())
