@@ -317,7 +317,8 @@ def _report_training(metrics: dict, run: str, item_name: str) -> int:
     print(
         f"trained {stats['epochs_run']} epochs in {stats['seconds']:.0f}s "
         f"({stats['images_per_second']:.0f} images/s, {stats[f'{item_name}_per_second']:.0f} {item_name}/s, "
-        f"peak memory {stats['peak_rss_mib']:.0f} MiB); {best} at epoch {stats['best_epoch']}; run saved to {run}"
+        f"peak memory {stats['peak_rss_mib']:.0f} MiB); {best} at epoch {stats['best_epoch']}"
+        f"{' (the starting weights: no epoch beat them)' if stats['best_epoch'] == 0 else ''}; run saved to {run}"
     )
     return EXIT_OK
 

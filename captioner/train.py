@@ -166,11 +166,12 @@ class BestCheckpoint(keras.callbacks.Callback):
         self.mode = mode
         self.best = float("inf") if mode == "min" else -float("inf")
         self.best_epoch = -1
+        self.start_is_best = False  # SCST: the starting weights are saved and no epoch has beaten them yet
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
         if value is not None and (value < self.best if self.mode == "min" else value > self.best):
-            self.best, self.best_epoch = float(value), epoch
+            self.best, self.best_epoch, self.start_is_best = float(value), epoch, False
             save_model(self.model, self.path)
 
 
@@ -295,13 +296,15 @@ def _resumed_config(run_dir: Path, requested: RunConfig, finished: dict | None) 
     return config, changes
 
 
-def _fit_scst(setup: Setup, callbacks: list, log: RunLog, backup: FinalBackup, verbose: int | str) -> dict[str, Any]:
+def _fit_scst(setup: Setup, callbacks: list, log: RunLog, backup: FinalBackup, checkpoint: BestCheckpoint,
+              early_stopping: ResumableEarlyStopping, verbose: int | str) -> dict[str, Any]:
     """`Model.fit`'s epoch loop for self-critical training, driving the same callbacks (backup and resume, best
     checkpoint, early stopping, history, progress bar): each step samples with the weights as they are
     (`train_on_batch` leaves them in the model's variables on every backend, so the sampler never lags), and each
     epoch ends with the greedy CIDEr of the validation split ("val_cider"). A resume continues at the step after
     the backup (`fit` restarts the epoch): the order and the noise of a step depend on (seed, epoch, step) only, so
-    a resumed run takes the steps an uninterrupted one takes."""
+    a resumed run takes the steps an uninterrupted one takes. The starting weights count as epoch 0: model.keras is
+    never worse on validation than the run it started from, and patience counts from them."""
     config, model = setup.config, setup.model
     train_cfg = config.train
     critic = SelfCritic(model, setup.vocab, setup.train_data, train_cfg.scst_samples, train_cfg.scst_baseline, config.decode.max_length,
@@ -310,7 +313,11 @@ def _fit_scst(setup: Setup, callbacks: list, log: RunLog, backup: FinalBackup, v
     steps = -(-images // train_cfg.batch_size)
     hooks = keras.callbacks.CallbackList(callbacks, add_progbar=verbose != 0, verbose=1 if verbose == "auto" else verbose,
                                          epochs=train_cfg.epochs, steps=steps, model=model)
-    start_cider = critic.greedy_cider(setup.val_data)  # where the cross-entropy run stands (or the backup, on a resume)
+    start_cider = critic.greedy_cider(setup.val_data)  # the source's weights: a resume restores its backup after this
+    if start_cider > checkpoint.best:  # a new run, or a resumed one whose epochs have not beaten the start
+        save_model(model, checkpoint.path)
+        checkpoint.best, checkpoint.best_epoch, checkpoint.start_is_best = start_cider, -1, True
+        early_stopping.resume_best, early_stopping.resume_wait = start_cider, len(log.history.get("val_cider", []))
     model.stop_training = False
     hooks.on_train_begin()
     scoring = 0.0
@@ -448,7 +455,7 @@ def _train(
     started = time.perf_counter()
     try:
         if train_cfg.objective == "scst":
-            setup.stats.update(_fit_scst(setup, callbacks, log, backup, verbose))
+            setup.stats.update(_fit_scst(setup, callbacks, log, backup, checkpoint, early_stopping, verbose))
         else:
             model.fit(setup.train_data, validation_data=setup.val_data, epochs=train_cfg.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
     except PipelineFailure as exc:  # raised inside tf.data (every image of a split unreadable, ...): one line
@@ -461,7 +468,7 @@ def _train(
                                  f"free some space and run the same command again") from None
         raise
     elapsed = time.perf_counter() - started
-    if checkpoint.best_epoch < 0:  # validation loss was never finite: keep the last weights all the same
+    if checkpoint.best_epoch < 0 and not checkpoint.start_is_best:  # validation loss was never finite: keep the last weights all the same
         save_model(model, run_dir / MODEL_FILE)
     write_manifest(run_dir)
     history_figure(log.history, run_dir / "history.png")

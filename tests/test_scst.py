@@ -91,6 +91,19 @@ def test_scst_raises_the_greedy_cider_it_optimises_and_leaves_the_source_alone(x
     assert _digest(xe_run) == before
 
 
+def test_a_run_that_never_beats_its_start_keeps_the_starting_weights(xe_run, tmp_path, capsys):
+    """A learning rate far too high wrecks the captions in one epoch: model.keras stays the source's, best epoch 0."""
+    run = tmp_path / "wrecked"
+    assert main(["train", "--init-from", str(xe_run), "--objective", "scst", "--run", str(run), "--batch-size", "16",
+                 "--learning-rate", "0.5", "--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads((run / "metrics.json").read_text())["train"]
+    assert metrics["best_epoch"] == 0 and metrics["best_val_cider"] == metrics["start_val_cider"], metrics
+    assert metrics["epochs_run"] == 2 and "(the starting weights: no epoch beat them)" in out
+    for mine, theirs in zip(load_run(run).model.weights, load_run(xe_run).model.weights):
+        np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs))
+
+
 def test_init_from_copies_weights_and_vocabulary(xe_run, tmp_path, capsys):
     """A cross-entropy run started from another at learning rate 0 is the source: the same captions."""
     run = tmp_path / "copy"
