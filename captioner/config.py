@@ -242,12 +242,16 @@ PRESETS = ("shapes", "tiny", "flickr8k", "shapes-vqa", "easy-vqa", "vqa-coco")
 # Settings a resumed run may take from the new command: how long and how patiently it trains, how often it backs
 # up, where cached features live, and how it captions afterwards. Any other change makes a different model.
 RESUMABLE = ("train.epochs", "train.patience", "train.backup_every_steps", "data.feature_cache_dir")
+RESUMABLE_SECTIONS = ("decode",)
 # What a run started with --init-from takes from the command rather than from its source run: how it trains, and the
 # model settings that change no weight (dropout, the attention penalty, precision) or only which weights train (fine_tune_blocks).
-INIT_FROM_MODEL_CHANGES = ("model.fine_tune_blocks", "model.dropout_rate", "model.attention_regularization", "model.precision", "model.precision_reason")
-SCST_DEFAULTS = {"train.learning_rate": 5e-5, "train.lr_reduce_factor": 1.0, "train.monitor": "val_cider", "train.epochs": 10, "train.patience": 2,
-                 "model.dropout_rate": 0.0}
-RESUMABLE_SECTIONS = ("decode",)
+INIT_FROM_MODEL_CHANGES = ("model.fine_tune_blocks", "model.dropout_rate", "model.attention_regularization", "model.precision",
+                           "model.precision_reason")
+# Self-critical training's own defaults (Rennie et al. 2017; self-critical.pytorch): Adam at 5e-5 without decay, the best
+# epoch by validation CIDEr. Dropout off: the captions sampled are then exactly the policy trained (keeping the source's
+# 0.5 measured no better on Flickr8k: BENCHMARKS.md, "Self-critical sequence training").
+SCST_DEFAULTS = {"train.learning_rate": 5e-5, "train.lr_reduce_factor": 1.0, "train.monitor": "val_cider", "train.epochs": 10,
+                 "train.patience": 2, "model.dropout_rate": 0.0}
 # Filled in from the data when a run starts (the command asks for a cap, the run stores what it used).
 DERIVED = ("data.image_size", "data.max_caption_length", "vqa.max_question_length")
 
