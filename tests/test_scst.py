@@ -53,6 +53,30 @@ def test_cider_d_by_hand_with_document_frequencies_from_another_corpus():
     np.testing.assert_allclose(other([[a]], [0]), [0.0])  # the only shared n-gram weighs nothing
 
 
+def test_the_scst_loss_is_the_log_probability_among_the_words_the_sampler_may_draw():
+    """Banned ids leave the softmax: the loss is -log of the word's probability renormalised over the others, and the
+    banned logits get no gradient whatever the weight's sign (they would otherwise drift, never sampled to correct it)."""
+    import keras
+
+    from captioner.generation.self_critical import BannedCrossentropy
+
+    logits = np.array([[[2.0, 1.0, 0.5, -1.0, 3.0]]], np.float32)  # (1, 1, vocab 5)
+    allowed = [1, 2, 4]
+    expected = -np.log(np.exp(logits[0, 0, 4]) / np.exp(logits[0, 0, allowed]).sum())
+    loss = BannedCrossentropy([0, 3], 5)
+    np.testing.assert_allclose(float(loss(np.array([[4]]), logits)), expected, rtol=1e-6)
+    restored = BannedCrossentropy.from_config(loss.get_config())
+    assert restored.banned == [0, 3] and restored.vocab_size == 5
+    variable = keras.Variable(logits)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            value = loss(np.array([[4]]), variable, sample_weight=np.array([[-0.7]], np.float32))
+        gradient = tape.gradient(value, variable).numpy()[0, 0]
+        assert gradient[0] == 0 and gradient[3] == 0 and gradient[4] > 0  # a negative advantage lowers the sampled word
+
+
 @pytest.fixture(scope="module")
 def xe_run(tmp_path_factory) -> Path:
     """A briefly trained tiny Show-and-Tell run on 240 shapes images: greedy captions with room to improve."""
@@ -95,7 +119,7 @@ def test_a_run_that_never_beats_its_start_keeps_the_starting_weights(xe_run, tmp
     """A learning rate far too high wrecks the captions in one epoch: model.keras stays the source's, best epoch 0."""
     run = tmp_path / "wrecked"
     assert main(["train", "--init-from", str(xe_run), "--objective", "scst", "--run", str(run), "--batch-size", "16",
-                 "--learning-rate", "0.5", "--epochs", "2"]) == 0
+                 "--learning-rate", "100", "--epochs", "2"]) == 0
     out = capsys.readouterr().out
     metrics = json.loads((run / "metrics.json").read_text())["train"]
     assert metrics["best_epoch"] == 0 and metrics["best_val_cider"] == metrics["start_val_cider"], metrics

@@ -15,7 +15,7 @@ from captioner.data.arrays import padded_caption_length
 from captioner.config import DecodeConfig, ModelConfig, RunConfig
 from captioner.data import DATASETS, Skipped, load_qa_split, load_split
 from captioner.generation.decoding import CaptionGenerator
-from captioner.generation.self_critical import CaptionSource, reference_ids
+from captioner.generation.self_critical import BannedCrossentropy, CaptionSource, reference_ids
 from captioner.models.encoder import BACKBONES, default_image_size
 from captioner.errors import CaptionerError
 from captioner.evaluation.evaluate import evaluate, summary_lines
@@ -148,8 +148,9 @@ class CaptionTask(Task):
         return Setup(
             config=config,
             model=model,
-            # The advantages are the weights; they already divide by the tokens of the batch.
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum"),
+            # The advantages are the weights; they already divide by the tokens of the batch. The words the sampler never
+            # draws are out of the softmax, as they were when sampling.
+            loss=BannedCrossentropy([vocab.pad_id, vocab.start_id, vocab.unk_id], len(vocab)),
             metrics=[],
             train_data=source(train_records),
             val_data=source(val_records),
