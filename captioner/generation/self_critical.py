@@ -122,6 +122,7 @@ class SelfCritic:
         self.samples, self.baseline, self.max_length, self.seed = int(samples), baseline, int(max_length), int(seed)
         with_end = [[[*caption, vocab.end_id] for caption in group] for group in train.references]
         self.cider = CiderD(with_end)  # rewards: training references with <end>, document frequencies from them
+        self._split_scorers: dict[int, CiderD] = {}  # greedy_cider's, per split scored (pycocoevalcap's CIDEr)
         self.sampler = CaptionGenerator(model, vocab, DecodeConfig(sampler="sampling", num_captions=self.samples, max_length=self.max_length,
                                                                    beam_size=1, length_penalty=0.0))
         self.greedy = CaptionGenerator(model, vocab, DecodeConfig(sampler="greedy", beam_size=1, max_length=self.max_length))
@@ -166,14 +167,15 @@ class SelfCritic:
         flat = rows.reshape(batch * self.samples, self.max_length)
         images = np.repeat(indices, self.samples)
         scoring = time.perf_counter()
-        rewards = self.cider(_until_end(flat, self.vocab.end_id, keep_end=True), images).reshape(batch, self.samples)
+        samples = _until_end(flat, self.vocab.end_id, keep_end=True)  # each sample up to and with its <end>
+        rewards = self.cider(samples, images).reshape(batch, self.samples)
         if self.baseline == "greedy":
             baseline = np.repeat(self.cider(_until_end(greedy, self.vocab.end_id, keep_end=True), indices)[:, None], self.samples, axis=1)
         else:  # the mean reward of the image's other samples
             baseline = (rewards.sum(axis=1, keepdims=True) - rewards) / (self.samples - 1)
         scoring = time.perf_counter() - scoring
         advantage = rewards - baseline  # (batch, samples)
-        lengths = np.array([len(r) for r in _until_end(flat, self.vocab.end_id, keep_end=True)]).reshape(batch, self.samples)
+        lengths = np.array([len(r) for r in samples]).reshape(batch, self.samples)
         mask = np.arange(self.max_length)[None, None, :] < lengths[:, :, None]  # (batch, samples, L): the sampled tokens
         weights = (advantage[:, :, None] * mask / max(int(mask.sum()), 1)).astype(np.float32)
         targets = np.where(mask, rows, self.vocab.pad_id).astype(np.int32)
@@ -194,4 +196,6 @@ class SelfCritic:
     def greedy_cider(self, source: CaptionSource, batch_size: int = 128) -> float:
         """pycocoevalcap's CIDEr (document frequencies from `source`'s references) of greedy captions of `source`."""
         captions = self.greedy_captions(source, batch_size)
-        return float(CiderD(source.references)(captions, np.arange(len(source))).mean())
+        if id(source) not in self._split_scorers:  # its document frequencies: computed once per split, not per epoch
+            self._split_scorers[id(source)] = CiderD(source.references)
+        return float(self._split_scorers[id(source)](captions, np.arange(len(source))).mean())
