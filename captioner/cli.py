@@ -169,6 +169,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None, help="dataset folder (default data/shapes)")
     parser.add_argument("--dataset", default=None, help="dataset loader (default shapes)")
     parser.add_argument("--decoder", default=None, choices=["show-tell", "attention"], help="show-tell (default) or attention (Show-Attend-Tell)")
+    parser.add_argument("--attention", default=None, choices=["soft", "hard"],
+                        help="with --decoder attention: soft (default) or hard (one sampled grid cell per word, trained with REINFORCE); "
+                             "--attention alone implies --decoder attention")
     parser.add_argument("--cell", default=None, help="the decoder's recurrent cell: lstm (default) or gru")
     parser.add_argument("--num-layers", type=int, default=None, help="stacked recurrent layers, 1 to 4 (default 1)")
     parser.add_argument("--encoder", default=None, help="small_cnn or a keras.applications name, e.g. mobilenet_v2")
@@ -228,6 +231,7 @@ _TRAIN_FLAGS = {
     "data_dir": "data.data_dir",
     "dataset": "data.dataset",
     "decoder": "model.decoder",
+    "attention": "model.attention",
     "cell": "model.cell",
     "num_layers": "model.num_layers",
     "encoder": "model.encoder",
@@ -330,6 +334,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.init_from and args.preset:
         raise CaptionerError("--init-from takes its settings from that run; drop --preset")
+    if args.attention and args.decoder is None and not args.init_from:
+        args.decoder = "attention"
     config = _configure(args, args.preset or "shapes", _TRAIN_FLAGS, {"model.encoder_trainable": "true"} if args.fine_tune_encoder else {})
     skipped = Skipped()
     metrics = train(config, args.run, verbose=0 if args.quiet else "auto", restart=args.restart, skipped=skipped, notify=_notify,
@@ -387,7 +393,7 @@ def expand_image_arguments(arguments: Sequence[str]) -> list[str]:
 
 
 _DECODE_FLAGS = ("sampler", "beam_size", "length_penalty", "temperature", "top_k", "top_p", "num_captions", "seed",
-                 "no_repeat_ngram", "min_length")
+                 "no_repeat_ngram", "min_length", "hard_context")
 
 
 def add_decode_arguments(parser: argparse.ArgumentParser, prefix: str = "", sampling: bool = True) -> None:
@@ -405,6 +411,8 @@ def add_decode_arguments(parser: argparse.ArgumentParser, prefix: str = "", samp
         group.add_argument("--seed", type=int, default=None, help="sampling: the same seed gives the same captions (default 0)")
     group.add_argument("--no-repeat-ngram", type=int, default=None, metavar="N", help="never repeat an N-gram within a caption (3: trigrams)")
     group.add_argument("--min-length", type=int, default=None, help="no <end> before this many words")
+    group.add_argument("--hard-context", default=None, choices=["expectation", "argmax"],
+                       help="hard-attention runs: read the expected context (default) or the most attended grid cell")
 
 
 def decode_from_args(decode, args: argparse.Namespace):
@@ -488,7 +496,7 @@ def run_export(args: argparse.Namespace) -> int:
     if args.format == "tflite":
         from captioner.serving.export import export_tflite
 
-        out = export_tflite(run, args.out)
+        out = export_tflite(run, args.out, args.hard_context or run.config.decode.hard_context)
         print(f"wrote {out}: encoder.tflite, step.tflite and tflite.json (greedy decoding; captioner.serving.export.tflite_greedy is the loop)")
         return EXIT_OK
     out = export_run(run, args.out, decode_from_args(run.config.decode, args))

@@ -36,7 +36,10 @@ class DataConfig:
 class ModelConfig:
     """Architecture hyper-parameters of the encoder and decoder."""
 
-    decoder: str = "show-tell"  # "show-tell" (Vinyals et al. 2015) or "attention" (Xu et al. 2015, soft attention)
+    decoder: str = "show-tell"  # "show-tell" (Vinyals et al. 2015) or "attention" (Xu et al. 2015)
+    attention: str = "soft"  # decoder "attention": "soft" or "hard" (one sampled cell per word, REINFORCE; Xu et al. 2015)
+    hard_entropy_weight: float = 0.002  # hard attention: weight of the entropy bonus on the attention weights
+    hard_expected_share: float = 0.5  # hard attention: share of captions trained on the expected context (Xu et al.: 0.5)
     cell: str = "lstm"  # the decoder's recurrent cell: "lstm" or "gru"
     num_layers: int = 1  # stacked recurrent layers, 1-4 (dropout_rate between them; the image initialises each)
     encoder: str = "small_cnn"  # "small_cnn" or a keras.applications backbone name, e.g. "mobilenet_v2"
@@ -97,6 +100,7 @@ class DecodeConfig:
     seed: int = 0  # sampling: the same seed gives the same captions, on every backend
     no_repeat_ngram: int = 0  # never repeat an n-gram of this length within a caption (3: no repeated trigram; 0: off)
     min_length: int = 0  # <end> only after this many words
+    hard_context: str = "expectation"  # hard-attention runs: read the "expectation" (soft context) or the "argmax" cell
 
 
 @dataclass
@@ -246,7 +250,7 @@ RESUMABLE_SECTIONS = ("decode",)
 # What a run started with --init-from takes from the command rather than from its source run: how it trains, and the
 # model settings that change no weight (dropout, the attention penalty, precision) or only which weights train (fine_tune_blocks).
 INIT_FROM_MODEL_CHANGES = ("model.fine_tune_blocks", "model.dropout_rate", "model.attention_regularization", "model.precision",
-                           "model.precision_reason")
+                           "model.precision_reason", "model.hard_entropy_weight", "model.hard_expected_share")
 # Self-critical training's own defaults (Rennie et al. 2017; self-critical.pytorch): Adam at 5e-5 without decay, the best
 # epoch by validation CIDEr. Dropout off: the captions sampled are then exactly the policy trained (keeping the source's
 # 0.5 measured no better on Flickr8k: BENCHMARKS.md, "Self-critical sequence training").

@@ -139,6 +139,8 @@ def evaluate(
                   seconds=seconds, tokenization=TOKENIZATIONS["words"], skipped=skipped.summary("entries"))
     if sampler["name"] == "sampling":
         result["seed"] = decode.seed
+    if decode.hard_context != "expectation":
+        result["hard_context"] = decode.hard_context
     if out is not None:
         write_json(out, [{"image": r.image, "caption": c, "references": list(r.captions)} for r, c in zip(records, captions)])
     key = f"eval_{split}_{_decoding_key(result)}"
@@ -185,7 +187,8 @@ def _decoding_parts(result: dict[str, Any]) -> list[tuple[str, str]]:
         penalty = result.get("length_penalty", 1.0)
         parts = [(f"beam{result['beam_size']}", f"beam {result['beam_size']}")]
         parts += [] if penalty == 1.0 else [(f"_lp{penalty:g}", f", length penalty {penalty:g}")]
-    return parts + [(f"_{k}{v}", f", {k.replace('_', ' ')} {v}") for k, v in result.get("constraints", {}).items() if v]
+    parts += [(f"_{k}{v}", f", {k.replace('_', ' ')} {v}") for k, v in result.get("constraints", {}).items() if v]
+    return parts + ([(f"_{result['hard_context']}", f", {result['hard_context']} cell")] if "hard_context" in result else [])
 
 
 def _decoding_key(result: dict[str, Any]) -> str:

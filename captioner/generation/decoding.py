@@ -18,6 +18,7 @@ from keras import ops
 from captioner import backend
 from captioner.config import DecodeConfig
 from captioner.errors import CaptionerError
+from captioner.models.decoder import HARD_CONTEXTS
 from captioner.models.networks import CaptionModel
 from captioner.generation.samplers import BeamSampler, GreedySampler, RandomSampler, Sampler, ngram_ban
 from captioner.data.vocab import Vocabulary
@@ -32,6 +33,8 @@ def make_sampler(decode: DecodeConfig) -> Sampler:
         raise CaptionerError("--min-length must be 0 or more, --no-repeat-ngram 0 (off) or 2 and more")
     if decode.max_length < 1:
         raise CaptionerError(f"max_length must be at least 1 (got {decode.max_length})")
+    if decode.hard_context not in HARD_CONTEXTS:
+        raise CaptionerError(f"unknown --hard-context '{decode.hard_context}'; choose expectation or argmax")
     name = decode.sampler if decode.sampler != "auto" else ("beam" if decode.beam_size > 1 else "greedy")
     if name != "sampling" and (decode.temperature != 1.0 or decode.top_k is not None or decode.top_p is not None):
         raise CaptionerError("--temperature, --top-k and --top-p shape sampling: add --sampler sampling")
@@ -77,6 +80,9 @@ class CaptionGenerator:
         self.vocab = vocab
         self.decode = decode
         self.sampler = make_sampler(decode)
+        if decode.hard_context != "expectation" and not model.decoder.hard:
+            raise CaptionerError(f"--hard-context {decode.hard_context} is for hard-attention runs; this run's decoder reads "
+                                 f"{'soft attention' if model.decoder.uses_attention else 'no attention'}")
         self.max_length = int(decode.max_length)
         size = model.encoder.image_size
         specs = [((None, size, size, 3), "uint8")]
@@ -132,7 +138,7 @@ class CaptionGenerator:
             state, memory = keras.tree.map_structure(lambda s: ops.repeat(s, rows, axis=0), (state, memory))
 
         def step_fn(tokens, state):
-            logits, state, attention = decoder.step(tokens, state, memory)  # (n, vocab), ..., (n, num_pixels)
+            logits, state, attention = decoder.step(tokens, state, memory, self.decode.hard_context)  # (n, vocab), ..., (n, num_pixels)
             # Scores and softmax in float32 whatever the compute precision (captioner.precision).
             return ops.cast(logits, "float32"), state, ops.cast(attention, "float32")
 

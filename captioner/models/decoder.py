@@ -1,5 +1,5 @@
-"""`RNNDecoder`: Show-and-Tell (Vinyals et al. 2015), or Show-Attend-Tell with soft attention (Xu et al. 2015), on
-an LSTM or a GRU, one layer or a stack of up to four.
+"""`RNNDecoder`: Show-and-Tell (Vinyals et al. 2015), or Show-Attend-Tell with soft or hard attention (Xu et al.
+2015), on an LSTM or a GRU, one layer or a stack of up to four.
 
 The recurrent cell is a setting (`cell="lstm" | "gru"`, `num_layers` 1-4) and the state it carries is opaque to
 everything outside this file: a flat tuple (h1, c1, h2, c2, ...) for LSTMs, (h1, h2, ...) for GRUs, which the
@@ -18,6 +18,17 @@ layer's previous hidden state, gates the context with sigmoid(f_beta(h)), and fe
 the first layer's cell; the doubly stochastic
 penalty lambda * mean_i (1 - sum_t alpha_ti)^2 is added to the loss in training. `step` serves generation
 for both, so decoding is written once.
+
+Hard attention (Xu et al. 2015, section 4.1): in training each word's context is one grid cell s_t sampled from
+alpha_t, not the weighted mean; the teacher-forced cross-entropy is then -log p(y | s, a), and the locations are
+trained by REINFORCE on the caption's log-likelihood R = log p(y | s, a) with a moving-average baseline b
+(b <- 0.9 b + 0.1 mean R, the paper's) and an entropy bonus: the loss adds
+-sum_caption sg(R - b) sum_t log alpha_t[s_t] / words - entropy_weight * mean_t H(alpha_t),
+an unbiased estimate of the gradient of the paper's lower bound per word. As in the paper, a share of the
+captions (`hard_expected_share`, 0.5) uses the expected context instead of a sample, which lowers the variance
+and trains the decoder on the context it sees at inference. The uniforms that pick the cells are drawn before
+the scan over words (no random state inside a scan: JAX forbids it). At inference the context is the expectation
+(the soft one, deterministic; the default) or the argmax cell (`step(..., hard_context="argmax")`).
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+from captioner.data.vocab import Vocabulary
 from captioner.models.attention import SoftAttention
 from captioner.errors import CaptionerError
 from captioner.precision import lstm_use_cudnn
@@ -32,6 +44,9 @@ from captioner.precision import lstm_use_cudnn
 
 CELLS = ("lstm", "gru")
 MAX_LAYERS = 4
+ATTENTIONS = ("soft", "hard")
+HARD_CONTEXTS = ("expectation", "argmax")  # what a hard-attention decoder reads at inference
+BASELINE_DECAY = 0.9  # the moving-average REINFORCE baseline of Xu et al. 2015
 
 
 @keras.saving.register_keras_serializable(package="captioner")
@@ -50,6 +65,11 @@ class RNNDecoder(layers.Layer):
             Show-Attend-Tell). Defaults to "pooled".
         cell: str. "lstm" or "gru". Defaults to "lstm".
         num_layers: int. Stacked recurrent layers, 1 to 4. Defaults to 1.
+        attention: str. "soft" or "hard" (with `attention_dim`). Defaults to "soft".
+        entropy_weight: float. Hard attention: weight of the entropy bonus on alpha. Defaults to 0.002.
+        hard_expected_share: float. Hard attention: share of captions trained on the expected context instead of
+            a sampled cell. Defaults to 0.5.
+        seed: int | None. Hard attention: seed of the location sampling. Defaults to None.
 
     Call:
         tokens: (batch, steps) int ids, `<start> w1 ... wn` padded with 0.
@@ -70,6 +90,10 @@ class RNNDecoder(layers.Layer):
         init_from: str = "pooled",
         cell: str = "lstm",
         num_layers: int = 1,
+        attention: str = "soft",
+        entropy_weight: float = 0.002,
+        hard_expected_share: float = 0.5,
+        seed: int | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -79,6 +103,14 @@ class RNNDecoder(layers.Layer):
             raise CaptionerError(f"unknown cell '{cell}'; choose lstm or gru")
         if not 1 <= int(num_layers) <= MAX_LAYERS:
             raise CaptionerError(f"num_layers must be between 1 and {MAX_LAYERS} (got {num_layers})")
+        if attention not in ATTENTIONS:
+            raise CaptionerError(f"unknown attention '{attention}'; choose soft or hard")
+        if not 0.0 <= float(hard_expected_share) < 1.0:
+            raise CaptionerError(f"hard_expected_share must be in [0, 1) (got {hard_expected_share}); 1 would be soft attention")
+        self.attention_type = attention
+        self.entropy_weight = float(entropy_weight)
+        self.hard_expected_share = float(hard_expected_share)
+        self.seed = seed
         self.cell = cell
         self.num_layers = int(num_layers)
         self.vocab_size = int(vocab_size)
@@ -111,10 +143,19 @@ class RNNDecoder(layers.Layer):
         if self.attention_dim is not None:
             self.attention = SoftAttention(self.attention_dim, name="attention")
             self.gate = None  # f_beta: built once the grid width is known
+        if self.hard:
+            self.seed_generator = keras.random.SeedGenerator(seed, name="location_seed")
+            # float32 whatever the precision: a running mean of log-likelihoods
+            self.reward_baseline = self.add_weight(shape=(), initializer="zeros", trainable=False, dtype="float32", name="reward_baseline")
+            self.baseline_updates = self.add_weight(shape=(), initializer="zeros", trainable=False, dtype="float32", name="baseline_updates")
 
     @property
     def uses_attention(self) -> bool:
         return self.attention_dim is not None
+
+    @property
+    def hard(self) -> bool:
+        return self.uses_attention and self.attention_type == "hard"
 
     def build(self, tokens_shape, pooled_shape=None, grid_shape=None):
         if self.built:
@@ -197,41 +238,92 @@ class RNNDecoder(layers.Layer):
                 outputs = rnn(outputs, initial_state=layer_state, training=training)  # (batch, steps, hidden_dim)
         else:
             count = self.state_count
+            sampling = bool(training) and self.hard
+            xs = ops.moveaxis(embedded, 1, 0)  # (steps, batch, embedding_dim)
+            expected = None
+            if sampling:  # drawn here, outside the scan: one uniform per word and caption, one coin per caption
+                batch, steps = ops.shape(tokens)[0], ops.shape(tokens)[1]
+                expected = keras.random.uniform((batch,), seed=self.seed_generator) < self.hard_expected_share  # (batch,)
+                xs = (xs, keras.random.uniform((steps, batch), seed=self.seed_generator))  # + (steps, batch) uniforms
 
-            def step(carry, word):  # one word for the whole batch: (state..., output, alpha), (batch, embedding_dim)
-                output, new_state, alpha = self._attend_and_step(word, carry[:count], memory, masks)
-                carry = (*new_state, output, ops.cast(alpha, carry[-1].dtype))
+            def step(carry, inputs):  # one word for the whole batch: carry (state..., output, alpha[, cell])
+                word, choice = (inputs[0], (inputs[1], expected)) if sampling else (inputs, None)  # (batch, embedding_dim)
+                output, new_state, alpha, cell = self._attend_and_step(word, carry[:count], memory, masks, choice)
+                carry = (*new_state, output, ops.cast(alpha, carry[count + 1].dtype), *(() if cell is None else (cell,)))
                 return carry, carry  # Keras's scan stacks outputs shaped as the carry: output and alpha ride along in it
 
             # A scan over time, not a Python loop unrolled into the graph: one step body to trace and differentiate.
             pixels = ops.zeros_like(memory[1][..., 0])  # (batch, num_pixels)
-            start = (*state, ops.zeros_like(state[0]), pixels)
-            _, stacked = ops.scan(step, start, ops.moveaxis(embedded, 1, 0))  # (steps, batch, ...) each
-            outputs = ops.moveaxis(stacked[-2], 0, 1)  # (batch, steps, hidden_dim): the top layer's output
-            alphas = ops.moveaxis(stacked[-1], 0, 1)  # (batch, steps, num_pixels)
+            cells = (ops.zeros((ops.shape(pixels)[0],), dtype="int32"),) if sampling else ()  # (batch,) sampled cell
+            _, stacked = ops.scan(step, (*state, ops.zeros_like(state[0]), pixels, *cells), xs)  # (steps, batch, ...) each
+            outputs = ops.moveaxis(stacked[count], 0, 1)  # (batch, steps, hidden_dim): the top layer's output
+            alphas = ops.moveaxis(stacked[count + 1], 0, 1)  # (batch, steps, num_pixels)
             if training and self.attention_regularization > 0:
                 mask = ops.cast(ops.not_equal(tokens, 0), "float32")[..., None]  # (batch, steps, 1)
-                alphas = ops.cast(alphas, "float32")  # (batch, steps, num_pixels); the penalty in float32
-                coverage = ops.sum(alphas * mask, axis=1)  # (batch, num_pixels)
+                coverage = ops.sum(ops.cast(alphas, "float32") * mask, axis=1)  # (batch, num_pixels); the penalty in float32
                 self.add_loss(self.attention_regularization * ops.mean(ops.square(1.0 - coverage)))
+            if sampling:
+                cells = ops.moveaxis(stacked[count + 2], 0, 1)  # (batch, steps) the sampled cell of each word
+                logits = self.output_projection(self.dropout(outputs, training=training))  # (batch, steps, vocab_size)
+                self.add_loss(self._reinforce_loss(tokens, logits, alphas, cells, expected))
+                return logits
         outputs = self.dropout(outputs, training=training)
         return self.output_projection(outputs)  # (batch, steps, vocab_size)
 
-    def _attend_and_step(self, embedded, state, memory, masks=()):
+    def _attend_and_step(self, embedded, state, memory, masks=(), choice=None, hard_context="expectation"):
+        """One word with attention. `choice`: hard attention in training, (uniform (batch,), expected (batch,) bool):
+        each row reads the cell its uniform picks from alpha, or the expected context where `expected`. Returns
+        the top output, the new state, alpha (batch, num_pixels) and the sampled cells (batch,) int32 or None."""
         h = self._per_layer(state)[-1][0]  # (batch, hidden_dim): the top layer's previous hidden state asks
         features, projected = memory
         context, alpha = self.attention(features, projected, h)  # (batch, encoder_dim), (batch, num_pixels)
+        cell = None
+        if choice is not None:
+            uniform, expected = choice
+            below = ops.cumsum(ops.cast(alpha, "float32"), axis=-1) < uniform[:, None]  # (batch, num_pixels)
+            cell = ops.minimum(ops.sum(ops.cast(below, "int32"), axis=-1), ops.shape(alpha)[-1] - 1)  # (batch,) inverse CDF
+            picked = ops.matmul(ops.one_hot(cell, ops.shape(alpha)[-1], dtype=features.dtype)[:, None, :], features)[:, 0, :]  # (batch, encoder_dim)
+            context = ops.where(expected[:, None], context, picked)  # (batch, encoder_dim)
+        elif self.hard and hard_context == "argmax":
+            best = ops.one_hot(ops.argmax(alpha, axis=-1), ops.shape(alpha)[-1], dtype=features.dtype)  # (batch, num_pixels)
+            context = ops.matmul(best[:, None, :], features)[:, 0, :]  # (batch, encoder_dim)
         context = self.gate(h) * context  # (batch, encoder_dim)
         output, state = self._cells(ops.concatenate([embedded, context], axis=-1), state, masks)  # (batch, hidden_dim)
-        return output, state, alpha
+        return output, state, alpha, cell
 
-    def step(self, tokens, state, memory=()):
+    def _reinforce_loss(self, tokens, logits, alphas, cells, expected):
+        """The location part of the hard-attention loss (module docstring): REINFORCE on each sampled caption's
+        log-likelihood against the moving-average baseline, minus the entropy bonus; a scalar per word. Updates the
+        baseline."""
+        words = ops.cast(ops.not_equal(tokens, 0), "float32")  # (batch, steps)
+        # targets of the teacher-forced inputs: the next token, and <end> after the last word
+        following = ops.concatenate([tokens[:, 1:], ops.zeros_like(tokens[:, :1])], axis=1)  # (batch, steps)
+        targets = ops.where(ops.not_equal(following, 0), following, ops.where(ops.not_equal(tokens, 0), Vocabulary.end_id, 0))  # (batch, steps)
+        log_probs = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)  # (batch, steps, vocab_size)
+        word_ll = ops.take_along_axis(log_probs, ops.expand_dims(targets, -1), axis=-1)[..., 0] * words  # (batch, steps)
+        reward = ops.stop_gradient(ops.sum(word_ll, axis=1))  # (batch,) log p(y | s, a)
+        sampled = 1.0 - ops.cast(expected, "float32")  # (batch,) captions that read sampled cells
+        alphas = ops.cast(alphas, "float32")  # (batch, steps, num_pixels)
+        location_ll = ops.log(ops.take_along_axis(alphas, ops.expand_dims(cells, -1), axis=-1)[..., 0] + 1e-8)  # (batch, steps)
+        mean_reward = ops.sum(reward * sampled) / ops.maximum(ops.sum(sampled), 1.0)
+        updates, previous = ops.convert_to_tensor(self.baseline_updates), ops.convert_to_tensor(self.reward_baseline)
+        baseline = ops.where(updates > 0, previous, mean_reward)  # the first batch starts it
+        advantage = (reward - baseline) * sampled  # (batch,)
+        reinforce = -ops.sum(advantage * ops.sum(location_ll * words, axis=1)) / ops.maximum(ops.sum(words), 1.0)
+        entropy = -ops.sum(alphas * ops.log(alphas + 1e-8), axis=-1)  # (batch, steps)
+        bonus = ops.sum(entropy * words) / ops.maximum(ops.sum(words), 1.0)
+        self.reward_baseline.assign(BASELINE_DECAY * baseline + (1.0 - BASELINE_DECAY) * mean_reward)
+        self.baseline_updates.assign(updates + 1.0)
+        return reinforce - self.entropy_weight * bonus
+
+    def step(self, tokens, state, memory=(), hard_context="expectation"):
         """One word for every sequence in the batch.
 
         Args:
             tokens: (batch,) int ids of the previous word.
             state: the tuple `initial_state` (or the last step) gave, `state_count` tensors (batch, hidden_dim).
             memory: tuple from `memory(grid)`, rows aligned with `tokens`.
+            hard_context: hard attention: read the "expectation" (soft context) or the "argmax" cell.
 
         Returns:
             logits (batch, vocab_size), the new state, attention weights (batch, num_pixels) - (batch, 0)
@@ -239,7 +331,7 @@ class RNNDecoder(layers.Layer):
         """
         embedded = self.embedding(tokens)  # (batch, embedding_dim)
         if self.uses_attention:
-            output, state, alpha = self._attend_and_step(embedded, state, memory)
+            output, state, alpha, _ = self._attend_and_step(embedded, state, memory, hard_context=hard_context)
         else:
             output, state = self._cells(embedded, state)  # (batch, hidden_dim)
             alpha = ops.zeros((ops.shape(tokens)[0], 0))
@@ -258,6 +350,10 @@ class RNNDecoder(layers.Layer):
             init_from=self.init_from,
             cell=self.cell,
             num_layers=self.num_layers,
+            attention=self.attention_type,
+            entropy_weight=self.entropy_weight,
+            hard_expected_share=self.hard_expected_share,
+            seed=self.seed,
         )
         return config
 

@@ -139,6 +139,8 @@ def build_image_encoder(model_config, image_size: int, pooling: str | None = Non
 def build_caption_model(model_config, vocab_size: int, image_size: int) -> CaptionModel:
     """A built CaptionModel from a ModelConfig (captioner.config)."""
     attention = model_config.decoder == "attention"
+    if model_config.attention == "hard" and not attention:
+        raise CaptionerError(f"hard attention needs the attention decoder, not {model_config.decoder}: add --decoder attention")
     init_from = model_config.init_from or ("grid_mean" if attention else "pooled")
     # A decoder that starts from the grid mean never reads the pooled vector: skip the flatten projection
     # (2M unused weights that would get no gradient).
@@ -153,6 +155,9 @@ def build_caption_model(model_config, vocab_size: int, image_size: int) -> Capti
         init_from=init_from,
         cell=model_config.cell,
         num_layers=model_config.num_layers,
+        attention=model_config.attention,
+        entropy_weight=model_config.hard_entropy_weight,
+        hard_expected_share=model_config.hard_expected_share,
         name="decoder",
     )
     model = CaptionModel(encoder, decoder, name="caption_model")

@@ -131,12 +131,12 @@ def export_run(run: Run, out: str | Path, decode: DecodeConfig | None = None) ->
     return out
 
 
-def tflite_models(run: Run) -> dict[str, bytes]:
+def tflite_models(run: Run, hard_context: str = "expectation") -> dict[str, bytes]:
     """A caption run as two TFLite (LiteRT) models, the usual way around the converter's trouble with LSTM
     loops: `encoder.tflite` (images (1, size, size, 3) uint8 -> state and, with attention, grid and projected
     grid) and `step.tflite` (one word for one image: tokens (1,), state[, grid, projected] -> logits, state). The
     state is the decoder's, whatever its cell and depth, stacked: (1, state_count, hidden) - (h, c) for one LSTM
-    layer, (h1, c1, h2, c2) for two, (h) for one GRU layer.
+    layer, (h1, c1, h2, c2) for two, (h) for one GRU layer. A hard-attention run's step reads `hard_context`.
     Outputs are named output_0, output_1, ... in that order. Weights are frozen into constants first: left as
     resource variables, the converted models read uninitialised variables (NaN)."""
     import tensorflow as tf
@@ -157,7 +157,7 @@ def tflite_models(run: Run) -> dict[str, bytes]:
         @tf.function(input_signature=specs + [tf.TensorSpec((1, pixels, channels), tf.float32),
                                               tf.TensorSpec((1, pixels, decoder.attention_dim), tf.float32)])
         def step(tokens, state, grid, projected):
-            logits, state, _ = decoder.step(tokens, tuple(tf.unstack(state, axis=1)), (grid, projected))
+            logits, state, _ = decoder.step(tokens, tuple(tf.unstack(state, axis=1)), (grid, projected), hard_context)
             return logits, tf.stack(state, axis=1)
     else:
 
@@ -178,7 +178,7 @@ def tflite_models(run: Run) -> dict[str, bytes]:
     return {"encoder.tflite": convert(encode), "step.tflite": convert(step)}
 
 
-def export_tflite(run: Run, out: str | Path) -> Path:
+def export_tflite(run: Run, out: str | Path, hard_context: str = "expectation") -> Path:
     """`tflite_models` written to the folder `out` (atomically) with `tflite.json`: what a greedy loop over
     them needs (image size, max_length, the start and end ids, the ids never to emit, the words)."""
     if keras.backend.backend() != "tensorflow":
@@ -187,10 +187,12 @@ def export_tflite(run: Run, out: str | Path) -> Path:
         raise CaptionerError(f"{run.path} is a {run.config.task} run; --format tflite exports caption runs")
     import json
 
-    models = tflite_models(run)
+    if hard_context != "expectation" and not run.model.decoder.hard:
+        raise CaptionerError(f"--hard-context {hard_context} is for hard-attention runs; {run.path} has none")
+    models = tflite_models(run, hard_context)
     vocab = run.vocab
     spec = {"image_size": run.model.encoder.image_size, "max_length": run.config.decode.max_length,
-            "attention": run.model.decoder.uses_attention, "start_id": vocab.start_id, "end_id": vocab.end_id,
+            "attention": run.model.decoder.uses_attention, "hard_context": hard_context if run.model.decoder.hard else None, "start_id": vocab.start_id, "end_id": vocab.end_id,
             "never": [vocab.pad_id, vocab.start_id, vocab.unk_id], "words": vocab.words}
     out = Path(out)
     try:

@@ -161,6 +161,7 @@ class Service:
         info = {
             "caption_run": str(self.caption_run.path),
             "decoder": config.model.decoder,
+            "attention": config.model.attention if self.attention else None,
             "encoder": config.model.encoder,
             "image_size": self.size,
             "attention_grid": self.grid if self.attention else None,
