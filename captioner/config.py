@@ -39,6 +39,7 @@ class ModelConfig:
     decoder: str = "show-tell"  # "show-tell" (Vinyals et al. 2015) or "attention" (Xu et al. 2015)
     attention: str = "soft"  # decoder "attention": "soft" or "hard" (one sampled cell per word, REINFORCE; Xu et al. 2015)
     hard_entropy_weight: float = 0.002  # hard attention: weight of the entropy bonus on the attention weights
+    hard_reinforce_weight: float = 1.0  # hard attention: weight of the REINFORCE term (lambda_r of Xu et al.)
     hard_expected_share: float = 0.5  # hard attention: share of captions trained on the expected context (Xu et al.: 0.5)
     cell: str = "lstm"  # the decoder's recurrent cell: "lstm" or "gru"
     num_layers: int = 1  # stacked recurrent layers, 1-4 (dropout_rate between them; the image initialises each)
@@ -250,7 +251,8 @@ RESUMABLE_SECTIONS = ("decode",)
 # What a run started with --init-from takes from the command rather than from its source run: how it trains, and the
 # model settings that change no weight (dropout, the attention penalty, precision) or only which weights train (fine_tune_blocks).
 INIT_FROM_MODEL_CHANGES = ("model.fine_tune_blocks", "model.dropout_rate", "model.attention_regularization", "model.precision",
-                           "model.precision_reason", "model.hard_entropy_weight", "model.hard_expected_share")
+                           "model.precision_reason", "model.hard_entropy_weight", "model.hard_expected_share",
+                           "model.hard_reinforce_weight")
 # Self-critical training's own defaults (Rennie et al. 2017; self-critical.pytorch): Adam at 5e-5 without decay, the best
 # epoch by validation CIDEr. Dropout off: the captions sampled are then exactly the policy trained (keeping the source's
 # 0.5 measured no better on Flickr8k: BENCHMARKS.md, "Self-critical sequence training").

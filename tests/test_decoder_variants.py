@@ -129,11 +129,11 @@ def test_hard_attention_reloads_beams_and_exports_with_the_same_captions(hard_ru
 @pytest.mark.backends
 def test_the_reinforce_term_is_the_hand_computed_estimator():
     """Two captions, two words each, two cells: the location loss equals
-    -sum_caption (R - b) sum_t log alpha_t[s_t] / words - entropy_weight * mean_t H(alpha_t), with R the caption's
+    -reinforce_weight * sum_caption (R - b) sum_t log alpha_t[s_t] / words - entropy_weight * mean_t H(alpha_t), with R the caption's
     log-likelihood, b the first batch's mean reward; captions read through the expectation take no REINFORCE part."""
     from captioner.models.decoder import RNNDecoder
 
-    decoder = RNNDecoder(vocab_size=6, attention_dim=4, attention="hard", entropy_weight=0.1, name="decoder")
+    decoder = RNNDecoder(vocab_size=6, attention_dim=4, attention="hard", entropy_weight=0.1, reinforce_weight=0.5, name="decoder")
     tokens = np.array([[1, 4, 5, 0], [1, 5, 0, 0]])  # <start> w w | <start> w: targets 4 5 <end> | 5 <end>
     logits = np.zeros((2, 4, 6), dtype="float32")  # p = 1/6 everywhere...
     logits[0, 0, 4] = np.log(2.0)  # ...but p(4) = 2/7 at the first word of caption 0
@@ -146,7 +146,7 @@ def test_the_reinforce_term_is_the_hand_computed_estimator():
     location = np.array([np.log(0.75) + np.log(0.25) + np.log(0.75), np.log(0.5) + np.log(0.5)])
     entropy = np.array([-(0.25 * np.log(0.25) + 0.75 * np.log(0.75)), np.log(2)])
     words = 5
-    want = -np.sum((reward - baseline) * location) / words - 0.1 * (3 * entropy[0] + 2 * entropy[1]) / words
+    want = -0.5 * np.sum((reward - baseline) * location) / words - 0.1 * (3 * entropy[0] + 2 * entropy[1]) / words
     assert loss == pytest.approx(want, rel=1e-5)
     assert float(decoder.baseline_updates.numpy()) == 1 and float(decoder.reward_baseline.numpy()) == pytest.approx(baseline, rel=1e-5)
     # a caption that read the expected context: no REINFORCE part, and the baseline is the sampled captions' alone

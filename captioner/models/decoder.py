@@ -23,7 +23,7 @@ Hard attention (Xu et al. 2015, section 4.1): in training each word's context is
 alpha_t, not the weighted mean; the teacher-forced cross-entropy is then -log p(y | s, a), and the locations are
 trained by REINFORCE on the caption's log-likelihood R = log p(y | s, a) with a moving-average baseline b
 (b <- 0.9 b + 0.1 mean R, the paper's) and an entropy bonus: the loss adds
--sum_caption sg(R - b) sum_t log alpha_t[s_t] / words - entropy_weight * mean_t H(alpha_t),
+-reinforce_weight * sum_caption sg(R - b) sum_t log alpha_t[s_t] / words - entropy_weight * mean_t H(alpha_t),
 an unbiased estimate of the gradient of the paper's lower bound per word. As in the paper, a share of the
 captions (`hard_expected_share`, 0.5) uses the expected context instead of a sample, which lowers the variance
 and trains the decoder on the context it sees at inference. The uniforms that pick the cells are drawn before
@@ -67,6 +67,7 @@ class RNNDecoder(layers.Layer):
         num_layers: int. Stacked recurrent layers, 1 to 4. Defaults to 1.
         attention: str. "soft" or "hard" (with `attention_dim`). Defaults to "soft".
         entropy_weight: float. Hard attention: weight of the entropy bonus on alpha. Defaults to 0.002.
+        reinforce_weight: float. Hard attention: weight of the REINFORCE term (the paper's lambda_r). Defaults to 1.0.
         hard_expected_share: float. Hard attention: share of captions trained on the expected context instead of
             a sampled cell. Defaults to 0.5.
         seed: int | None. Hard attention: seed of the location sampling. Defaults to None.
@@ -92,6 +93,7 @@ class RNNDecoder(layers.Layer):
         num_layers: int = 1,
         attention: str = "soft",
         entropy_weight: float = 0.002,
+        reinforce_weight: float = 1.0,
         hard_expected_share: float = 0.5,
         seed: int | None = None,
         **kwargs,
@@ -109,6 +111,7 @@ class RNNDecoder(layers.Layer):
             raise CaptionerError(f"hard_expected_share must be in [0, 1) (got {hard_expected_share}); 1 would be soft attention")
         self.attention_type = attention
         self.entropy_weight = float(entropy_weight)
+        self.reinforce_weight = float(reinforce_weight)
         self.hard_expected_share = float(hard_expected_share)
         self.seed = seed
         self.cell = cell
@@ -314,7 +317,7 @@ class RNNDecoder(layers.Layer):
         bonus = ops.sum(entropy * words) / ops.maximum(ops.sum(words), 1.0)
         self.reward_baseline.assign(BASELINE_DECAY * baseline + (1.0 - BASELINE_DECAY) * mean_reward)
         self.baseline_updates.assign(updates + 1.0)
-        return reinforce - self.entropy_weight * bonus
+        return self.reinforce_weight * reinforce - self.entropy_weight * bonus
 
     def step(self, tokens, state, memory=(), hard_context="expectation"):
         """One word for every sequence in the batch.
@@ -352,6 +355,7 @@ class RNNDecoder(layers.Layer):
             num_layers=self.num_layers,
             attention=self.attention_type,
             entropy_weight=self.entropy_weight,
+            reinforce_weight=self.reinforce_weight,
             hard_expected_share=self.hard_expected_share,
             seed=self.seed,
         )

@@ -157,6 +157,7 @@ def build_caption_model(model_config, vocab_size: int, image_size: int) -> Capti
         num_layers=model_config.num_layers,
         attention=model_config.attention,
         entropy_weight=model_config.hard_entropy_weight,
+        reinforce_weight=model_config.hard_reinforce_weight,
         hard_expected_share=model_config.hard_expected_share,
         name="decoder",
     )
