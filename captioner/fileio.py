@@ -181,6 +181,35 @@ def directory_lock(directory: str | os.PathLike, doing: str = "trained") -> Iter
         os.close(fd)
 
 
+@contextlib.contextmanager
+def update_lock(path: str | os.PathLike, timeout: float = 60.0) -> Iterator[None]:
+    """Hold an exclusive lock for a read-modify-write of the file `path` (a feature cache's index, a run's
+    metrics.json), waiting up to `timeout` seconds for another process (or thread) to finish its own.
+
+    An OS lock on `path.lock` beside the file (`fcntl.flock`, dropped by the kernel when the holder dies), never
+    the run's `.lock`: `train` holds that one for hours, and a second lock on it in the same process would wait for
+    itself. The lock file stays (removing it would let two processes lock two different files)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() > deadline:
+                    raise CaptionerError(f"{path} has been locked by another process for {timeout:.0f} s; is one stuck? "
+                                         f"(the lock is {path.name}.lock)") from None
+                time.sleep(0.01)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
+
+
 def file_sha256(path: str | Path) -> str:
     """SHA-256 of a file's bytes, read 1 MiB at a time."""
     digest = hashlib.sha256()

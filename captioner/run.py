@@ -19,7 +19,7 @@ import keras
 from captioner import __version__
 from captioner.config import FORMAT_VERSION, RunConfig
 from captioner.errors import CaptionerError
-from captioner.fileio import atomic_path, file_sha256, write_json, write_text
+from captioner.fileio import atomic_path, file_sha256, update_lock, write_json, write_text
 from captioner.models.networks import CaptionModel, VQAModel
 from captioner.precision import precision_scope
 from captioner.data.vocab import AnswerVocabulary, Vocabulary
@@ -101,11 +101,13 @@ def read_json(path: Path, default: Any = None) -> Any:
 
 
 def update_metrics(run_dir: str | Path, values: dict[str, Any]) -> dict[str, Any]:
-    """Merge `values` into metrics.json (atomically) and return the whole file."""
+    """Merge `values` into metrics.json (atomically, under `update_lock`: an `evaluate` beside a `train` keeps both
+    entries) and return the whole file."""
     path = Path(run_dir) / METRICS_FILE
-    metrics = read_json(path, {})
-    metrics.update(values)
-    write_json(path, metrics)
+    with update_lock(path):
+        metrics = read_json(path, {})
+        metrics.update(values)
+        write_json(path, metrics)
     return metrics
 
 

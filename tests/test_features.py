@@ -181,3 +181,26 @@ def test_rows_gather_from_several_shards_in_any_order_without_loading_them(backb
     indices = np.array([6, 0, 3, 3, 5, 1])  # shuffled, across both shards, one repeated
     np.testing.assert_array_equal(rows[indices], in_memory[indices])
     np.testing.assert_array_equal(rows[np.arange(7)], in_memory)
+
+
+def test_two_workers_filling_one_cache_keep_each_others_rows(backbone, tmp_path):
+    """Two `features` processes on one cache: each read the index before the other wrote. The index is read again
+    under a lock before each write, so neither loses the other's rows (before: the last writer's index won)."""
+    first_paths, second_paths = _images(tmp_path / "a", 3, seed=1), _images(tmp_path / "b", 2, seed=2)
+    first, second = FeatureCache(tmp_path / "cache", backbone), FeatureCache(tmp_path / "cache", backbone)  # both see an empty cache
+    assert first.extract(first_paths) == 3 and second.extract(second_paths) == 2
+    again = FeatureCache(tmp_path / "cache", backbone)
+    assert again.missing(first_paths + second_paths) == []
+    np.testing.assert_array_equal(again.rows(first_paths)[np.arange(3)], first.rows(first_paths)[np.arange(3)])
+    assert (tmp_path / "cache" / again.folder.name / "index.json.lock").exists()  # the lock file stays beside the index
+
+
+def test_metrics_updates_from_threads_at_once_are_all_kept(tmp_path):
+    """`evaluate` beside `train`: concurrent read-modify-writes of metrics.json lose nothing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from captioner.run import update_metrics
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda i: update_metrics(tmp_path, {f"entry{i}": i}), range(64)))
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {f"entry{i}": i for i in range(64)}

@@ -25,7 +25,7 @@ import numpy as np
 from captioner.backend import CompiledFunction
 from captioner.models.encoder import ImageEncoder
 from captioner.errors import CaptionerError
-from captioner.fileio import atomic_path, file_sha256, write_json
+from captioner.fileio import atomic_path, file_sha256, update_lock, write_json
 from captioner.data.images import try_load_image
 
 INDEX_FILE = "index.json"
@@ -165,12 +165,16 @@ class FeatureCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.folder / shard) as tmp:  # the shard first, then the index that points at it
             np.save(tmp, features.astype(self.dtype, copy=False))  # (images, num_pixels, encoder_dim)
-        index = {**self._index, "rows": {**self._index["rows"], **{digest: [shard, row] for row, digest in enumerate(digests)}}}
-        try:
-            write_json(self.folder / INDEX_FILE, index)
-        except BaseException:  # the index on disk is the old one: the new shard is unreferenced, remove it
-            (self.folder / shard).unlink(missing_ok=True)
-            raise
+        # Read-modify-write under a lock, from the index on disk: another process filling the same cache (a second
+        # `features` worker, a training) may have added rows since this one read it, and they are kept.
+        with update_lock(self.folder / INDEX_FILE):
+            current = self._read_index()
+            index = {**current, "rows": {**current["rows"], **{digest: [shard, row] for row, digest in enumerate(digests)}}}
+            try:
+                write_json(self.folder / INDEX_FILE, index)
+            except BaseException:  # the index on disk is the old one: the new shard is unreferenced, remove it
+                (self.folder / shard).unlink(missing_ok=True)
+                raise
         self._index = index
 
     def rows(self, paths: Sequence[str], digests: Sequence[str] | None = None) -> "CachedRows":
