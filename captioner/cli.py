@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--splits", default="train,val,test", help="comma-separated splits (default train,val,test)")
     features.add_argument("--cache-dir", default=None, help="cache folder (default DATA_DIR/features, as train uses)")
     features.add_argument("--batch-size", type=_positive_int, default=32, help="images per CNN batch (default 32)")
+    features.add_argument("--shard", default=None, metavar="I/N",
+                          help="compute only the I-th of N shares of the images (1/N ... N/N): N workers, on one machine or "
+                               "several sharing the folder, fill one cache together")
     features.add_argument("--seed", type=int, default=0, help="with --encoder-weights none: the seed train will use (default 0)")
     features.add_argument("--fine-tune-blocks", type=int, default=0, metavar="N",
                           help="store the activations below the top N blocks, what train --fine-tune-blocks N reads (default 0: the grid)")
@@ -606,6 +609,21 @@ def run_score(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _shard(text: str | None) -> tuple[int, int]:
+    """`--shard I/N` as (I, N), 1 <= I <= N; (1, 1) when not given."""
+    from captioner.errors import CaptionerError
+
+    if text is None:
+        return 1, 1
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        index = count = 0
+    if not 1 <= index <= count:
+        raise CaptionerError(f"--shard takes I/N with 1 <= I <= N, e.g. 1/4 for the first of four workers (got '{text}')")
+    return index, count
+
+
 def run_features(args: argparse.Namespace) -> int:
     from captioner.data import Skipped
     from captioner.tasks.caption import extract_features
@@ -613,10 +631,11 @@ def run_features(args: argparse.Namespace) -> int:
     skipped = Skipped()
     weights = None if args.encoder_weights.lower() == "none" else args.encoder_weights
     done = extract_features(args.dataset, args.data_dir, args.splits.split(","), args.encoder, weights, args.cache_dir,
-                            args.batch_size, args.precision, args.seed, skipped, args.fine_tune_blocks)
+                            args.batch_size, args.precision, args.seed, skipped, args.fine_tune_blocks, _shard(args.shard))
     _report_skipped(skipped, "entries", args.verbose)
     rate = f" ({done['computed'] / done['seconds']:.1f} images/s)" if done["computed"] else ""
-    print(f"{done['computed']} of {done['images']} images computed in {done['seconds']:.0f}s{rate}, the rest were cached; "
+    share = f" (shard {args.shard})" if args.shard else ""
+    print(f"{done['computed']} of {done['images']} images{share} computed in {done['seconds']:.0f}s{rate}, the rest were cached; "
           f"features in {done['folder']}")
     return EXIT_OK if "unreadable image" not in skipped.reasons else EXIT_PARTIAL
 

@@ -333,13 +333,21 @@ def test_score_bad_inputs(tmp_path, capsys):
 def test_features_command_fills_the_cache_train_reads(tiny_data, tmp_path, capsys):
     cache = str(tmp_path / "cache")
     common = ["--encoder", "mobilenet_v2", "--encoder-weights", "none", "--cache-dir", cache]
+    for shard in ("2/2", "1/2"):  # two workers, each its half
+        assert main(["features", "--dataset", "shapes", "--data-dir", str(tiny_data), "--splits", "train,val", "--shard", shard, *common]) == 0
+        assert f"24 of 24 images (shard {shard}) computed" in capsys.readouterr().out
     assert main(["features", "--dataset", "shapes", "--data-dir", str(tiny_data), "--splits", "train,val", *common]) == 0
-    assert "48 of 48 images computed" in capsys.readouterr().out
+    assert "0 of 48 images computed" in capsys.readouterr().out  # the halves together are the whole
     run = tmp_path / "run"
     assert main(["train", "--preset", "tiny", "--data-dir", str(tiny_data), "--run", str(run), "--epochs", "1", "--quiet", *common]) == 0
     assert json.loads((run / "metrics.json").read_text())["train"]["features_computed"] == 0
     assert main(["features", "--dataset", "shapes", "--data-dir", str(tiny_data), "--encoder", "small_cnn"]) == 2
     _one_line_error(capsys.readouterr())
+    for bad in ("3/2", "0/2", "half"):
+        assert main(["features", "--dataset", "shapes", "--data-dir", str(tiny_data), "--shard", bad, *common]) == 2
+        captured = capsys.readouterr()
+        _one_line_error(captured)
+        assert "--shard takes I/N with 1 <= I <= N" in captured.err
 
 
 def test_skipped_entries_are_one_line_and_listed_with_verbose(tiny_data, tmp_path, capsys):

@@ -229,12 +229,15 @@ def draw_attention(run: Run, image: np.ndarray, tokens: np.ndarray, attention: n
 def extract_features(
     dataset: str, data_dir: str, splits: Sequence[str], encoder: str, weights: str | None, cache_dir: str | None = None,
     batch_size: int = 32, precision: str = "auto", seed: int = 0, skipped: Skipped | None = None, fine_tune_blocks: int = 0,
+    shard: tuple[int, int] = (1, 1),
 ) -> dict[str, Any]:
     """Run a frozen pretrained backbone once over the images of `splits` and store their grids in the
     feature cache that `train` reads (`cache_dir`, default DATA_DIR/features); images already there are not
     computed again. The encoder is built exactly as `train` builds a frozen one (same seed, same config path),
     so the cache key (the CNN's weights and input size) is the one training looks up. With `fine_tune_blocks` N it
-    stores the activations below the top N blocks instead, what `train --fine-tune-blocks N` reads.
+    stores the activations below the top N blocks instead, what `train --fine-tune-blocks N` reads. `shard` (i, n):
+    only every n-th image of the sorted list, from the i-th (workers 1..n together cover every image once; the
+    cache's index is merged under a lock, so they may run at once).
 
     Returns:
         {"computed", "images", "seconds", "folder"}. Unreadable images are skipped and counted in `skipped`;
@@ -251,10 +254,12 @@ def extract_features(
         image_encoder = build_image_encoder(model_config, default_image_size(encoder, 224))
     load = load_split if dataset in DATASETS else load_qa_split  # caption datasets, or question ones (VQA's photos)
     records = [r for split in splits if split.strip() for r in load(dataset, data_dir, split.strip(), skipped)]
+    index, count = shard
+    paths = sorted({r.image for r in records})[index - 1::count]
     cache = FeatureCache(cache_dir or str(Path(data_dir) / "features"), image_encoder)
     started = time.perf_counter()
-    computed = cache.extract([r.image for r in records], batch_size=batch_size, on_error=skipped.unreadable)
-    images = len({r.image for r in records})
+    computed = cache.extract(paths, batch_size=batch_size, on_error=skipped.unreadable)
+    images = len(paths)
     if images and skipped.count("unreadable image") >= images:
         raise CaptionerError(f"none of the {images} images could be read ({skipped.reasons['unreadable image'][0]})")
     return {"computed": computed, "images": images, "seconds": time.perf_counter() - started, "folder": str(cache.folder)}
