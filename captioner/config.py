@@ -39,7 +39,7 @@ class ModelConfig:
     decoder: str = "show-tell"  # "show-tell" (Vinyals et al. 2015) or "attention" (Xu et al. 2015)
     attention: str = "soft"  # decoder "attention": "soft" or "hard" (one sampled cell per word, REINFORCE; Xu et al. 2015)
     hard_entropy_weight: float = 0.002  # hard attention: weight of the entropy bonus on the attention weights
-    hard_reinforce_weight: float = 1.0  # hard attention: weight of the REINFORCE term (lambda_r of Xu et al.)
+    hard_reinforce_weight: float = 0.1  # hard attention: weight of the REINFORCE term (lambda_r of Xu et al.; 1.0 let it swamp the XE on Flickr8k)
     hard_expected_share: float = 0.5  # hard attention: share of captions trained on the expected context (Xu et al.: 0.5)
     cell: str = "lstm"  # the decoder's recurrent cell: "lstm" or "gru"
     num_layers: int = 1  # stacked recurrent layers, 1-4 (dropout_rate between them; the image initialises each)

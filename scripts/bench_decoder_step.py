@@ -5,7 +5,7 @@ Every variant trains on the same random cached grids (MobileNetV2's 7x7x1280 by 
 batches (32 images x 5 captions of 20 tokens, the preset's step); the variants take turns in rounds of `--steps`
 steps, so a machine whose speed drifts (another job) costs them alike. Only the decoder differs.
 
-    python scripts/bench_decoder_step.py --variants lstm:1,gru:1,lstm:2,gru:2 [--decoder attention] [--rounds 3 --steps 8]
+    python scripts/bench_decoder_step.py --variants lstm:1,gru:1,lstm:2,gru:2,lstm:1:hard [--decoder attention] [--rounds 3 --steps 8]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ VOCAB, LENGTH, CAPTIONS = 2539, 20, 5  # the Flickr8k preset's vocabulary, padde
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", default="lstm:1,gru:1,lstm:2,gru:2", help="comma-separated CELL:LAYERS")
+    parser.add_argument("--variants", default="lstm:1,gru:1,lstm:2,gru:2", help="comma-separated CELL:LAYERS[:hard] (hard: hard attention)")
     parser.add_argument("--decoder", default="attention", choices=["attention", "show-tell"])
     parser.add_argument("--grid", default="49,1280", help="cached grid positions,channels (default MobileNetV2's 49,1280)")
     parser.add_argument("--rounds", type=int, default=3)
@@ -45,8 +45,9 @@ def main() -> None:
             tokens[:, :, 1:])
     models = {}
     for variant in args.variants.split(","):
-        cell, layers = variant.split(":")
+        cell, layers, *attention = variant.split(":")  # CELL:LAYERS or CELL:LAYERS:hard
         model_config = config.model
+        model_config.attention = attention[0] if attention else "soft"
         model_config.encoder, model_config.encoder_weights, model_config.encoder_trainable = "mobilenet_v2", None, False
         model_config.decoder, model_config.cell, model_config.num_layers = args.decoder, cell, int(layers)
         keras.utils.set_random_seed(0)
