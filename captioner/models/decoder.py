@@ -234,6 +234,7 @@ class RNNDecoder(layers.Layer):
             state, memory = keras.tree.map_structure(lambda x: ops.repeat(x, captions_per_image, axis=0), (state, memory))
         embedded = self.embedding(tokens)  # (batch, steps, embedding_dim)
         masks = self._between_layers(state[0], training)  # (batch, hidden_dim) per boundary between layers
+        reinforce = None  # hard attention in training: what the location loss needs
         if not self.uses_attention:
             outputs = embedded
             for i, (rnn, layer_state) in enumerate(zip(self._rnns, self._per_layer(state))):  # fused layer by layer
@@ -267,12 +268,11 @@ class RNNDecoder(layers.Layer):
                 coverage = ops.sum(ops.cast(alphas, "float32") * mask, axis=1)  # (batch, num_pixels); the penalty in float32
                 self.add_loss(self.attention_regularization * ops.mean(ops.square(1.0 - coverage)))
             if sampling:
-                cells = ops.moveaxis(stacked[count + 2], 0, 1)  # (batch, steps) the sampled cell of each word
-                logits = self.output_projection(self.dropout(outputs, training=training))  # (batch, steps, vocab_size)
-                self.add_loss(self._reinforce_loss(tokens, logits, alphas, cells, expected))
-                return logits
-        outputs = self.dropout(outputs, training=training)
-        return self.output_projection(outputs)  # (batch, steps, vocab_size)
+                reinforce = (alphas, ops.moveaxis(stacked[count + 2], 0, 1), expected)  # + (batch, steps) sampled cells
+        logits = self.output_projection(self.dropout(outputs, training=training))  # (batch, steps, vocab_size)
+        if reinforce is not None:
+            self.add_loss(self._reinforce_loss(tokens, logits, *reinforce))
+        return logits
 
     def _attend_and_step(self, embedded, state, memory, masks=(), choice=None, hard_context="expectation"):
         """One word with attention. `choice`: hard attention in training, (uniform (batch,), expected (batch,) bool):
