@@ -12,11 +12,13 @@ import dataclasses
 import glob
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from captioner.config import PRECISIONS  # plain dataclasses: no TensorFlow at parse time
+from captioner.distribute import ADDRESSES_ENV, PROCESS_ID_ENV, PROCESSES_ENV  # no Keras at import
 
 if TYPE_CHECKING:  # the CLI imports TensorFlow-bound modules lazily, so that `--help` is fast
     from captioner.data import Skipped
@@ -85,9 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a captioner and write a run directory")
     add_train_arguments(train)
+    add_parallel_arguments(train)
 
     train_vqa = commands.add_parser("train-vqa", help="train a VQA model (question answering) and write a run directory")
     add_train_vqa_arguments(train_vqa)
+    add_parallel_arguments(train_vqa)
 
     caption = commands.add_parser("caption", help="caption image files, folders or globs")
     caption.add_argument("--run", required=True, help="run directory written by `captioner train`")
@@ -195,6 +199,25 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--restart", action="store_true", help="discard an existing run directory's training and start over")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--verbose", action="store_true", help="list every entry the dataset loader skipped")
+
+
+def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
+    """Data-parallel training: devices of this process, and the processes of a job (flags or KERAS_DISTRIBUTION_*)."""
+    group = parser.add_argument_group("data parallelism (--batch-size is the global batch, split over every device)")
+    group.add_argument("--devices", type=int, default=None, metavar="N",
+                       help="train on N local devices: the first N GPUs, or without a GPU the CPU split into N devices (default 1)")
+    group.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                       help=f"several processes (JAX backend): process 0's address (default: the first of ${ADDRESSES_ENV})")
+    group.add_argument("--num-processes", type=int, default=None, metavar="N", help=f"processes in the job (default ${PROCESSES_ENV}, else 1)")
+    group.add_argument("--process-id", type=int, default=None, metavar="I", help=f"this process, 0..N-1; 0 writes the run (default ${PROCESS_ID_ENV})")
+    group.add_argument("--join-timeout", type=int, default=30, metavar="S", help="seconds to wait for every process to join (default 30)")
+
+
+def parallel_config(args: argparse.Namespace):
+    """The command's data parallelism, resolved once (flags, else the KERAS_DISTRIBUTION_* variables)."""
+    from captioner.distribute import resolve
+
+    return resolve(args.devices, args.coordinator, args.num_processes, args.process_id, args.join_timeout)
 
 
 def add_train_vqa_arguments(parser: argparse.ArgumentParser) -> None:
@@ -330,6 +353,17 @@ def _report_training(metrics: dict, run: str, item_name: str) -> int:
     return EXIT_OK
 
 
+def _start(config):
+    """Start the command's data parallelism; a process of a several-process job says when the job has formed."""
+    from captioner.distribute import start
+
+    parallel = start(config)
+    if parallel.processes > 1:
+        _notify(f"joined the job at {config.coordinator} as process {config.process_id} of {config.num_processes} "
+                f"({parallel.replicas} devices in all)")
+    return parallel
+
+
 def run_train(args: argparse.Namespace) -> int:
     from captioner.data import Skipped
     from captioner.errors import CaptionerError
@@ -340,9 +374,12 @@ def run_train(args: argparse.Namespace) -> int:
     if args.attention and args.decoder is None and not args.init_from:
         args.decoder = "attention"
     config = _configure(args, args.preset or "shapes", _TRAIN_FLAGS, {"model.encoder_trainable": "true"} if args.fine_tune_encoder else {})
+    parallel = _start(args.parallel)
     skipped = Skipped()
     metrics = train(config, args.run, verbose=0 if args.quiet else "auto", restart=args.restart, skipped=skipped, notify=_notify,
-                    log=_log)
+                    log=_log, parallel=parallel)
+    if not parallel.writer:  # process 0 reports
+        return EXIT_OK
     _report_skipped(skipped, "entries", args.verbose)
     return _report_training(metrics, args.run, "captions")
 
@@ -370,9 +407,12 @@ def run_train_vqa(args: argparse.Namespace) -> int:
         fixed["vqa.fine_tune_encoder"] = "true"
     config = _configure(args, name, _TRAIN_VQA_FLAGS, {k: v for k, v in fixed.items() if k != "task"})
     config.task = "vqa"
+    parallel = _start(args.parallel)
     skipped = Skipped()
     metrics = train(config, args.run, verbose=0 if args.quiet else "auto", restart=args.restart, skipped=skipped, notify=_notify,
-                    log=_log)
+                    log=_log, parallel=parallel)
+    if not parallel.writer:  # process 0 reports
+        return EXIT_OK
     _report_skipped(skipped, "questions", args.verbose)
     return _report_training(metrics, args.run, "questions")
 
@@ -702,14 +742,82 @@ COMMANDS = {
 NO_TENSORFLOW = ("data",)  # commands that never import TensorFlow (nor do --help and usage errors)
 
 
+JOB_CHILD_ENV = "CAPTIONER_JOB_CHILD"  # set in the training process a supervisor watches (several-process jobs)
+NATIVE_FATAL = re.compile(r"^F\d{4} ")  # a fatal line of native (absl) logging: what comes after it is the dying process's stack
+GLOO_NOTICE = re.compile(rb"\[Gloo\][^\n]*\n")  # "[Gloo] Rank 0 is connected to 1 peer ranks...", printed by JAX's CPU collectives
+
+
+def supervise(argv: Sequence[str], config) -> int:
+    """Run this command again in a child process and watch it. JAX's distributed runtime ends a process with a
+    native abort (a fatal log line and a C++ stack) when the coordinator cannot be reached, a process never joins,
+    or another process of the job dies; the child's stderr passes through here, less that, and such an end becomes
+    one line and exit status 2."""
+    import subprocess
+
+    import threading
+
+    env = {**os.environ, JOB_CHILD_ENV: "1"}
+    child = subprocess.Popen([sys.executable, "-m", "captioner.cli", *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, errors="replace")
+    joined, fatal = False, ""
+    assert child.stderr is not None and child.stdout is not None
+
+    def relay_stdout() -> None:  # as it comes (a progress bar redraws without a newline), less Gloo's native notices
+        for chunk in iter(lambda: os.read(child.stdout.fileno(), 1 << 16), b""):
+            sys.stdout.buffer.write(GLOO_NOTICE.sub(b"", chunk))
+            sys.stdout.flush()
+
+    relay = threading.Thread(target=relay_stdout, daemon=True)
+    relay.start()
+    try:
+        for line in child.stderr:
+            if line.startswith(JOINED):
+                joined = True
+            if fatal or NATIVE_FATAL.match(line):
+                fatal = fatal or line.split("]", 1)[-1].strip()
+                continue
+            sys.stderr.write(line)
+            sys.stderr.flush()
+        status = child.wait()
+        relay.join(timeout=5)
+    except KeyboardInterrupt:  # the child got it too
+        child.wait()
+        print("captioner: interrupted", file=sys.stderr)
+        return 130
+    if status >= 0 and not fatal:
+        return status
+    who = f"process {config.process_id} of {config.num_processes}"
+    if not joined:
+        print(f"captioner: error: {who} could not form the job with the coordinator at {config.coordinator} within "
+              f"{config.join_timeout} s; check {ADDRESSES_ENV} (process 0's HOST:PORT, reachable from every host), that all "
+              f"{config.num_processes} processes were started, or a longer --join-timeout", file=sys.stderr)
+    else:
+        print(f"captioner: error: {who} stopped: another process of the job ended or could not be reached ({fatal[:120]}); "
+              f"the last backup is kept: start every process again with the same command to resume", file=sys.stderr)
+    return EXIT_ERROR
+
+
+JOINED = "captioner: joined"  # the line a job's process writes once every process has joined
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     from captioner.errors import CaptionerError
 
     if args.command in ("train", "train-vqa"):  # a run another process is training: say so before the slow imports
+        from captioner.distribute import prepare
         from captioner.fileio import busy_message, lock_holder
 
-        holder = lock_holder(args.run)
+        try:
+            args.parallel = parallel_config(args)
+        except CaptionerError as exc:
+            print(f"captioner: error: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        if args.parallel.num_processes > 1 and not os.environ.get(JOB_CHILD_ENV):
+            return supervise(argv, args.parallel)
+        prepare(args.parallel)  # before JAX starts
+        holder = lock_holder(args.run) if args.parallel.process_id == 0 else None  # the others train in a private copy
         if holder:
             print(f"captioner: error: {busy_message(args.run, holder)}", file=sys.stderr)
             return EXIT_ERROR

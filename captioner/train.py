@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import resource
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +20,7 @@ from keras import ops
 
 from captioner.config import DERIVED, INIT_FROM_MODEL_CHANGES, RESUMABLE, RunConfig, flatten, resume_changes, with_settings
 from captioner.data import Skipped
+from captioner.distribute import Parallel, ParallelConfig
 from captioner.errors import CaptionerError
 from captioner.fileio import atomic_path, directory_lock, is_disk_full, remove_stale_temporaries, write_json
 from captioner.models.networks import resolve_auto, training_work
@@ -367,6 +369,7 @@ def train(
     skipped: Skipped | None = None,
     notify: Callable[[str], None] = lambda line: None,
     log: Callable[[str], None] = lambda line: None,
+    parallel: Parallel | None = None,
 ) -> dict[str, Any]:
     """Train a captioner or a VQA model (`config.task`) as `config` says and write the run directory.
 
@@ -384,20 +387,45 @@ def train(
         skipped: Skipped. Collects the dataset entries the loaders could not use (metrics.json gets the summary).
         notify: called with one line for each thing the caller should tell the user (settings a resume applies).
         log: called with one line of information for the training log (what "auto" precision became, and why).
+        parallel: the started data parallelism (`distribute.start`); None: one device. `train.batch_size` is the
+            global batch. Process 0 writes `run_dir`; any other process trains in a private copy of it (taken at the
+            start, so a resume restores process 0's backup everywhere), says nothing and removes the copy at the end.
 
     Returns:
-        The contents of metrics.json.
+        The contents of metrics.json (the private copy's, in a process other than 0).
     """
     run_dir = Path(run_dir)
+    parallel = parallel or Parallel(ParallelConfig())
     check_objective(config)
+    if parallel.replicas > 1 and config.train.objective == "scst":
+        raise CaptionerError("--objective scst trains on one device (its sampling loop is not data-parallel); drop --devices and "
+                             "the KERAS_DISTRIBUTION_* settings")
+    if parallel.replicas > 1 and parallel.backend == "tensorflow" and config.task == "caption" and config.model.attention == "hard":
+        raise CaptionerError("--attention hard trains on several devices on the JAX backend only (under TensorFlow's MirroredStrategy "
+                             "its sampled cells and reward baseline would be per device); set KERAS_BACKEND=jax or drop --devices")
+    parallel.check_batch(config.train.batch_size)
     source = init_source(config, run_dir) if config.train.init_from else None  # before anything is written, the lock included
-    with directory_lock(run_dir), contextlib.ExitStack() as scope:  # one writer per run directory
-        return _train(config, source, run_dir, verbose, restart, skipped, notify, log, scope)
+    with contextlib.ExitStack() as scope:
+        if not parallel.writer:
+            run_dir = _private_copy(run_dir, parallel.config.process_id, scope)
+            verbose, notify, log = 0, (lambda line: None), (lambda line: None)
+        scope.enter_context(directory_lock(run_dir))  # one writer per run directory
+        scope.enter_context(parallel.scope())  # the model is built, compiled and fitted on every device
+        return _train(config, source, run_dir, verbose, restart, skipped, notify, log, scope, parallel)
+
+
+def _private_copy(run_dir: Path, process_id: int, scope: contextlib.ExitStack) -> Path:
+    """A process other than 0 trains in a temporary copy of `run_dir` as it is now (its backup, history and
+    vocabulary: what a resume reads), removed when training ends; the run directory itself is process 0's alone."""
+    private = Path(scope.enter_context(tempfile.TemporaryDirectory(prefix=f"captioner-process{process_id}-"))) / run_dir.name
+    if run_dir.is_dir():
+        shutil.copytree(run_dir, private, ignore=shutil.ignore_patterns(".lock", "*.lock"))
+    return private
 
 
 def _train(
     requested: RunConfig, source: Run | None, run_dir: Path, verbose: int | str, restart: bool, skipped: Skipped | None, notify: Callable[[str], None],
-    log: Callable[[str], None], scope: contextlib.ExitStack,
+    log: Callable[[str], None], scope: contextlib.ExitStack, parallel: Parallel,
 ) -> dict[str, Any]:
     config = requested
     previous = read_json(run_dir / METRICS_FILE, {}) if (run_dir / CONFIG_FILE).exists() else None
@@ -407,6 +435,8 @@ def _train(
     if restart:
         _clear_run(run_dir)
     resuming = previous is not None and not restart
+    epochs_done = int(read_json(run_dir / BACKUP_DIR / "training_metadata.json", {}).get("epoch", -1)) if resuming else -2
+    parallel.same_everywhere("run directory", epochs_done)  # several hosts: one run directory, or no common start
     if resuming:
         finished = previous if previous.get("status") == "finished" else None
         config, changes = _resumed_config(run_dir, requested, finished)
@@ -429,12 +459,15 @@ def _train(
     scope.enter_context(precision_scope(config.model.precision))  # every layer is built (and trained) at it
     keras.utils.set_random_seed(config.train.seed)
     skipped = skipped if skipped is not None else Skipped()
-    setup = task.setup(config, run_dir, resuming, verbose, skipped, source.model if source is not None else None)
+    shard = parallel.shard()
+    setup = task.setup(config, run_dir, resuming, verbose, skipped, source.model if source is not None else None, shard)
     if not resuming:
         write_json(run_dir / REQUEST_FILE, _as_requested(requested))  # what a later command is compared with
     train_cfg, model = setup.config.train, setup.model
     if source is not None:
         setup.stats["init_from"] = str(Path(train_cfg.init_from).resolve())
+    if parallel.replicas > 1:  # whole batches only: the rows of a last partial batch sit out each epoch (a new draw each time)
+        setup.stats["data_parallel"] = {**parallel.describe(), "train_rows_left_out_per_epoch": setup.train_images % train_cfg.batch_size}
     model.compile(
         optimizer=keras.optimizers.Adam(train_cfg.learning_rate, global_clipnorm=train_cfg.clip_norm),
         loss=setup.loss,
@@ -448,7 +481,8 @@ def _train(
         _restore_progress(run_dir, log, checkpoint, early_stopping)
     # The log writes history.json before the backup records the epoch as done, so a kill in between leaves an
     # extra history entry, which the next resume cuts off; never a missing one.
-    callbacks = [log, backup, checkpoint, early_stopping]
+    clock = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: setattr(shard.clock, "epoch", epoch))  # orders the epoch
+    callbacks = [clock, log, backup, checkpoint, early_stopping]
     if train_cfg.lr_reduce_factor < 1.0:  # the rate itself is an optimizer variable, so a resume restores it
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=train_cfg.lr_reduce_factor,
                                                            patience=train_cfg.lr_reduce_patience, verbose=1))

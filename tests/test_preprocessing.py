@@ -71,3 +71,32 @@ def test_image_dataset_raises_one_line_only_when_every_image_fails(tmp_path):
     assert isinstance(error, CaptionerError) and "\n" not in str(error)
     assert str(error).startswith("none of the 3 images of the test split could be read")
     assert sorted(failures) == sorted(paths)
+
+
+def test_the_shuffled_order_is_drawn_from_the_seed_and_the_epoch_not_from_how_often_it_was_read():
+    from captioner.data.preprocessing import row_order
+    from captioner.distribute import EpochClock
+
+    clock = EpochClock()
+    order = row_order(10, shuffle=True, seed=3, clock=clock)
+    first = [int(i) for i in order]
+    assert sorted(first) == list(range(10)) and first != list(range(10))
+    assert [int(i) for i in order] == first  # read again in the same epoch (an extra iterator): the same order
+    clock.epoch = 1
+    second = [int(i) for i in order]
+    assert second != first and sorted(second) == list(range(10))
+    assert [int(i) for i in row_order(10, shuffle=True, seed=3, clock=EpochClock(1))] == second  # a resumed run at epoch 1
+    assert [int(i) for i in row_order(10, shuffle=False, seed=3, clock=clock)] == list(range(10))
+
+
+def test_each_process_reads_its_slice_of_every_global_batch(tiny_data):
+    from captioner.distribute import InputShard
+
+    records = load_split("shapes", tiny_data, "train")
+    vocab = Vocabulary.build(c for r in records for c in r.captions)
+    whole = [t.numpy() for _, t in caption_dataset(records, vocab, 32, 5, 20, batch_size=8, shuffle=True, seed=0, on_error=print)]
+    halves = [[t.numpy() for _, t in caption_dataset(records, vocab, 32, 5, 20, batch_size=8, shuffle=True, seed=0, on_error=print,
+                                                      shard=InputShard(i, 2, drop_remainder=True))] for i in range(2)]
+    assert len(halves[0]) == len(halves[1]) == len(whole) == 4
+    for batch, first, second in zip(whole, *halves):
+        np.testing.assert_array_equal(np.concatenate([first, second]), batch)

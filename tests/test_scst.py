@@ -103,7 +103,8 @@ def _digest(folder: Path) -> dict[str, str]:
 def test_scst_raises_the_greedy_cider_it_optimises_and_leaves_the_source_alone(xe_run, tmp_path):
     before = _digest(xe_run)
     run = tmp_path / "scst"
-    assert main(_scst(xe_run, run, "--epochs", "2")) == 0
+    # 4 epochs: from some sources the rise starts slowly (TensorFlow, seed 0: +0.02 after 2 epochs, +0.14 after 4)
+    assert main(_scst(xe_run, run, "--epochs", "4", "--set", "train.patience=4")) == 0
     metrics = json.loads((run / "metrics.json").read_text())["train"]
     assert metrics["best_val_cider"] > metrics["start_val_cider"] + 0.05, metrics
     assert metrics["init_from"] == str(xe_run.resolve())

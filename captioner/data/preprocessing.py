@@ -11,42 +11,86 @@ import tensorflow as tf
 
 from captioner.data.arrays import caption_arrays, question_arrays
 from captioner.data import CaptionRecord, QARecord
+from captioner.distribute import EpochClock, InputShard
 from captioner.errors import CaptionerError
 from captioner.data.images import try_load_image
 from captioner.data.vocab import AnswerVocabulary, Vocabulary
 
 
+class _Images:
+    """Images by row number, read with the one safe reader (`try_load_image`); with `cache`, each is decoded once and
+    kept in memory (small datasets). An image that cannot be read (missing, truncated, not an image, unreadable
+    folder) comes back as zeros with readable False, after `on_error(path, message)`, once: the verdict is kept too.
+    Only when every image has failed does reading raise (a CaptionerError inside tf.data; `pipeline_error` makes it
+    one line again); `what` names the images in that message, e.g. "images of the train split"."""
+
+    def __init__(self, paths: Sequence[str], image_size: int, on_error: Callable[[str, str], None], what: str, cache: bool):
+        self.paths, self.image_size, self.on_error, self.what, self.cache = list(paths), image_size, on_error, what, cache
+        self.total = len(set(self.paths))
+        self.failed: dict[str, str] = {}
+        self.decoded: dict[int, tuple[np.ndarray, bool]] = {}
+        self.lock = threading.Lock()
+        self.blank = np.zeros((image_size, image_size, 3), np.uint8)
+
+    def read(self, row) -> tuple[np.ndarray, bool]:
+        row = int(row)
+        if row in self.decoded:
+            return self.decoded[row]
+        path = self.paths[row]
+        image, message = (None, self.failed[path]) if path in self.failed else try_load_image(path, self.image_size)
+        if image is None:
+            with self.lock:
+                first = path not in self.failed
+                self.failed[path] = message
+                everything = len(self.failed) == self.total
+            if first:
+                self.on_error(path, message)
+            if everything:
+                raise CaptionerError(f"none of the {self.total} {self.what} could be read (the last: {message})")
+        result = (image, True) if image is not None else (self.blank, False)
+        if self.cache or image is None:
+            self.decoded[row] = result
+        return result
+
+
 def image_dataset(paths: Sequence[str], image_size: int, on_error: Callable[[str, str], None], what: str = "images") -> tf.data.Dataset:
     """`(image, readable)` elements in order, decoded in parallel: image uint8 (image_size, image_size, 3), readable bool.
 
-    An image that cannot be read (missing, truncated, not an image, unreadable folder) comes out as zeros with
-    readable False, after `on_error(path, message)`; the caller drops it. Only when every image of `paths` has
-    failed does the pipeline raise (a CaptionerError inside tf.data; `pipeline_error` makes it one line again).
-    `what` names the images in that message, e.g. "images of the train split".
+    An image that cannot be read comes out as zeros with readable False, after `on_error(path, message)`; the caller
+    drops it. Only when every image of `paths` has failed does the pipeline raise (see `_Images`).
     """
-    total = len(set(paths))
-    failed: set[str] = set()
-    lock = threading.Lock()
-    blank = np.zeros((image_size, image_size, 3), np.uint8)
+    images = _Images(paths, image_size, on_error, what, cache=False)
 
-    def read(path):
-        path = path.decode("utf-8")
-        image, message = try_load_image(path, image_size)
-        if image is not None:
-            return image, True
-        on_error(path, message)
-        with lock:
-            failed.add(path)
-            everything = len(failed) == total
-        if everything:
-            raise CaptionerError(f"none of the {total} {what} could be read (the last: {message})")
-        return blank, False
-
-    def decode(path):
-        image, readable = tf.numpy_function(read, [path], [tf.uint8, tf.bool], stateful=False)
+    def decode(row):
+        image, readable = tf.numpy_function(images.read, [row], [tf.uint8, tf.bool], stateful=False)
         return tf.ensure_shape(image, (image_size, image_size, 3)), tf.ensure_shape(readable, ())
 
-    return tf.data.Dataset.from_tensor_slices(list(paths)).map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return tf.data.Dataset.range(len(images.paths)).map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def row_order(count: int, shuffle: bool, seed: int, clock: EpochClock) -> tf.data.Dataset:
+    """Row numbers 0..count-1, one epoch per iterator: in order, or shuffled by a permutation drawn with numpy from
+    (seed, the epoch `clock` says training is in). TensorFlow's own seeded shuffle counts iterators, and Keras makes
+    one more through a MirroredStrategy; this order is the same on every backend, device layout and process, so
+    data-parallel training sees the batches one device sees, and a resumed run the batches it would have seen."""
+    if not shuffle:
+        return tf.data.Dataset.range(count)
+
+    def permutation(_):
+        return np.random.default_rng([seed, clock.epoch]).permutation(count).astype(np.int64)
+
+    order = tf.data.Dataset.from_tensors(np.int64(0)).map(
+        lambda x: tf.ensure_shape(tf.numpy_function(permutation, [x], tf.int64, stateful=True), (count,)))  # (count,)
+    return order.unbatch().apply(tf.data.experimental.assert_cardinality(count))
+
+
+def _process_rows(count: int, batch_size: int, shuffle: bool, seed: int, shard: InputShard) -> tf.data.Dataset:
+    """(rows,) int64 batches: this process's rows of each global batch of `batch_size` (all of them in one process)."""
+    dataset = row_order(count, shuffle, seed, shard.clock).batch(batch_size, drop_remainder=shard.drop_remainder)  # (batch,)
+    if shard.count > 1:  # the same order in every process: each keeps its slice of the same global batch
+        start, stop = shard.rows(batch_size)
+        dataset = dataset.map(lambda rows: rows[start:stop])  # (batch / count,)
+    return dataset
 
 
 PipelineFailure = tf.errors.OpError  # what iterating a tf.data pipeline raises when a map function fails
@@ -64,25 +108,31 @@ def pipeline_error(exc: Exception) -> CaptionerError:
 
 def _image_and_text_dataset(
     paths: Sequence[str], image_size: int, text: tuple[np.ndarray, np.ndarray], text_key: str, cache: bool,
-    on_error: Callable[[str, str], None], what: str,
+    on_error: Callable[[str, str], None], what: str, batch_size: int, shuffle: bool, seed: int, shard: InputShard,
 ) -> tf.data.Dataset:
-    """Zip decoded images with per-image token arrays: `({"images", text_key}, targets)` elements.
+    """`({"images", text_key}, targets)` batches: decoded images (in parallel) with their rows of the token arrays.
 
     An unreadable image stays in place as a blank image whose targets are all 0 (padding / `<other>`), which the
     loss and the metrics ignore: it is skipped without changing the number of batches (so the progress bar and
-    a mid-epoch resume see the same epoch) and reported once (the cache keeps the verdict).
+    a mid-epoch resume see the same epoch) and reported once. Each process decodes only its rows of every batch.
     """
-    images = image_dataset(paths, image_size, on_error, what)
-    if cache:
-        images = images.cache()  # decoded once, reused every epoch
-    pairs = tf.data.Dataset.from_tensor_slices(text)
+    images = _Images(paths, image_size, on_error, what, cache)
+    inputs, targets = text
+    rows = _process_rows(len(paths), batch_size, shuffle, seed, shard)
+    batches = int(rows.cardinality())
 
-    def element(image, pair):
-        pixels, readable = image
-        inputs, targets = pair
-        return {"images": pixels, text_key: inputs}, tf.where(readable, targets, tf.zeros_like(targets))
+    def read(row):
+        image, readable = images.read(row)
+        return image, inputs[row], np.where(readable, targets[row], 0).astype(targets.dtype)
 
-    return tf.data.Dataset.zip(images, pairs).map(element)
+    def element(row):
+        image, tokens, target = tf.numpy_function(read, [row], [tf.uint8, tf.int32, tf.int32], stateful=False)
+        image = tf.ensure_shape(image, (image_size, image_size, 3))  # (size, size, 3) uint8
+        return {"images": image, text_key: tf.ensure_shape(tokens, inputs.shape[1:])}, tf.ensure_shape(target, targets.shape[1:])
+
+    dataset = rows.unbatch().map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.batch(batch_size // shard.count if shard.count > 1 else batch_size, drop_remainder=shard.drop_remainder)
+    return dataset.apply(tf.data.experimental.assert_cardinality(batches)).prefetch(tf.data.AUTOTUNE)
 
 
 def caption_dataset(
@@ -98,16 +148,15 @@ def caption_dataset(
     *,
     on_error: Callable[[str, str], None],
     what: str = "images",
+    shard: InputShard = InputShard(),
 ) -> tf.data.Dataset:
     """Training batches `({"images", "tokens"}, targets)`; unreadable images are skipped (see `image_dataset`).
 
     images: (batch, image_size, image_size, 3) uint8; tokens and targets: (batch, captions_per_image, steps) int32.
     """
     arrays = caption_arrays(records, vocab, captions_per_image, max_caption_length)
-    dataset = _image_and_text_dataset([r.image for r in records], image_size, arrays, "tokens", cache, on_error, what)
-    if shuffle:
-        dataset = dataset.shuffle(min(len(records), 10_000), seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return _image_and_text_dataset([r.image for r in records], image_size, arrays, "tokens", cache, on_error, what,
+                                   batch_size, shuffle, seed, shard)
 
 
 def vqa_dataset(
@@ -124,6 +173,7 @@ def vqa_dataset(
     *,
     on_error: Callable[[str, str], None],
     what: str = "images",
+    shard: InputShard = InputShard(),
 ) -> tf.data.Dataset:
     """Training batches `({"images", "questions"}, targets)`; unreadable images are skipped with their questions.
 
@@ -131,10 +181,8 @@ def vqa_dataset(
     targets: (batch, questions_per_image) int32.
     """
     arrays = question_arrays(groups, vocab, answers, questions_per_image, max_question_length)
-    dataset = _image_and_text_dataset([image for image, _ in groups], image_size, arrays, "questions", cache, on_error, what)
-    if shuffle:
-        dataset = dataset.shuffle(min(len(groups), 10_000), seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return _image_and_text_dataset([image for image, _ in groups], image_size, arrays, "questions", cache, on_error, what,
+                                   batch_size, shuffle, seed, shard)
 
 
 def feature_caption_dataset(
@@ -146,6 +194,7 @@ def feature_caption_dataset(
     batch_size: int,
     shuffle: bool,
     seed: int = 0,
+    shard: InputShard = InputShard(),
 ) -> tf.data.Dataset:
     """Training batches `({"features", "tokens"}, targets)` from cached encoder features (no image decoding).
 
@@ -153,7 +202,7 @@ def feature_caption_dataset(
     or `FeatureCache.rows` (gathered from the cache's shards per batch, so the features are never all in memory).
     """
     arrays = caption_arrays(records, vocab, captions_per_image, max_caption_length)
-    return _feature_dataset(features, arrays, "tokens", batch_size, shuffle, seed)
+    return _feature_dataset(features, arrays, "tokens", batch_size, shuffle, seed, shard)
 
 
 def feature_vqa_dataset(
@@ -166,17 +215,20 @@ def feature_vqa_dataset(
     batch_size: int,
     shuffle: bool,
     seed: int = 0,
+    shard: InputShard = InputShard(),
 ) -> tf.data.Dataset:
     """Training batches `({"features", "questions"}, targets)` from cached encoder features, one row per question
     group (features: (num_groups, num_pixels, encoder_dim), indexed like `feature_caption_dataset`'s)."""
     arrays = question_arrays(groups, vocab, answers, questions_per_image, max_question_length)
-    return _feature_dataset(features, arrays, "questions", batch_size, shuffle, seed)
+    return _feature_dataset(features, arrays, "questions", batch_size, shuffle, seed, shard)
 
 
 def _feature_dataset(
-    features: np.ndarray, text: tuple[np.ndarray, np.ndarray], text_key: str, batch_size: int, shuffle: bool, seed: int
+    features: np.ndarray, text: tuple[np.ndarray, np.ndarray], text_key: str, batch_size: int, shuffle: bool, seed: int,
+    shard: InputShard = InputShard(),
 ) -> tf.data.Dataset:
-    """`({"features", text_key}, targets)` batches: rows of `features` gathered per batch with the rows of `text`."""
+    """`({"features", text_key}, targets)` batches: rows of `features` gathered per batch with the rows of `text`;
+    with several processes, each gathers only its rows of every global batch (`InputShard`)."""
     inputs, targets = text
     num_pixels, encoder_dim = features.shape[1:]
 
@@ -191,7 +243,4 @@ def _feature_dataset(
         target = tf.ensure_shape(target, (None, *targets.shape[1:]))  # (batch, captions, steps) or (batch, questions)
         return {"features": grid, text_key: tokens}, target
 
-    dataset = tf.data.Dataset.range(len(inputs))
-    if shuffle:
-        dataset = dataset.shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return _process_rows(len(inputs), batch_size, shuffle, seed, shard).map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

@@ -16,6 +16,7 @@ from typing import Callable
 import keras
 from keras import layers, ops
 
+from captioner.distribute import sync_batch_norm
 from captioner.models import efficientnet_lite
 from captioner.errors import CaptionerError
 
@@ -208,7 +209,7 @@ class ImageEncoder(layers.Layer):
             if self.norm == "group":
                 stack.append(layers.GroupNormalization(groups=min(8, width), name=f"norm{stage}"))
             elif self.norm == "batch":
-                stack.append(layers.BatchNormalization(momentum=0.9, name=f"norm{stage}"))
+                stack.append(layers.BatchNormalization(momentum=0.9, synchronized=sync_batch_norm(), name=f"norm{stage}"))
             stack.append(layers.ReLU(name=f"relu{stage}"))
             if stage < len(self.filters) - 1:
                 stack.append(layers.MaxPooling2D(2, name=f"pool{stage}"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+from captioner.distribute import sync_batch_norm
 from captioner.models.attention import SoftAttention
 from captioner.precision import lstm_use_cudnn
 
@@ -121,7 +122,7 @@ class VQAHead(layers.Layer):
         self.classifier = layers.Dense(self.num_answers, name="classifier")
         self.dropout = layers.Dropout(self.dropout_rate)
         self.soft_attention = SoftAttention(self.attention_dim, name="attention") if self.attention else None
-        norms = {"batch": lambda: layers.BatchNormalization(momentum=0.9, name="image_norm"), "layer": lambda: layers.LayerNormalization(name="image_norm")}
+        norms = {"batch": lambda: layers.BatchNormalization(momentum=0.9, synchronized=sync_batch_norm(), name="image_norm"), "layer": lambda: layers.LayerNormalization(name="image_norm")}
         self.image_batch_norm = norms[image_norm]() if image_norm in norms else None
 
     def build(self, question_shape, pooled_shape, grid_shape):

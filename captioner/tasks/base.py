@@ -17,6 +17,7 @@ import keras
 
 from captioner.config import DecodeConfig, RunConfig
 from captioner.data import Skipped
+from captioner.distribute import InputShard
 from captioner.errors import CaptionerError
 from captioner.models.features import FeatureCache
 from captioner.models.networks import build_image_encoder
@@ -61,11 +62,12 @@ class Task:
     skipped_item = "entries"  # what a skipped dataset entry is called in the evaluation report
 
     def setup(self, config: RunConfig, run_dir: Path, resuming: bool, verbose: int | str, skipped: Skipped,
-              source: keras.Model | None = None) -> Setup:
+              source: keras.Model | None = None, shard: InputShard = InputShard()) -> Setup:
         """Load the splits, build (or, resuming, load) the vocabularies, write them with config.json into
         `run_dir`, and return the model, loss, metrics and datasets to fit. `source`: the model of the run the new
         one starts from (`train.init_from`), whose weights the new model takes before any feature is cached (a frozen
-        backbone's features are its weights' features; a resume then restores its own backup over them)."""
+        backbone's features are its weights' features; a resume then restores its own backup over them). `shard`:
+        this process's rows of each global batch (data-parallel training over several processes)."""
         raise NotImplementedError
 
     def evaluate(self, run: Run, options: EvalOptions, skipped: Skipped) -> dict[str, Any]:
@@ -108,10 +110,13 @@ def cache_encoder(encoder, config: RunConfig):
     return copy
 
 
-def filled_cache(config: RunConfig, encoder, splits: dict[str, list], verbose: int | str, skipped: Skipped) -> tuple[FeatureCache, dict[str, list], int]:
+def filled_cache(config: RunConfig, encoder, splits: dict[str, list], verbose: int | str, skipped: Skipped,
+                 shard: InputShard = InputShard()) -> tuple[FeatureCache, dict[str, list], int]:
     """The feature cache of a frozen backbone with every image of `splits` ({split name: records}) in it: the CNN
     runs once per image not cached yet. Returns the cache, the records whose image could be read, and how many
-    images were computed; a split left with none is an error."""
+    images were computed; a split left with none is an error. With several processes each first computes its
+    share (as `features --shard I/N`) and waits for the others; then each fills what its cache still lacks (nothing,
+    where the hosts share the cache folder)."""
     data = config.data
     cache = FeatureCache(data.feature_cache_dir or str(Path(data.data_dir) / "features"), cache_encoder(encoder, config))
     unreadable: set[str] = set()
@@ -120,7 +125,12 @@ def filled_cache(config: RunConfig, encoder, splits: dict[str, list], verbose: i
         unreadable.add(path)
         skipped.unreadable(path, message)
 
-    computed = cache.extract([r.image for records in splits.values() for r in records], verbose=verbose != 0, on_error=unusable)
+    paths = [r.image for records in splits.values() for r in records]
+    computed = 0
+    if shard.count > 1:
+        computed = cache.extract(sorted(set(paths))[shard.index::shard.count], verbose=verbose != 0, on_error=unusable)
+        shard.barrier("feature cache filled")
+    computed += cache.extract(paths, verbose=verbose != 0, on_error=unusable)
     kept = {split: [r for r in records if r.image not in unreadable] for split, records in splits.items()}
     for split, records in kept.items():
         if not records:

@@ -24,6 +24,8 @@ from captioner.data.images import read_image
 from captioner.models.networks import build_caption_model, build_image_encoder, copy_weights, training_work
 from captioner.precision import precision_scope, resolve_precision
 from captioner.data.preprocessing import caption_dataset, feature_caption_dataset
+from captioner.distribute import InputShard
+from captioner.models.losses import TokenCrossentropy
 from captioner.run import VOCAB_FILE, Run, save_config
 from captioner.tasks import base
 from captioner.tasks.base import EvalOptions, Setup, Task
@@ -50,7 +52,7 @@ class CaptionTask(Task):
         return summary_lines(result)
 
     def setup(self, config: RunConfig, run_dir: Path, resuming: bool, verbose: int | str, skipped: Skipped,
-              source: keras.Model | None = None) -> Setup:
+              source: keras.Model | None = None, shard: InputShard = InputShard()) -> Setup:
         data, train_cfg = config.data, config.train
         train_records = load_split(data.dataset, data.data_dir, train_cfg.train_split, skipped)[: train_cfg.max_train_images]
         val_records = load_split(data.dataset, data.data_dir, train_cfg.val_split, skipped)[: train_cfg.max_val_images]
@@ -89,13 +91,13 @@ class CaptionTask(Task):
         if training_work(config) == "train_cached":
             # A frozen pretrained CNN: run it once per image (cached on disk), then train on its features.
             cache, kept, computed = base.filled_cache(config, model.encoder, {train_cfg.train_split: train_records, train_cfg.val_split: val_records},
-                                                      verbose, skipped)
+                                                      verbose, skipped, shard)
             train_records, val_records = kept[train_cfg.train_split], kept[train_cfg.val_split]
 
             def batches(records, shuffle):
                 features = cache.rows([r.image for r in records])  # (images, num_pixels, encoder_dim) float16, read per batch
                 return feature_caption_dataset(features, records, vocab, data.captions_per_image, data.max_caption_length,
-                                               train_cfg.batch_size, shuffle=shuffle, seed=train_cfg.seed)
+                                               train_cfg.batch_size, shuffle=shuffle, seed=train_cfg.seed, shard=shard)
 
             stats.update(feature_cache=str(cache.folder), features_computed=computed)
         else:
@@ -105,13 +107,13 @@ class CaptionTask(Task):
                 return caption_dataset(
                     records, vocab, image_size, data.captions_per_image, data.max_caption_length,
                     train_cfg.batch_size, shuffle=shuffle, seed=train_cfg.seed, cache=data.cache_images,
-                    on_error=skipped.unreadable, what=f"images of the {split} split",
+                    on_error=skipped.unreadable, what=f"images of the {split} split", shard=shard,
                 )
 
         return Setup(
             config=config,
             model=model,
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=vocab.pad_id),
+            loss=TokenCrossentropy(ignore_class=vocab.pad_id),
             metrics=[],
             train_data=batches(train_records, True),
             val_data=batches(val_records, False),

@@ -19,6 +19,8 @@ from captioner.data.images import read_image
 from captioner.models.networks import build_vqa_model, training_work
 from captioner.data.arrays import group_questions
 from captioner.data.preprocessing import feature_vqa_dataset, vqa_dataset
+from captioner.distribute import InputShard
+from captioner.models.losses import TokenCrossentropy
 from captioner.run import ANSWERS_FILE, VOCAB_FILE, Run, load_run, save_config
 from captioner.tasks import base
 from captioner.tasks.base import EvalOptions, Setup, Task
@@ -90,7 +92,7 @@ class VQATask(Task):
         return vqa_summary_lines(result)
 
     def setup(self, config: RunConfig, run_dir: Path, resuming: bool, verbose: int | str, skipped: Skipped,
-              source: keras.Model | None = None) -> Setup:
+              source: keras.Model | None = None, shard: InputShard = InputShard()) -> Setup:
         data, train_cfg, vqa = config.data, config.train, config.vqa
         train_records = _first_images(load_qa_split(data.dataset, data.data_dir, train_cfg.train_split, skipped, vqa.answer_type),
                                       train_cfg.max_train_images)
@@ -122,7 +124,7 @@ class VQATask(Task):
         if training_work(config) == "train_cached":
             # A frozen pretrained CNN: run it once per photo (the cache captioning uses), then train on its features.
             cache, kept, computed = base.filled_cache(config, model.encoder, {train_cfg.train_split: train_records, train_cfg.val_split: val_records},
-                                                      verbose, skipped)
+                                                      verbose, skipped, shard)
             train_records, val_records = kept[train_cfg.train_split], kept[train_cfg.val_split]
             stats.update(feature_cache=str(cache.folder), features_computed=computed)
 
@@ -131,13 +133,13 @@ class VQATask(Task):
             if cache is not None:
                 features = cache.rows([image for image, _ in groups])  # (groups, num_pixels, encoder_dim), read per batch
                 dataset = feature_vqa_dataset(features, groups, vocab, answers, vqa.questions_per_image, vqa.max_question_length,
-                                              train_cfg.batch_size, shuffle=shuffle, seed=train_cfg.seed)
+                                              train_cfg.batch_size, shuffle=shuffle, seed=train_cfg.seed, shard=shard)
             else:
                 split = train_cfg.train_split if shuffle else train_cfg.val_split
                 dataset = vqa_dataset(
                     groups, vocab, answers, image_size, vqa.questions_per_image, vqa.max_question_length,
                     train_cfg.batch_size, shuffle=shuffle, seed=train_cfg.seed, cache=data.cache_images,
-                    on_error=skipped.unreadable, what=f"images of the {split} split",
+                    on_error=skipped.unreadable, what=f"images of the {split} split", shard=shard,
                 )
             return dataset, len(groups)
 
@@ -146,7 +148,7 @@ class VQATask(Task):
         return Setup(
             config=config,
             model=model,
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=AnswerVocabulary.other_id),
+            loss=TokenCrossentropy(ignore_class=AnswerVocabulary.other_id),
             metrics=[AnsweredAccuracy()],
             train_data=train_data,
             val_data=val_data,

@@ -1,0 +1,202 @@
+"""Data-parallel training: the same losses on 1 device, 2 devices in one process and 2 processes on 127.0.0.1 (JAX),
+1 and 2 devices (TensorFlow); process 0 alone writes; bad settings are one line within 60 s; resume across layouts.
+
+Every training here runs in a child process: a device count is fixed when JAX or TensorFlow starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from captioner.distribute import HOST_DEVICES_FLAG, ParallelConfig, prepare, resolve
+from captioner.errors import CaptionerError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(backend: str, **extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KERAS_DISTRIBUTION_") and k != "XLA_FLAGS"}
+    return {**env, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT), **extra}
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "captioner.cli", *args]
+
+
+def _train_args(data: Path, run: Path, *extra: str, command: str = "train") -> list[str]:
+    return [command, "--preset", "tiny", "--data-dir", str(data), "--run", str(run), "--quiet", *extra]
+
+
+def _train(backend: str, data: Path, run: Path, *extra: str, command: str = "train", timeout: int = 240) -> subprocess.CompletedProcess:
+    done = subprocess.run(_cli(*_train_args(data, run, *extra, command=command)), env=_env(backend), capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+def _processes(backend: str, data: Path, run: Path, *extra: str, count: int = 2, env: dict | None = None,
+               timeout: int = 240) -> list[subprocess.CompletedProcess]:
+    """`count` training processes of one job on 127.0.0.1, started together; their results, process 0 first."""
+    port = _free_port()
+    children = [
+        subprocess.Popen(_cli(*_train_args(data, run, "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(count),
+                                           "--process-id", str(i), *extra)),
+                         env=_env(backend, **(env or {})), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(count)
+    ]
+    results = []
+    for i, child in enumerate(children):
+        try:
+            out, err = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for other in children:
+                other.kill()
+            raise
+        results.append(subprocess.CompletedProcess(child.args, child.returncode, out, err))
+    return results
+
+
+def _history(run: Path) -> dict[str, list[float]]:
+    history = json.loads((run / "history.json").read_text())
+    return {key: history[key] for key in ("loss", "val_loss")}
+
+
+def _assert_same_losses(a: dict, b: dict) -> None:
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=2e-5, err_msg=key)
+
+
+# --- settings, before anything starts ----------------------------------------------------------------------------
+
+
+def test_settings_come_from_flags_before_the_standard_variables():
+    env = {"KERAS_DISTRIBUTION_JOB_ADDRESSES": "10.0.0.1:1234,10.0.0.2:2345", "KERAS_DISTRIBUTION_NUM_PROCESSES": "2",
+           "KERAS_DISTRIBUTION_PROCESS_ID": "1"}
+    assert resolve(environ=env) == ParallelConfig(coordinator="10.0.0.1:1234", num_processes=2, process_id=1)
+    assert resolve(process_id=0, coordinator="127.0.0.1:99", environ=env).process_id == 0
+    assert resolve(environ={}) == ParallelConfig() and not ParallelConfig().enabled
+    assert resolve(devices=2, environ={}).enabled
+
+
+@pytest.mark.parametrize("kwargs, env, expected", [
+    ({"num_processes": 2, "process_id": 2, "coordinator": "127.0.0.1:1234"}, {}, "--process-id=2 is outside 0..1"),
+    ({}, {"KERAS_DISTRIBUTION_NUM_PROCESSES": "2", "KERAS_DISTRIBUTION_PROCESS_ID": "-1",
+          "KERAS_DISTRIBUTION_JOB_ADDRESSES": "h:1"}, "KERAS_DISTRIBUTION_PROCESS_ID=-1 is outside 0..1"),
+    ({"num_processes": 2}, {}, "needs this process's id"),
+    ({"num_processes": 2, "process_id": 0}, {}, "needs the coordinator's address"),
+    ({"num_processes": 2, "process_id": 0, "coordinator": "localhost"}, {}, "'localhost' is not HOST:PORT"),
+    ({"num_processes": 2, "process_id": 0, "coordinator": "h:99999"}, {}, "is not HOST:PORT"),
+    ({}, {"KERAS_DISTRIBUTION_NUM_PROCESSES": "two"}, "KERAS_DISTRIBUTION_NUM_PROCESSES must be a whole number"),
+    ({"devices": 0}, {}, "--devices must be at least 1"),
+    ({"process_id": 1}, {}, "the job has one process"),
+])
+def test_bad_settings_are_one_line_naming_the_setting(kwargs, env, expected):
+    with pytest.raises(CaptionerError) as caught:
+        resolve(environ=env, **kwargs)
+    assert expected in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_prepare_asks_xla_for_the_cpu_devices_and_keeps_other_flags():
+    env = {"XLA_FLAGS": f"--xla_dump_to=/tmp/x {HOST_DEVICES_FLAG}=8"}
+    prepare(ParallelConfig(devices=2), env)
+    assert env["XLA_FLAGS"] == f"--xla_dump_to=/tmp/x {HOST_DEVICES_FLAG}=2"
+    untouched: dict = {}
+    prepare(ParallelConfig(), untouched)
+    assert untouched == {}
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--num-processes", "2", "--process-id", "2", "--coordinator", "127.0.0.1:1"], "--process-id=2 is outside 0..1"),
+    (["--num-processes", "2", "--process-id", "0", "--coordinator", "nowhere"], "--coordinator 'nowhere' is not HOST:PORT"),
+    (["--devices", "2", "--batch-size", "15"], "--batch-size 15 does not split over 2 devices"),
+])
+def test_the_cli_refuses_bad_settings_with_one_line(tiny_data, tmp_path, args, expected):
+    done = subprocess.run(_cli(*_train_args(tiny_data, tmp_path / "run", *args)), env=_env("jax"), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and expected in lines[0], done.stderr
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_tensorflow_refuses_several_processes_with_one_line(tiny_data, tmp_path):
+    done = subprocess.run(_cli(*_train_args(tiny_data, tmp_path / "run", "--num-processes", "2", "--process-id", "0",
+                                            "--coordinator", "127.0.0.1:1")), env=_env("tensorflow"), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and "JAX backend only" in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_process_whose_partner_never_joins_stops_within_60_seconds(tiny_data, tmp_path):
+    started = time.monotonic()
+    done = subprocess.run(_cli(*_train_args(tiny_data, tmp_path / "run", "--num-processes", "2", "--process-id", "1",
+                                            "--coordinator", f"127.0.0.1:{_free_port()}", "--join-timeout", "5")),
+                          env=_env("jax"), capture_output=True, text=True, timeout=90)
+    assert time.monotonic() - started < 60
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("captioner:")]
+    assert len(lines) == 1 and "could not form the job" in lines[0] and "KERAS_DISTRIBUTION_JOB_ADDRESSES" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+
+
+# --- equivalence -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend, command", [
+    ("tensorflow", "train"), ("jax", "train"),
+    # the VQA head's batch norm: one statistic over both devices' rows (synchronized on TensorFlow)
+    pytest.param("tensorflow", "train-vqa", marks=pytest.mark.slow), pytest.param("jax", "train-vqa", marks=pytest.mark.slow),
+])
+def test_two_devices_train_as_one_with_the_same_global_batch(tiny_data, tmp_path, backend, command):
+    _train(backend, tiny_data, tmp_path / "one", command=command)
+    _train(backend, tiny_data, tmp_path / "two", "--devices", "2", command=command)
+    _assert_same_losses(_history(tmp_path / "one"), _history(tmp_path / "two"))
+    stats = json.loads((tmp_path / "two" / "metrics.json").read_text())["train"]
+    assert stats["data_parallel"]["replicas"] == 2 and "data_parallel" not in json.loads((tmp_path / "one" / "metrics.json").read_text())["train"]
+
+
+@pytest.mark.slow  # three trainings and a caption command in child processes
+def test_two_processes_train_as_one_device_and_only_process_0_writes(tiny_data, tmp_path):
+    _train("jax", tiny_data, tmp_path / "one")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    first, second = _processes("jax", tiny_data, tmp_path / "two", env={"TMPDIR": str(scratch)})
+    assert first.returncode == 0 and second.returncode == 0, (first.stderr[-1500:], second.stderr[-1500:])
+    _assert_same_losses(_history(tmp_path / "one"), _history(tmp_path / "two"))
+    assert "trained 2 epochs" in first.stdout and second.stdout == ""  # process 0 reports; process 1 says nothing
+    assert "joined the job" in second.stderr and "Gloo" not in first.stdout
+    assert list(scratch.iterdir()) == []  # process 1's private copy of the run is gone
+    stats = json.loads((tmp_path / "two" / "metrics.json").read_text())["train"]
+    assert stats["data_parallel"]["processes"] == 2 and stats["data_parallel"]["replicas"] == 2
+    # the run trained by two processes loads and captions in one, as the one-device run does
+    image = str(tiny_data / "images" / sorted(os.listdir(tiny_data / "images"))[0])
+    captions = [subprocess.run(_cli("caption", "--run", str(tmp_path / run), image), env=_env("jax"), capture_output=True, text=True,
+                               timeout=120) for run in ("one", "two")]
+    assert all(c.returncode == 0 for c in captions), captions[1].stderr
+    assert captions[0].stdout == captions[1].stdout.replace(str(tmp_path / "two"), str(tmp_path / "one"))
+
+
+@pytest.mark.slow  # four trainings in child processes
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_a_run_resumes_with_and_without_data_parallelism(tiny_data, tmp_path, backend):
+    _train(backend, tiny_data, tmp_path / "whole", "--epochs", "3")
+    _train(backend, tiny_data, tmp_path / "split", "--epochs", "1")
+    if backend == "jax":  # one device, then two processes (both restore process 0's backup)
+        assert all(p.returncode == 0 for p in _processes(backend, tiny_data, tmp_path / "split", "--epochs", "2"))
+    else:  # one device, then two
+        _train(backend, tiny_data, tmp_path / "split", "--epochs", "2", "--devices", "2")
+    _train(backend, tiny_data, tmp_path / "split", "--epochs", "3")  # and back to one
+    _assert_same_losses(_history(tmp_path / "whole"), _history(tmp_path / "split"))
