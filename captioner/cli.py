@@ -15,7 +15,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 from captioner.config import PRECISIONS  # plain dataclasses: no TensorFlow at parse time
 from captioner.distribute import ADDRESSES_ENV, PROCESS_ID_ENV, PROCESSES_ENV  # no Keras at import
@@ -745,6 +745,26 @@ NO_TENSORFLOW = ("data",)  # commands that never import TensorFlow (nor do --hel
 JOB_CHILD_ENV = "CAPTIONER_JOB_CHILD"  # set in the training process a supervisor watches (several-process jobs)
 NATIVE_FATAL = re.compile(r"^F\d{4} ")  # a fatal line of native (absl) logging: what comes after it is the dying process's stack
 GLOO_NOTICE = re.compile(rb"\[Gloo\][^\n]*\n")  # "[Gloo] Rank 0 is connected to 1 peer ranks...", printed by JAX's CPU collectives
+JOINED = "captioner: joined"  # the line a job's process writes once every process has joined (`_start`)
+
+
+def without_gloo_notices(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The bytes of `chunks` as they come, less whole "[Gloo] ...\\n" lines, which native code may write in pieces: a
+    notice not finished yet (or the start of one) is held back until its line ends."""
+    marker, pending = b"[Gloo]", b""
+    for chunk in chunks:
+        data, pending = pending + chunk, b""
+        start = data.rfind(marker)
+        if start >= 0 and b"\n" not in data[start:]:
+            data, pending = data[:start], data[start:]
+        else:
+            held = next((n for n in range(len(marker) - 1, 0, -1) if data.endswith(marker[:n])), 0)
+            if held:
+                data, pending = data[:-held], data[-held:]
+        if data:
+            yield GLOO_NOTICE.sub(b"", data)
+    if pending:
+        yield GLOO_NOTICE.sub(b"", pending)
 
 
 def supervise(argv: Sequence[str], config) -> int:
@@ -753,7 +773,6 @@ def supervise(argv: Sequence[str], config) -> int:
     or another process of the job dies; the child's stderr passes through here, less that, and such an end becomes
     one line and exit status 2."""
     import subprocess
-
     import threading
 
     env = {**os.environ, JOB_CHILD_ENV: "1"}
@@ -763,8 +782,8 @@ def supervise(argv: Sequence[str], config) -> int:
     assert child.stderr is not None and child.stdout is not None
 
     def relay_stdout() -> None:  # as it comes (a progress bar redraws without a newline), less Gloo's native notices
-        for chunk in iter(lambda: os.read(child.stdout.fileno(), 1 << 16), b""):
-            sys.stdout.buffer.write(GLOO_NOTICE.sub(b"", chunk))
+        for chunk in without_gloo_notices(iter(lambda: os.read(child.stdout.fileno(), 1 << 16), b"")):
+            sys.stdout.buffer.write(chunk)
             sys.stdout.flush()
 
     relay = threading.Thread(target=relay_stdout, daemon=True)
@@ -795,9 +814,6 @@ def supervise(argv: Sequence[str], config) -> int:
         print(f"captioner: error: {who} stopped: another process of the job ended or could not be reached ({fatal[:120]}); "
               f"the last backup is kept: start every process again with the same command to resume", file=sys.stderr)
     return EXIT_ERROR
-
-
-JOINED = "captioner: joined"  # the line a job's process writes once every process has joined
 
 
 def main(argv: Sequence[str] | None = None) -> int:
