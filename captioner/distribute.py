@@ -104,6 +104,12 @@ def prepare(config: ParallelConfig, environ: dict | None = None) -> None:
         environ["XLA_FLAGS"] = f"{flags} {HOST_DEVICES_FLAG}={config.devices}".strip()
 
 
+def share(paths, index: int, count: int) -> list[str]:
+    """The `index`-th (from 0) of `count` shares of the distinct `paths`: every count-th of the sorted list. One rule for
+    `features --shard I/N` workers and for training processes filling a cache, so they split its images alike."""
+    return sorted(set(paths))[index::count]
+
+
 class EpochClock:
     """The epoch training is in (the training loop sets `epoch` as each begins): what orders a shuffled epoch."""
 

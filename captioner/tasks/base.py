@@ -17,7 +17,7 @@ import keras
 
 from captioner.config import DecodeConfig, RunConfig
 from captioner.data import Skipped
-from captioner.distribute import InputShard
+from captioner.distribute import InputShard, share
 from captioner.errors import CaptionerError
 from captioner.models.features import FeatureCache
 from captioner.models.networks import build_image_encoder
@@ -128,7 +128,7 @@ def filled_cache(config: RunConfig, encoder, splits: dict[str, list], verbose: i
     paths = [r.image for records in splits.values() for r in records]
     computed = 0
     if shard.count > 1:
-        computed = cache.extract(sorted(set(paths))[shard.index::shard.count], verbose=verbose != 0, on_error=unusable)
+        computed = cache.extract(share(paths, shard.index, shard.count), verbose=verbose != 0, on_error=unusable)
         shard.barrier("feature cache filled")
     computed += cache.extract(paths, verbose=verbose != 0, on_error=unusable)
     kept = {split: [r for r in records if r.image not in unreadable] for split, records in splits.items()}

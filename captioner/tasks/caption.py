@@ -24,7 +24,7 @@ from captioner.data.images import read_image
 from captioner.models.networks import build_caption_model, build_image_encoder, copy_weights, training_work
 from captioner.precision import precision_scope, resolve_precision
 from captioner.data.preprocessing import caption_dataset, feature_caption_dataset
-from captioner.distribute import InputShard
+from captioner.distribute import InputShard, share
 from captioner.models.losses import TokenCrossentropy
 from captioner.run import VOCAB_FILE, Run, save_config
 from captioner.tasks import base
@@ -257,7 +257,7 @@ def extract_features(
     load = load_split if dataset in DATASETS else load_qa_split  # caption datasets, or question ones (VQA's photos)
     records = [r for split in splits if split.strip() for r in load(dataset, data_dir, split.strip(), skipped)]
     index, count = shard
-    paths = sorted({r.image for r in records})[index - 1::count]
+    paths = share([r.image for r in records], index - 1, count)
     cache = FeatureCache(cache_dir or str(Path(data_dir) / "features"), image_encoder)
     started = time.perf_counter()
     computed = cache.extract(paths, batch_size=batch_size, on_error=skipped.unreadable)
