@@ -1,0 +1,195 @@
+"""Experiment harness (not the product): tries at yes/no VQA on photographs, each a small change to the vqa-coco
+recipe rebuilt in plain Keras on the cached MobileNetV2 grids, trained and scored the same way (Adam 5e-4, batch 64,
+early stopping on dev accuracy, patience 5, at most 30 epochs), several seeds each. Prints one JSON line per arm
+and seed, then per arm the mean over seeds: dev and test accuracy overall, on photos seen in train and on unseen ones,
+answering "yes" where P(yes) > 0.5 and where P(yes) is above the threshold most accurate on dev.
+
+Arms (`--arms`, comma-separated):
+  plain     the recipe: grid mean, LayerNorm, Dense 512 ReLU, tanh projections multiplied; question: embedding 256, LSTM 512
+  gru       the question read by a GRU instead of the LSTM
+  bilstm    by a bidirectional LSTM (256 each way)
+  balanced  class weights that make "yes" and "no" weigh the same in the loss
+  smooth    label smoothing 0.1
+  decay     AdamW, weight decay 0.05
+  wide      every width doubled (embedding 512, LSTM/fusion/ReLU layer 1024, classifier 512)
+  narrow    every width halved
+  meanmax   the grid's mean and its max, concatenated (2,560 numbers)
+  concat    the two projections concatenated instead of multiplied
+  detector  word detectors learned from Flickr8k captions (needs --flickr8k): a multi-label logistic layer on the
+            cached grids of Flickr8k's train photos predicts which caption words (count >= 5, stop words out) describe
+            a photo; each question word that has a detector enters the question LSTM with its logit on this photo
+  ensemble  (when `plain` runs with several seeds) the plain models' probabilities averaged
+
+Needs the photos' MobileNetV2 grids in the feature cache (`captioner features --dataset vqa-lines ...`; for `detector`
+also `--dataset flickr8k ...` with the same --cache-dir). BENCHMARKS.md, "VQA on photographs", has the numbers.
+
+    python scripts/vqa_tries.py --cache-dir C --weights W --vqa VQA_DIR [--flickr8k F8K_DIR] [--seeds 0,1,2] [--arms plain,gru]
+"""
+import argparse
+import collections
+import json
+from pathlib import Path
+
+import numpy as np
+import keras
+from keras import layers
+
+from captioner.config import ModelConfig
+from captioner.data import load_qa_split, load_split
+from captioner.models.features import FeatureCache
+from captioner.models.networks import build_image_encoder
+from captioner.data.vocab import tokenize
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--cache-dir", required=True)
+parser.add_argument("--weights", required=True, help="the MobileNetV2 no-top weights the cache was filled with")
+parser.add_argument("--vqa", required=True, help="vqa-lines folder (the VQA v2 yes/no subset)")
+parser.add_argument("--flickr8k", help="Flickr8k folder (the detector arm only)")
+parser.add_argument("--seeds", default="0")
+parser.add_argument("--arms", default="plain")
+args = parser.parse_args()
+SEEDS, ARMS = [int(s) for s in args.seeds.split(",")], args.arms.split(",")
+if "detector" in ARMS and not args.flickr8k:
+    parser.error("the detector arm needs --flickr8k")
+encoder = build_image_encoder(ModelConfig(encoder="mobilenet_v2", encoder_weights=args.weights, encoder_trainable=False), 224)
+cache = FeatureCache(args.cache_dir, encoder)
+L = 20  # question words kept
+
+
+def pooled(paths):
+    """(n, 2560): each photo's grid mean and max over the 7x7 cells."""
+    out = []
+    for start in range(0, len(paths), 512):
+        grid = cache.load(paths[start:start + 512]).astype(np.float32)  # (b, 49, 1280)
+        out.append(np.concatenate([grid.mean(axis=1), grid.max(axis=1)], axis=-1))  # (b, 2560)
+    return np.concatenate(out)
+
+
+STOP = set("a an the of in on at to is are and with its it his her their this that there be could any for from by as".split())
+
+
+def word_detectors(seed):
+    """(words -> column, a model from a pooled grid to one logit per word) learned on Flickr8k's train captions."""
+    f8k = load_split("flickr8k", args.flickr8k, "train")
+    counts = collections.Counter(w for r in f8k for c in r.captions for w in set(tokenize(c)))
+    words = sorted(w for w, n in counts.items() if n >= 5 and w not in STOP)
+    index = {w: i for i, w in enumerate(words)}
+    x = pooled([r.image for r in f8k])[:, :1280]  # (n, 1280) means
+    y = np.zeros((len(f8k), len(words)), np.float32)
+    for i, r in enumerate(f8k):
+        for w in {w for c in r.captions for w in tokenize(c)}:
+            if w in index:
+                y[i, index[w]] = 1.0
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([layers.Input((1280,)), layers.LayerNormalization(), layers.Dropout(0.3), layers.Dense(len(words))])
+    model.compile(keras.optimizers.Adam(1e-3), keras.losses.BinaryCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=64, epochs=15, validation_split=0.1, verbose=0)
+    print(f"detectors: {len(words)} words from {len(f8k)} Flickr8k photos", flush=True)
+    return index, model
+
+
+splits = {s: load_qa_split("vqa-lines", args.vqa, s, answer_type="yes/no") for s in ("train", "val", "test")}
+seen_photos = {Path(r.image).name for r in splits["train"]}
+vocab = {w: i + 2 for i, w in enumerate(sorted({w for r in splits["train"] for w in tokenize(r.question)}))}  # 0 pad, 1 unknown
+detectors = word_detectors(SEEDS[0]) if "detector" in ARMS else None
+
+
+def arrays(records):
+    """The inputs (pooled grids, word ids, per-word detector logit and flag), the answers (1 = yes), and which photos train saw."""
+    x = pooled([r.image for r in records])  # (n, 2560)
+    q = np.zeros((len(records), L), np.int32)
+    s = np.zeros((len(records), L, 2), np.float32)
+    logits = detectors[1].predict(x[:, :1280], batch_size=512, verbose=0) if detectors else None  # (n, words)
+    for i, r in enumerate(records):
+        for t, w in enumerate(tokenize(r.question)[:L]):
+            q[i, t] = vocab.get(w, 1)
+            if detectors and w in detectors[0]:
+                s[i, t] = (logits[i, detectors[0][w]], 1.0)
+    y = np.array([1 if r.answer == "yes" else 0 for r in records], np.int32)
+    seen = np.array([Path(r.image).name in seen_photos for r in records])
+    return {"x": x, "q": q, "s": s, "y": y, "seen": seen}
+
+
+data = {split: arrays(records) for split, records in splits.items()}
+
+
+def build(arm):
+    scale = {"wide": 2, "narrow": 0.5}.get(arm, 1)
+    width = lambda n: int(n * scale)  # noqa: E731
+    image = layers.Input((2560 if arm == "meanmax" else 1280,))
+    question = layers.Input((L,), dtype="int32")
+    scores = layers.Input((L, 2))
+    e = layers.Embedding(len(vocab) + 2, width(256), mask_zero=True)(question)  # (b, L, 256)
+    if arm == "detector":
+        e = layers.Concatenate()([e, scores])  # (b, L, 258)
+    if arm == "gru":
+        h = layers.GRU(width(512))(e)
+    elif arm == "bilstm":
+        h = layers.Bidirectional(layers.LSTM(width(256)))(e)  # (b, 512)
+    else:
+        h = layers.LSTM(width(512))(e)  # (b, 512)
+    qv = layers.Dense(width(512), activation="tanh")(h)
+    iv = layers.Dense(width(512), activation="relu")(layers.LayerNormalization()(image))
+    iv = layers.Dense(width(512), activation="tanh")(layers.Dropout(0.3)(iv))
+    fused = layers.Concatenate()([qv, iv]) if arm == "concat" else layers.Multiply()([qv, iv])  # (b, 512 or 1024)
+    f = layers.Dropout(0.3)(fused)
+    f = layers.Dropout(0.3)(layers.Dense(width(256), activation="relu")(f))
+    out = layers.Dense(2)(f)  # (b, 2) logits
+    model = keras.Model([image, question, scores], out)
+    optimizer = (keras.optimizers.AdamW(5e-4, weight_decay=0.05, global_clipnorm=5.0) if arm == "decay"
+                 else keras.optimizers.Adam(5e-4, global_clipnorm=5.0))
+    loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1 if arm == "smooth" else 0.0)
+    model.compile(optimizer, loss, metrics=["categorical_accuracy"])
+    return model
+
+
+def inputs(split, arm):
+    d = data[split]
+    return [d["x"] if arm == "meanmax" else d["x"][:, :1280], d["q"], d["s"]]
+
+
+def accuracy(probabilities, split, threshold=0.5):
+    """[overall, seen photos, unseen photos] answering "yes" where P(yes) > threshold."""
+    yes = keras.ops.convert_to_numpy(keras.ops.softmax(probabilities))[:, 1]  # (n,)
+    right = (yes > threshold) == data[split]["y"]
+    seen = data[split]["seen"]
+    return [round(float(v), 4) for v in (right.mean(), right[seen].mean(), right[~seen].mean())]
+
+
+def dev_threshold(probabilities):
+    """The P(yes) above which to answer "yes" that is most accurate on dev (0.30-0.90 by 0.02)."""
+    grid = np.round(np.arange(0.30, 0.91, 0.02), 2)
+    return float(grid[int(np.argmax([accuracy(probabilities, "val", t)[0] for t in grid]))])
+
+
+results = collections.defaultdict(list)
+plain_probabilities = collections.defaultdict(list)
+for arm in ARMS:
+    for seed in SEEDS:
+        keras.utils.set_random_seed(seed)
+        model = build(arm)
+        y = keras.ops.one_hot(data["train"]["y"], 2)
+        weights = None
+        if arm == "balanced":
+            share_yes = data["train"]["y"].mean()
+            weights = {0: 0.5 / (1 - share_yes), 1: 0.5 / share_yes}
+        stop = keras.callbacks.EarlyStopping(monitor="val_categorical_accuracy", mode="max", patience=5, restore_best_weights=True)
+        model.fit(inputs("train", arm), y, validation_data=(inputs("val", arm), keras.ops.one_hot(data["val"]["y"], 2)),
+                  batch_size=64, epochs=30, callbacks=[stop], class_weight=weights, verbose=0)
+        probabilities = {split: model.predict(inputs(split, arm), batch_size=512, verbose=0) for split in ("val", "test")}
+        if arm == "plain":
+            for split, p in probabilities.items():
+                plain_probabilities[split].append(p)
+        threshold = dev_threshold(probabilities["val"])
+        line = {"arm": arm, "seed": seed, "dev": accuracy(probabilities["val"], "val"), "test": accuracy(probabilities["test"], "test"),
+                "epochs": len(model.history.history["loss"]), "dev_threshold": threshold,
+                "dev_at_threshold": accuracy(probabilities["val"], "val", threshold),
+                "test_at_threshold": accuracy(probabilities["test"], "test", threshold)}
+        results[arm].append(line)
+        print(json.dumps(line), flush=True)
+    runs = results[arm]
+    print(json.dumps({"arm": arm, "mean_of_seeds": len(runs), **{k: [round(float(np.mean([r[k][i] for r in runs])), 4) for i in range(3)]
+                                                                  for k in ("dev", "test", "test_at_threshold")}}), flush=True)
+if len(plain_probabilities["val"]) > 1:
+    print(json.dumps({"arm": "ensemble", "of_plain_seeds": SEEDS, **{name: accuracy(np.log(np.mean([keras.ops.convert_to_numpy(keras.ops.softmax(p)) for p in plain_probabilities[split]], axis=0)), split)
+                                                                     for name, split in (("dev", "val"), ("test", "test"))}}), flush=True)
