@@ -169,8 +169,8 @@ def test_a_process_whose_partner_never_joins_stops_within_60_seconds(tiny_data, 
 
 
 @pytest.mark.parametrize("backend, command", [
-    ("tensorflow", "train"),
-    pytest.param("jax", "train", marks=pytest.mark.slow),  # the default suite's time; JAX layouts are compared in the slow tests below too
+    # all slow: 26 s each, the default suite's time (BENCHMARKS.md, "Test suite"); JAX layouts are compared in the slow tests below too
+    pytest.param("tensorflow", "train", marks=pytest.mark.slow), pytest.param("jax", "train", marks=pytest.mark.slow),
     # the VQA head's batch norm: one statistic over both devices' rows (synchronized on TensorFlow)
     pytest.param("tensorflow", "train-vqa", marks=pytest.mark.slow), pytest.param("jax", "train-vqa", marks=pytest.mark.slow),
 ])

@@ -2,12 +2,15 @@
 
 from pathlib import Path
 
+import pytest
+
 import nbformat
 from nbclient import NotebookClient
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb"
 
 
+@pytest.mark.slow  # 15 s: the default suite's time (BENCHMARKS.md, "Test suite")
 def test_quickstart_notebook_executes(tmp_path):
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()

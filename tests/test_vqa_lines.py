@@ -105,6 +105,7 @@ def test_a_vqa_head_trains_on_cached_features_and_scores_seen_and_unseen_photos(
     assert {name: group["questions"] for name, group in result["by_photo"].items()} == {"seen in training": 4, "unseen": 4}
 
 
+@pytest.mark.slow  # 30 s, two trainings of 25 epochs: the default suite's time (BENCHMARKS.md, "Test suite")
 @pytest.mark.skipif(not NO_TOP.is_file(), reason="needs the ImageNet MobileNetV2 weights in ../shared/weights")
 def test_with_imagenet_features_the_answer_comes_from_the_photo(tmp_path):
     """Random MobileNetV2 weights give grids of ~1e-12 (zeros in the float16 cache): real ones tell red from blue.
