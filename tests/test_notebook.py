@@ -2,9 +2,8 @@
 
 from pathlib import Path
 
-import pytest
-
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb"
