@@ -25,6 +25,7 @@ def pytest_report_header(config) -> str:
     clone outside the project's folder (say /tmp) measures less than CI runs."""
     return f"../shared: {'present' if SHARED.is_dir() else 'ABSENT (its tests skip)'} ({SHARED})"
 
+
 # Memorisation (quality) is asserted on TensorFlow, where the fixtures train to the end. The second, JAX,
 # session of `make test` runs only tests of behaviour (same tokens after a reload, across backends, CLI
 # output), so its fixtures train briefly: the suite stays under 10 minutes with both sessions.
