@@ -148,22 +148,21 @@ def inputs(split, arm):
     return [d["x"] if arm == "meanmax" else d["x"][:, :1280], d["q"], d["s"]]
 
 
-def accuracy(probabilities, split, threshold=0.5):
-    """[overall, seen photos, unseen photos] answering "yes" where P(yes) > threshold."""
-    yes = keras.ops.convert_to_numpy(keras.ops.softmax(probabilities))[:, 1]  # (n,)
+def accuracy(yes, split, threshold=0.5):
+    """[overall, seen photos, unseen photos] answering "yes" where P(yes) (`yes`, (n,)) > threshold."""
     right = (yes > threshold) == data[split]["y"]
     seen = data[split]["seen"]
     return [round(float(v), 4) for v in (right.mean(), right[seen].mean(), right[~seen].mean())]
 
 
-def dev_threshold(probabilities):
+def dev_threshold(yes):
     """The P(yes) above which to answer "yes" that is most accurate on dev (0.30-0.90 by 0.02)."""
     grid = np.round(np.arange(0.30, 0.91, 0.02), 2)
-    return float(grid[int(np.argmax([accuracy(probabilities, "val", t)[0] for t in grid]))])
+    return float(grid[int(np.argmax([accuracy(yes, "val", t)[0] for t in grid]))])
 
 
 results = collections.defaultdict(list)
-plain_probabilities = collections.defaultdict(list)
+plain_yes = collections.defaultdict(list)  # split -> P(yes) of each plain model
 for arm in ARMS:
     for seed in SEEDS:
         keras.utils.set_random_seed(seed)
@@ -176,20 +175,21 @@ for arm in ARMS:
         stop = keras.callbacks.EarlyStopping(monitor="val_categorical_accuracy", mode="max", patience=5, restore_best_weights=True)
         model.fit(inputs("train", arm), y, validation_data=(inputs("val", arm), keras.ops.one_hot(data["val"]["y"], 2)),
                   batch_size=64, epochs=30, callbacks=[stop], class_weight=weights, verbose=0)
-        probabilities = {split: model.predict(inputs(split, arm), batch_size=512, verbose=0) for split in ("val", "test")}
+        yes = {split: keras.ops.convert_to_numpy(keras.ops.softmax(model.predict(inputs(split, arm), batch_size=512, verbose=0)))[:, 1]
+               for split in ("val", "test")}  # split -> (n,) P(yes)
         if arm == "plain":
-            for split, p in probabilities.items():
-                plain_probabilities[split].append(p)
-        threshold = dev_threshold(probabilities["val"])
-        line = {"arm": arm, "seed": seed, "dev": accuracy(probabilities["val"], "val"), "test": accuracy(probabilities["test"], "test"),
+            for split, p in yes.items():
+                plain_yes[split].append(p)
+        threshold = dev_threshold(yes["val"])
+        line = {"arm": arm, "seed": seed, "dev": accuracy(yes["val"], "val"), "test": accuracy(yes["test"], "test"),
                 "epochs": len(model.history.history["loss"]), "dev_threshold": threshold,
-                "dev_at_threshold": accuracy(probabilities["val"], "val", threshold),
-                "test_at_threshold": accuracy(probabilities["test"], "test", threshold)}
+                "dev_at_threshold": accuracy(yes["val"], "val", threshold),
+                "test_at_threshold": accuracy(yes["test"], "test", threshold)}
         results[arm].append(line)
         print(json.dumps(line), flush=True)
     runs = results[arm]
     print(json.dumps({"arm": arm, "mean_of_seeds": len(runs), **{k: [round(float(np.mean([r[k][i] for r in runs])), 4) for i in range(3)]
                                                                   for k in ("dev", "test", "test_at_threshold")}}), flush=True)
-if len(plain_probabilities["val"]) > 1:
-    print(json.dumps({"arm": "ensemble", "of_plain_seeds": SEEDS, **{name: accuracy(np.log(np.mean([keras.ops.convert_to_numpy(keras.ops.softmax(p)) for p in plain_probabilities[split]], axis=0)), split)
+if len(plain_yes["val"]) > 1:
+    print(json.dumps({"arm": "ensemble", "of_plain_seeds": SEEDS, **{name: accuracy(np.mean(plain_yes[split], axis=0), split)
                                                                      for name, split in (("dev", "val"), ("test", "test"))}}), flush=True)
