@@ -95,6 +95,25 @@ def test_the_photo_prior_answers_what_training_said_about_the_same_photo():
     assert blind_baselines(train, test)["photo_prior"] == pytest.approx(2 / 3)
 
 
+def test_train_overlap_groups_questions_by_photo_and_by_question_text_asked_in_training():
+    from captioner.data import QARecord
+    from captioner.evaluation.metrics import accuracy_table, train_overlap
+
+    train = [QARecord("d/a.jpg", "Is it a dog ?", ("yes",)), QARecord("d/b.jpg", "is it red?", ("no",))]
+    test = [QARecord("other/a.jpg", "is  it a DOG ?", ("no",)),  # photo a (by file name), text asked (case, spaces)
+            QARecord("d/a.jpg", "is it blue?", ("yes",)),  # photo a, new text
+            QARecord("d/c.jpg", "is it red?", ("yes",)),  # unseen photo, text asked: its twin's answer was "no"
+            QARecord("d/c.jpg", "is it big?", ("no",))]  # unseen photo, new text
+    groups = train_overlap(train, test)
+    assert groups["by_photo"] == ["seen in training", "seen in training", "unseen", "unseen"]
+    assert groups["by_photo_and_question"] == ["seen photo, question asked in training", "seen photo, new question",
+                                               "unseen photo, question asked in training", "unseen photo, new question"]
+    table = accuracy_table(test, ["yes", "yes", "no", "no"], groups)  # the twins' training answers copied: both wrong
+    assert {name: g["accuracy"] for name, g in table["by_photo_and_question"].items()} == {
+        "seen photo, question asked in training": 0.0, "seen photo, new question": 1.0,
+        "unseen photo, question asked in training": 0.0, "unseen photo, new question": 1.0}
+
+
 def test_diversity_counts_distinct_captions_words_and_the_most_common():
     from captioner.evaluation.metrics import diversity
 

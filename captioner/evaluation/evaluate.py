@@ -25,8 +25,8 @@ from captioner.evaluation.metrics import (
     diversity,
     human_agreement,
     oracle_bleu,
-    photo_key,
     text_scores,
+    train_overlap,
 )
 from captioner.data.arrays import group_questions, question_arrays
 from captioner.data.preprocessing import image_dataset, PipelineFailure, pipeline_error
@@ -265,10 +265,8 @@ def evaluate_vqa(
     seconds = time.perf_counter() - started
     records, predictions = [r for r, p in zip(records, predictions) if p is not None], [p for p in predictions if p is not None]
     train_records = load_qa_split(data.dataset, data_dir or data.data_dir, run.config.train.train_split, answer_type=vqa.answer_type)
-    photos_seen = {photo_key(r.image) for r in train_records}  # a split by question can share photos with train
-    by_photo = ["seen in training" if photo_key(r.image) in photos_seen else "unseen" for r in records]
     result = {
-        **accuracy_table(records, predictions, {"by_photo": by_photo}),
+        **accuracy_table(records, predictions, train_overlap(train_records, records)),  # a split by question shares photos with train
         "split": split,
         "images": len({r.image for r in records}),
         "answer_coverage": run.answers.coverage(r.answer for r in records),
@@ -296,11 +294,13 @@ def vqa_summary_lines(result: dict[str, Any]) -> list[str]:
         f" +- {result.get('interval_95', 0.0):.2%} (95%)" + ablation,
         f"answers in the answer vocabulary: {result['answer_coverage']:.1%} (the ceiling)",
     ]
-    for title, key in (("answer type", "by_answer_type"), ("question type", "by_question_type"), ("photo", "by_photo")):
+    for title, key in (("answer type", "by_answer_type"), ("question type", "by_question_type"), ("photo", "by_photo"),
+                       ("photo and question text", "by_photo_and_question")):
         if key not in result:  # written before captioner had it
             continue
         lines.append(f"by {title}:")
-        lines += [f"  {name:<16} {g['accuracy']:7.2%}  ({g['questions']} questions)" for name, g in result[key].items()]
+        width = max([16, *map(len, result[key])])
+        lines += [f"  {name:<{width}} {g['accuracy']:7.2%}  ({g['questions']} questions)" for name, g in result[key].items()]
     blind = result["blind_baselines"]
     lines.append(
         f"blind baselines: always 'yes' {blind['always_yes']:.2%}, most frequent answer {blind['most_frequent']:.2%}, "

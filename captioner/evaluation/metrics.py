@@ -153,6 +153,22 @@ def blind_baselines(train_records: Sequence[Any], records: Sequence[Any]) -> dic
     }
 
 
+def train_overlap(train_records: Sequence[Any], records: Sequence[Any]) -> dict[str, list[str]]:
+    """Groups for `accuracy_table` where a split is by question, not by photo: per record, whether train holds its
+    photo ("by_photo") and, crossed with that, whether train asked its exact question text ("by_photo_and_question").
+    On VQA v2 the second matters: each question is paired with a similar photo whose answer differs, so where the
+    twin is in train its answer is usually the wrong one here (README, "VQA on photographs")."""
+    photos = {photo_key(r.image) for r in train_records}
+    texts = {_question_key(r.question) for r in train_records}
+    seen = [photo_key(r.image) in photos for r in records]
+    asked = [_question_key(r.question) in texts for r in records]
+    return {
+        "by_photo": ["seen in training" if s else "unseen" for s in seen],
+        "by_photo_and_question": [f"{'seen' if s else 'unseen'} photo, {'question asked in training' if a else 'new question'}"
+                                  for s, a in zip(seen, asked)],
+    }
+
+
 def photo_key(image: str) -> str:
     """A photo's identity across splits and folders: its file name."""
     return image.replace("\\", "/").rsplit("/", 1)[-1]
