@@ -2,7 +2,9 @@
 recipe rebuilt in plain Keras on the cached MobileNetV2 grids, trained and scored the same way (Adam 5e-4, batch 64,
 early stopping on dev accuracy, patience 5, at most 30 epochs), several seeds each. Prints one JSON line per arm
 and seed, then per arm the mean over seeds: dev and test accuracy overall, on photos seen in train and on unseen ones,
-answering "yes" where P(yes) > 0.5 and where P(yes) is above the threshold most accurate on dev.
+answering "yes" where P(yes) > 0.5 and where P(yes) is above the threshold most accurate on dev; and test's
+unseen-photo questions split in two: those whose exact text was asked in train (twins; VQA v2 pairs each question
+with a similar photo whose answer differs, so the train answer is usually wrong there) and the rest (new).
 
 Arms (`--arms`, comma-separated):
   plain     the recipe: grid mean, LayerNorm, Dense 512 ReLU, tanh projections multiplied; question: embedding 256, LSTM 512
@@ -15,6 +17,8 @@ Arms (`--arms`, comma-separated):
   narrow    every width halved
   meanmax   the grid's mean and its max, concatenated (2,560 numbers)
   concat    the two projections concatenated instead of multiplied
+  flip      each training question twice, with its photo's grid and with its mirror image's (computed once with the
+            encoder, kept in CACHE_DIR/flipped-<photos>.npz, outside the product's cache)
   detector  word detectors learned from Flickr8k captions (needs --flickr8k): a multi-label logistic layer on the
             cached grids of Flickr8k's train photos predicts which caption words (count >= 5, stop words out) describe
             a photo; each question word that has a detector enters the question LSTM with its logit on this photo
@@ -38,6 +42,7 @@ from captioner.config import ModelConfig
 from captioner.data import load_qa_split, load_split
 from captioner.models.features import FeatureCache
 from captioner.models.networks import build_image_encoder
+from captioner.data.images import read_image
 from captioner.data.vocab import tokenize
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -111,6 +116,25 @@ def arrays(records):
 
 
 data = {split: arrays(records) for split, records in splits.items()}
+train_questions = {" ".join(tokenize(r.question)) for r in splits["train"]}
+for split in ("val", "test"):
+    data[split]["twin"] = np.array([" ".join(tokenize(r.question)) in train_questions for r in splits[split]])
+
+
+def flipped_means(records):
+    """(n, 1280): the grid mean of each record's photo mirrored left to right, computed once and kept in a file."""
+    photos = sorted({r.image for r in records})
+    store = Path(args.cache_dir) / f"flipped-{len(photos)}.npz"
+    if not store.exists():
+        means = []
+        for start in range(0, len(photos), 64):
+            images = np.stack([read_image(p, 224)[0][:, ::-1] for p in photos[start:start + 64]])  # (b, 224, 224, 3)
+            grid = keras.ops.convert_to_numpy(encoder.cache_features(images))  # (b, 49, 1280)
+            means.append(grid.mean(axis=1))
+        np.savez(store, photos=np.array(photos), means=np.concatenate(means))
+    saved = np.load(store)
+    row = {p: i for i, p in enumerate(saved["photos"])}
+    return saved["means"][[row[r.image] for r in records]]  # (n, 1280)
 
 
 def build(arm):
@@ -155,6 +179,13 @@ def accuracy(yes, split, threshold=0.5):
     return [round(float(v), 4) for v in (right.mean(), right[seen].mean(), right[~seen].mean())]
 
 
+def unseen_twin_new(yes, split):
+    """[unseen-photo questions asked in train too, unseen-photo questions new to train] answering at 0.5."""
+    right = (yes > 0.5) == data[split]["y"]
+    unseen, twin = ~data[split]["seen"], data[split]["twin"]
+    return [round(float(right[unseen & twin].mean()), 4), round(float(right[unseen & ~twin].mean()), 4)]
+
+
 def dev_threshold(yes):
     """The P(yes) above which to answer "yes" that is most accurate on dev (0.30-0.90 by 0.02)."""
     grid = np.round(np.arange(0.30, 0.91, 0.02), 2)
@@ -172,8 +203,12 @@ for arm in ARMS:
         if arm == "balanced":
             share_yes = data["train"]["y"].mean()
             weights = {0: 0.5 / (1 - share_yes), 1: 0.5 / share_yes}
+        x = inputs("train", arm)
+        if arm == "flip":
+            x = [np.concatenate([x[0], flipped_means(splits["train"])]), np.concatenate([x[1], x[1]]), np.concatenate([x[2], x[2]])]
+            y = keras.ops.concatenate([y, y])
         stop = keras.callbacks.EarlyStopping(monitor="val_categorical_accuracy", mode="max", patience=5, restore_best_weights=True)
-        model.fit(inputs("train", arm), y, validation_data=(inputs("val", arm), keras.ops.one_hot(data["val"]["y"], 2)),
+        model.fit(x, y, validation_data=(inputs("val", arm), keras.ops.one_hot(data["val"]["y"], 2)),
                   batch_size=64, epochs=30, callbacks=[stop], class_weight=weights, verbose=0)
         yes = {split: keras.ops.convert_to_numpy(keras.ops.softmax(model.predict(inputs(split, arm), batch_size=512, verbose=0)))[:, 1]
                for split in ("val", "test")}  # split -> (n,) P(yes)
@@ -184,7 +219,7 @@ for arm in ARMS:
         line = {"arm": arm, "seed": seed, "dev": accuracy(yes["val"], "val"), "test": accuracy(yes["test"], "test"),
                 "epochs": len(model.history.history["loss"]), "dev_threshold": threshold,
                 "dev_at_threshold": accuracy(yes["val"], "val", threshold),
-                "test_at_threshold": accuracy(yes["test"], "test", threshold)}
+                "test_at_threshold": accuracy(yes["test"], "test", threshold), "test_unseen_twin_new": unseen_twin_new(yes["test"], "test")}
         results[arm].append(line)
         print(json.dumps(line), flush=True)
     runs = results[arm]
@@ -192,4 +227,5 @@ for arm in ARMS:
                                                                   for k in ("dev", "test", "test_at_threshold")}}), flush=True)
 if len(plain_yes["val"]) > 1:
     print(json.dumps({"arm": "ensemble", "of_plain_seeds": SEEDS, **{name: accuracy(np.mean(plain_yes[split], axis=0), split)
-                                                                     for name, split in (("dev", "val"), ("test", "test"))}}), flush=True)
+                                                                     for name, split in (("dev", "val"), ("test", "test"))},
+                      "test_unseen_twin_new": unseen_twin_new(np.mean(plain_yes["test"], axis=0), "test")}), flush=True)
