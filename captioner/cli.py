@@ -225,6 +225,9 @@ def add_train_vqa_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="output run directory")
     parser.add_argument("--preset", default=None, help="starting configuration: shapes-vqa (default), easy-vqa (with --dataset easy-vqa), "
                                                        "vqa-coco (with --dataset vqa-lines) or tiny")
+    parser.add_argument("--init-from", default=None, metavar="RUN",
+                        help="start from this finished VQA run: its weights, vocabularies and settings (then the flags given here), "
+                             "e.g. to fine-tune the top CNN blocks of a frozen run with --fine-tune-blocks N and a lower --learning-rate")
     parser.add_argument("--dataset", default=None, choices=["shapes", "easy-vqa", "vqa", "vqa-lines"],
                         help="shapes (default), easy-vqa (the PyPI package), vqa (VQA v2 JSON) or vqa-lines (NAME#N<TAB>question ? answer "
                              "files with Images/, e.g. the VQA v2 yes/no subset on COCO photos)")
@@ -304,7 +307,7 @@ def _configure(args: argparse.Namespace, preset_name: str, flags: dict[str, str]
 
     try:
         if getattr(args, "init_from", None):
-            config = started_from(load_config(args.init_from), str(Path(args.init_from).resolve()), args.objective or "xe")
+            config = started_from(load_config(args.init_from), str(Path(args.init_from).resolve()), getattr(args, "objective", None) or "xe")
         else:
             config = preset(preset_name)
         overrides = {key: str(getattr(args, flag)) for flag, key in flags.items() if getattr(args, flag) is not None}
@@ -374,6 +377,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.attention and args.decoder is None and not args.init_from:
         args.decoder = "attention"
     config = _configure(args, args.preset or "shapes", _TRAIN_FLAGS, {"model.encoder_trainable": "true"} if args.fine_tune_encoder else {})
+    config.task = "caption"  # also where --init-from names a VQA run: train then says it cannot start from one
     parallel = _start(args.parallel)
     skipped = Skipped()
     metrics = train(config, args.run, verbose=0 if args.quiet else "auto", restart=args.restart, skipped=skipped, notify=_notify,
@@ -389,6 +393,8 @@ def run_train_vqa(args: argparse.Namespace) -> int:
     from captioner.errors import CaptionerError
     from captioner.train import train
 
+    if args.init_from and args.preset:
+        raise CaptionerError("--init-from takes its settings from that run; drop --preset")
     if args.fine_tune_encoder and not args.encoder_from:
         raise CaptionerError("--fine-tune-encoder needs --encoder-from RUN (an encoder trained from scratch is always trained)")
     if args.encoder_from and (args.encoder or args.encoder_weights):

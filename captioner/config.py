@@ -259,6 +259,8 @@ INIT_FROM_MODEL_CHANGES = ("model.fine_tune_blocks", "model.dropout_rate", "mode
 SCST_DEFAULTS = {"train.learning_rate": 5e-5, "train.lr_reduce_factor": 1.0, "train.monitor": "val_cider", "train.epochs": 10,
                  "train.patience": 2, "model.dropout_rate": 0.0}
 # Filled in from the data when a run starts (the command asks for a cap, the run stores what it used).
+# VQA settings that change no weight (the same role for `train-vqa --init-from`).
+INIT_FROM_VQA_CHANGES = ("vqa.dropout_rate", "vqa.questions_per_image", "vqa.fine_tune_encoder")
 DERIVED = ("data.image_size", "data.max_caption_length", "vqa.max_question_length")
 
 

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from captioner.config import DERIVED, INIT_FROM_MODEL_CHANGES, RESUMABLE, RunConfig, flatten, resume_changes, with_settings
+from captioner.config import DERIVED, INIT_FROM_MODEL_CHANGES, INIT_FROM_VQA_CHANGES, RESUMABLE, RunConfig, flatten, resume_changes, with_settings
 from captioner.data import Skipped
 from captioner.distribute import Parallel, ParallelConfig
 from captioner.errors import CaptionerError
@@ -109,9 +109,8 @@ def check_objective(config: RunConfig) -> None:
     train_cfg = config.train
     if train_cfg.objective not in OBJECTIVES:
         raise CaptionerError(f"unknown --objective '{train_cfg.objective}'; use xe or scst")
-    if train_cfg.init_from and config.task != "caption":
-        raise CaptionerError(f"--init-from {train_cfg.init_from} is a {config.task} run; a caption run starts from a caption run "
-                             f"(a VQA run takes a caption run's encoder with --encoder-from)")
+    if train_cfg.objective != "xe" and config.task != "caption":
+        raise CaptionerError(f"--objective {train_cfg.objective} is for captioning; a {config.task} run trains with cross-entropy (xe)")
     if train_cfg.objective == "scst":
         if not train_cfg.init_from:
             raise CaptionerError("--objective scst fine-tunes a trained captioner: add --init-from RUN (a finished cross-entropy run)")
@@ -124,16 +123,18 @@ def check_objective(config: RunConfig) -> None:
 
 
 def init_source(config: RunConfig, run_dir: Path) -> Run:
-    """The finished caption run `train.init_from` names, loaded, after checking that `config` keeps what its weights and
-    vocabulary fix (dataset, image size, caption length, every model setting but `INIT_FROM_MODEL_CHANGES`)."""
+    """The finished run of the same task `train.init_from` names, loaded, after checking that `config` keeps what its
+    weights and vocabularies fix (dataset, image size, caption or question length, every model setting but
+    `INIT_FROM_MODEL_CHANGES`, for VQA every head setting but `INIT_FROM_VQA_CHANGES`)."""
     path = Path(config.train.init_from)
     if path.resolve() == run_dir.resolve():
         raise CaptionerError(f"--init-from {path} is the run being trained; the source is only read: choose a new --run "
                              f"(to train {path} further, repeat its command with a larger --epochs)")
-    if (path / CONFIG_FILE).exists() and stored_task(path) != "caption":
-        raise CaptionerError(f"--init-from {path} is a {stored_task(path)} run; a caption run starts from a caption run")
+    if (path / CONFIG_FILE).exists() and stored_task(path) != config.task:
+        raise CaptionerError(f"--init-from {path} is a {stored_task(path)} run; a {config.task} run starts from a {config.task} run"
+                             + (" (a VQA run takes a caption run's encoder with --encoder-from)" if config.task == "vqa" else ""))
     try:
-        source = load_run(path)
+        source = load_run(path, task=config.task)
     except CaptionerError as exc:
         raise CaptionerError(f"--init-from: {exc}") from None
     status = read_json(path / METRICS_FILE, {}).get("status")
@@ -144,7 +145,8 @@ def init_source(config: RunConfig, run_dir: Path) -> Run:
     if before["data.dataset"] != now["data.dataset"]:
         raise CaptionerError(f"--init-from {path} was trained on the {before['data.dataset']} dataset's vocabulary, not {now['data.dataset']}'s; "
                              f"start from a run of this dataset, or train without --init-from")
-    fixed = [key for key in before if (key.startswith("model.") and key not in INIT_FROM_MODEL_CHANGES) or key in DERIVED]
+    fixed = [key for key in before if (key.startswith("model.") and key not in INIT_FROM_MODEL_CHANGES) or key in DERIVED
+             or (config.task == "vqa" and key.startswith("vqa.") and key not in INIT_FROM_VQA_CHANGES)]
     changed = [f"{key} ({before[key]} -> {now.get(key)})" for key in fixed if before[key] != now.get(key)]
     if changed:
         raise CaptionerError(f"--init-from {path} fixes {', '.join(changed[:3])}; drop those settings "

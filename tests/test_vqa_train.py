@@ -58,6 +58,44 @@ def test_a_changed_answer_vocabulary_is_refused(vqa_run, tmp_path):
         load_run(copy, task="vqa")
 
 
+def test_init_from_a_vqa_run_copies_its_weights_and_vocabularies(vqa_run, tmp_path, capsys):
+    """`train-vqa --init-from RUN` at learning rate 0 is RUN: every weight but the batch norms' running statistics
+    (one epoch moves them) the same, the same vocabularies, the same answers."""
+    from captioner.cli import main
+
+    copy = tmp_path / "copy"
+    assert main(["train-vqa", "--init-from", str(vqa_run), "--run", str(copy), "--epochs", "1", "--learning-rate", "0", "--quiet"]) == 0
+    source, started = load_run(vqa_run, task="vqa"), load_run(copy, task="vqa")
+    assert json.loads((copy / "metrics.json").read_text())["train"]["init_from"] == str(vqa_run.resolve())
+    assert (copy / "vocab.json").read_text() == (vqa_run / "vocab.json").read_text()
+    assert (copy / "answers.json").read_text() == (vqa_run / "answers.json").read_text()
+    assert started.config.vqa == source.config.vqa and started.config.train.learning_rate == 0
+    kept = [(a, b) for a, b in zip(source.model.weights, started.model.weights) if "moving_" not in a.path]
+    assert len(kept) == len(source.model.weights) - 2 * sum("moving_mean" in w.path for w in source.model.weights) > 0
+    for a, b in kept:
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
+    records = load_qa_split("shapes", source.config.data.data_dir, "test")[:32]
+    answers = [answer_records(Answerer(r.model, r.vocab, r.answers, r.config.vqa.max_question_length), records, 16) for r in (source, started)]
+    assert answers[0] == answers[1]
+
+
+def test_bad_vqa_init_from_inputs_are_one_line_and_write_nothing(vqa_run, overfit_run, tmp_path, capsys):
+    from captioner.cli import main
+
+    run = tmp_path / "new"
+    for argv, expected in [
+        (["--init-from", str(overfit_run)], "is a caption run; a vqa run starts from a vqa run (a VQA run takes a caption run's encoder"),
+        (["--init-from", str(vqa_run), "--set", "vqa.fusion_dim=32"], "fixes vqa.fusion_dim (64 -> 32)"),
+        (["--init-from", str(vqa_run), "--attention"], "fixes vqa.attention (False -> True)"),
+        (["--init-from", str(vqa_run), "--preset", "tiny"], "drop --preset"),
+        (["--init-from", str(vqa_run), "--run", str(vqa_run)], "is the run being trained"),
+    ]:
+        assert main(["train-vqa", "--run", str(run), *argv, "--quiet"]) != 0
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "Traceback" not in err and expected in err, err
+    assert not run.exists()
+
+
 def _vqa_config(tiny_data, **overrides):
     config = tiny_config(tiny_data, **{"train.epochs": "2", **overrides})
     config.task = "vqa"

@@ -16,7 +16,7 @@ from captioner.data import QARecord, Skipped, load_qa_split
 from captioner.models.encoder import ImageEncoder, default_image_size
 from captioner.evaluation.evaluate import evaluate_vqa, vqa_summary_lines
 from captioner.data.images import read_image
-from captioner.models.networks import build_vqa_model, training_work
+from captioner.models.networks import build_vqa_model, copy_weights, training_work
 from captioner.data.arrays import group_questions
 from captioner.data.preprocessing import feature_vqa_dataset, vqa_dataset
 from captioner.distribute import InputShard
@@ -102,9 +102,16 @@ class VQATask(Task):
         val_records = base.on_disk(val_records, train_cfg.val_split, skipped)
         encoder = _shared_encoder(vqa.encoder_from, vqa.fine_tune_encoder) if vqa.encoder_from else None
         image_size = encoder.image_size if encoder is not None else default_image_size(config.model.encoder, data.image_size)
-        if resuming:
-            vocab = Vocabulary.load(run_dir / VOCAB_FILE)
-            answers = AnswerVocabulary.load(run_dir / ANSWERS_FILE)
+        if resuming or train_cfg.init_from:  # the run's own vocabularies, or (`--init-from`) the source's, which train checked it keeps
+            folder = run_dir if resuming else Path(train_cfg.init_from)
+            vocab = Vocabulary.load(folder / VOCAB_FILE)
+            answers = AnswerVocabulary.load(folder / ANSWERS_FILE)
+            if not resuming:
+                config = replace(config, data=replace(data, data_dir=str(Path(data.data_dir).resolve()) if data.data_dir else ""))
+                run_dir.mkdir(parents=True, exist_ok=True)
+                vocab.save(run_dir / VOCAB_FILE)
+                answers.save(run_dir / ANSWERS_FILE)
+                save_config(config, run_dir)
         else:
             vocab = Vocabulary.build((r.question for r in train_records), min_count=data.min_word_count)
             answers = AnswerVocabulary.build((r.answer for r in train_records), max_size=vqa.num_answers)
@@ -119,6 +126,8 @@ class VQATask(Task):
             save_config(config, run_dir)
 
         model = build_vqa_model(config, len(vocab), len(answers), image_size, encoder)
+        if source is not None:
+            copy_weights(source, model)
         stats: dict[str, Any] = {}
         cache = None
         if training_work(config) == "train_cached":
