@@ -253,14 +253,14 @@ RESUMABLE_SECTIONS = ("decode",)
 INIT_FROM_MODEL_CHANGES = ("model.fine_tune_blocks", "model.dropout_rate", "model.attention_regularization", "model.precision",
                            "model.precision_reason", "model.hard_entropy_weight", "model.hard_expected_share",
                            "model.hard_reinforce_weight")
+# VQA head settings that change no weight: what `train-vqa --init-from` may change besides those above.
+INIT_FROM_VQA_CHANGES = ("vqa.dropout_rate", "vqa.questions_per_image", "vqa.fine_tune_encoder")
 # Self-critical training's own defaults (Rennie et al. 2017; self-critical.pytorch): Adam at 5e-5 without decay, the best
 # epoch by validation CIDEr. Dropout off: the captions sampled are then exactly the policy trained (keeping the source's
 # 0.5 measured no better on Flickr8k: BENCHMARKS.md, "Self-critical sequence training").
 SCST_DEFAULTS = {"train.learning_rate": 5e-5, "train.lr_reduce_factor": 1.0, "train.monitor": "val_cider", "train.epochs": 10,
                  "train.patience": 2, "model.dropout_rate": 0.0}
 # Filled in from the data when a run starts (the command asks for a cap, the run stores what it used).
-# VQA settings that change no weight (the same role for `train-vqa --init-from`).
-INIT_FROM_VQA_CHANGES = ("vqa.dropout_rate", "vqa.questions_per_image", "vqa.fine_tune_encoder")
 DERIVED = ("data.image_size", "data.max_caption_length", "vqa.max_question_length")
 
 
