@@ -102,23 +102,21 @@ class VQATask(Task):
         val_records = base.on_disk(val_records, train_cfg.val_split, skipped)
         encoder = _shared_encoder(vqa.encoder_from, vqa.fine_tune_encoder) if vqa.encoder_from else None
         image_size = encoder.image_size if encoder is not None else default_image_size(config.model.encoder, data.image_size)
-        if resuming or train_cfg.init_from:  # the run's own vocabularies, or (`--init-from`) the source's, which train checked it keeps
-            folder = run_dir if resuming else Path(train_cfg.init_from)
-            vocab = Vocabulary.load(folder / VOCAB_FILE)
-            answers = AnswerVocabulary.load(folder / ANSWERS_FILE)
-            if not resuming:
-                config = replace(config, data=replace(data, data_dir=str(Path(data.data_dir).resolve()) if data.data_dir else ""))
-                run_dir.mkdir(parents=True, exist_ok=True)
-                vocab.save(run_dir / VOCAB_FILE)
-                answers.save(run_dir / ANSWERS_FILE)
-                save_config(config, run_dir)
+        if resuming:
+            vocab = Vocabulary.load(run_dir / VOCAB_FILE)
+            answers = AnswerVocabulary.load(run_dir / ANSWERS_FILE)
         else:
-            vocab = Vocabulary.build((r.question for r in train_records), min_count=data.min_word_count)
-            answers = AnswerVocabulary.build((r.answer for r in train_records), max_size=vqa.num_answers)
-            longest = max(len(tokenize(r.question)) for r in train_records)
-            data = replace(data, image_size=image_size, data_dir=str(Path(data.data_dir).resolve()) if data.data_dir else "")
-            vqa = replace(vqa, max_question_length=min(vqa.max_question_length, longest),
-                          encoder_from=str(Path(vqa.encoder_from).resolve()) if vqa.encoder_from else None)
+            data = replace(data, data_dir=str(Path(data.data_dir).resolve()) if data.data_dir else "")
+            if train_cfg.init_from:  # the source's vocabularies and question length, which train checked this run keeps
+                vocab = Vocabulary.load(Path(train_cfg.init_from) / VOCAB_FILE)
+                answers = AnswerVocabulary.load(Path(train_cfg.init_from) / ANSWERS_FILE)
+            else:
+                vocab = Vocabulary.build((r.question for r in train_records), min_count=data.min_word_count)
+                answers = AnswerVocabulary.build((r.answer for r in train_records), max_size=vqa.num_answers)
+                longest = max(len(tokenize(r.question)) for r in train_records)
+                data = replace(data, image_size=image_size)
+                vqa = replace(vqa, max_question_length=min(vqa.max_question_length, longest),
+                              encoder_from=str(Path(vqa.encoder_from).resolve()) if vqa.encoder_from else None)
             config = replace(config, data=data, vqa=vqa)
             run_dir.mkdir(parents=True, exist_ok=True)
             vocab.save(run_dir / VOCAB_FILE)
