@@ -18,10 +18,14 @@ Arms (`--arms`, comma-separated):
   meanmax   the grid's mean and its max, concatenated (2,560 numbers)
   concat    the two projections concatenated instead of multiplied
   flip      each training question twice, with its photo's grid and with its mirror image's (computed once with the
-            encoder, kept in CACHE_DIR/flipped-<photos>.npz, outside the product's cache)
+            encoder, kept in CACHE_DIR/flipped-<encoder key>-<photos>.npz, outside the product's cache)
   detector  word detectors learned from Flickr8k captions (needs --flickr8k): a multi-label logistic layer on the
             cached grids of Flickr8k's train photos predicts which caption words (count >= 5, stop words out) describe
             a photo; each question word that has a detector enters the question LSTM with its logit on this photo
+  imagenet  the same path as `detector`, with MobileNetV2's own ImageNet classifier (needs --top-weights and the
+            imagenet_class_index.json beside it) as the detectors: a question word that names an ImageNet class (a
+            token of the class name, or the word's singular) enters the LSTM with log(summed probability of those
+            classes on this photo)
   ensemble  (when `plain` runs with several seeds) the plain models' probabilities averaged
 
 Needs the photos' MobileNetV2 grids in the feature cache (`captioner features --dataset vqa-lines ...`; for `detector`
@@ -32,6 +36,7 @@ also `--dataset flickr8k ...` with the same --cache-dir). BENCHMARKS.md, "VQA on
 import argparse
 import collections
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -44,18 +49,24 @@ from captioner.models.features import FeatureCache
 from captioner.models.networks import build_image_encoder
 from captioner.data.images import read_image
 from captioner.data.vocab import tokenize
+from captioner.fileio import atomic_path
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--cache-dir", required=True)
 parser.add_argument("--weights", required=True, help="the MobileNetV2 no-top weights the cache was filled with")
 parser.add_argument("--vqa", required=True, help="vqa-lines folder (the VQA v2 yes/no subset)")
 parser.add_argument("--flickr8k", help="Flickr8k folder (the detector arm only)")
+parser.add_argument("--top-weights", help="the MobileNetV2 weights with the classifier (the imagenet arm only)")
 parser.add_argument("--seeds", default="0")
 parser.add_argument("--arms", default="plain")
 args = parser.parse_args()
 SEEDS, ARMS = [int(s) for s in args.seeds.split(",")], args.arms.split(",")
 if "detector" in ARMS and not args.flickr8k:
     parser.error("the detector arm needs --flickr8k")
+if "imagenet" in ARMS and not args.top_weights:
+    parser.error("the imagenet arm needs --top-weights")
+if "imagenet" in ARMS and "detector" in ARMS:
+    parser.error("the imagenet and detector arms fill the same input: run them one at a time")
 encoder = build_image_encoder(ModelConfig(encoder="mobilenet_v2", encoder_weights=args.weights, encoder_trainable=False), 224)
 cache = FeatureCache(args.cache_dir, encoder)
 L = 20  # question words kept
@@ -96,7 +107,37 @@ def word_detectors(seed):
 splits = {s: load_qa_split("vqa-lines", args.vqa, s, answer_type="yes/no") for s in ("train", "val", "test")}
 seen_photos = {Path(r.image).name for r in splits["train"]}
 vocab = {w: i + 2 for i, w in enumerate(sorted({w for r in splits["train"] for w in tokenize(r.question)}))}  # 0 pad, 1 unknown
-detectors = word_detectors(SEEDS[0]) if "detector" in ARMS else None
+def imagenet_detectors():
+    """(words -> ImageNet class ids, a function from pooled grids to log summed class probability per word)."""
+    full = keras.applications.MobileNetV2(weights=args.top_weights)
+    kernel, bias = full.get_layer("predictions").get_weights()  # (1280, 1000), (1000,)
+    index = json.loads((Path(args.top_weights).parent / "imagenet_class_index.json").read_text())
+    names = [set(re.split(r"[_\-\s']", index[str(i)][1].lower())) for i in range(1000)]
+    words = collections.defaultdict(list)
+    for i, tokens in enumerate(names):
+        for t in tokens - STOP:
+            words[t].append(i)
+
+    def scores(means):  # (n, 1280) -> (n, words)
+        z = means @ kernel + bias  # (n, 1000)
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        return np.log(np.stack([p[:, ids].sum(axis=1) for ids in words.values()], axis=1) + 1e-4)  # (n, words)
+    return {w: i for i, w in enumerate(words)}, scores
+
+
+def singular(word):
+    for suffix, ending in (("ies", "y"), ("es", ""), ("s", "")):
+        if word.endswith(suffix) and len(word) > 3:
+            return word[:-len(suffix)] + ending
+    return word
+
+
+if "detector" in ARMS:
+    index, model = word_detectors(SEEDS[0])
+    detectors = (index, lambda means: model.predict(means, batch_size=512, verbose=0))
+else:
+    detectors = imagenet_detectors() if "imagenet" in ARMS else None
 
 
 def arrays(records):
@@ -104,12 +145,14 @@ def arrays(records):
     x = pooled([r.image for r in records])  # (n, 2560)
     q = np.zeros((len(records), L), np.int32)
     s = np.zeros((len(records), L, 2), np.float32)
-    logits = detectors[1].predict(x[:, :1280], batch_size=512, verbose=0) if detectors else None  # (n, words)
+    logits = detectors[1](x[:, :1280]) if detectors else None  # (n, words)
     for i, r in enumerate(records):
         for t, w in enumerate(tokenize(r.question)[:L]):
             q[i, t] = vocab.get(w, 1)
-            if detectors and w in detectors[0]:
-                s[i, t] = (logits[i, detectors[0][w]], 1.0)
+            forms = (w, singular(w)) if "imagenet" in ARMS else (w,)  # the Flickr8k detectors match words exactly
+            named = next((v for v in forms if detectors and v in detectors[0]), None)
+            if named:
+                s[i, t] = (logits[i, detectors[0][named]], 1.0)
     y = np.array([1 if r.answer == "yes" else 0 for r in records], np.int32)
     seen = np.array([Path(r.image).name in seen_photos for r in records])
     return {"x": x, "q": q, "s": s, "y": y, "seen": seen}
@@ -121,17 +164,37 @@ for split in ("val", "test"):
     data[split]["twin"] = np.array([" ".join(tokenize(r.question)) in train_questions for r in splits[split]])
 
 
+def auc(score, truth):
+    """The chance that a random "yes" question scores above a random "no" one (ties count half)."""
+    ranks = np.argsort(np.argsort(score, kind="stable"), kind="stable").astype(np.float64)
+    for value in np.unique(score):  # average the ranks of ties
+        ranks[score == value] = ranks[score == value].mean()
+    yes = truth == 1
+    return float((ranks[yes].mean() - (yes.sum() - 1) / 2) / max((~yes).sum(), 1))
+
+
+if detectors:  # the detectors alone, before any training: does the best word score rank "yes" above "no"?
+    for split in ("val", "test"):
+        d = data[split]
+        named = d["s"][:, :, 1].any(axis=1)  # (n,) questions with at least one word that has a detector
+        best = np.where(d["s"][:, :, 1] > 0, d["s"][:, :, 0], -np.inf).max(axis=1)  # (n,)
+        print(json.dumps({"detectors_alone": split, "questions_named": int(named.sum()),
+                          "auc": round(auc(best[named], d["y"][named]), 4),
+                          "auc_unseen": round(auc(best[named & ~d["seen"]], d["y"][named & ~d["seen"]]), 4)}), flush=True)
+
+
 def flipped_means(records):
     """(n, 1280): the grid mean of each record's photo mirrored left to right, computed once and kept in a file."""
     photos = sorted({r.image for r in records})
-    store = Path(args.cache_dir) / f"flipped-{len(photos)}.npz"
+    store = Path(args.cache_dir) / f"flipped-{cache.key[:16]}-{len(photos)}.npz"  # this encoder's grids of these photos
     if not store.exists():
         means = []
         for start in range(0, len(photos), 64):
             images = np.stack([read_image(p, 224)[0][:, ::-1] for p in photos[start:start + 64]])  # (b, 224, 224, 3)
             grid = keras.ops.convert_to_numpy(encoder.cache_features(images))  # (b, 49, 1280)
             means.append(grid.mean(axis=1))
-        np.savez(store, photos=np.array(photos), means=np.concatenate(means))
+        with atomic_path(store) as tmp:
+            np.savez(tmp, photos=np.array(photos), means=np.concatenate(means))
     saved = np.load(store)
     row = {p: i for i, p in enumerate(saved["photos"])}
     return saved["means"][[row[r.image] for r in records]]  # (n, 1280)
@@ -144,7 +207,7 @@ def build(arm):
     question = layers.Input((L,), dtype="int32")
     scores = layers.Input((L, 2))
     e = layers.Embedding(len(vocab) + 2, width(256), mask_zero=True)(question)  # (b, L, 256)
-    if arm == "detector":
+    if arm in ("detector", "imagenet"):
         e = layers.Concatenate()([e, scores])  # (b, L, 258)
     if arm == "gru":
         h = layers.GRU(width(512))(e)
