@@ -748,10 +748,34 @@ COMMANDS = {
 NO_TENSORFLOW = ("data",)  # commands that never import TensorFlow (nor do --help and usage errors)
 
 
-JOB_CHILD_ENV = "CAPTIONER_JOB_CHILD"  # set in the training process a supervisor watches (several-process jobs)
+JOB_CHILD_ENV = "CAPTIONER_JOB_CHILD"  # the supervisor's pid, set in the training process it watches (several-process jobs)
 NATIVE_FATAL = re.compile(r"^F\d{4} ")  # a fatal line of native (absl) logging: what comes after it is the dying process's stack
 GLOO_NOTICE = re.compile(rb"\[Gloo\][^\n]*\n")  # "[Gloo] Rank 0 is connected to 1 peer ranks...", printed by JAX's CPU collectives
 JOINED = "captioner: joined"  # the line a job's process writes once every process has joined (`_start`)
+# What a collective says when another process of the job is gone: JAX's CPU collectives (Gloo), NCCL on GPUs, the
+# distributed runtime itself.
+JOB_BROKEN = ("Gloo", "NCCL", "Connection reset by peer", "distributed service")
+
+
+def job_stopped(config, detail: str) -> str:
+    """The one line of a job's process that stopped because another process of the job ended or cannot be reached."""
+    return (f"captioner: error: process {config.process_id} of {config.num_processes} stopped: another process of the job "
+            f"ended or could not be reached ({detail[:120]}); the last backup is kept: start every process again with the "
+            f"same command to resume")
+
+
+def die_with_supervisor(supervisor: int) -> None:
+    """A job's training process is killed when its supervisor ends, however it ends (kill -9 too): left behind, it
+    would go on training, and as process 0 writing the run. SIGKILL, as JAX's distributed runtime catches SIGTERM (a
+    preemption notice) and goes on. Linux only (prctl); elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != supervisor:  # it was gone before the line above
+        os._exit(EXIT_ERROR)
 
 
 def without_gloo_notices(chunks: Iterable[bytes]) -> Iterator[bytes]:
@@ -777,11 +801,12 @@ def supervise(argv: Sequence[str], config) -> int:
     """Run this command again in a child process and watch it. JAX's distributed runtime ends a process with a
     native abort (a fatal log line and a C++ stack) when the coordinator cannot be reached, a process never joins,
     or another process of the job dies; the child's stderr passes through here, less that, and such an end becomes
-    one line and exit status 2."""
+    one line and exit status 2. (A collective that fails because a partner died is one line from the child itself:
+    `main`.) The child is killed if this process ends first (`die_with_supervisor`)."""
     import subprocess
     import threading
 
-    env = {**os.environ, JOB_CHILD_ENV: "1"}
+    env = {**os.environ, JOB_CHILD_ENV: str(os.getpid())}
     child = subprocess.Popen([sys.executable, "-m", "captioner.cli", *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, errors="replace")
     joined, fatal = False, ""
@@ -817,8 +842,7 @@ def supervise(argv: Sequence[str], config) -> int:
               f"{config.join_timeout} s; check {ADDRESSES_ENV} (process 0's HOST:PORT, reachable from every host), that all "
               f"{config.num_processes} processes were started, or a longer --join-timeout", file=sys.stderr)
     else:
-        print(f"captioner: error: {who} stopped: another process of the job ended or could not be reached ({fatal[:120]}); "
-              f"the last backup is kept: start every process again with the same command to resume", file=sys.stderr)
+        print(job_stopped(config, fatal), file=sys.stderr)
     return EXIT_ERROR
 
 
@@ -838,6 +862,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_ERROR
         if args.parallel.num_processes > 1 and not os.environ.get(JOB_CHILD_ENV):
             return supervise(argv, args.parallel)
+        if os.environ.get(JOB_CHILD_ENV):
+            die_with_supervisor(int(os.environ[JOB_CHILD_ENV]))
         prepare(args.parallel)  # before JAX starts
         holder = lock_holder(args.run) if args.parallel.process_id == 0 else None  # the others train in a private copy
         if holder:
@@ -865,6 +891,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("captioner: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if not (os.environ.get(JOB_CHILD_ENV) and any(marker in str(exc) for marker in JOB_BROKEN)):
+            raise
+        detail = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        print(job_stopped(args.parallel, detail), file=sys.stderr, flush=True)
+        os._exit(EXIT_ERROR)  # not a normal exit: jax.distributed's shutdown would wait ~85 s for the process that is gone
 
 
 if __name__ == "__main__":

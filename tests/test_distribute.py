@@ -5,6 +5,7 @@ Every training here runs in a child process: a device count is fixed when JAX or
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -214,3 +215,44 @@ def test_a_run_resumes_with_and_without_data_parallelism(tiny_data, tmp_path, ba
         _train(backend, tiny_data, tmp_path / "split", "--epochs", "2", "--devices", "2")
     _train(backend, tiny_data, tmp_path / "split", "--epochs", "3")  # and back to one
     _assert_same_losses(_history(tmp_path / "whole"), _history(tmp_path / "split"))
+
+
+@pytest.mark.slow  # a job of two processes, one killed, then the job again
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the supervisor's child dies with it through prctl")
+def test_a_killed_process_stops_the_job_in_seconds_with_one_line_and_the_job_resumes(tiny_data, tmp_path):
+    """kill -9 of one process's supervisor mid-training: its training child goes with it (left behind, it trained on),
+    the other process stops within seconds with one line (it printed a traceback, then JAX's shutdown waited ~85 s for
+    the dead process), and the same command on both processes then finishes the run."""
+    run, extra = tmp_path / "run", ("--epochs", "40", "--set", "train.patience=40", "--set", "train.backup_every_steps=2")
+    port = _free_port()
+    supervisors = [subprocess.Popen(_cli(*_train_args(tiny_data, run, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+                                                      "--process-id", str(i), *extra)),
+                                    env=_env("jax"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                   for i in range(2)]
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / "history.json").exists():  # process 0 writes it after the first epoch
+            assert time.monotonic() < deadline and all(s.poll() is None for s in supervisors), "the job did not start training"
+            time.sleep(0.2)
+        victim = supervisors[1].pid
+        children = Path(f"/proc/{victim}/task/{victim}/children").read_text().split()  # its training process
+        assert len(children) == 1
+        os.kill(victim, 9)
+        killed = time.monotonic()
+        _, err = supervisors[0].communicate(timeout=120)
+        stopped = time.monotonic() - killed
+    finally:
+        for supervisor in supervisors:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(supervisor.pid, 9)
+    assert supervisors[0].returncode == 2 and stopped < 30, (supervisors[0].returncode, stopped, err[-2000:])
+    lines = [line for line in err.splitlines() if line.startswith("captioner: error")]
+    assert len(lines) == 1 and "another process of the job ended" in lines[0] and "Traceback" not in err, err[-2000:]
+    orphan = Path(f"/proc/{children[0]}/stat")
+    while orphan.exists() and orphan.read_text().split(") ")[-1][0] != "Z" and time.monotonic() - killed < 10:
+        time.sleep(0.2)
+    assert not orphan.exists() or orphan.read_text().split(") ")[-1][0] == "Z", "process 1's training outlived its supervisor"
+    trained = len(_history(run)["loss"])
+    assert trained < 40
+    assert all(p.returncode == 0 for p in _processes("jax", tiny_data, run, *extra)), "the job did not resume"
+    assert len(_history(run)["loss"]) == 40
