@@ -754,7 +754,7 @@ GLOO_NOTICE = re.compile(rb"\[Gloo\][^\n]*\n")  # "[Gloo] Rank 0 is connected to
 JOINED = "captioner: joined"  # the line a job's process writes once every process has joined (`_start`)
 # What a collective says when another process of the job is gone: JAX's CPU collectives (Gloo), NCCL on GPUs, the
 # distributed runtime itself.
-JOB_BROKEN = ("Gloo", "NCCL", "Connection reset by peer", "distributed service")
+JOB_BROKEN = ("Gloo", "NCCL", "distributed service")
 
 
 def job_stopped(config, detail: str) -> str:

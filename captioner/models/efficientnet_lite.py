@@ -102,7 +102,7 @@ def build(variant: str, include_top: bool = False, weights: str | None = None,
     size = VARIANTS[variant][2]
     shape = (size, size, 3) if include_top or input_shape is None else tuple(input_shape)
     # Weights about to be loaded need no random start: on JAX each random initializer of a new shape compiles its own
-    # kernel (Lite2 at 70 px: 13 of a 15 s build, BENCHMARKS.md "EfficientNet-Lite"); zeros cost nothing.
+    # kernel (Lite2 at 70 px: 13 of a 15 s build, BENCHMARKS.md, "EfficientNet-Lite2 and fine-tuning"); zeros cost nothing.
     init = "zeros" if weights not in (None, "none") else "glorot_uniform"
     inputs = keras.Input(shape)
     x = layers.Conv2D(STEM, 3, strides=2, padding="same", use_bias=False, kernel_initializer=init, name="stem_conv")(inputs)  # (b, h/2, w/2, 32)
