@@ -146,6 +146,33 @@ def test_the_cli_refuses_bad_settings_with_one_line(tiny_data, tmp_path, args, e
     assert not (tmp_path / "run" / "config.json").exists()
 
 
+
+def test_a_job_process_whose_collective_breaks_says_one_line_and_leaves_at_once(tiny_data, tmp_path, monkeypatch, capsys):
+    """In a job's training process, an error from a collective (a partner died) is one line and an immediate exit
+    (os._exit: a normal exit waits in jax.distributed's shutdown); any other error is raised as it is."""
+    from captioner import cli
+
+    exits = []
+    monkeypatch.setenv(cli.JOB_CHILD_ENV, "1")
+    monkeypatch.setattr(cli, "die_with_supervisor", lambda supervisor: None)
+    monkeypatch.setattr(cli.os, "_exit", lambda status: exits.append(status))
+    argv = _train_args(tiny_data, tmp_path / "run", "--num-processes", "2", "--process-id", "1", "--coordinator", "127.0.0.1:1")
+    for error, raised in [(RuntimeError("UNKNOWN: Gloo AllGather failed: [pair.cc:538] Read error: Connection reset by peer"), False),
+                          (ValueError("a bug"), True)]:
+        def broken(args, error=error):
+            raise error
+        monkeypatch.setitem(cli.COMMANDS, "train", broken)
+        if raised:
+            with pytest.raises(ValueError, match="a bug"):
+                cli.main(argv)
+        else:
+            cli.main(argv)
+    assert exits == [2]
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["captioner: error: process 1 of 2 stopped: another process of the job ended or could not be reached (UNKNOWN: Gloo "
+                     "AllGather failed: [pair.cc:538] Read error: Connection reset by peer); the last backup is kept: start every "
+                     "process again with the same command to resume"]
+
 def test_tensorflow_refuses_several_processes_with_one_line(tiny_data, tmp_path):
     done = subprocess.run(_cli(*_train_args(tiny_data, tmp_path / "run", "--num-processes", "2", "--process-id", "0",
                                             "--coordinator", "127.0.0.1:1")), env=_env("tensorflow"), capture_output=True, text=True,
