@@ -107,6 +107,8 @@ def word_detectors(seed):
 splits = {s: load_qa_split("vqa-lines", args.vqa, s, answer_type="yes/no") for s in ("train", "val", "test")}
 seen_photos = {Path(r.image).name for r in splits["train"]}
 vocab = {w: i + 2 for i, w in enumerate(sorted({w for r in splits["train"] for w in tokenize(r.question)}))}  # 0 pad, 1 unknown
+
+
 def imagenet_detectors():
     """(words -> ImageNet class ids, a function from pooled grids to log summed class probability per word)."""
     full = keras.applications.MobileNetV2(weights=args.top_weights)
@@ -127,6 +129,7 @@ def imagenet_detectors():
 
 
 def singular(word):
+    """`word` without a plural ending (dogs -> dog, buses -> bus, puppies -> puppy); short words as they are."""
     for suffix, ending in (("ies", "y"), ("es", ""), ("s", "")):
         if word.endswith(suffix) and len(word) > 3:
             return word[:-len(suffix)] + ending
@@ -134,8 +137,8 @@ def singular(word):
 
 
 if "detector" in ARMS:
-    index, model = word_detectors(SEEDS[0])
-    detectors = (index, lambda means: model.predict(means, batch_size=512, verbose=0))
+    detector_words, detector_model = word_detectors(SEEDS[0])
+    detectors = (detector_words, lambda means: detector_model.predict(means, batch_size=512, verbose=0))
 else:
     detectors = imagenet_detectors() if "imagenet" in ARMS else None
 
