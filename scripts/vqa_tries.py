@@ -129,7 +129,7 @@ def imagenet_detectors():
 
 
 def singular(word):
-    """`word` without a plural ending (dogs -> dog, buses -> bus, puppies -> puppy); short words as they are."""
+    """`word` without a plural ending, crudely (dogs -> dog, buses -> bus, puppies -> puppy, but horses -> hors)."""
     for suffix, ending in (("ies", "y"), ("es", ""), ("s", "")):
         if word.endswith(suffix) and len(word) > 3:
             return word[:-len(suffix)] + ending
