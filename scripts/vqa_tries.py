@@ -26,6 +26,12 @@ Arms (`--arms`, comma-separated):
             imagenet_class_index.json beside it) as the detectors: a question word that names an ImageNet class (a
             token of the class name, or the word's singular) enters the LSTM with log(summed probability of those
             classes on this photo)
+  debias    a product of experts against the language prior (Clark et al. 2019, "Don't take the easy way out"): a
+            question-only model is trained first (embedding 256, LSTM 512, early stopping on dev); the recipe is then
+            trained on its logits plus the frozen question-only model's log-probabilities, and answers on dev and test
+            with its own logits alone, so what the question's text alone predicts is left to the other expert
+  hires     the grid mean of MobileNetV2 run on each photo upsampled to 448x448 (a 14x14 grid; objects twice as large
+            to the CNN), computed once and kept in CACHE_DIR/hires448-<encoder key>-<photos>.npz
   ensemble  (when `plain` runs with several seeds) the plain models' probabilities averaged
 
 Needs the photos' MobileNetV2 grids in the feature cache (`captioner features --dataset vqa-lines ...`; for `detector`
@@ -203,12 +209,56 @@ def flipped_means(records):
     return saved["means"][[row[r.image] for r in records]]  # (n, 1280)
 
 
+def hires_means(records):
+    """(n, 1280): the 14x14 grid mean of each record's photo upsampled to 448x448, computed once and kept in a file."""
+    photos = sorted({r.image for split in splits.values() for r in split})
+    store = Path(args.cache_dir) / f"hires448-{cache.key[:16]}-{len(photos)}.npz"
+    if not store.exists():
+        big = build_image_encoder(ModelConfig(encoder="mobilenet_v2", encoder_weights=args.weights, encoder_trainable=False), 448)
+        means = []
+        for start in range(0, len(photos), 32):
+            images = np.stack([read_image(p, 448)[0] for p in photos[start:start + 32]])  # (b, 448, 448, 3)
+            grid = keras.ops.convert_to_numpy(big.cache_features(images))  # (b, 196, 1280)
+            means.append(grid.mean(axis=1))
+        with atomic_path(store) as tmp:
+            np.savez(tmp, photos=np.array(photos), means=np.concatenate(means))
+    saved = np.load(store)
+    row = {p: i for i, p in enumerate(saved["photos"])}
+    return saved["means"][[row[r.image] for r in records]]  # (n, 1280)
+
+
+if "hires" in ARMS:
+    for split, records in splits.items():
+        data[split]["hires"] = hires_means(records)
+for d in data.values():
+    d["bias"] = np.zeros((len(d["y"]), 2), np.float32)  # the question-only expert's log-probabilities (debias, train only)
+
+
+def question_only_log_probs(seed):
+    """(n, 2) log P(answer | question text) on train from a question-only model, early-stopped on dev."""
+    keras.utils.set_random_seed(seed)
+    question = layers.Input((L,), dtype="int32")
+    h = layers.LSTM(512)(layers.Embedding(len(vocab) + 2, 256, mask_zero=True)(question))  # (b, 512)
+    out = layers.Dense(2)(layers.Dropout(0.3)(layers.Dense(256, activation="relu")(h)))  # (b, 2) logits
+    blind = keras.Model(question, out)
+    blind.compile(keras.optimizers.Adam(5e-4, global_clipnorm=5.0), keras.losses.CategoricalCrossentropy(from_logits=True),
+                  metrics=["categorical_accuracy"])
+    stop = keras.callbacks.EarlyStopping(monitor="val_categorical_accuracy", mode="max", patience=5, restore_best_weights=True)
+    blind.fit(data["train"]["q"], keras.ops.one_hot(data["train"]["y"], 2), batch_size=64, epochs=30, verbose=0, callbacks=[stop],
+              validation_data=(data["val"]["q"], keras.ops.one_hot(data["val"]["y"], 2)))
+    logits = blind.predict(data["train"]["q"], batch_size=512, verbose=0)  # (n, 2)
+    dev = (blind.predict(data["val"]["q"], batch_size=512, verbose=0).argmax(axis=1) == data["val"]["y"]).mean()
+    print(json.dumps({"question_only": seed, "dev": round(float(dev), 4), "epochs": len(blind.history.history["loss"])}), flush=True)
+    return keras.ops.convert_to_numpy(keras.ops.log_softmax(logits))
+
+
 def build(arm):
     scale = {"wide": 2, "narrow": 0.5}.get(arm, 1)
     width = lambda n: int(n * scale)  # noqa: E731
     image = layers.Input((2560 if arm == "meanmax" else 1280,))
     question = layers.Input((L,), dtype="int32")
     scores = layers.Input((L, 2))
+    bias = layers.Input((2,))  # the frozen question-only expert's log-probabilities (debias; zeros elsewhere)
     e = layers.Embedding(len(vocab) + 2, width(256), mask_zero=True)(question)  # (b, L, 256)
     if arm in ("detector", "imagenet"):
         e = layers.Concatenate()([e, scores])  # (b, L, 258)
@@ -225,7 +275,9 @@ def build(arm):
     f = layers.Dropout(0.3)(fused)
     f = layers.Dropout(0.3)(layers.Dense(width(256), activation="relu")(f))
     out = layers.Dense(2)(f)  # (b, 2) logits
-    model = keras.Model([image, question, scores], out)
+    if arm == "debias":
+        out = layers.Add()([out, bias])  # (b, 2): the product of the two experts, as logits
+    model = keras.Model([image, question, scores, bias], out)
     optimizer = (keras.optimizers.AdamW(5e-4, weight_decay=0.05, global_clipnorm=5.0) if arm == "decay"
                  else keras.optimizers.Adam(5e-4, global_clipnorm=5.0))
     loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1 if arm == "smooth" else 0.0)
@@ -235,7 +287,8 @@ def build(arm):
 
 def inputs(split, arm):
     d = data[split]
-    return [d["x"] if arm == "meanmax" else d["x"][:, :1280], d["q"], d["s"]]
+    image = d["x"] if arm == "meanmax" else d["hires"] if arm == "hires" else d["x"][:, :1280]
+    return [image, d["q"], d["s"], d["bias"]]
 
 
 def accuracy(yes, split, threshold=0.5):
@@ -269,9 +322,12 @@ for arm in ARMS:
         if arm == "balanced":
             share_yes = data["train"]["y"].mean()
             weights = {0: 0.5 / (1 - share_yes), 1: 0.5 / share_yes}
+        if arm == "debias":
+            data["train"]["bias"] = question_only_log_probs(seed)
         x = inputs("train", arm)
+        data["train"]["bias"] = np.zeros_like(data["train"]["bias"])  # the expert is used in training only
         if arm == "flip":
-            x = [np.concatenate([x[0], flipped_means(splits["train"])]), np.concatenate([x[1], x[1]]), np.concatenate([x[2], x[2]])]
+            x = [np.concatenate([x[0], flipped_means(splits["train"])]), *(np.concatenate([v, v]) for v in x[1:])]
             y = keras.ops.concatenate([y, y])
         stop = keras.callbacks.EarlyStopping(monitor="val_categorical_accuracy", mode="max", patience=5, restore_best_weights=True)
         model.fit(x, y, validation_data=(inputs("val", arm), keras.ops.one_hot(data["val"]["y"], 2)),
