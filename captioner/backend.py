@@ -1,5 +1,5 @@
-"""What differs between Keras backends, in one place: compiling a function, the devices there are, and
-importing TensorFlow without its start-up noise.
+"""What differs between Keras backends, in one place: compiling a function, the devices there are, building a
+network whose weights come from a file, and importing TensorFlow without its start-up noise.
 
 Model code, generation and answering are written in `keras.ops`; only this module (and the `tf.data` input
 pipeline, which feeds every backend) imports TensorFlow or JAX. The backend is Keras's: `KERAS_BACKEND`
@@ -9,10 +9,11 @@ before Keras (and TensorFlow) are loaded.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -28,6 +29,31 @@ def bucket(size: int) -> int:
     """The batch size a batch of `size` rows is padded to under JAX: the next power of two (at least 8), so a
     jit-compiled function is compiled for a handful of shapes, not once per batch size."""
     return max(8, 1 << (max(int(size), 1) - 1).bit_length())
+
+
+# Keras's random initialisers under every name a layer argument can give them (class names and their aliases).
+RANDOM_INITIALIZERS = ("GlorotNormal", "GlorotUniform", "HeNormal", "HeUniform", "LecunNormal", "LecunUniform", "Orthogonal",
+                       "OrthogonalInitializer", "RandomNormal", "RandomUniform", "TruncatedNormal", "VarianceScaling",
+                       "glorot_normal", "glorot_uniform", "he_normal", "he_uniform", "lecun_normal", "lecun_uniform", "normal",
+                       "orthogonal", "random_normal", "random_uniform", "truncated_normal", "uniform", "variance_scaling")
+
+
+@contextlib.contextmanager
+def weights_from_file() -> Iterator[None]:
+    """Layers built inside this block start from zeros where they would draw random weights: for a network whose
+    every weight is loaded from a file next (a backbone's ImageNet weights, a saved run).
+
+    On JAX each random initialiser of a new shape compiles an XLA program of its own: building MobileNetV2 compiled
+    42 of them, 17 of the 18 s the build took (BENCHMARKS.md, "Building a network to load on JAX, every path"). Zeros cost
+    nothing on any backend. The loaders that follow fail loudly when they leave a weight unfilled
+    (`encoder.load_backbone_weights`, `keras.saving.load_model`), so a zero never survives into a model. Initialisers
+    given by name are replaced (every layer this project builds, keras.applications and saved runs name them so);
+    an initialiser object passed in is left alone.
+    """
+    import keras
+
+    with keras.saving.custom_object_scope({name: keras.initializers.Zeros for name in RANDOM_INITIALIZERS}):
+        yield
 
 
 class CompiledFunction:

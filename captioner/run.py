@@ -17,6 +17,7 @@ from typing import Any
 import keras
 
 from captioner import __version__
+from captioner.backend import weights_from_file
 from captioner.config import FORMAT_VERSION, RunConfig
 from captioner.errors import CaptionerError
 from captioner.fileio import atomic_path, file_sha256, update_lock, write_json, write_text
@@ -197,7 +198,7 @@ def load_run(run_dir: str | Path, task: str = "caption", precision: str | None =
     vocab = Vocabulary.load(path / VOCAB_FILE)
     answers = AnswerVocabulary.load(path / ANSWERS_FILE) if task == "vqa" else None
     try:
-        with precision_scope(precision or config.model.precision):
+        with precision_scope(precision or config.model.precision), weights_from_file():
             model = keras.saving.load_model(path / MODEL_FILE, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types for damaged or foreign files
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__

@@ -16,6 +16,7 @@ backends, and its batch norms use epsilon 1e-3.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import os
@@ -26,6 +27,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from captioner.backend import weights_from_file
 from captioner.errors import CaptionerError
 from captioner.fileio import atomic_path, file_sha256
 from captioner.models.torchfile import load_state_dict
@@ -101,19 +103,17 @@ def build(variant: str, include_top: bool = False, weights: str | None = None,
         raise CaptionerError(f"unknown EfficientNet-Lite variant '{variant}'; choose one of: {', '.join(VARIANTS)}")
     size = VARIANTS[variant][2]
     shape = (size, size, 3) if include_top or input_shape is None else tuple(input_shape)
-    # Weights about to be loaded need no random start: on JAX each random initializer of a new shape compiles its own
-    # kernel (Lite2 at 70 px: 13 of a 15 s build, BENCHMARKS.md, "EfficientNet-Lite2 and fine-tuning"); zeros cost nothing.
-    init = "zeros" if weights not in (None, "none") else "glorot_uniform"
-    inputs = keras.Input(shape)
-    x = layers.Conv2D(STEM, 3, strides=2, padding="same", use_bias=False, kernel_initializer=init, name="stem_conv")(inputs)  # (b, h/2, w/2, 32)
-    x = layers.ReLU(6.0, name="stem_relu")(_bn("stem_bn")(x))
-    for i, block in enumerate(blocks(variant)):
-        x = _block(x, block, f"block{i}", init)
-    x = layers.Conv2D(HEAD, 1, use_bias=False, kernel_initializer=init, name="head_conv")(x)  # (b, h/32, w/32, 1280)
-    x = layers.ReLU(6.0, name="head_relu")(_bn("head_bn")(x))
-    if include_top:
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)  # (b, 1280)
-        x = layers.Dense(1000, activation="softmax", kernel_initializer=init, name="predictions")(x)  # (b, 1000)
+    with weights_from_file() if weights not in (None, "none") else contextlib.nullcontext():
+        inputs = keras.Input(shape)
+        x = layers.Conv2D(STEM, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)  # (b, h/2, w/2, 32)
+        x = layers.ReLU(6.0, name="stem_relu")(_bn("stem_bn")(x))
+        for i, block in enumerate(blocks(variant)):
+            x = _block(x, block, f"block{i}")
+        x = layers.Conv2D(HEAD, 1, use_bias=False, name="head_conv")(x)  # (b, h/32, w/32, 1280)
+        x = layers.ReLU(6.0, name="head_relu")(_bn("head_bn")(x))
+        if include_top:
+            x = layers.GlobalAveragePooling2D(name="avg_pool")(x)  # (b, 1280)
+            x = layers.Dense(1000, activation="softmax", name="predictions")(x)  # (b, 1000)
     model = keras.Model(inputs, x, name=variant)
     if weights not in (None, "none"):
         path = Path(weights) if weights != "imagenet" else None
@@ -124,15 +124,14 @@ def build(variant: str, include_top: bool = False, weights: str | None = None,
     return model
 
 
-def _block(x, block: Block, name: str, init: str):
+def _block(x, block: Block, name: str):
     shortcut = x
     if block.expand != 1:
-        x = layers.Conv2D(block.filters_in * block.expand, 1, use_bias=False, kernel_initializer=init, name=f"{name}_expand_conv")(x)  # (b, h, w, c*e)
+        x = layers.Conv2D(block.filters_in * block.expand, 1, use_bias=False, name=f"{name}_expand_conv")(x)  # (b, h, w, c*e)
         x = layers.ReLU(6.0, name=f"{name}_expand_relu")(_bn(f"{name}_expand_bn")(x))
-    x = layers.DepthwiseConv2D(block.kernel, strides=block.stride, padding="same", use_bias=False, depthwise_initializer=init,
-                               name=f"{name}_dw_conv")(x)
+    x = layers.DepthwiseConv2D(block.kernel, strides=block.stride, padding="same", use_bias=False, name=f"{name}_dw_conv")(x)
     x = layers.ReLU(6.0, name=f"{name}_dw_relu")(_bn(f"{name}_dw_bn")(x))  # (b, h/s, w/s, c*e)
-    x = layers.Conv2D(block.filters_out, 1, use_bias=False, kernel_initializer=init, name=f"{name}_project_conv")(x)  # (b, h/s, w/s, out)
+    x = layers.Conv2D(block.filters_out, 1, use_bias=False, name=f"{name}_project_conv")(x)  # (b, h/s, w/s, out)
     x = _bn(f"{name}_project_bn")(x)
     if block.residual:
         x = layers.Add(name=f"{name}_add")([shortcut, x])

@@ -6,6 +6,7 @@ Two kinds behind one class: a small CNN trained from scratch (the default for `s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import warnings
@@ -16,6 +17,7 @@ from typing import Callable
 import keras
 from keras import layers, ops
 
+from captioner.backend import weights_from_file
 from captioner.distribute import sync_batch_norm
 from captioner.models import efficientnet_lite
 from captioner.errors import CaptionerError
@@ -287,7 +289,8 @@ def _build_backbone(name: str, backbone: Backbone, image_size: int, weights: str
         raise CaptionerError(f"encoder weights file {source} does not exist")
     shape = {} if include_top else {"input_shape": (image_size, image_size, 3)}
     try:
-        model = backbone.build(include_top=include_top, weights=None if is_file else source, **shape)
+        with weights_from_file() if source is not None else contextlib.nullcontext():  # every weight is loaded below
+            model = backbone.build(include_top=include_top, weights=None if is_file else source, **shape)
     except Exception as exc:  # network errors surface as many types (URLError, OSError, HTTPError...)
         if source == "imagenet":
             raise CaptionerError(
