@@ -100,7 +100,7 @@ def test_train_overlap_groups_questions_by_photo_and_by_question_text_asked_in_t
     from captioner.evaluation.metrics import accuracy_table, train_overlap
 
     train = [QARecord("d/a.jpg", "Is it a dog ?", ("yes",)), QARecord("d/b.jpg", "is it red?", ("no",))]
-    test = [QARecord("other/a.jpg", "is  it a DOG ?", ("no",)),  # photo a (by file name), text asked (case, spaces)
+    test = [QARecord("other/a.jpg", "is  it a DOG?", ("no",)),  # photo a (by file name), text asked (case, spaces, "?")
             QARecord("d/a.jpg", "is it blue?", ("yes",)),  # photo a, new text
             QARecord("d/c.jpg", "is it red?", ("yes",)),  # unseen photo, text asked: its twin's answer was "no"
             QARecord("d/c.jpg", "is it big?", ("no",))]  # unseen photo, new text

@@ -175,7 +175,8 @@ def photo_key(image: str) -> str:
 
 
 def _question_key(question: str) -> str:
-    return " ".join(question.lower().split())
+    """A question's text as the model reads it: its words (`tokenize`), so "Is it red?" and "is it red ?" are one text."""
+    return " ".join(tokenize(question))
 
 
 def _mean(values: Sequence[float]) -> float:
