@@ -8,6 +8,7 @@ images failed and the rest were captioned.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import glob
 import json
@@ -830,9 +831,15 @@ def supervise(argv: Sequence[str], config) -> int:
             sys.stderr.flush()
         status = child.wait()
         relay.join(timeout=5)
-    except KeyboardInterrupt:  # the child got it too
-        child.wait()
-        print("captioner: interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C: the child got it too, or not (a signal to this process alone)
+        # Killed, not left to end: a graceful end waits in jax.distributed's shutdown for the other processes, which
+        # wait in a collective for this one (a deadlock of minutes); gone, they stop within seconds (`job_stopped`).
+        child.kill()
+        while child.poll() is None:
+            with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C while it goes
+                child.wait()
+        print("captioner: interrupted; the last backup is kept: start every process again with the same command to resume",
+              file=sys.stderr)
         return 130
     if status >= 0 and not fatal:
         return status
@@ -889,7 +896,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"captioner: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("captioner: interrupted", file=sys.stderr)
+        print("captioner: interrupted", file=sys.stderr, flush=True)
+        if os.environ.get(JOB_CHILD_ENV):
+            os._exit(130)  # as below: no jax.distributed shutdown, which would wait for the processes waiting for this one
         return 130
     except Exception as exc:
         if not (os.environ.get(JOB_CHILD_ENV) and any(marker in str(exc) for marker in JOB_BROKEN)):

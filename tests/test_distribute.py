@@ -290,3 +290,40 @@ def test_a_killed_process_stops_the_job_in_seconds_with_one_line_and_the_job_res
     assert len(_history(run)["loss"]) < 40
     assert all(p.returncode == 0 for p in _processes("jax", tiny_data, run, *extra)), "the job did not resume"
     assert len(_history(run)["loss"]) == 40
+
+
+@pytest.mark.slow  # a two-process JAX job: ~2 minutes
+def test_ctrl_c_in_one_process_s_terminal_stops_the_whole_job_in_seconds_with_one_line_each(tiny_data, tmp_path):
+    """SIGINT to process 0's terminal (its supervisor and its training child, one process group): process 0 says
+    it was interrupted, process 1, whose partner left, says the job stopped; neither prints a traceback or waits
+    long, and the same command on both then finishes the run."""
+    import signal
+
+    run, extra = tmp_path / "run", ("--epochs", "40", "--set", "train.patience=40", "--set", "train.backup_every_steps=2")
+    supervisors = _start_job("jax", tiny_data, run, *extra)
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / "history.json").exists():
+            assert time.monotonic() < deadline and all(s.poll() is None for s in supervisors), "the job did not start training"
+            time.sleep(0.2)
+        os.killpg(supervisors[0].pid, signal.SIGINT)
+        pressed = time.monotonic()
+        ended = []
+        for supervisor in supervisors:
+            _, err = supervisor.communicate(timeout=120)
+            ended.append((supervisor.returncode, round(time.monotonic() - pressed, 1), err))
+    finally:
+        for supervisor in supervisors:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(supervisor.pid, 9)
+    print([(code, seconds) for code, seconds, _ in ended])
+    (code0, seconds0, err0), (code1, seconds1, err1) = ended
+    assert code0 == 130 and seconds0 < 30 and "Traceback" not in err0, (code0, seconds0, err0[-2000:])
+    lines = [line for line in err0.splitlines() if line.startswith("captioner:") and "joined the job" not in line]
+    assert len(lines) == 1 and lines[0].startswith("captioner: interrupted; the last backup is kept"), err0[-2000:]
+    assert code1 == 2 and seconds1 < 30 and "Traceback" not in err1, (code1, seconds1, err1[-2000:])
+    lines = [line for line in err1.splitlines() if line.startswith("captioner: error")]
+    assert len(lines) == 1 and "another process of the job ended" in lines[0], err1[-2000:]
+    assert len(_history(run)["loss"]) < 40
+    assert all(p.returncode == 0 for p in _processes("jax", tiny_data, run, *extra)), "the job did not resume"
+    assert len(_history(run)["loss"]) == 40
