@@ -1,6 +1,6 @@
 """Experiment harness (not the product): tries at yes/no VQA on photographs, each a small change to the vqa-coco
 recipe rebuilt in plain Keras on the cached MobileNetV2 grids, trained and scored the same way (Adam 5e-4, batch 64,
-early stopping on dev accuracy, patience 5, at most 30 epochs), several seeds each. Prints one JSON line per arm
+early stopping on dev accuracy, patience 5, at most 30 epochs: `--patience`, `--epochs`), several seeds each. Prints one JSON line per arm
 and seed, then per arm the mean over seeds: dev and test accuracy overall, on photos seen in train and on unseen ones,
 answering "yes" where P(yes) > 0.5 and where P(yes) is above the threshold most accurate on dev; and test's
 unseen-photo questions split in two: those whose exact text was asked in train (twins; VQA v2 pairs each question
@@ -70,6 +70,8 @@ parser.add_argument("--flickr8k", help="Flickr8k folder (the detector arm only)"
 parser.add_argument("--top-weights", help="the MobileNetV2 weights with the classifier (the imagenet arm only)")
 parser.add_argument("--seeds", default="0")
 parser.add_argument("--arms", default="plain")
+parser.add_argument("--patience", type=int, default=5, help="epochs without a better dev accuracy before stopping")
+parser.add_argument("--epochs", type=int, default=30, help="at most this many epochs")
 args = parser.parse_args()
 SEEDS, ARMS = [int(s) for s in args.seeds.split(",")], args.arms.split(",")
 if "detector" in ARMS and not args.flickr8k:
@@ -326,9 +328,9 @@ for arm in ARMS:
         if arm == "flip":
             x = [np.concatenate([x[0], flipped_means(splits["train"])]), *(np.concatenate([v, v]) for v in x[1:])]
             y = keras.ops.concatenate([y, y])
-        stop = keras.callbacks.EarlyStopping(monitor="val_categorical_accuracy", mode="max", patience=5, restore_best_weights=True)
+        stop = keras.callbacks.EarlyStopping(monitor="val_categorical_accuracy", mode="max", patience=args.patience, restore_best_weights=True)
         model.fit(x, y, validation_data=(inputs("val", arm), keras.ops.one_hot(data["val"]["y"], 2)),
-                  batch_size=64, epochs=30, callbacks=[stop], class_weight=weights, verbose=0)
+                  batch_size=64, epochs=args.epochs, callbacks=[stop], class_weight=weights, verbose=0)
         if arm == "trainval":
             best = int(np.argmax(model.history.history["val_categorical_accuracy"])) + 1
             keras.utils.set_random_seed(seed)
