@@ -201,39 +201,34 @@ if detectors:  # the detectors alone, before any training: does the best word sc
                           "auc_unseen": round(auc(best[named & ~d["seen"]], d["y"][named & ~d["seen"]]), 4)}), flush=True)
 
 
-def flipped_means(records):
-    """(n, 1280): the grid mean of each record's photo mirrored left to right, computed once and kept in a file."""
-    photos = sorted({r.image for r in records})
-    store = Path(args.cache_dir) / f"flipped-{cache.key[:16]}-{len(photos)}.npz"  # this encoder's grids of these photos
+def stored_means(records, photos, name, size, flip=False):
+    """(n, 1280): the grid mean of each record's photo read at `size` x `size` (mirrored left to right if `flip`),
+    computed once for `photos` with the encoder and kept in CACHE_DIR/<name>-<encoder key>-<photos>.npz."""
+    store = Path(args.cache_dir) / f"{name}-{cache.key[:16]}-{len(photos)}.npz"  # this encoder's grids of these photos
     if not store.exists():
+        cnn = encoder if size == 224 else build_image_encoder(
+            ModelConfig(encoder="mobilenet_v2", encoder_weights=args.weights, encoder_trainable=False), size)
         means = []
-        for start in range(0, len(photos), 64):
-            images = np.stack([read_image(p, 224)[0][:, ::-1] for p in photos[start:start + 64]])  # (b, 224, 224, 3)
-            grid = keras.ops.convert_to_numpy(encoder.cache_features(images))  # (b, 49, 1280)
+        for start in range(0, len(photos), 32):
+            images = np.stack([read_image(p, size)[0][:, ::-1] if flip else read_image(p, size)[0]
+                               for p in photos[start:start + 32]])  # (b, size, size, 3)
+            grid = keras.ops.convert_to_numpy(cnn.cache_features(images))  # (b, (size / 32)^2, 1280)
             means.append(grid.mean(axis=1))
         with atomic_path(store) as tmp:
             np.savez(tmp, photos=np.array(photos), means=np.concatenate(means))
     saved = np.load(store)
     row = {p: i for i, p in enumerate(saved["photos"])}
     return saved["means"][[row[r.image] for r in records]]  # (n, 1280)
+
+
+def flipped_means(records):
+    """(n, 1280): the grid mean of each record's photo mirrored left to right."""
+    return stored_means(records, sorted({r.image for r in records}), "flipped", 224, flip=True)
 
 
 def hires_means(records):
-    """(n, 1280): the 14x14 grid mean of each record's photo upsampled to 448x448, computed once and kept in a file."""
-    photos = sorted({r.image for split in splits.values() for r in split})
-    store = Path(args.cache_dir) / f"hires448-{cache.key[:16]}-{len(photos)}.npz"
-    if not store.exists():
-        big = build_image_encoder(ModelConfig(encoder="mobilenet_v2", encoder_weights=args.weights, encoder_trainable=False), 448)
-        means = []
-        for start in range(0, len(photos), 32):
-            images = np.stack([read_image(p, 448)[0] for p in photos[start:start + 32]])  # (b, 448, 448, 3)
-            grid = keras.ops.convert_to_numpy(big.cache_features(images))  # (b, 196, 1280)
-            means.append(grid.mean(axis=1))
-        with atomic_path(store) as tmp:
-            np.savez(tmp, photos=np.array(photos), means=np.concatenate(means))
-    saved = np.load(store)
-    row = {p: i for i, p in enumerate(saved["photos"])}
-    return saved["means"][[row[r.image] for r in records]]  # (n, 1280)
+    """(n, 1280): the 14x14 grid mean of each record's photo upsampled to 448x448 (every split's photos in one file)."""
+    return stored_means(records, sorted({r.image for split in splits.values() for r in split}), "hires448", 448)
 
 
 if "hires" in ARMS:
