@@ -37,6 +37,9 @@ Arms (`--arms`, comma-separated):
   trainval  the recipe as `plain`, then again from the same seed on train + dev for the number of epochs early stopping
             chose (a common last step; dev accuracy is then meaningless): test questions about a photo that only dev
             has (166 of the 891 unseen-photo ones) become questions about a photo the model trained on
+  multitask the recipe's image tower (LayerNorm, Dense 512 ReLU) also predicts which Flickr8k caption words (as for
+            `detector`) describe a Flickr8k train photo, trained together (needs --flickr8k; `--aux-weight`, 10): each
+            batch row is a VQA question and a Flickr8k photo; the answer alone picks the epoch
   ensemble  (when `plain` runs with several seeds) the plain models' probabilities averaged
 
 Needs the photos' MobileNetV2 grids in the feature cache (`captioner features --dataset vqa-lines ...`; for `detector`
@@ -72,10 +75,11 @@ parser.add_argument("--seeds", default="0")
 parser.add_argument("--arms", default="plain")
 parser.add_argument("--patience", type=int, default=5, help="epochs without a better dev accuracy before stopping")
 parser.add_argument("--epochs", type=int, default=30, help="at most this many epochs")
+parser.add_argument("--aux-weight", type=float, default=10.0, help="multitask: the caption-word loss's weight (the answer's is 1)")
 args = parser.parse_args()
 SEEDS, ARMS = [int(s) for s in args.seeds.split(",")], args.arms.split(",")
-if "detector" in ARMS and not args.flickr8k:
-    parser.error("the detector arm needs --flickr8k")
+if ("detector" in ARMS or "multitask" in ARMS) and not args.flickr8k:
+    parser.error("the detector and multitask arms need --flickr8k")
 if "imagenet" in ARMS and not args.top_weights:
     parser.error("the imagenet arm needs --top-weights")
 if "imagenet" in ARMS and "detector" in ARMS:
@@ -97,8 +101,8 @@ def pooled(paths):
 STOP = set("a an the of in on at to is are and with its it his her their this that there be could any for from by as".split())
 
 
-def word_detectors(seed):
-    """(words -> column, a model from a pooled grid to one logit per word) learned on Flickr8k's train captions."""
+def caption_words():
+    """(words -> column, (n, 1280) grid means of Flickr8k's train photos, (n, words) 1 where a caption has the word)."""
     f8k = load_split("flickr8k", args.flickr8k, "train")
     counts = collections.Counter(w for r in f8k for c in r.captions for w in set(tokenize(c)))
     words = sorted(w for w, n in counts.items() if n >= 5 and w not in STOP)
@@ -109,11 +113,17 @@ def word_detectors(seed):
         for w in {w for c in r.captions for w in tokenize(c)}:
             if w in index:
                 y[i, index[w]] = 1.0
+    return index, x, y
+
+
+def word_detectors(seed):
+    """(words -> column, a model from a pooled grid to one logit per word) learned on Flickr8k's train captions."""
+    index, x, y = caption_words()
     keras.utils.set_random_seed(seed)
-    model = keras.Sequential([layers.Input((1280,)), layers.LayerNormalization(), layers.Dropout(0.3), layers.Dense(len(words))])
+    model = keras.Sequential([layers.Input((1280,)), layers.LayerNormalization(), layers.Dropout(0.3), layers.Dense(len(index))])
     model.compile(keras.optimizers.Adam(1e-3), keras.losses.BinaryCrossentropy(from_logits=True))
     model.fit(x, y, batch_size=64, epochs=15, validation_split=0.1, verbose=0)
-    print(f"detectors: {len(words)} words from {len(f8k)} Flickr8k photos", flush=True)
+    print(f"detectors: {len(index)} words from {len(x)} Flickr8k photos", flush=True)
     return index, model
 
 
@@ -154,6 +164,7 @@ if "detector" in ARMS:
     detectors = (detector_words, lambda means: detector_model.predict(means, batch_size=512, verbose=0))
 else:
     detectors = imagenet_detectors() if "imagenet" in ARMS else None
+f8k_words = caption_words() if "multitask" in ARMS else None  # (words -> column, (n, 1280) means, (n, words) targets)
 
 
 def arrays(records):
@@ -263,18 +274,26 @@ def build(arm):
     else:
         h = layers.LSTM(width(512))(e)  # (b, 512)
     qv = layers.Dense(width(512), activation="tanh")(h)
-    iv = layers.Dense(width(512), activation="relu")(layers.LayerNormalization()(image))
+    norm, relu = layers.LayerNormalization(), layers.Dense(width(512), activation="relu")  # the image tower (shared by multitask)
+    iv = relu(norm(image))  # (b, 512)
     iv = layers.Dense(width(512), activation="tanh")(layers.Dropout(0.3)(iv))
     fused = layers.Concatenate()([qv, iv]) if arm == "concat" else layers.Multiply()([qv, iv])  # (b, 512 or 1024)
     f = layers.Dropout(0.3)(fused)
     f = layers.Dropout(0.3)(layers.Dense(width(256), activation="relu")(f))
-    out = layers.Dense(2)(f)  # (b, 2) logits
+    out = layers.Dense(2, name="answer")(f)  # (b, 2) logits
     if arm == "debias":
         out = layers.Add()([out, bias])  # (b, 2): the product of the two experts, as logits
-    model = keras.Model([image, question, scores, bias], out)
     optimizer = (keras.optimizers.AdamW(5e-4, weight_decay=0.05, global_clipnorm=5.0) if arm == "decay"
                  else keras.optimizers.Adam(5e-4, global_clipnorm=5.0))
     loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1 if arm == "smooth" else 0.0)
+    if arm == "multitask":  # the same image tower also names a Flickr8k photo's caption words, trained together
+        photo = layers.Input((1280,))  # a Flickr8k train photo's grid mean, paired with each VQA row
+        words = layers.Dense(len(f8k_words[0]), name="words")(layers.Dropout(0.3)(relu(norm(photo))))  # (b, words) logits
+        model = keras.Model([image, question, scores, bias, photo], {"answer": out, "words": words})
+        model.compile(optimizer, {"answer": loss, "words": keras.losses.BinaryCrossentropy(from_logits=True)},
+                      loss_weights={"answer": 1.0, "words": args.aux_weight}, metrics={"answer": ["categorical_accuracy"]})
+        return model
+    model = keras.Model([image, question, scores, bias], out)
     model.compile(optimizer, loss, metrics=["categorical_accuracy"])
     return model
 
@@ -282,7 +301,14 @@ def build(arm):
 def inputs(split, arm):
     d = data[split]
     image = d["x"] if arm == "meanmax" else d["hires"] if arm == "hires" else d["x"][:, :1280]
+    if arm == "multitask":  # no Flickr8k photo beside dev and test rows: zeros, and the word loss there means nothing
+        return [image, d["q"], d["s"], d["bias"], np.zeros((len(image), 1280), np.float32)]
     return [image, d["q"], d["s"], d["bias"]]
+
+
+def answers_of(outputs):
+    """The answer logits, (n, 2), of a model's outputs (a dict for multitask)."""
+    return outputs["answer"] if isinstance(outputs, dict) else outputs
 
 
 def accuracy(yes, split, threshold=0.5):
@@ -323,8 +349,15 @@ for arm in ARMS:
         if arm == "flip":
             x = [np.concatenate([x[0], flipped_means(splits["train"])]), *(np.concatenate([v, v]) for v in x[1:])]
             y = keras.ops.concatenate([y, y])
-        stop = keras.callbacks.EarlyStopping(monitor="val_categorical_accuracy", mode="max", patience=args.patience, restore_best_weights=True)
-        model.fit(x, y, validation_data=(inputs("val", arm), keras.ops.one_hot(data["val"]["y"], 2)),
+        y_val = keras.ops.one_hot(data["val"]["y"], 2)
+        monitor = "val_categorical_accuracy"
+        if arm == "multitask":  # each VQA row paired with a Flickr8k photo, in a seeded random order, cycled
+            rows = np.resize(np.random.default_rng(seed).permutation(len(f8k_words[1])), len(y))
+            x[-1], y = f8k_words[1][rows], {"answer": y, "words": f8k_words[2][rows]}
+            y_val = {"answer": y_val, "words": np.zeros((len(y_val), len(f8k_words[0])), np.float32)}
+            monitor = "val_answer_categorical_accuracy"
+        stop = keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=args.patience, restore_best_weights=True)
+        model.fit(x, y, validation_data=(inputs("val", arm), y_val),
                   batch_size=64, epochs=args.epochs, callbacks=[stop], class_weight=weights, verbose=0)
         if arm == "trainval":
             best = int(np.argmax(model.history.history["val_categorical_accuracy"])) + 1
@@ -332,7 +365,7 @@ for arm in ARMS:
             model = build(arm)
             model.fit([np.concatenate([a, b]) for a, b in zip(x, inputs("val", arm))],
                       keras.ops.concatenate([y, keras.ops.one_hot(data["val"]["y"], 2)]), batch_size=64, epochs=best, verbose=0)
-        yes = {split: keras.ops.convert_to_numpy(keras.ops.softmax(model.predict(inputs(split, arm), batch_size=512, verbose=0)))[:, 1]
+        yes = {split: keras.ops.convert_to_numpy(keras.ops.softmax(answers_of(model.predict(inputs(split, arm), batch_size=512, verbose=0))))[:, 1]
                for split in ("val", "test")}  # split -> (n,) P(yes)
         if arm == "plain":
             for split, p in yes.items():
