@@ -205,9 +205,8 @@ def filter_native_logs() -> None:
 
 
 def import_tensorflow_quietly() -> None:
-    """Filter native log lines out of stderr (`filter_native_logs`), then import TensorFlow and set its Python
-    logger to errors only (retracing notices say nothing a user can act on)."""
-    filter_native_logs()
+    """Import TensorFlow and set its Python logger to errors only (retracing notices say nothing a user can act
+    on); after `filter_native_logs`, which drops its native start-up lines."""
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")

@@ -747,6 +747,8 @@ COMMANDS = {
 
 
 NO_TENSORFLOW = ("data",)  # commands that never import TensorFlow (nor do --help and usage errors)
+TF_DATA = ("train", "train-vqa", "evaluate", "features", "export")  # need TensorFlow on every backend (tf.data, SavedModel);
+# the others (caption, ask, serve, ...) read images with PIL and import it only as Keras's backend
 
 
 JOB_CHILD_ENV = "CAPTIONER_JOB_CHILD"  # the supervisor's pid, set in the training process it watches (several-process jobs)
@@ -887,9 +889,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "verbose", False) or os.environ.get("CAPTIONER_TF_LOGS", "") not in ("", "0"):
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
         else:
-            from captioner.backend import import_tensorflow_quietly
+            from captioner.backend import filter_native_logs, import_tensorflow_quietly, name
 
-            import_tensorflow_quietly()
+            filter_native_logs()  # XLA and oneDNN log too, whether or not TensorFlow comes
+            if args.command in TF_DATA or name() == "tensorflow":  # JAX's caption/ask: ~5 s less
+                import_tensorflow_quietly()
     try:
         return COMMANDS[args.command](args)
     except CaptionerError as exc:

@@ -393,6 +393,20 @@ def test_stderr_holds_no_tensorflow_start_up_noise(overfit_run, tiny_data):
     assert loud.returncode == 0 and loud.stdout == quiet.stdout and "cpu_feature_guard" in loud.stderr
 
 
+def test_on_jax_caption_and_ask_answer_without_importing_tensorflow(overfit_run, vqa_run, tiny_data):
+    """TensorFlow is only tf.data and the SavedModel export on JAX: a caption or a question reads its photo with PIL
+    and never imports it (~5 s of every such command); stderr stays clean all the same."""
+    image = str(sorted((tiny_data / "images").glob("test_*.png"))[0])
+    code = ("import sys\nfrom captioner.cli import main\ncode = main(sys.argv[1:])\n"
+            "print('tensorflow imported' if 'tensorflow' in sys.modules else 'no tensorflow')\nsys.exit(code)\n")
+    for argv in (["caption", "--run", str(overfit_run), image], ["ask", "--run", str(vqa_run), image, "how many shapes are there?"]):
+        done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120,
+                              env=_quiet_env(KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="0"))
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+        lines = done.stdout.splitlines()
+        assert lines[-1] == "no tensorflow" and lines[0].strip(), done.stdout  # a caption or an answer, then the check
+
+
 @pytest.mark.parametrize("argv", [["--help"], ["data", "shapes", "--out", "{tmp}/d", "--train", "2", "--val", "1", "--test", "1"],
                                   ["train", "--epochs", "many", "--run", "{tmp}/r"], ["caption"], ["no-such-command"]])
 def test_help_data_and_usage_errors_never_import_tensorflow(argv, tmp_path):

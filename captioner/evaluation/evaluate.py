@@ -29,7 +29,6 @@ from captioner.evaluation.metrics import (
     train_overlap,
 )
 from captioner.data.arrays import group_questions, question_arrays
-from captioner.data.preprocessing import image_dataset, PipelineFailure, pipeline_error
 from captioner.run import Run, update_metrics
 from captioner.data.vocab import tokenize
 
@@ -40,6 +39,8 @@ def _readable_batches(paths: Sequence[str], image_size: int, batch_size: int, on
     An unreadable image is reported through `on_error` (or raises CaptionerError when it is None); an error
     inside the pipeline becomes one CaptionerError line.
     """
+    from captioner.data.preprocessing import image_dataset, PipelineFailure, pipeline_error  # tf.data: not for ask/caption
+
     if on_error is None:
         def on_error(path: str, message: str) -> None:
             raise CaptionerError(message)

@@ -23,7 +23,6 @@ from captioner.models.features import FeatureCache
 from captioner.data.images import read_image
 from captioner.models.networks import build_caption_model, build_image_encoder, copy_weights, training_work
 from captioner.precision import precision_scope, resolve_precision
-from captioner.data.preprocessing import caption_dataset, feature_caption_dataset
 from captioner.distribute import InputShard, share
 from captioner.models.losses import TokenCrossentropy
 from captioner.run import VOCAB_FILE, Run, save_config
@@ -53,6 +52,8 @@ class CaptionTask(Task):
 
     def setup(self, config: RunConfig, run_dir: Path, resuming: bool, verbose: int | str, skipped: Skipped,
               source: keras.Model | None = None, shard: InputShard = InputShard()) -> Setup:
+        from captioner.data.preprocessing import caption_dataset, feature_caption_dataset  # tf.data: training only
+
         data, train_cfg = config.data, config.train
         train_records = load_split(data.dataset, data.data_dir, train_cfg.train_split, skipped)[: train_cfg.max_train_images]
         val_records = load_split(data.dataset, data.data_dir, train_cfg.val_split, skipped)[: train_cfg.max_val_images]

@@ -18,7 +18,6 @@ from captioner.evaluation.evaluate import evaluate_vqa, vqa_summary_lines
 from captioner.data.images import read_image
 from captioner.models.networks import build_vqa_model, copy_weights, training_work
 from captioner.data.arrays import group_questions
-from captioner.data.preprocessing import feature_vqa_dataset, vqa_dataset
 from captioner.distribute import InputShard
 from captioner.models.losses import TokenCrossentropy
 from captioner.run import ANSWERS_FILE, VOCAB_FILE, Run, load_run, save_config
@@ -93,6 +92,8 @@ class VQATask(Task):
 
     def setup(self, config: RunConfig, run_dir: Path, resuming: bool, verbose: int | str, skipped: Skipped,
               source: keras.Model | None = None, shard: InputShard = InputShard()) -> Setup:
+        from captioner.data.preprocessing import feature_vqa_dataset, vqa_dataset  # tf.data: training only
+
         data, train_cfg, vqa = config.data, config.train, config.vqa
         train_records = _first_images(load_qa_split(data.dataset, data.data_dir, train_cfg.train_split, skipped, vqa.answer_type),
                                       train_cfg.max_train_images)
