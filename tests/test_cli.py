@@ -393,6 +393,7 @@ def test_stderr_holds_no_tensorflow_start_up_noise(overfit_run, tiny_data):
     assert loud.returncode == 0 and loud.stdout == quiet.stdout and "cpu_feature_guard" in loud.stderr
 
 
+@pytest.mark.slow  # two JAX processes (~30 s): the default suite stays under 10 minutes on the slower CPUs
 def test_on_jax_caption_and_ask_answer_without_importing_tensorflow(overfit_run, vqa_run, tiny_data):
     """TensorFlow is only tf.data and the SavedModel export on JAX: a caption or a question reads its photo with PIL
     and never imports it (~5 s of every such command); stderr stays clean all the same."""
