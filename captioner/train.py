@@ -411,6 +411,9 @@ def train(
         if not parallel.writer:
             run_dir = _private_copy(run_dir, parallel.config.process_id, scope)
             verbose, notify, log = 0, (lambda line: None), (lambda line: None)
+        # Process 0 changes nothing in the run directory (its first act: removing the temporaries a killed job left)
+        # until every other process has its copy: a file gone mid-copy once failed a resume after Ctrl-C.
+        parallel.barrier("run directory copied")
         scope.enter_context(directory_lock(run_dir))  # one writer per run directory
         scope.enter_context(parallel.scope())  # the model is built, compiled and fitted on every device
         return _train(config, source, run_dir, verbose, restart, skipped, notify, log, scope, parallel)
@@ -420,8 +423,8 @@ def _private_copy(run_dir: Path, process_id: int, scope: contextlib.ExitStack) -
     """A process other than 0 trains in a temporary copy of `run_dir` as it is now (its backup, history and
     vocabulary: what a resume reads), removed when training ends; the run directory itself is process 0's alone."""
     private = Path(scope.enter_context(tempfile.TemporaryDirectory(prefix=f"captioner-process{process_id}-"))) / run_dir.name
-    if run_dir.is_dir():
-        shutil.copytree(run_dir, private, ignore=shutil.ignore_patterns(".lock", "*.lock"))
+    if run_dir.is_dir():  # less the lock and what a killed writer left half-written (`fileio.atomic_path`, `atomic_directory`)
+        shutil.copytree(run_dir, private, ignore=shutil.ignore_patterns(".lock", "*.lock", ".*.tmp*", ".*.old"))
     return private
 
 

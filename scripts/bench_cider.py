@@ -12,7 +12,7 @@ import numpy as np
 
 from captioner.data import Skipped, load_split
 from captioner.data.vocab import Vocabulary, tokenize
-from captioner.evaluation.cider import CiderD
+from captioner.cider import CiderD
 from captioner.generation.self_critical import reference_ids
 
 

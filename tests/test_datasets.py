@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -127,6 +128,19 @@ def test_karpathy_json(tmp_path):
     assert [r.image_id for r in test] == ["img3.jpg", "img4.jpg"]
     assert test[0].captions == ("A cat number 3.", "a small cat")
     assert skipped.count("image not on disk") == 1
+
+
+def test_karpathy_json_in_a_folder_given_relative_to_the_working_folder(tmp_path, monkeypatch):
+    """`--data-dir ../shared/datasets/vqa_coco_yesno` (photos in its `Images/`, no `filepath`): every photo found (a
+    relative folder was once read from `/`, and every photo counted as not on disk)."""
+    _placeholder(tmp_path / "data" / "Images" / "a.jpg")
+    images = [{"filename": "a.jpg", "split": "test", "sentences": [{"raw": "A cat."}]}]
+    (tmp_path / "data" / "dataset_coco.json").write_text(json.dumps({"images": images}))
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    skipped = Skipped()
+    test = load_split("karpathy", Path("../data"), "test", skipped)
+    assert [r.image_id for r in test] == ["a.jpg"] and Path(test[0].image).is_file() and skipped.count() == 0
 
 
 def test_coco_captions_json(tmp_path):

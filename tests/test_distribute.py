@@ -20,6 +20,8 @@ import pytest
 from captioner.distribute import HOST_DEVICES_FLAG, ParallelConfig, prepare, resolve
 from captioner.errors import CaptionerError
 
+from decisions import assert_same_captions_where_clear, step_margins
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -56,8 +58,16 @@ def _start_job(backend: str, data: Path, run: Path, *extra: str, count: int = 2,
     return [subprocess.Popen(_cli(*_train_args(data, run, "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(count),
                                                "--process-id", str(i), *extra)),
                              env=_env(backend, **(env or {})), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True)
+                             start_new_session=True, preexec_fn=_ctrl_c_as_in_a_terminal)
             for i in range(count)]
+
+
+def _ctrl_c_as_in_a_terminal() -> None:
+    """SIGINT at its default, as in a terminal: a suite started in the background (`.ci/run &`) hands its children
+    SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _processes(backend: str, data: Path, run: Path, *extra: str, count: int = 2, env: dict | None = None,
@@ -114,6 +124,39 @@ def test_bad_settings_are_one_line_naming_the_setting(kwargs, env, expected):
     with pytest.raises(CaptionerError) as caught:
         resolve(environ=env, **kwargs)
     assert expected in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_another_process_s_copy_of_the_run_survives_process_0_removing_a_killed_job_s_temporaries(tmp_path, monkeypatch):
+    """A resumed job's process 1 copies the run directory while process 0 removes the half-written temporaries the
+    killed job left (`fileio.remove_stale_temporaries`). A temporary listed by the copy and gone before it was copied
+    failed the copy, and the resume (process 0: "another task died"); temporaries are now left out of the copy (and
+    process 0 waits for the copies before it writes: `train`'s barrier, which one process cannot show)."""
+    from captioner.train import _private_copy
+
+    run = tmp_path / "run"
+    (run / "backup").mkdir(parents=True)
+    (run / "history.json").write_text("{}")
+    stale = [run / ".history.json.k2j.tmp.json", run / "backup" / ".weights.h5.x9.tmp.h5", run / ".backup.q1.tmp", run / ".backup.old"]
+    stale[2].mkdir()
+    stale[3].mkdir()
+    for path in stale[:2]:
+        path.write_bytes(b"half")
+    scandir = os.scandir
+
+    def listed_then_tidied(path):  # the listing sees the temporaries; process 0 removes them before they are copied
+        entries = list(scandir(path))
+        for gone in stale:
+            if gone.is_dir():
+                gone.rmdir()
+            else:
+                gone.unlink(missing_ok=True)
+        return contextlib.nullcontext(entries)
+
+    monkeypatch.setattr(os, "scandir", listed_then_tidied)
+    with contextlib.ExitStack() as scope:
+        private = _private_copy(run, 1, scope)
+        assert (private / "history.json").read_text() == "{}" and (private / "backup").is_dir()
+        assert sorted(p.name for p in private.rglob("*")) == ["backup", "history.json"]
 
 
 def test_prepare_asks_xla_for_the_cpu_devices_and_keeps_other_flags():
@@ -232,8 +275,21 @@ def test_two_processes_train_as_one_device_and_only_process_0_writes(tiny_data, 
     image = str(tiny_data / "images" / sorted(os.listdir(tiny_data / "images"))[0])
     captions = [subprocess.run(_cli("caption", "--run", str(tmp_path / run), image), env=_env("jax"), capture_output=True, text=True,
                                timeout=120) for run in ("one", "two")]
-    assert all(c.returncode == 0 for c in captions), captions[1].stderr
-    assert captions[0].stdout == captions[1].stdout.replace(str(tmp_path / "two"), str(tmp_path / "one"))
+    assert all(c.returncode == 0 and c.stdout.strip() for c in captions), captions[1].stderr
+    # Two trainings whose losses agree to 2e-5, not one model: the same words wherever the one-device run's margin is
+    # over 1e-3 (about a hundred times the difference of their probabilities).
+    from captioner.config import DecodeConfig
+    from captioner.data.images import load_image
+    from captioner.generation.decoding import CaptionGenerator
+    from captioner.run import load_run
+
+    one, two = load_run(tmp_path / "one"), load_run(tmp_path / "two")
+    paths = sorted((tiny_data / "images").glob("train_*.png"))[:16]
+    images = np.stack([load_image(p, one.model.encoder.image_size) for p in paths])
+    greedy = DecodeConfig(max_length=20, beam_size=1)
+    tokens = [CaptionGenerator(r.model, r.vocab, greedy)(images).tokens for r in (one, two)]
+    assert_same_captions_where_clear(step_margins(one.model, one.vocab, images, tokens[0]), *tokens, one.vocab.end_id,
+                                     margin=1e-3, min_clear=0.5)
 
 
 @pytest.mark.slow  # four trainings in child processes
@@ -326,9 +382,8 @@ def test_ctrl_c_in_one_process_s_terminal_stops_the_whole_job_in_seconds_with_on
     lines = [line for line in err1.splitlines() if line.startswith("captioner: error")]
     assert len(lines) == 1 and "another process of the job ended" in lines[0], err1[-2000:]
     assert len(_history(run)["loss"]) < 40
+    # The interrupted writer leaves a half-written temporary, which the resumed process 0 removes while process 1
+    # copies the run (that race failed this resume in 2 of 2 full slow runs; `train` now orders the two).
     resumed = _processes("jax", tiny_data, run, *extra)
-    if not all(p.returncode == 0 for p in resumed):  # KNOWN BUG (eleventh session, open): the resume right after
-        # Ctrl-C failed in 2 of 2 full `.ci/run`s (process 0: JAX's coordination service says another task ...),
-        # passed in 3 of 3 runs of this test alone; reported, not hidden: the test shows as xfailed with the detail
-        pytest.xfail(f"resume after Ctrl-C failed: {[(p.returncode, p.stderr[-600:]) for p in resumed]}")
+    assert all(p.returncode == 0 for p in resumed), [(p.returncode, p.stderr[-1500:]) for p in resumed]
     assert len(_history(run)["loss"]) == 40

