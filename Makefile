@@ -68,14 +68,15 @@ vqa-coco: install encoders
 	photo=$(DATA)/Images/$$(head -n 1 $(DATA)/*TestImages.txt | cut -d '#' -f 1); \
 	$(BIN)/captioner ask --run $(RUN) $$photo "is there a person ?" "is it outdoors ?" "$$(head -n 1 $(DATA)/*TestImages.txt | cut -f 2 | sed 's/ ? .*/ ?/')"
 
-# Every test on TensorFlow, then the model, decoding, save/load and CLI tests (marked `backends`) on JAX.
+# Every test on TensorFlow, then the model, decoding, save/load and CLI tests (marked `backends`) on JAX; each session
+# ends with its 25 slowest tests (BENCHMARKS.md, "Test suite").
 test: install
-	$(BIN)/python -m pytest -q
-	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -m "backends and not slow"
+	$(BIN)/python -m pytest -q --durations=25
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -q --durations=25 -m "backends and not slow"
 
 # The tests marked `slow` (kill -9 and resume, a real full disk, VQA v2, ...), on TensorFlow; .ci/run runs them after `test`.
 test-slow: install
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q --durations=25 -m slow
 
 clean:
 	rm -rf $(VENV) $(RUN) $(DATA)

@@ -6,6 +6,10 @@ a little. Their arg-max decisions agree wherever the reference model's margin is
 decision sits near a tie: how near depends on the CPU's rounding. So a test asserts equal decisions only where the
 reference's margin (top probability minus the second) exceeds `margin`, and that such decisions are most of them,
 so the assertion cannot pass by having nothing to compare.
+
+Where they are one model (the same weights through another backend, batch size, runtime or a save -> load), the
+suite compares decisions exactly: their probabilities differ in the last float32 digits, which flips a decision only
+at a margin under about 1e-6.
 """
 
 from __future__ import annotations

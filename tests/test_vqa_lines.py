@@ -155,6 +155,34 @@ def test_the_real_vqa_yes_no_files_load_whole():
     assert counts == {"train": (7846, 6732, 3787, 0), "val": (1952, 1776, 906, 0), "test": (2022, 1827, 912, 0)}  # the README's counts
 
 
+def test_a_split_in_a_subfolder_reads_the_photos_of_the_parent_folder(tmp_path):
+    """`byphoto/` holds other split files of the parent's photos: the photos are found in `../Images/`."""
+    write_lines_dataset(tmp_path)
+    (tmp_path / "byphoto").mkdir()
+    for split in ("Train", "Dev", "Test"):
+        (tmp_path / "byphoto" / f"other.{split}Images.txt").write_text(f"photo_{len(split)}.jpg#0\tIs it red ? no\n")
+    skipped = Skipped()
+    records = load_qa_split("vqa-lines", tmp_path / "byphoto", "test", skipped)
+    assert [Path(r.image) for r in records] == [tmp_path / "Images" / "photo_4.jpg"] and skipped.count() == 0
+
+
+@pytest.mark.skipif(not (SHARED / "datasets" / "vqa_coco_yesno" / "byphoto").is_dir(), reason="needs ../shared/datasets/vqa_coco_yesno/byphoto")
+def test_the_by_photo_and_caption_question_files_load_whole():
+    """The by-photo split and the fixed "does the photo show X" test of ../shared (its README's counts), photos in the
+    parent's `Images/`; no test photo is a train photo."""
+    root = SHARED / "datasets" / "vqa_coco_yesno"
+    counts, photos = {}, {}
+    for folder, splits in (("byphoto", ("train", "val", "test")), ("captionqa", ("val", "test"))):
+        for split in splits:
+            skipped = Skipped()
+            records = load_qa_split("vqa-lines", root / folder, split, skipped, answer_type="yes/no")
+            photos[folder, split] = {r.image for r in records}
+            counts[folder, split] = (len(records), len(photos[folder, split]), skipped.count())
+    assert counts == {("byphoto", "train"): (8885, 6098, 0), ("byphoto", "val"): (1464, 1017, 0), ("byphoto", "test"): (1471, 1012, 0),
+                      ("captionqa", "val"): (2500, 863, 0), ("captionqa", "test"): (2556, 855, 0)}
+    assert not photos["byphoto", "train"] & (photos["byphoto", "test"] | photos["captionqa", "test"] | photos["captionqa", "val"])
+
+
 def test_the_recipe_s_commands_features_then_train_vqa_then_evaluate(tmp_path, capsys):
     """`make vqa-coco`'s path through the CLI: `features` fills the cache that `train-vqa` reads (0 computed there),
     and `evaluate` prints the interval, the per-photo split and the photo prior."""

@@ -120,14 +120,17 @@ LINE_SPLITS = {"train": "Train", "val": "Dev", "dev": "Dev", "test": "Test"}
 def load_vqa_lines(data_dir: Path, split: str, skipped: Skipped | None = None) -> list[QARecord]:
     """Questions one a line, `NAME.jpg#N<TAB>question ? answer`, in `*TrainImages.txt`, `*DevImages.txt` and
     `*TestImages.txt` with the photos in `Images/` (the layout of the VQA v2 yes/no subset on COCO photos, and of
-    Flickr8k's files). Split "val" reads the Dev file. A line without a tab, without "?" or without an answer, and
-    a question whose photo is not on disk, are skipped and counted.
+    Flickr8k's files), or in the parent folder's `Images/` (another split of the same photos in a subfolder, such as
+    `vqa_coco_yesno/byphoto/`). Split "val" reads the Dev file. A line without a tab, without "?" or without an answer,
+    and a question whose photo is not on disk, are skipped and counted.
     """
     skipped = skipped if skipped is not None else Skipped()
     if split not in LINE_SPLITS:
         raise CaptionerError(f"split '{split}' is not one of {', '.join(LINE_SPLITS)} (val reads the *DevImages.txt file)")
     path = _one_file(data_dir, f"*{LINE_SPLITS[split]}Images.txt", "put the split files (NAME#N<TAB>question ? answer) there")
     images = data_dir / "Images"
+    if not images.is_dir() and (data_dir.parent / "Images").is_dir():
+        images = data_dir.parent / "Images"
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
