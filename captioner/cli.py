@@ -323,6 +323,12 @@ def _configure(args: argparse.Namespace, preset_name: str, flags: dict[str, str]
         raise CaptionerError(str(exc)) from None
 
 
+def progress_verbosity(quiet: bool) -> int:
+    """Keras's verbosity for training and feature extraction: a progress bar redrawn in place on a terminal, one plain
+    line per epoch (or per extraction) into a file or a pipe, where a redrawn bar is hundreds of escape codes."""
+    return 0 if quiet else 1 if sys.stdout.isatty() else 2
+
+
 def _report_skipped(skipped: Skipped, what: str, verbose: bool) -> None:
     """One line on stderr for what a loader skipped; every entry with --verbose."""
     if not skipped.count():
@@ -381,7 +387,7 @@ def run_train(args: argparse.Namespace) -> int:
     config.task = "caption"  # also where --init-from names a VQA run: train then says it cannot start from one
     parallel = _start(args.parallel)
     skipped = Skipped()
-    metrics = train(config, args.run, verbose=0 if args.quiet else "auto", restart=args.restart, skipped=skipped, notify=_notify,
+    metrics = train(config, args.run, verbose=progress_verbosity(args.quiet), restart=args.restart, skipped=skipped, notify=_notify,
                     log=_log, parallel=parallel)
     if not parallel.writer:  # process 0 reports
         return EXIT_OK
@@ -416,7 +422,7 @@ def run_train_vqa(args: argparse.Namespace) -> int:
     config.task = "vqa"
     parallel = _start(args.parallel)
     skipped = Skipped()
-    metrics = train(config, args.run, verbose=0 if args.quiet else "auto", restart=args.restart, skipped=skipped, notify=_notify,
+    metrics = train(config, args.run, verbose=progress_verbosity(args.quiet), restart=args.restart, skipped=skipped, notify=_notify,
                     log=_log, parallel=parallel)
     if not parallel.writer:  # process 0 reports
         return EXIT_OK
@@ -678,7 +684,8 @@ def run_features(args: argparse.Namespace) -> int:
     skipped = Skipped()
     weights = None if args.encoder_weights.lower() == "none" else args.encoder_weights
     done = extract_features(args.dataset, args.data_dir, args.splits.split(","), args.encoder, weights, args.cache_dir,
-                            args.batch_size, args.precision, args.seed, skipped, args.fine_tune_blocks, _shard(args.shard))
+                            args.batch_size, args.precision, args.seed, skipped, args.fine_tune_blocks, _shard(args.shard),
+                            verbose=progress_verbosity(False))
     _report_skipped(skipped, "entries", args.verbose)
     rate = f" ({done['computed'] / done['seconds']:.1f} images/s)" if done["computed"] else ""
     share = f" (shard {args.shard})" if args.shard else ""

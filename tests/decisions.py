@@ -38,16 +38,21 @@ def assert_same_answers_where_clear(reference: np.ndarray, other: np.ndarray, ma
          for i in differ[:5]])
 
 
-def step_margins(model, vocab, images: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-    """The margin of each greedy decision of a caption model on its own captions: images (batch, size, size, 3) uint8,
-    tokens (batch, steps) the generated words (<end> then padding) -> (batch, steps), read with teacher forcing and
-    the words greedy search never takes (<pad>, <start>, <unk>) left out."""
+def step_probabilities(model, vocab, images: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """A caption model's next-word distributions along given captions, read with teacher forcing: images (batch, size,
+    size, 3) uint8, tokens (batch, steps) generated words (<end> then padding) -> (batch, steps, vocab), the words
+    greedy search never takes (<pad>, <start>, <unk>) left out."""
     tokens = np.asarray(tokens, np.int32)
     inputs = np.concatenate([np.full((len(tokens), 1), vocab.start_id, np.int32), tokens[:, :-1]], axis=1)  # (batch, steps)
     logits = ops.convert_to_numpy(ops.cast(model({"images": images, "tokens": inputs[:, None]}, training=False), "float32"))[:, 0]  # (batch, steps, vocab)
     logits[..., [vocab.pad_id, vocab.start_id, vocab.unk_id]] = -np.inf
     probabilities = np.exp(logits - logits.max(-1, keepdims=True))  # (batch, steps, vocab)
-    return margins(probabilities / probabilities.sum(-1, keepdims=True))
+    return probabilities / probabilities.sum(-1, keepdims=True)
+
+
+def step_margins(model, vocab, images: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """The margin of each greedy decision of a caption model on its own captions (`step_probabilities`): (batch, steps)."""
+    return margins(step_probabilities(model, vocab, images, tokens))
 
 
 def assert_same_captions_where_clear(step_margin: np.ndarray, reference: np.ndarray, other: np.ndarray, end_id: int,

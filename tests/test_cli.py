@@ -335,12 +335,17 @@ def test_features_command_fills_the_cache_train_reads(tiny_data, tmp_path, capsy
     common = ["--encoder", "mobilenet_v2", "--encoder-weights", "none", "--cache-dir", cache]
     for shard in ("2/2", "1/2"):  # two workers, each its half
         assert main(["features", "--dataset", "shapes", "--data-dir", str(tiny_data), "--splits", "train,val", "--shard", shard, *common]) == 0
-        assert f"24 of 24 images (shard {shard}) computed" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert f"24 of 24 images (shard {shard}) computed" in out and "\x1b[" not in out
     assert main(["features", "--dataset", "shapes", "--data-dir", str(tiny_data), "--splits", "train,val", *common]) == 0
     assert "0 of 48 images computed" in capsys.readouterr().out  # the halves together are the whole
     run = tmp_path / "run"
-    assert main(["train", "--preset", "tiny", "--data-dir", str(tiny_data), "--run", str(run), "--epochs", "1", "--quiet", *common]) == 0
+    assert main(["train", "--preset", "tiny", "--data-dir", str(tiny_data), "--run", str(run), "--epochs", "2", *common]) == 0
     assert json.loads((run / "metrics.json").read_text())["train"]["features_computed"] == 0
+    # Not a terminal (as `make demo > log`): plain lines, one per epoch, no progress bar redrawn with escape codes.
+    out = capsys.readouterr().out
+    assert "\x1b[" not in out and "\r" not in out, out[:300]
+    assert sum("val_loss" in line for line in out.splitlines()) == 2 and out.count("Epoch ") == 2, out
     assert main(["features", "--dataset", "shapes", "--data-dir", str(tiny_data), "--encoder", "small_cnn"]) == 2
     _one_line_error(capsys.readouterr())
     for bad in ("3/2", "0/2", "half"):

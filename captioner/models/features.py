@@ -98,7 +98,7 @@ class FeatureCache:
         self,
         paths: Sequence[str],
         batch_size: int = 32,
-        verbose: bool = True,
+        verbose: int = 1,
         on_error: Callable[[str, str], None] | None = None,
         shard_images: int = 1024,
     ) -> int:
@@ -120,7 +120,7 @@ class FeatureCache:
         if not todo:
             return 0
         size = self.encoder.image_size
-        progress = keras.utils.Progbar(len(todo), unit_name="image") if verbose else None
+        progress = keras.utils.Progbar(len(todo), unit_name="image", verbose=int(verbose)) if verbose else None  # 2: one line at the end
         rows: list[np.ndarray] = []  # computed, not stored yet
         names: list[str] = []  # digests of every computed row
         computed = 0  # rows already stored

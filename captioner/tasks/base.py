@@ -128,11 +128,16 @@ def filled_cache(config: RunConfig, encoder, splits: dict[str, list], verbose: i
     paths = [r.image for records in splits.values() for r in records]
     computed = 0
     if shard.count > 1:
-        computed = cache.extract(share(paths, shard.index, shard.count), verbose=verbose != 0, on_error=unusable)
+        computed = cache.extract(share(paths, shard.index, shard.count), verbose=_progress(verbose), on_error=unusable)
         shard.barrier("feature cache filled")
-    computed += cache.extract(paths, verbose=verbose != 0, on_error=unusable)
+    computed += cache.extract(paths, verbose=_progress(verbose), on_error=unusable)
     kept = {split: [r for r in records if r.image not in unreadable] for split, records in splits.items()}
     for split, records in kept.items():
         if not records:
             raise CaptionerError(f"none of the images of the {split} split could be read ({skipped.summary('entries')})")
     return cache, kept, computed
+
+
+def _progress(verbose: int | str) -> int:
+    """Keras's verbosity for a progress bar: 0 none, 1 a bar redrawn in place, 2 a line when done ("auto": 1)."""
+    return 1 if verbose == "auto" else int(verbose)

@@ -232,7 +232,7 @@ def draw_attention(run: Run, image: np.ndarray, tokens: np.ndarray, attention: n
 def extract_features(
     dataset: str, data_dir: str, splits: Sequence[str], encoder: str, weights: str | None, cache_dir: str | None = None,
     batch_size: int = 32, precision: str = "auto", seed: int = 0, skipped: Skipped | None = None, fine_tune_blocks: int = 0,
-    shard: tuple[int, int] = (1, 1),
+    shard: tuple[int, int] = (1, 1), verbose: int = 1,
 ) -> dict[str, Any]:
     """Run a frozen pretrained backbone once over the images of `splits` and store their grids in the
     feature cache that `train` reads (`cache_dir`, default DATA_DIR/features); images already there are not
@@ -244,7 +244,7 @@ def extract_features(
 
     Returns:
         {"computed", "images", "seconds", "folder"}. Unreadable images are skipped and counted in `skipped`;
-        when none can be read it is a CaptionerError.
+        when none can be read it is a CaptionerError. `verbose`: the progress bar's Keras verbosity (0, 1 or 2).
     """
     if encoder not in BACKBONES:
         raise CaptionerError(f"--encoder must be a pretrained backbone ({', '.join(BACKBONES)}); the small CNN trains with the decoder")
@@ -261,7 +261,7 @@ def extract_features(
     paths = share([r.image for r in records], index - 1, count)
     cache = FeatureCache(cache_dir or str(Path(data_dir) / "features"), image_encoder)
     started = time.perf_counter()
-    computed = cache.extract(paths, batch_size=batch_size, on_error=skipped.unreadable)
+    computed = cache.extract(paths, batch_size=batch_size, verbose=verbose, on_error=skipped.unreadable)
     images = len(paths)
     if images and skipped.count("unreadable image") >= images:
         raise CaptionerError(f"none of the {images} images could be read ({skipped.reasons['unreadable image'][0]})")
