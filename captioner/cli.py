@@ -77,6 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
                           help="compute precision of the CNN (default auto, as train's data.feature_precision, so train reads these features)")
     features.add_argument("--verbose", action="store_true", help="list every entry the dataset loader skipped")
 
+    questions = commands.add_parser("questions", help="write yes/no questions about a caption dataset's photos (vqa-lines files)")
+    questions.add_argument("--from-captions", action="store_true", required=True,
+                           help="make them from the photos' captions (captioner.data.caption_questions: the rules)")
+    questions.add_argument("--dataset", required=True, choices=["shapes", "flickr8k", "karpathy", "coco"], help="a caption dataset")
+    questions.add_argument("--data-dir", required=True, help="dataset folder")
+    questions.add_argument("--out", required=True, help="folder for NAME.{Train,Dev,Test}Images.txt and Images/ (links to the photos)")
+    questions.add_argument("--name", default="captionqa", help="the files' name (default captionqa)")
+    questions.add_argument("--splits", default="train,val,test", help="comma-separated splits (default train,val,test)")
+    questions.add_argument("--kinds", default=None, help="presence (is there a X), scene (is this a X) (default: both, each where the "
+                                                          "captions support it)")
+    questions.add_argument("--per-photo", type=_positive_int, default=2, help="yes questions a photo at most, as many no (default 2)")
+    questions.add_argument("--seed", type=int, default=0, help="the same seed gives the same questions (default 0)")
+    questions.add_argument("--verbose", action="store_true", help="list every photo skipped")
+
     classify = commands.add_parser("classify", help="ImageNet classes of photos: check a backbone's weights file (with the classifier)")
     classify.add_argument("images", nargs="+", help="image files, folders or glob patterns")
     classify.add_argument("--weights", required=True, help="imagenet or a .weights.h5 file of the whole network (with its 1000-class top)")
@@ -720,6 +734,58 @@ def run_ask(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def run_questions(args: argparse.Namespace) -> int:
+    """Each split's questions from its own photos' captions, all checked before a file is written."""
+    from captioner.data import Skipped, load_split
+    from captioner.data.caption_questions import KINDS, questions_from_captions, vqa_lines
+    from captioner.data.questions import LINE_SPLITS
+    from captioner.errors import CaptionerError
+    from captioner.fileio import write_text
+
+    kinds = [k.strip() for k in (args.kinds or ",".join(KINDS)).split(",") if k.strip()]
+    if not kinds or set(kinds) - set(KINDS):
+        raise CaptionerError(f"--kinds {args.kinds}: choose from {', '.join(KINDS)}")
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    if not splits or set(splits) - set(LINE_SPLITS):
+        raise CaptionerError(f"--splits {args.splits}: choose from train, val, test")
+    made, photos = {}, {}
+    for split in splits:
+        skipped = Skipped()
+        records = load_split(args.dataset, args.data_dir, split, skipped)
+        _report_skipped(skipped, f"{split} entries", args.verbose)
+        generated = questions_from_captions(records, kinds, args.per_photo, seed=args.seed)
+        _report_skipped(generated.skipped, f"{split} photos", args.verbose)
+        made[split] = generated
+        photos.update({Path(q.image).name: Path(q.image).resolve() for q in generated.questions})
+    for kind in kinds:
+        if not any(q.kind == kind for g in made.values() for q in g.questions):
+            if args.kinds is None:  # not asked for by name: say so, make the others
+                print(f"captioner: no {kind} questions: no photo's captions name a {kind} concept in most of them", file=sys.stderr)
+                continue
+            raise CaptionerError(f"no caption of the {', '.join(splits)} split(s) supports a {kind} question (none names a "
+                                 f"concept of that kind in most of a photo's captions); drop it from --kinds")
+    out = Path(args.out)
+    images = out / "Images"
+    folders = {path.parent for path in photos.values()}
+    out.mkdir(parents=True, exist_ok=True)
+    if len(folders) == 1 and (not images.exists() or images.is_symlink()):  # one folder of photos: one link to it
+        if images.is_symlink():
+            images.unlink()
+        images.symlink_to(next(iter(folders)), target_is_directory=True)
+    else:  # photos in several folders (COCO's train2014/val2014): a folder of links
+        images.mkdir(exist_ok=True)
+        for name, path in photos.items():
+            if not (images / name).exists():
+                (images / name).symlink_to(path)
+    for split, generated in made.items():
+        path = out / f"{args.name}.{LINE_SPLITS[split]}Images.txt"
+        write_text(path, vqa_lines(generated.questions))
+        counts = ", ".join(f"{n} {what}" for what, n in generated.counts().items())
+        print(f"{split}: {len(generated.questions)} questions about {len({q.image for q in generated.questions})} photos ({counts}) -> {path}")
+    print(f"train on them: captioner train-vqa --dataset vqa-lines --data-dir {out} ...")
+    return EXIT_OK
+
+
 def run_data(args: argparse.Namespace) -> int:
     import time
 
@@ -739,6 +805,7 @@ def run_data(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "data": run_data,
+    "questions": run_questions,
     "train": run_train,
     "train-vqa": run_train_vqa,
     "caption": run_caption,
@@ -753,7 +820,7 @@ COMMANDS = {
 }
 
 
-NO_TENSORFLOW = ("data",)  # commands that never import TensorFlow (nor do --help and usage errors)
+NO_TENSORFLOW = ("data", "questions")  # commands that never import TensorFlow (nor do --help and usage errors)
 TF_DATA = ("train", "train-vqa", "evaluate", "features", "export")  # need TensorFlow on every backend (tf.data, SavedModel);
 # the others (caption, ask, serve, ...) read images with PIL and import it only as Keras's backend
 

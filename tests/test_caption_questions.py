@@ -1,0 +1,105 @@
+"""Yes/no questions made from captions (`captioner questions --from-captions`): the rules, the files, bad input."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from captioner.cli import main
+from captioner.data import Skipped, load_qa_split
+from captioner.data.caption_questions import named, question_for, questions_from_captions
+from captioner.data.records import CaptionRecord
+
+
+def _photo(name: str, *captions: str) -> CaptionRecord:
+    return CaptionRecord(image=f"/photos/{name}.jpg", captions=tuple(captions))
+
+
+def test_a_caption_names_a_concept_by_its_word_a_plural_or_a_synonym():
+    assert named("Two men riding bikes down a street.") == {"person", "bicycle", "street"}
+    assert named("A puppy on the living room couch") == {"dog", "living room", "couch"}
+    assert named("A jet in a clear sky") == {"airplane"} and named("a blue sky") == set()
+    assert question_for("dog") == ("is there a dog in the picture ?", "presence")
+    assert question_for("umbrella") == ("is there an umbrella in the picture ?", "presence")
+    assert question_for("grass") == ("is there grass in the picture ?", "presence")
+    assert question_for("kitchen") == ("is this a kitchen ?", "scene")
+
+
+def test_yes_needs_most_captions_no_needs_none_and_they_are_balanced():
+    kitchens = [_photo(f"k{i}", "a kitchen with an oven and a sink", "an oven and a sink in a kitchen", "a small kitchen", "an oven",
+                       "a sink") for i in range(6)]
+    odd = _photo("odd", "a dog on a bed", "a dog in a kitchen", "a dog on the floor", "a cat", "a bed")  # kitchen: 1 of 5, not yes
+    made = questions_from_captions([*kitchens, odd], seed=0)
+    about = {(q.image, q.concept): q.answer for q in made.questions}
+    assert about[("/photos/odd.jpg", "dog")] == "yes" and ("/photos/odd.jpg", "kitchen") not in about
+    assert sum(q.answer == "yes" for q in made.questions) == sum(q.answer == "no" for q in made.questions) > 0
+    for q in made.questions:  # a "yes" is named by 3 of 5 captions, a "no" by none
+        photo = next(p for p in [*kitchens, odd] if p.image == q.image)
+        mentions = sum(q.concept in named(c) for c in photo.captions)
+        assert mentions >= 3 if q.answer == "yes" else mentions == 0, (q, mentions)
+    # the dog photo's hard "no": a concept most captions of its kitchen neighbours name
+    assert any(q.image == "/photos/odd.jpg" and q.answer == "no" and q.hard and q.concept in {"oven", "sink"} for q in made.questions)
+    assert questions_from_captions([*kitchens, odd], seed=0).questions == made.questions  # the same seed, the same questions
+
+
+def test_photos_whose_captions_support_no_question_are_counted_skips():
+    photos = [_photo("sky", "a blue sky", "clouds", "the sky"), _photo("dog", "a dog", "a dog", "a dog on grass"),
+              _photo("cat", "a cat on a bed", "a cat", "a bed")]
+    made = questions_from_captions(photos)
+    assert made.skipped.count("photo whose captions name no known concept") == 1
+    assert {q.image for q in made.questions} == {"/photos/dog.jpg", "/photos/cat.jpg"}
+    alone = questions_from_captions(photos[1:2])  # nothing it lacks is named anywhere: no "no" to match a "yes"
+    assert not alone.questions and alone.skipped.count("photo with no concept to answer no about") == 1
+
+
+def _karpathy(root, entries):
+    (root / "Images").mkdir(parents=True)
+    images = []
+    for name, split, captions in entries:
+        if not name.startswith("gone"):
+            Image.new("RGB", (8, 8)).save(root / "Images" / name)
+        images.append({"filename": name, "split": split, "sentences": [{"raw": c} for c in captions]})
+    (root / "dataset_coco.json").write_text(json.dumps({"images": images}))
+
+
+def test_the_command_writes_vqa_lines_files_that_train_vqa_reads_and_counts_what_it_skips(tmp_path, capsys):
+    dogs, cats = ["a dog on the grass"] * 3, ["a cat on a bed", "a cat", "a cat sleeping on a bed"]
+    entries = [(f"{kind}{i}.jpg", split, dogs if kind == "d" else cats) for split in ("train", "val", "test") for i in range(3)
+               for kind in "dc"]
+    entries += [("gone.jpg", "train", dogs), ("sky.jpg", "test", ["a blue sky"] * 3)]  # a photo missing, captions of nothing
+    _karpathy(tmp_path / "data", entries)
+    out = tmp_path / "qa"
+    assert main(["questions", "--from-captions", "--dataset", "karpathy", "--data-dir", str(tmp_path / "data"), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "skipped 1 train entries: 1 image not on disk" in captured.err
+    assert "skipped 1 test photos: 1 photo whose captions name no known concept" in captured.err and "Traceback" not in captured.err
+    assert "no scene questions" in captured.err  # not asked for by name: a note, and the presence questions are made
+    for split in ("train", "val", "test"):
+        skipped = Skipped()
+        records = load_qa_split("vqa-lines", out, split, skipped)
+        assert records and skipped.count() == 0 and {r.answer for r in records} == {"yes", "no"}
+        assert {r.image.split("/")[-1][0] for r in records} == {"d", "c"}  # each split's questions about its own photos
+    dog_questions = [r for r in load_qa_split("vqa-lines", out, "test") if r.image.endswith("d0.jpg")]
+    assert ("is there a dog in the picture ?", "yes") in [(r.question, r.answer) for r in dog_questions]
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--kinds", "scene"], "supports a scene question"),
+    (["--kinds", "colour"], "--kinds colour: choose from presence, scene"),
+    (["--splits", "dev2"], "--splits dev2: choose from train, val, test"),
+])
+def test_bad_requests_are_one_line_and_write_nothing(tmp_path, capsys, argv, expected):
+    _karpathy(tmp_path / "data", [(f"d{i}.jpg", split, ["a dog on the grass"] * 3) for i, split in enumerate(("train", "val", "test"))])
+    out = tmp_path / "qa"
+    assert main(["questions", "--from-captions", "--dataset", "karpathy", "--data-dir", str(tmp_path / "data"), "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    errors = [line for line in err.splitlines() if line.startswith("captioner: error")]
+    assert len(errors) == 1 and expected in errors[0] and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_an_empty_caption_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "dataset_coco.json").write_text("")
+    assert main(["questions", "--from-captions", "--dataset", "karpathy", "--data-dir", str(tmp_path), "--out", str(tmp_path / "qa")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not a Karpathy split file" in err
