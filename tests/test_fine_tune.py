@@ -13,6 +13,7 @@ from captioner.errors import CaptionerError
 from captioner.models.features import FeatureCache
 from captioner.data.images import load_image
 from captioner.run import load_run
+from captioner.tasks.base import cache_encoder
 
 from decisions import assert_same_answers_where_clear, record_probabilities
 
@@ -83,7 +84,7 @@ def test_training_moves_the_top_only_and_the_run_reloads_identically(tiny_data, 
     images = np.stack([load_image(p, encoder.image_size) for p in paths])
     tokens = np.ones((3, 1, 3), np.int32)
     from_pixels = np.asarray(loaded.model({"images": images, "tokens": tokens}))
-    rows = FeatureCache(cache, encoder).load(paths)  # the same key: only the frozen part decides it
+    rows = FeatureCache(cache, cache_encoder(encoder, loaded.config)).load(paths)  # the same key: only the frozen part (and the feature precision) decides it
     from_cache = np.asarray(loaded.model({"features": rows, "tokens": tokens}))
     np.testing.assert_allclose(from_pixels, from_cache, rtol=2e-2, atol=2e-2)  # the cache is float16
 
@@ -97,8 +98,8 @@ def test_training_moves_the_top_only_and_the_run_reloads_identically(tiny_data, 
                  "--run", str(frozen)]) == 0
     stats = json.loads((frozen / "metrics.json").read_text())["train"]
     assert stats["features_computed"] == 48
-    grids = FeatureCache(cache, load_run(frozen).model.encoder).load(paths).astype(np.float32)  # what the frozen run trained on
-    tuned, _ = loaded.model.encoder(images)  # (3, 49, 1280) the fine-tuned backbone's grids
+    grids = FeatureCache(cache, cache_encoder(load_run(frozen).model.encoder, load_run(frozen).config)).load(paths).astype(np.float32)  # what the frozen run trained on
+    tuned, _ = cache_encoder(loaded.model.encoder, loaded.config)(images)  # (3, 49, 1280) the fine-tuned grids, at the cache's precision
     imagenet, _ = ImageEncoder("efficientnet_lite0", image_size=encoder.image_size, weights="imagenet", encoder_trainable=False,
                                pooling="avg")(images)
     off_tuned, off_imagenet = (float(np.abs(grids - np.asarray(g)).max()) for g in (tuned, imagenet))
@@ -132,8 +133,8 @@ def test_a_vqa_run_started_from_a_fine_tuned_vqa_run_reads_the_fine_tuned_grids(
     records = load_qa_split("shapes", str(tiny_data), "val")[:24]  # photos the runs cached
     paths = sorted({r.image for r in records})
     images = np.stack([load_image(p, started.model.encoder.image_size) for p in paths])
-    grids = FeatureCache(cache, started.model.encoder).load(paths).astype(np.float32)  # what the frozen run trained on
-    tuned, _ = source.model.encoder(images)  # (n, 49, 1280) the fine-tuned backbone's grids
+    grids = FeatureCache(cache, cache_encoder(started.model.encoder, started.config)).load(paths).astype(np.float32)  # what the frozen run trained on
+    tuned, _ = cache_encoder(source.model.encoder, started.config)(images)  # (n, 49, 1280) the fine-tuned grids, at the cache's precision
     imagenet, _ = ImageEncoder("efficientnet_lite0", image_size=started.model.encoder.image_size, weights="imagenet",
                                encoder_trainable=False, pooling="avg")(images)
     off_tuned, off_imagenet = (float(np.abs(grids - np.asarray(g)).max()) for g in (tuned, imagenet))
