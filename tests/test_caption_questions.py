@@ -16,7 +16,8 @@ def _photo(name: str, *captions: str) -> CaptionRecord:
 
 
 def test_a_caption_names_a_concept_by_its_word_a_plural_or_a_synonym():
-    assert named("Two men riding bikes down a street.") == {"person", "bicycle", "street"}
+    assert named("Two men riding bikes down a street.") == {"person", "man", "bicycle", "street"}
+    assert named("A woman on a road") == {"person", "woman", "road", "street"}
     assert named("A puppy on the living room couch") == {"dog", "living room", "couch"}
     assert named("A jet in a clear sky") == {"airplane"} and named("a blue sky") == set()
     assert question_for("dog") == ("is there a dog in the picture ?", "presence")
@@ -40,6 +41,18 @@ def test_yes_needs_most_captions_no_needs_none_and_they_are_balanced():
     # the dog photo's hard "no": a concept most captions of its kitchen neighbours name
     assert any(q.image == "/photos/odd.jpg" and q.answer == "no" and q.hard and q.concept in {"oven", "sink"} for q in made.questions)
     assert questions_from_captions([*kitchens, odd], seed=0).questions == made.questions  # the same seed, the same questions
+
+
+def test_a_narrow_word_is_asked_and_never_answered_no_where_its_wider_concept_is_named():
+    """A photo of women gets "is there a woman ? yes", not also "is there a person ?", and never "is there a man ? no"
+    where a caption says "people" (a man may be among them)."""
+    photos = [_photo(f"w{i}", "a woman on a bench", "two women sitting", "a woman and her dog", "people in a park") for i in range(3)]
+    photos += [_photo(f"m{i}", "a man on a bench", "a man sitting", "a man with a dog") for i in range(3)]
+    photos += [_photo(f"c{i}", "a cat on a bed", "a cat", "a bed") for i in range(3)]  # something to answer "no" about
+    made = questions_from_captions(photos)
+    asked = {(q.image.split("/")[-1][0], q.concept, q.answer) for q in made.questions}
+    assert ("w", "woman", "yes") in asked and ("m", "man", "yes") in asked
+    assert not {a for a in asked if a[1:] == ("person", "yes")} and ("w", "man", "no") not in asked
 
 
 def test_photos_whose_captions_support_no_question_are_counted_skips():

@@ -34,16 +34,21 @@ _OBJECTS = """person man men woman women boy boys girl girls people child childr
  ladies person persons skier skiers surfer surfers skateboarder skateboarders
 dog dogs puppy puppies|cat cats kitten kittens|horse horses|sheep|cow cows cattle|elephant elephants|bear bears|zebra zebras
 giraffe giraffes|bird birds|car cars|bus buses|truck trucks|train trains|motorcycle motorcycles motorbike|bicycle bicycles
- bike bikes|airplane airplanes plane planes jet jets|boat boats|skateboard skateboards|surfboard surfboards|skis ski
+ bike bikes|airplane airplanes plane planes jet jets|boat boats|skateboard skateboards|surfboard surfboards
 snowboard snowboards|kite kites|frisbee frisbees|ball balls|bat bats|racket rackets racquet|umbrella umbrellas
 table tables|chair chairs|couch couches sofa sofas|bed beds|bench benches|desk desks|toilet toilets|sink sinks
 oven ovens|stove stoves|refrigerator refrigerators fridge fridges|television televisions tv tvs|laptop laptops
 computer computers|keyboard keyboards|phone phones cellphone cellphones|remote remotes|clock clocks|vase vases
 mirror mirrors|window windows|door doors|fence fences|sign signs|building buildings|bridge bridges|tree trees
 mountain mountains|plate plates|bowl bowls|cup cups mug mugs|pizza pizzas|sandwich sandwiches|cake cakes|hat hats
-tie ties|bag bags backpack backpacks|luggage suitcase suitcases|book books|bottle bottles|banana bananas|donut donuts
+tie ties|bag bags backpack backpacks|book books|bottle bottles|banana bananas|donut donuts
  doughnut doughnuts"""
-_MASS = "grass|water|snow|food|fruit fruits|broccoli|flowers flower|sand"
+_MASS = "grass|water|snow|food|fruit fruits|broccoli|sand|luggage suitcase suitcases"
+_PLURAL = "skis ski|flowers flower"
+# Words asked about on their own that also name a wider concept above (a man is a person): a caption naming one names
+# both, and neither is a "no" where the caption names the other (a photo of a woman gets no "is there a man ? no").
+_NARROW = "man men guy guys|woman women lady ladies|child children kid kids boy boys girl girls|road roads"
+ALSO = {"man": "person", "woman": "person", "child": "person", "road": "street"}
 _SCENES = """street streets road roads|kitchen kitchens|bathroom bathrooms|bedroom bedrooms|beach beaches|field fields
 park parks|city cities|airport airports|lake lakes|ocean oceans sea|river rivers|forest forests|zoo zoos
 restaurant restaurants|office offices|living room"""
@@ -51,13 +56,13 @@ restaurant restaurants|office offices|living room"""
 
 def _table() -> dict[str, tuple[str, tuple[str, ...]]]:
     concepts: dict[str, tuple[str, tuple[str, ...]]] = {}
-    for kind, text in (("object", _OBJECTS), ("mass", _MASS), ("scene", _SCENES)):
+    for kind, text in (("object", _OBJECTS), ("mass", _MASS), ("plural", _PLURAL), ("object", _NARROW), ("scene", _SCENES)):
         for entry in text.replace("\n ", " ").replace("\n", "|").split("|"):
             words = tuple(entry.split())
             if kind == "scene" and words == ("living", "room"):
                 words = ("living room",)
             concepts[words[0]] = (kind, words)
-    concepts["skis"] = ("plural", concepts["skis"][1])  # "are there skis ...", as a pair is named
+    concepts["road"] = ("scene", concepts["road"][1])
     return concepts
 
 
@@ -77,17 +82,18 @@ def question_for(concept: str) -> tuple[str, str]:
     return f"is there {article} {concept} in the picture ?", "presence"
 
 
-_WORDS = {word: concept for concept, (_, words) in CONCEPTS.items() for word in words if " " not in word}
-_PHRASES = {word: concept for concept, (_, words) in CONCEPTS.items() for word in words if " " in word}
+_WORDS: dict[str, set[str]] = {}
+for _concept, (_, _words) in CONCEPTS.items():
+    for _word in _words:
+        _WORDS.setdefault(_word, set()).add(_concept)
 
 
 def named(caption: str) -> set[str]:
     """The concepts one caption names (its words, plurals and synonyms; "living room" as a phrase)."""
     words = tokenize(caption)
-    found = {_WORDS[w] for w in words if w in _WORDS}
-    text = " ".join(words)
-    found |= {concept for phrase, concept in _PHRASES.items() if f" {phrase} " in f" {text} "}
-    return found
+    text = f" {' '.join(words)} "
+    return {c for w in words for c in _WORDS.get(w, ())} | {c for phrase, cs in _WORDS.items() if " " in phrase
+                                                             and f" {phrase} " in text for c in cs}
 
 
 @dataclass
@@ -144,8 +150,11 @@ def questions_from_captions(records: Sequence[CaptionRecord], kinds: Iterable[st
         if not yes:
             out.skipped.add("photo with no concept named by most of its captions", record.image_id)
             continue
-        chosen = sorted(yes, key=lambda c: (-counted[c], c))[:per_photo]
-        never = set(common) - set(counted)  # not named by any caption of this photo
+        chosen: list[str] = []
+        for concept in sorted(yes, key=lambda c: (ALSO.get(c) is None, -counted[c], c)):  # a man (when most say so) before a person
+            if len(chosen) < per_photo and not any(ALSO.get(concept) == c or ALSO.get(c) == concept for c in chosen):
+                chosen.append(concept)  # not both a person and a man
+        never = {c for c in common if c not in counted and ALSO.get(c) not in counted}  # named by no caption of the photo
         hard = sorted({c for j in similar[index] for c in majority[j]} & never)
         rng.shuffle(hard)
         noes: list[tuple[str, bool]] = [(c, True) for c in hard[: (len(chosen) + 1) // 2]]
