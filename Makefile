@@ -6,7 +6,7 @@ DATA := data/shapes
 RUN := runs/demo
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test test-slow install data train evaluate caption clean flickr8k vqa-coco encoders
+.PHONY: demo test test-slow install data train evaluate caption clean flickr8k coco vqa-coco encoders
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,17 +56,32 @@ flickr8k: install encoders
 	$(BIN)/captioner caption --run $(RUN) --attention $(RUN)/attention.png \
 	    $$(grep -v '^e' $(DATA)/Flickr_8k.testImages.txt | head -n 4 | sed "s|^|$$dir/|")
 
-# Yes/no questions about real photographs (README, "VQA on photographs"): features once, the VQA head on them (the
-# best epoch by dev accuracy), the test split scored once, three questions about a test photo answered.
+# COCO captions (README, "COCO captions"): Karpathy's split of the photos in DATA (dataset_coco.json beside Images/, e.g.
+# ../shared/datasets/vqa_coco_yesno): features once, Show-Attend-Tell on frozen EfficientNet-Lite2, the test photos scored
+# (BLEU-1..4, METEOR, ROUGE-L, CIDEr, distinct captions and words), ten of them drawn with two human captions each.
+#   make coco DATA=path/to/coco [ENCODER=... WEIGHTS=... FINE_TUNE=N]
+coco: DATA = data/coco
+coco: RUN = runs/coco
+coco: ENCODER = efficientnet_lite2
+coco: install encoders
+	$(BIN)/captioner features --dataset karpathy --data-dir $(DATA) $(ENCODER_ARGS)
+	$(BIN)/captioner train --preset flickr8k --dataset karpathy --data-dir $(DATA) $(ENCODER_ARGS) --run $(RUN)
+	$(BIN)/captioner evaluate --run $(RUN) --split test --meteor --out $(RUN)/test_captions.json
+	$(BIN)/python scripts/caption_grid.py --captions $(RUN)/test_captions.json --count 10 --out $(RUN)/test_captions.png
+
+# Yes/no questions about photos the model never saw (README, "VQA on photographs"): the VQA v2 questions split by photo
+# (DATA/byphoto/, the photos in DATA/Images/), features once, the VQA head (the best epoch by dev accuracy), the by-photo
+# test scored, then the fixed "does the photo show X" test (DATA/captionqa/), and three questions about a test photo.
 #   make vqa-coco DATA=path/to/vqa_coco_yesno WEIGHTS=imagenet|path/to/mobilenet_v2_..._no_top.weights.h5 [ENCODER=efficientnet_lite2]
 vqa-coco: DATA = data/vqa_coco_yesno
 vqa-coco: RUN = runs/vqa-coco
 vqa-coco: install encoders
-	$(BIN)/captioner features --dataset vqa-lines --data-dir $(DATA) $(ENCODER_ARGS)
-	$(BIN)/captioner train-vqa --preset vqa-coco --data-dir $(DATA) $(ENCODER_ARGS) --run $(RUN)
+	$(BIN)/captioner features --dataset vqa-lines --data-dir $(DATA)/byphoto $(ENCODER_ARGS)
+	$(BIN)/captioner train-vqa --preset vqa-coco --data-dir $(DATA)/byphoto $(ENCODER_ARGS) --run $(RUN)
 	$(BIN)/captioner evaluate --run $(RUN) --split test --out $(RUN)/test_answers.json
-	photo=$(DATA)/Images/$$(head -n 1 $(DATA)/*TestImages.txt | cut -d '#' -f 1); \
-	$(BIN)/captioner ask --run $(RUN) $$photo "is there a person ?" "is it outdoors ?" "$$(head -n 1 $(DATA)/*TestImages.txt | cut -f 2 | sed 's/ ? .*/ ?/')"
+	$(BIN)/captioner evaluate --run $(RUN) --split test --data-dir $(DATA)/captionqa --out $(RUN)/captionqa_answers.json
+	photo=$(DATA)/Images/$$(head -n 1 $(DATA)/byphoto/*TestImages.txt | cut -d '#' -f 1); \
+	$(BIN)/captioner ask --run $(RUN) $$photo "is there a person ?" "is it outdoors ?" "$$(head -n 1 $(DATA)/byphoto/*TestImages.txt | cut -f 2 | sed 's/ ? .*/ ?/')"
 
 # Every test on TensorFlow, then the model, decoding, save/load and CLI tests (marked `backends`) on JAX; each session
 # ends with its 25 slowest tests (BENCHMARKS.md, "Test suite").

@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="score a run on a split: BLEU-1..4 (caption runs) or VQA accuracy (VQA runs)")
     evaluate.add_argument("--run", required=True, help="run directory")
     evaluate.add_argument("--split", default="test", help="split to score (default test)")
-    evaluate.add_argument("--data-dir", default=None, help="dataset folder (default: the one the run was trained on)")
+    evaluate.add_argument("--data-dir", default=None, help="dataset folder (default: the one the run was trained on, its first source's)")
+    evaluate.add_argument("--dataset", default=None, help="the loader of --data-dir, or alone: the run's source of this dataset")
     evaluate.add_argument("--batch-size", type=_positive_int, default=256, help="images per batch (default 256)")
     evaluate.add_argument("--max-images", type=_positive_int, default=None, help="score only the first N images")
     evaluate.add_argument("--out", default=None, help="save the generated captions (or answers) to this JSON file")
@@ -190,6 +191,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="scst: subtract the greedy caption's reward (default) or the mean of the other samples'")
     parser.add_argument("--data-dir", default=None, help="dataset folder (default data/shapes)")
     parser.add_argument("--dataset", default=None, help="dataset loader (default shapes)")
+    add_source_arguments(parser, "flickr8k=data/flickr8k")
     parser.add_argument("--decoder", default=None, choices=["show-tell", "attention"], help="show-tell (default) or attention (Show-Attend-Tell)")
     parser.add_argument("--attention", default=None, choices=["soft", "hard"],
                         help="with --decoder attention: soft (default) or hard (one sampled grid cell per word, trained with REINFORCE); "
@@ -214,6 +216,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--restart", action="store_true", help="discard an existing run directory's training and start over")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--verbose", action="store_true", help="list every entry the dataset loader skipped")
+
+
+def add_source_arguments(parser: argparse.ArgumentParser, example: str) -> None:
+    """Several datasets in one run: one vocabulary, each source's share of the training records."""
+    parser.add_argument("--add-source", action="append", default=[], metavar="DATASET=DIR",
+                        help=f"train on this dataset too, with the one of --dataset/--data-dir (repeatable; e.g. {example})")
+    parser.add_argument("--source-weights", default=None, metavar="W1,W2,...",
+                        help="each source's share of the training records, --dataset's first (default: every record once); "
+                             "validation takes each source's dev split in equal shares")
 
 
 def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
@@ -248,6 +259,7 @@ def add_train_vqa_arguments(parser: argparse.ArgumentParser) -> None:
                              "files with Images/, e.g. the VQA v2 yes/no subset on COCO photos)")
     parser.add_argument("--answer-type", default=None, choices=["yes/no", "number", "other"], help="keep only questions with this type of answer")
     parser.add_argument("--data-dir", default=None, help="dataset folder (default data/shapes; not used by easy-vqa)")
+    add_source_arguments(parser, "vqa-lines=runs/questions")
     parser.add_argument("--encoder-from", default=None, metavar="RUN", help="start from this captioning run's trained encoder (frozen)")
     parser.add_argument("--fine-tune-encoder", action="store_true", help="train the encoder taken with --encoder-from")
     parser.add_argument("--fusion", default=None, choices=["multiply", "concat"], help="how image and question meet (default multiply)")
@@ -327,6 +339,12 @@ def _configure(args: argparse.Namespace, preset_name: str, flags: dict[str, str]
             config = preset(preset_name)
         overrides = {key: str(getattr(args, flag)) for flag, key in flags.items() if getattr(args, flag) is not None}
         overrides.update(fixed)
+        if getattr(args, "add_source", None):
+            if any("," in source for source in args.add_source):
+                raise CaptionerError("--add-source: a folder name with a comma cannot be stored; rename or link the folder")
+            overrides["data.more_sources"] = ",".join(args.add_source)
+        if getattr(args, "source_weights", None) is not None:
+            overrides["data.source_weights"] = args.source_weights
         for item in args.set:
             key, sep, value = item.partition("=")
             if not sep:
@@ -636,7 +654,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     task = get_task(stored_task(args.run))
     run = load_run(args.run, task=task.name, precision=args.precision)
     decode = decode_from_args(run.config.decode, args) if run.config.task == "caption" else None
-    options = EvalOptions(args.split, args.data_dir, args.batch_size, args.out, args.max_images, decode, args.meteor)
+    options = EvalOptions(args.split, args.data_dir, args.batch_size, args.out, args.max_images, decode, args.meteor, args.dataset)
     result = task.evaluate(run, options, skipped)
     _report_skipped(skipped, task.skipped_item, args.verbose)
     print(json.dumps(result, indent=2) if args.json else "\n".join(task.summary_lines(result)))

@@ -30,6 +30,8 @@ class DataConfig:
     max_length_percentile: float = 100.0  # pad captions to this percentile of training caption lengths (at most max_caption_length)
     feature_cache_dir: str = ""  # frozen backbones: where grid features are cached ("" = DATA_DIR/features)
     feature_precision: str = "auto"  # frozen backbones: precision of the CNN that fills the cache (auto: as `captioner features`)
+    more_sources: list[str] = field(default_factory=list)  # further datasets trained on with the first, each "DATASET=DIR" (one vocabulary)
+    source_weights: list[float] = field(default_factory=list)  # each source's share of the training records, first source first ([]: all records as they are)
 
 
 @dataclass

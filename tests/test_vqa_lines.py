@@ -204,6 +204,21 @@ def test_the_recipe_s_commands_features_then_train_vqa_then_evaluate(tmp_path, c
     assert main(["evaluate", "--run", run, "--split", "test"]) == 0
     out = capsys.readouterr().out
     assert "(95%)" in out and "seen in training" in out and "unseen" in out and "same photo" in out
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["eval_test"]
+    assert {name: g["questions"] for name, g in metrics["by_truth"].items()} == {"yes": 4, "no": 4}
+    assert {name: g["questions"] for name, g in metrics["by_subject"].items()} == {"red": 4, "blue": 4}
+    assert "by true answer:" in out and "by thing asked about" in out and "  red " in out
+
+
+@pytest.mark.parametrize("question, subject", [
+    ("is there a dog in the picture ?", "dog"), ("are there skis ?", "skis"), ("Is this a kitchen?", "kitchen"),
+    ("is there a tennis racket ?", "tennis racket"), ("is there grass in the photo ?", "grass"),
+    ("is this a good day for surfing ?", ""), ("what color is the bus ?", ""),
+])
+def test_the_thing_a_presence_or_scene_question_asks_about(question, subject):
+    from captioner.data.questions import question_subject
+
+    assert question_subject(question) == subject
 
 
 def test_a_resumed_run_keeps_the_most_accurate_epoch_as_its_best():

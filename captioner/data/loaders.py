@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
 
 from captioner.data.captions import load_coco, load_flickr8k, load_karpathy
 from captioner.data.records import CaptionRecord, QAPair, QARecord, Skipped, read_split_file
@@ -85,7 +88,52 @@ def load_qa_split(dataset: str, data_dir: str | Path, split: str, skipped: Skipp
     return records
 
 
+def sources(dataset: str, data_dir: str, more_sources: Sequence[str]) -> list[tuple[str, str]]:
+    """The (dataset, folder) pairs a run reads: the first source, then each of `more_sources` ("DATASET=DIR")."""
+    pairs = [(dataset, data_dir)]
+    for text in more_sources:
+        name, sep, folder = text.partition("=")
+        if not sep or not name or not folder:
+            raise CaptionerError(f"source '{text}' is not DATASET=DIR (for example flickr8k=data/flickr8k)")
+        pairs.append((name, folder))
+    return pairs
+
+
+def load_sources(load: Callable[..., list], pairs: Sequence[tuple[str, str]], split: str, skipped: Skipped, **options) -> list[list]:
+    """Each source's records of `split`, read by `load` (`load_split` or `load_qa_split`). With several sources an
+    error names the source it came from; nothing is read past it."""
+    parts = []
+    for number, (dataset, folder) in enumerate(pairs, 1):
+        try:
+            parts.append(load(dataset, folder, split, skipped, **options))
+        except CaptionerError as exc:
+            if len(pairs) == 1:
+                raise
+            raise CaptionerError(f"source {number} ({dataset} in {folder}): {exc}") from None
+    return parts
+
+
+def mix(parts: Sequence[list], weights: Sequence[float], seed: int) -> list:
+    """The records of several sources as one list. With no weights, all of them as they are. With weights (one per
+    source), as many records as all sources hold together, source i's share in proportion to weights[i]: a source
+    below its share is repeated (every record once before any twice), one above it is cut, which records by `seed`.
+    The list is fixed for the run; training shuffles its order every epoch."""
+    if not weights:
+        return [record for part in parts for record in part]
+    if len(weights) != len(parts):
+        raise CaptionerError(f"{len(weights)} source weight(s) for {len(parts)} sources: give one weight per source, the first source first")
+    if any(w < 0 for w in weights) or not sum(weights) > 0:
+        raise CaptionerError(f"source weights {list(weights)} must be at least 0 and not all 0")
+    total, rng = sum(len(part) for part in parts), np.random.default_rng(seed)
+    mixed = []
+    for part, weight in zip(parts, weights):
+        wanted = round(total * weight / sum(weights))
+        order = np.concatenate([rng.permutation(len(part)) for _ in range(-(-wanted // len(part)))]) if wanted else []
+        mixed.extend(part[i] for i in order[:wanted])
+    return mixed
+
+
 __all__ = [
     "CaptionRecord", "QAPair", "QARecord", "Skipped", "DATASETS", "QA_DATASETS",
-    "answer_type", "load_split", "load_qa_split", "read_split_file",
+    "answer_type", "load_split", "load_qa_split", "load_sources", "mix", "read_split_file", "sources",
 ]

@@ -29,6 +29,18 @@ def answer_type(answer: str) -> str:
     return "other"
 
 
+# "is there a dog in the picture ?", "are there skis ?", "is this a kitchen ?": what a presence or scene question asks about
+_SUBJECT = re.compile(r"^(?:is there|are there|is this|are these|is it)\s+(?:a |an |any |some )?(.+?)"
+                      r"(?:\s+in (?:the|this) (?:picture|photo|image))?\s*\??$")
+
+
+def question_subject(question: str) -> str:
+    """The thing a presence or scene question asks about, at most two words ("dog", "tennis racket"); "" for
+    any other question."""
+    match = _SUBJECT.match(" ".join(question.lower().split()))
+    return match.group(1) if match and len(match.group(1).split()) <= 2 else ""
+
+
 def load_shapes_qa(data_dir: Path, split: str) -> list[QARecord]:
     """The questions the shapes generator wrote beside its captions (one answer each)."""
     records = []

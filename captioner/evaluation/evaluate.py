@@ -13,6 +13,7 @@ import numpy as np
 from captioner.generation.answering import Answerer
 from captioner.config import DecodeConfig
 from captioner.data import CaptionRecord, QARecord, Skipped, load_qa_split, load_split
+from captioner.data.questions import question_subject
 from captioner.generation.decoding import CaptionGenerator
 from captioner.errors import CaptionerError
 from captioner.fileio import write_json
@@ -109,6 +110,7 @@ def evaluate(
     max_images: int | None = None,
     meteor: bool = False,
     skipped: Skipped | None = None,
+    dataset: str | None = None,
 ) -> dict[str, Any]:
     """Caption every image of `split`, score against all references, record in metrics.json.
 
@@ -122,11 +124,12 @@ def evaluate(
         max_images: int. Score only the first N images.
         meteor: bool. Also METEOR (pycocoevalcap, runs Java).
         skipped: Skipped. Collects the dataset entries the loader could not use (the result keeps the summary).
+        dataset: str. The loader of `data_dir`; defaults to the run's (its first source's).
     """
     data = run.config.data
     decode = decode or run.config.decode
     skipped = skipped if skipped is not None else Skipped()
-    records = load_split(data.dataset, data_dir or data.data_dir, split, skipped)[:max_images]
+    records = load_split(dataset or data.dataset, data_dir or data.data_dir, split, skipped)[:max_images]
     generator = CaptionGenerator(run.model, run.vocab, decode)
     started = time.perf_counter()
     captions = generate_captions(generator, [r.image for r in records], batch_size,
@@ -239,6 +242,8 @@ def evaluate_vqa(
     out: str | Path | None = None,
     max_images: int | None = None,
     skipped: Skipped | None = None,
+    dataset: str | None = None,
+    train_records: list[QARecord] | None = None,
 ) -> dict[str, Any]:
     """Answer every question of `split`, score VQA accuracy, compare with blind baselines, record in metrics.json.
 
@@ -250,10 +255,13 @@ def evaluate_vqa(
         out: path. Where to save every question's answer as JSON, if given.
         max_images: int. Score only the questions of the first N images.
         skipped: Skipped. Collects the questions the loader could not use (the result keeps the summary).
+        dataset: str. The loader of `data_dir`; defaults to the run's (its first source's).
+        train_records: the questions the run was trained on (what "seen in training" and the blind baselines count);
+            default: the train split beside the scored one.
     """
     data, vqa = run.config.data, run.config.vqa
     skipped = skipped if skipped is not None else Skipped()
-    records = load_qa_split(data.dataset, data_dir or data.data_dir, split, skipped, vqa.answer_type)
+    records = load_qa_split(dataset or data.dataset, data_dir or data.data_dir, split, skipped, vqa.answer_type)
     if max_images is not None:
         keep = set(list(dict.fromkeys(r.image for r in records))[:max_images])
         records = [r for r in records if r.image in keep]
@@ -265,9 +273,12 @@ def evaluate_vqa(
                                  skipped.unreadable, f"images of the {split} split")
     seconds = time.perf_counter() - started
     records, predictions = [r for r, p in zip(records, predictions) if p is not None], [p for p in predictions if p is not None]
-    train_records = load_qa_split(data.dataset, data_dir or data.data_dir, run.config.train.train_split, answer_type=vqa.answer_type)
+    if train_records is None:
+        train_records = load_qa_split(dataset or data.dataset, data_dir or data.data_dir, run.config.train.train_split, answer_type=vqa.answer_type)
     result = {
-        **accuracy_table(records, predictions, train_overlap(train_records, records)),  # a split by question shares photos with train
+        # a split by question shares photos with train; the truth and the thing asked about show where a yes/no model errs
+        **accuracy_table(records, predictions, {**train_overlap(train_records, records), "by_truth": [r.answer for r in records],
+                                                "by_subject": [question_subject(r.question) or "(other questions)" for r in records]}),
         "split": split,
         "images": len({r.image for r in records}),
         "answer_coverage": run.answers.coverage(r.answer for r in records),
@@ -286,6 +297,9 @@ def evaluate_vqa(
     return result
 
 
+SUBJECTS_SHOWN = 20  # evaluate's lines per thing asked about ("is there a dog ?"); metrics.json keeps them all
+
+
 def vqa_summary_lines(result: dict[str, Any]) -> list[str]:
     """Human-readable lines for the CLI."""
     ablation = {(True, True): "", (False, True): " (question-only model: the image takes no part)",
@@ -296,12 +310,18 @@ def vqa_summary_lines(result: dict[str, Any]) -> list[str]:
         f"answers in the answer vocabulary: {result['answer_coverage']:.1%} (the ceiling)",
     ]
     for title, key in (("answer type", "by_answer_type"), ("question type", "by_question_type"), ("photo", "by_photo"),
-                       ("photo and question text", "by_photo_and_question")):
+                       ("photo and question text", "by_photo_and_question"), ("true answer", "by_truth"),
+                       (f"thing asked about (the {SUBJECTS_SHOWN} most asked)", "by_subject")):
         if key not in result:  # written before captioner had it
             continue
+        groups = result[key].items()
+        if key == "by_truth" and len(groups) > SUBJECTS_SHOWN:  # open answers: the answer types say it already
+            continue
+        if key == "by_subject":
+            groups = sorted(((name, g) for name, g in groups if name != "(other questions)"), key=lambda item: -item[1]["questions"])[:SUBJECTS_SHOWN]
         lines.append(f"by {title}:")
-        width = max([16, *map(len, result[key])])
-        lines += [f"  {name:<{width}} {g['accuracy']:7.2%}  ({g['questions']} questions)" for name, g in result[key].items()]
+        width = max([16, *(len(name) for name, _ in groups)])
+        lines += [f"  {name:<{width}} {g['accuracy']:7.2%}  ({g['questions']} questions)" for name, g in groups]
     blind = result["blind_baselines"]
     lines.append(
         f"blind baselines: always 'yes' {blind['always_yes']:.2%}, most frequent answer {blind['most_frequent']:.2%}, "

@@ -9,14 +9,14 @@ name a run's config.json stores.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import keras
 
-from captioner.config import DecodeConfig, RunConfig
-from captioner.data import Skipped
+from captioner.config import DataConfig, DecodeConfig, RunConfig
+from captioner.data import Skipped, load_sources, mix, sources
 from captioner.distribute import InputShard, share
 from captioner.errors import CaptionerError
 from captioner.models.features import FeatureCache
@@ -52,6 +52,7 @@ class EvalOptions:
     max_images: int | None = None
     decode: DecodeConfig | None = None  # caption runs: how to generate (None: the run's decode settings)
     meteor: bool = False
+    dataset: str | None = None  # the loader of data_dir (default: the run's source of that folder, else its first source's)
 
 
 class Task:
@@ -96,6 +97,59 @@ def on_disk(records: list, split: str, skipped: Skipped) -> list:
     if not kept:
         raise CaptionerError(f"none of the {len(records)} images of the {split} split can be read (first: {first_problem})")
     return kept
+
+
+def source_records(load: Callable[..., list], data: DataConfig, split: str, limit: Callable[[list], list], skipped: Skipped,
+                   **options) -> list[list]:
+    """Each source's usable records of `split` (`data.dataset` in `data.data_dir`, then `data.more_sources`): read by
+    `load` (`load_split`, `load_qa_split`), cut by `limit`, kept where the image is on disk. An error names its source."""
+
+    def usable(dataset: str, folder: str, split: str, skipped: Skipped, **options) -> list:
+        return on_disk(limit(load(dataset, folder, split, skipped, **options)), split, skipped)
+
+    return load_sources(usable, sources(data.dataset, data.data_dir, data.more_sources), split, skipped, **options)
+
+
+def mixed(parts: list[list], config: RunConfig, validation: bool = False) -> list:
+    """The records trained on (`data.source_weights`' shares), or validated on: with several sources, their dev
+    splits in equal shares, so the validation loss that picks the best epoch is the mean over the sources'."""
+    if validation:
+        return mix(parts, [1.0] * len(parts) if len(parts) > 1 else [], config.train.seed)
+    return mix(parts, config.data.source_weights, config.train.seed)
+
+
+def source_stats(data: DataConfig, train_parts: list[list], train_records: list, val_parts: list[list]) -> list[dict[str, Any]]:
+    """metrics.json's line per source: its records, and how many the mixed training list holds (the weights' doing)."""
+    pairs = sources(data.dataset, data.data_dir, data.more_sources)
+    used: dict[int, int] = {}
+    for record in train_records:
+        used[id(record)] = used.get(id(record), 0) + 1
+    return [{"dataset": name, "data_dir": folder, "train_records": len(train), "train_records_mixed": sum(used.get(id(r), 0) for r in train),
+             "val_records": len(val)} for (name, folder), train, val in zip(pairs, train_parts, val_parts)]
+
+
+def scored_source(data: DataConfig, dataset: str | None, data_dir: str | None) -> tuple[str, str]:
+    """The (dataset, folder) `evaluate` scores: as given; a dataset alone names the run's source of that dataset, a
+    folder alone takes the loader of the run's source in it (else the first source's); neither is the first source."""
+    pairs = sources(data.dataset, data.data_dir, data.more_sources)
+    if dataset and data_dir:
+        return dataset, data_dir
+    if dataset:
+        folders = [folder for name, folder in pairs if name == dataset]
+        if not folders:
+            raise CaptionerError(f"the run was trained on {', '.join(name for name, _ in pairs)}, not {dataset}: "
+                                 f"give the folder of its {dataset} copy with --data-dir")
+        return dataset, folders[0]
+    if data_dir:
+        names = [name for name, folder in pairs if Path(folder).resolve() == Path(data_dir).resolve()]
+        return (names[0] if names else data.dataset), data_dir
+    return pairs[0]
+
+
+def resolved_folders(data: DataConfig) -> DataConfig:
+    """`data` with every source's folder absolute (what config.json stores: a run is evaluated from anywhere)."""
+    more = [f"{name}={Path(folder).resolve()}" for name, folder in sources(data.dataset, data.data_dir, data.more_sources)[1:]]
+    return replace(data, data_dir=str(Path(data.data_dir).resolve()) if data.data_dir else "", more_sources=more)
 
 
 def cache_encoder(encoder, config: RunConfig):

@@ -44,8 +44,9 @@ class CaptionTask(Task):
         return CaptionGenerator(run.model, run.vocab, decode or run.config.decode)
 
     def evaluate(self, run: Run, options: EvalOptions, skipped: Skipped) -> dict[str, Any]:
-        return evaluate(run, options.split, options.data_dir, options.decode, options.batch_size, options.out,
-                        options.max_images, meteor=options.meteor, skipped=skipped)
+        dataset, data_dir = base.scored_source(run.config.data, options.dataset, options.data_dir)
+        return evaluate(run, options.split, data_dir, options.decode, options.batch_size, options.out,
+                        options.max_images, meteor=options.meteor, skipped=skipped, dataset=dataset)
 
     def summary_lines(self, result: dict[str, Any]) -> list[str]:
         return summary_lines(result)
@@ -55,29 +56,29 @@ class CaptionTask(Task):
         from captioner.data.preprocessing import caption_dataset, feature_caption_dataset  # tf.data: training only
 
         data, train_cfg = config.data, config.train
-        train_records = load_split(data.dataset, data.data_dir, train_cfg.train_split, skipped)[: train_cfg.max_train_images]
-        val_records = load_split(data.dataset, data.data_dir, train_cfg.val_split, skipped)[: train_cfg.max_val_images]
-        train_records = base.on_disk(train_records, train_cfg.train_split, skipped)
-        val_records = base.on_disk(val_records, train_cfg.val_split, skipped)
+        train_parts = base.source_records(load_split, data, train_cfg.train_split, lambda r: r[: train_cfg.max_train_images], skipped)
+        val_parts = base.source_records(load_split, data, train_cfg.val_split, lambda r: r[: train_cfg.max_val_images], skipped)
+        train_records, val_records = base.mixed(train_parts, config), base.mixed(val_parts, config, validation=True)
+        distinct_train = [r for part in train_parts for r in part]  # the vocabulary counts each caption once, whatever the weights
         image_size = default_image_size(config.model.encoder, data.image_size)
         init_from = config.train.init_from
         if resuming:  # the same command again: continue with the vocabulary the run started with
             vocab = Vocabulary.load(run_dir / VOCAB_FILE)
         elif init_from:  # the source run's vocabulary, caption length and image size (train checked they were kept)
             vocab = Vocabulary.load(Path(init_from) / VOCAB_FILE)
-            unknown = vocab.unknown_rate(c for r in train_records for c in r.captions)
+            unknown = vocab.unknown_rate(c for r in distinct_train for c in r.captions)
             if unknown > MAX_UNKNOWN_FROM_SOURCE:
                 raise CaptionerError(f"--init-from {init_from}: its vocabulary misses {unknown:.0%} of the words of these training captions; "
                                      f"it was trained on other captions: start from a run of this dataset, or train without --init-from")
             image_size = data.image_size
-            config = replace(config, data=replace(data, data_dir=str(Path(data.data_dir).resolve())))
+            config = replace(config, data=base.resolved_folders(data))
             run_dir.mkdir(parents=True, exist_ok=True)
             vocab.save(run_dir / VOCAB_FILE)
             save_config(config, run_dir)
         else:
-            vocab = Vocabulary.build((c for r in train_records for c in r.captions), min_count=data.min_word_count)
-            longest = padded_caption_length(train_records, data.max_caption_length, data.max_length_percentile)
-            data = replace(data, image_size=image_size, data_dir=str(Path(data.data_dir).resolve()), max_caption_length=longest)
+            vocab = Vocabulary.build((c for r in distinct_train for c in r.captions), min_count=data.min_word_count)
+            longest = padded_caption_length(distinct_train, data.max_caption_length, data.max_length_percentile)
+            data = replace(base.resolved_folders(data), image_size=image_size, max_caption_length=longest)
             config = replace(config, data=data)
             run_dir.mkdir(parents=True, exist_ok=True)
             vocab.save(run_dir / VOCAB_FILE)
@@ -86,6 +87,8 @@ class CaptionTask(Task):
         if source is not None:
             copy_weights(source, model)
         stats: dict[str, Any] = {"vocab_size": len(vocab), "unknown_word_rate_val": vocab.unknown_rate(c for r in val_records for c in r.captions)}
+        if len(train_parts) > 1:
+            stats["sources"] = base.source_stats(config.data, train_parts, train_records, val_parts)
 
         if config.train.objective == "scst":
             return self._scst_setup(config, model, vocab, train_records, val_records, verbose, skipped, stats)

@@ -12,13 +12,14 @@ from keras import ops
 
 from captioner.generation.answering import Answerer
 from captioner.config import RunConfig
-from captioner.data import QARecord, Skipped, load_qa_split
+from captioner.data import QARecord, Skipped, load_qa_split, sources
 from captioner.models.encoder import ImageEncoder, default_image_size
 from captioner.evaluation.evaluate import evaluate_vqa, vqa_summary_lines
 from captioner.data.images import read_image
 from captioner.models.networks import build_vqa_model, copy_weights, training_work
 from captioner.data.arrays import group_questions
 from captioner.distribute import InputShard
+from captioner.errors import CaptionerError
 from captioner.models.losses import TokenCrossentropy
 from captioner.run import ANSWERS_FILE, VOCAB_FILE, Run, load_run, save_config
 from captioner.tasks import base
@@ -64,6 +65,27 @@ def _first_images(records: list[QARecord], limit: int | None) -> list[QARecord]:
     return result
 
 
+def _trained_on(run: Run) -> list[QARecord] | None:
+    """The questions a run was trained on, from every source (None where its folders cannot be read any more: then
+    `evaluate` counts the train split beside the scored one)."""
+    data, vqa = run.config.data, run.config.vqa
+    try:
+        parts = base.source_records(load_qa_split, data, run.config.train.train_split, lambda r: r, Skipped(), answer_type=vqa.answer_type)
+    except CaptionerError:
+        return None
+    return [r for part in parts for r in part]
+
+
+def _check_answer_types(data, parts: list[list[QARecord]]) -> None:
+    """Sources mixed in one run ask the same types of question: one that brings another type is named."""
+    first = {r.answer_type for r in parts[0]}
+    for number, ((name, folder), part) in enumerate(zip(sources(data.dataset, data.data_dir, data.more_sources), parts), 1):
+        types = {r.answer_type for r in part}
+        if number > 1 and types != first:
+            raise CaptionerError(f"source {number} ({name} in {folder}) has {', '.join(sorted(types))} answers where source 1 has "
+                                 f"{', '.join(sorted(first))}: pass --answer-type to keep one type, or train on sources of the same kind")
+
+
 def _shared_encoder(source: str, fine_tune: bool) -> ImageEncoder:
     """A copy of a trained captioning run's ImageEncoder, weights included (frozen unless fine_tune)."""
     run = load_run(source, task="caption")
@@ -85,7 +107,9 @@ class VQATask(Task):
         return Answerer(run.model, run.vocab, run.answers, run.config.vqa.max_question_length)
 
     def evaluate(self, run: Run, options: EvalOptions, skipped: Skipped) -> dict[str, Any]:
-        return evaluate_vqa(run, options.split, options.data_dir, options.batch_size, options.out, options.max_images, skipped=skipped)
+        dataset, data_dir = base.scored_source(run.config.data, options.dataset, options.data_dir)
+        return evaluate_vqa(run, options.split, data_dir, options.batch_size, options.out, options.max_images, skipped=skipped,
+                            dataset=dataset, train_records=_trained_on(run))
 
     def summary_lines(self, result: dict[str, Any]) -> list[str]:
         return vqa_summary_lines(result)
@@ -95,26 +119,27 @@ class VQATask(Task):
         from captioner.data.preprocessing import feature_vqa_dataset, vqa_dataset  # tf.data: training only
 
         data, train_cfg, vqa = config.data, config.train, config.vqa
-        train_records = _first_images(load_qa_split(data.dataset, data.data_dir, train_cfg.train_split, skipped, vqa.answer_type),
-                                      train_cfg.max_train_images)
-        val_records = _first_images(load_qa_split(data.dataset, data.data_dir, train_cfg.val_split, skipped, vqa.answer_type),
-                                    train_cfg.max_val_images)
-        train_records = base.on_disk(train_records, train_cfg.train_split, skipped)
-        val_records = base.on_disk(val_records, train_cfg.val_split, skipped)
+        train_parts = base.source_records(load_qa_split, data, train_cfg.train_split, lambda r: _first_images(r, train_cfg.max_train_images),
+                                          skipped, answer_type=vqa.answer_type)
+        val_parts = base.source_records(load_qa_split, data, train_cfg.val_split, lambda r: _first_images(r, train_cfg.max_val_images),
+                                        skipped, answer_type=vqa.answer_type)
+        _check_answer_types(data, train_parts)
+        train_records, val_records = base.mixed(train_parts, config), base.mixed(val_parts, config, validation=True)
+        distinct_train = [r for part in train_parts for r in part]  # the vocabularies count each question once, whatever the weights
         encoder = _shared_encoder(vqa.encoder_from, vqa.fine_tune_encoder) if vqa.encoder_from else None
         image_size = encoder.image_size if encoder is not None else default_image_size(config.model.encoder, data.image_size)
         if resuming:
             vocab = Vocabulary.load(run_dir / VOCAB_FILE)
             answers = AnswerVocabulary.load(run_dir / ANSWERS_FILE)
         else:
-            data = replace(data, data_dir=str(Path(data.data_dir).resolve()) if data.data_dir else "")
+            data = base.resolved_folders(data)
             if train_cfg.init_from:  # the source's vocabularies and question length, which train checked this run keeps
                 vocab = Vocabulary.load(Path(train_cfg.init_from) / VOCAB_FILE)
                 answers = AnswerVocabulary.load(Path(train_cfg.init_from) / ANSWERS_FILE)
             else:
-                vocab = Vocabulary.build((r.question for r in train_records), min_count=data.min_word_count)
-                answers = AnswerVocabulary.build((r.answer for r in train_records), max_size=vqa.num_answers)
-                longest = max(len(tokenize(r.question)) for r in train_records)
+                vocab = Vocabulary.build((r.question for r in distinct_train), min_count=data.min_word_count)
+                answers = AnswerVocabulary.build((r.answer for r in distinct_train), max_size=vqa.num_answers)
+                longest = max(len(tokenize(r.question)) for r in distinct_train)
                 data = replace(data, image_size=image_size)
                 vqa = replace(vqa, max_question_length=min(vqa.max_question_length, longest),
                               encoder_from=str(Path(vqa.encoder_from).resolve()) if vqa.encoder_from else None)
@@ -127,7 +152,7 @@ class VQATask(Task):
         model = build_vqa_model(config, len(vocab), len(answers), image_size, encoder)
         if source is not None:
             copy_weights(source, model)
-        stats: dict[str, Any] = {}
+        stats: dict[str, Any] = {"sources": base.source_stats(config.data, train_parts, train_records, val_parts)} if len(train_parts) > 1 else {}
         cache = None
         if training_work(config) == "train_cached":
             # A frozen pretrained CNN: run it once per photo (the cache captioning uses), then train on its features.
