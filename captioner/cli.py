@@ -156,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-images", type=_positive_int, default=None, help="score only the first N images")
     evaluate.add_argument("--out", default=None, help="save the generated captions (or answers) to this JSON file")
     evaluate.add_argument("--meteor", action="store_true", help="caption runs: also METEOR (pycocoevalcap + Java; slower)")
+    evaluate.add_argument("--black-images", action="store_true",
+                          help="VQA runs: also answer every question with a black image instead of the photo (what the image is worth)")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evaluate.add_argument("--precision", default=None, choices=PRECISION_CHOICES, help="compute precision (default: the run's)")
     add_decode_arguments(evaluate, "caption runs: ")
@@ -654,7 +656,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     task = get_task(stored_task(args.run))
     run = load_run(args.run, task=task.name, precision=args.precision)
     decode = decode_from_args(run.config.decode, args) if run.config.task == "caption" else None
-    options = EvalOptions(args.split, args.data_dir, args.batch_size, args.out, args.max_images, decode, args.meteor, args.dataset)
+    options = EvalOptions(args.split, args.data_dir, args.batch_size, args.out, args.max_images, decode, args.meteor, args.dataset,
+                          args.black_images)
     result = task.evaluate(run, options, skipped)
     _report_skipped(skipped, task.skipped_item, args.verbose)
     print(json.dumps(result, indent=2) if args.json else "\n".join(task.summary_lines(result)))

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from captioner.cli import expand_image_arguments, main
+from conftest import FULL
 from hostile import write_hostile_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -275,6 +276,18 @@ def test_evaluate_on_a_vqa_run_prints_accuracy_per_type(vqa_run, tmp_path, capsy
     answers = json.loads(out.read_text())
     assert answers and {"question", "answer", "answers"} <= set(answers[0])
     assert "eval_test" in json.loads((vqa_run / "metrics.json").read_text())
+
+
+def test_evaluate_says_what_the_image_is_worth_to_a_vqa_run(vqa_run, capsys):
+    """--black-images answers each question again with a black image: a model that memorised its training photos'
+    colours and shapes loses most of its accuracy on them."""
+    assert main(["evaluate", "--run", str(vqa_run), "--split", "train", "--black-images", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert 0.0 <= result["black_image_accuracy"] <= 1.0
+    if FULL:  # trained to the end (TensorFlow session): the photos carry the answers
+        assert result["accuracy"] > 0.8 and result["black_image_accuracy"] < result["accuracy"] - 0.2, result
+    assert main(["evaluate", "--run", str(vqa_run), "--split", "train", "--black-images"]) == 0
+    assert "the same model with every image black" in capsys.readouterr().out
 
 
 def test_train_vqa_flag_errors(tiny_data, tmp_path, capsys):

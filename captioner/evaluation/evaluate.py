@@ -215,10 +215,11 @@ def mean_caption_length(captions: Sequence[str]) -> float:
 
 def answer_records(
     answerer: Answerer, records: Sequence[QARecord], questions_per_image: int, batch_size: int = 256,
-    on_error: Callable[[str, str], None] | None = None, what: str = "images",
+    on_error: Callable[[str, str], None] | None = None, what: str = "images", black: bool = False,
 ) -> list[str | None]:
     """The predicted answer to every record's question, images decoded in parallel and encoded once per group;
-    None where the image cannot be read (reported through `on_error`; without it, an error)."""
+    None where the image cannot be read (reported through `on_error`; without it, an error). `black`: every image
+    replaced by a black one (what the model answers from the question alone)."""
     groups = group_questions(records, questions_per_image)
     questions, _ = question_arrays(groups, answerer.vocab, answerer.answers, questions_per_image, answerer.max_question_length)
     by_record: dict[str, str] = {}
@@ -227,7 +228,8 @@ def answer_records(
         rows = np.flatnonzero(readable)
         if not len(rows):
             continue
-        probabilities, _ = answerer(images[rows], questions[start + rows])
+        pixels = np.zeros_like(images[rows]) if black else images[rows]  # (rows, size, size, 3) uint8
+        probabilities, _ = answerer(pixels, questions[start + rows])
         for row, distribution_rows in zip(rows, probabilities):
             for record, distribution in zip(groups[start + row][1], distribution_rows):
                 by_record[record.question_id] = answerer.answers.answers[int(np.argmax(distribution))]
@@ -244,6 +246,7 @@ def evaluate_vqa(
     skipped: Skipped | None = None,
     dataset: str | None = None,
     train_records: list[QARecord] | None = None,
+    black_images: bool = False,
 ) -> dict[str, Any]:
     """Answer every question of `split`, score VQA accuracy, compare with blind baselines, record in metrics.json.
 
@@ -258,6 +261,8 @@ def evaluate_vqa(
         dataset: str. The loader of `data_dir`; defaults to the run's (its first source's).
         train_records: the questions the run was trained on (what "seen in training" and the blind baselines count);
             default: the train split beside the scored one.
+        black_images: also answer every question with a black image instead of the photo: what the image is worth
+            to this model (a second pass over the split).
     """
     data, vqa = run.config.data, run.config.vqa
     skipped = skipped if skipped is not None else Skipped()
@@ -283,6 +288,8 @@ def evaluate_vqa(
         "images": len({r.image for r in records}),
         "answer_coverage": run.answers.coverage(r.answer for r in records),
         "blind_baselines": blind_baselines(train_records, records),
+        **({"black_image_accuracy": accuracy_table(records, answer_records(answerer, records, vqa.questions_per_image, batch_size,
+                                                                           black=True))["accuracy"]} if black_images else {}),
         "use_image": vqa.use_image,
         "use_question": vqa.use_question,
         "seconds": seconds,
@@ -322,6 +329,9 @@ def vqa_summary_lines(result: dict[str, Any]) -> list[str]:
         lines.append(f"by {title}:")
         width = max([16, *(len(name) for name, _ in groups)])
         lines += [f"  {name:<{width}} {g['accuracy']:7.2%}  ({g['questions']} questions)" for name, g in groups]
+    if "black_image_accuracy" in result:
+        black = result["black_image_accuracy"]
+        lines.append(f"the same model with every image black: {black:.2%} (the image is worth {100 * (result['accuracy'] - black):.1f} points)")
     blind = result["blind_baselines"]
     lines.append(
         f"blind baselines: always 'yes' {blind['always_yes']:.2%}, most frequent answer {blind['most_frequent']:.2%}, "

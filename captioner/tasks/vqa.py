@@ -109,7 +109,7 @@ class VQATask(Task):
     def evaluate(self, run: Run, options: EvalOptions, skipped: Skipped) -> dict[str, Any]:
         dataset, data_dir = base.scored_source(run.config.data, options.dataset, options.data_dir)
         return evaluate_vqa(run, options.split, data_dir, options.batch_size, options.out, options.max_images, skipped=skipped,
-                            dataset=dataset, train_records=_trained_on(run))
+                            dataset=dataset, train_records=_trained_on(run), black_images=options.black_images)
 
     def summary_lines(self, result: dict[str, Any]) -> list[str]:
         return vqa_summary_lines(result)
