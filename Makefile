@@ -58,14 +58,15 @@ flickr8k: install encoders
 
 # COCO captions (README, "COCO captions"): Karpathy's split of the photos in DATA (dataset_coco.json beside Images/, e.g.
 # ../shared/datasets/vqa_coco_yesno): features once, Show-Attend-Tell on frozen EfficientNet-Lite2, the test photos scored
-# (BLEU-1..4, METEOR, ROUGE-L, CIDEr, distinct captions and words), ten of them drawn with two human captions each.
+# (BLEU-1..4, METEOR, ROUGE-L, CIDEr, distinct captions and words; no repeated trigram, chosen on val), ten of them drawn
+# with two human captions each.
 #   make coco DATA=path/to/coco [ENCODER=... WEIGHTS=... FINE_TUNE=N]
 coco: DATA = data/coco
 coco: RUN = runs/coco
 coco: ENCODER = efficientnet_lite2
 coco: install encoders
 	$(BIN)/captioner features --dataset karpathy --data-dir $(DATA) $(ENCODER_ARGS)
-	$(BIN)/captioner train --preset flickr8k --dataset karpathy --data-dir $(DATA) $(ENCODER_ARGS) --run $(RUN)
+	$(BIN)/captioner train --preset flickr8k --dataset karpathy --data-dir $(DATA) $(ENCODER_ARGS) --set decode.no_repeat_ngram=3 --run $(RUN)
 	$(BIN)/captioner evaluate --run $(RUN) --split test --meteor --out $(RUN)/test_captions.json
 	$(BIN)/python scripts/caption_grid.py --captions $(RUN)/test_captions.json --count 10 --out $(RUN)/test_captions.png
 
