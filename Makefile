@@ -6,7 +6,7 @@ DATA := data/shapes
 RUN := runs/demo
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test test-slow install data train evaluate caption clean flickr8k coco vqa-coco encoders
+.PHONY: demo test test-slow install data train evaluate caption clean flickr8k coco vqa-coco encoders pretrained
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -83,6 +83,28 @@ vqa-coco: install encoders
 	$(BIN)/captioner evaluate --run $(RUN) --split test --data-dir $(DATA)/captionqa --out $(RUN)/captionqa_answers.json
 	photo=$(DATA)/Images/$$(head -n 1 $(DATA)/byphoto/*TestImages.txt | cut -d '#' -f 1); \
 	$(BIN)/captioner ask --run $(RUN) $$photo "is there a person ?" "is it outdoors ?" "$$(head -n 1 $(DATA)/byphoto/*TestImages.txt | cut -f 2 | sed 's/ ? .*/ ?/')"
+
+# The models captioner ships (captioner/pretrained, MODEL_CARD.md): captions from Flickr8k + COCO train photos on frozen
+# EfficientNet-Lite2, yes/no questions made from the COCO captions (asked four ways), packed as float16 weights with one
+# float32 encoder.tflite, then scored on both test sets and the captionqa test. DATA holds flickr8k/ and vqa_coco_yesno/.
+#   make pretrained DATA=../shared/datasets     (about 2 hours on 2 CPU cores, most of it the caption training)
+pretrained: DATA = data
+pretrained: RUNS = runs/pretrained
+pretrained: LITE2 = --encoder efficientnet_lite2 --encoder-weights imagenet --cache-dir $(CACHE)
+pretrained: install
+	$(BIN)/captioner features --dataset karpathy --data-dir $(DATA)/vqa_coco_yesno $(LITE2)
+	$(BIN)/captioner features --dataset flickr8k --data-dir $(DATA)/flickr8k $(LITE2)
+	$(BIN)/captioner train --preset flickr8k --dataset karpathy --data-dir $(DATA)/vqa_coco_yesno \
+	    --add-source flickr8k=$(DATA)/flickr8k --source-weights 1,1 $(LITE2) --run $(RUNS)/caption
+	$(BIN)/captioner questions --from-captions --dataset karpathy --data-dir $(DATA)/vqa_coco_yesno --phrasings 4 --out $(RUNS)/questions
+	$(BIN)/captioner train-vqa --preset vqa-coco --dataset vqa-lines --data-dir $(RUNS)/questions --answer-type yes/no $(LITE2) --run $(RUNS)/vqa
+	$(BIN)/captioner export --format pretrained --run $(RUNS)/caption --vqa-run $(RUNS)/vqa --no-repeat-ngram 3 --out captioner/pretrained
+	$(BIN)/captioner evaluate --run pretrained --split test --meteor --dataset karpathy --data-dir $(DATA)/vqa_coco_yesno
+	$(BIN)/captioner evaluate --run pretrained --split test --meteor --dataset flickr8k --data-dir $(DATA)/flickr8k
+	$(BIN)/captioner evaluate --run pretrained-vqa --split test --data-dir $(DATA)/vqa_coco_yesno/captionqa --black-images
+	$(BIN)/captioner evaluate --run pretrained-vqa --split test --data-dir $(DATA)/vqa_coco_yesno/byphoto
+	$(BIN)/captioner caption tests/data/grace_hopper.jpg
+	$(BIN)/captioner ask tests/data/grace_hopper.jpg "is there a person in the picture ?"
 
 # Every test on TensorFlow, then the model, decoding, save/load and CLI tests (marked `backends`) on JAX; each session
 # ends with its 25 slowest tests (BENCHMARKS.md, "Test suite").

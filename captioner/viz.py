@@ -24,6 +24,13 @@ def upsample(alpha: np.ndarray, grid_shape: tuple[int, int], size: tuple[int, in
     return np.asarray(resized)  # (height, width)
 
 
+def attention_path(out: str, image: str, single: bool) -> Path:
+    """Where `caption --attention OUT` draws an image's maps: `OUT` itself for one image; `OUT-STEM_IMAGE-STEM.png`
+    beside it for several."""
+    out_path = Path(out)
+    return out_path if single else out_path.with_name(f"{out_path.stem}_{Path(image).stem}{out_path.suffix or '.png'}")
+
+
 def _save(figure: Figure, path: str | Path) -> None:
     FigureCanvasAgg(figure)
     with atomic_path(path) as tmp:

@@ -43,6 +43,22 @@ def test_yes_needs_most_captions_no_needs_none_and_they_are_balanced():
     assert questions_from_captions([*kitchens, odd], seed=0).questions == made.questions  # the same seed, the same questions
 
 
+def test_phrasings_ask_the_same_questions_in_several_ways():
+    from captioner.errors import CaptionerError
+
+    assert question_for("dog") == question_for("dog", 0) == ("is there a dog in the picture ?", "presence")
+    assert [question_for("dog", p)[0] for p in range(1, 4)] == ["is there a dog ?", "do you see a dog ?", "does the photo show a dog ?"]
+    assert question_for("kitchen", 1) == ("is it a kitchen ?", "scene")
+    photos = [_photo(f"p{i}", *[("a dog on a bed in a kitchen" if i % 2 else "a car and a bus on a street")] * 5) for i in range(40)]
+    once, varied = questions_from_captions(photos, seed=0), questions_from_captions(photos, seed=0, phrasings=4)
+    assert {q.question.split()[0] for q in once.questions} == {"is"}
+    assert {" ".join(q.question.split()[:2]) for q in varied.questions} >= {"is there", "do you", "does the"}
+    assert [(q.image, q.answer, q.concept) for q in varied.questions if q.answer == "yes"] == \
+        [(q.image, q.answer, q.concept) for q in once.questions if q.answer == "yes"]  # what is asked does not change
+    with pytest.raises(CaptionerError, match="phrasings"):
+        questions_from_captions(photos, phrasings=5)
+
+
 def test_a_narrow_word_is_asked_and_never_answered_no_where_its_wider_concept_is_named():
     """A photo of women gets "is there a woman ? yes", not also "is there a person ?", and never "is there a man ? no"
     where a caption says "people" (a man may be among them)."""

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from captioner.data.records import CaptionRecord, Skipped
+from captioner.errors import CaptionerError
 from captioner.data.vocab import tokenize
 
 KINDS = ("presence", "scene")
@@ -69,17 +70,22 @@ def _table() -> dict[str, tuple[str, tuple[str, ...]]]:
 CONCEPTS = _table()
 
 
-def question_for(concept: str) -> tuple[str, str]:
-    """(question text with " ?", kind: presence or scene) for a concept of `CONCEPTS`."""
+PHRASINGS = 4  # ways each kind of question can be put (`phrasing` 0 is the fixed captionqa test's)
+
+
+def question_for(concept: str, phrasing: int = 0) -> tuple[str, str]:
+    """(question text with " ?", kind: presence or scene) for a concept of `CONCEPTS`; `phrasing` 0-3 picks one way of
+    asking ("is there a dog in the picture ?", "is there a dog ?", "do you see a dog ?", "does the photo show a dog ?";
+    "is this a kitchen ?", "is it a kitchen ?", "is this picture of a kitchen ?", "does this look like a kitchen ?")."""
     kind, _ = CONCEPTS[concept]
     article = "an" if concept[0] in "aeiou" else "a"
     if kind == "scene":
-        return f"is this {article} {concept} ?", "scene"
-    if kind == "mass":
-        return f"is there {concept} in the picture ?", "presence"
-    if kind == "plural":
-        return f"are there {concept} in the picture ?", "presence"
-    return f"is there {article} {concept} in the picture ?", "presence"
+        forms = ("is this {a} {c} ?", "is it {a} {c} ?", "is this picture of {a} {c} ?", "does this look like {a} {c} ?")
+        return forms[phrasing % PHRASINGS].format(a=article, c=concept), "scene"
+    thing = concept if kind in ("mass", "plural") else f"{article} {concept}"
+    be = "are" if kind == "plural" else "is"
+    forms = (f"{be} there {{t}} in the picture ?", f"{be} there {{t}} ?", "do you see {t} ?", "does the photo show {t} ?")
+    return forms[phrasing % PHRASINGS].format(t=thing), "presence"
 
 
 _WORDS: dict[str, set[str]] = {}
@@ -119,7 +125,7 @@ class Generated:
 
 
 def questions_from_captions(records: Sequence[CaptionRecord], kinds: Iterable[str] = KINDS, per_photo: int = 2,
-                            neighbours: int = 10, seed: int = 0) -> Generated:
+                            neighbours: int = 10, seed: int = 0, phrasings: int = 1) -> Generated:
     """Balanced yes/no questions about the photos of one split (the rules are the module's docstring).
 
     Args:
@@ -128,7 +134,11 @@ def questions_from_captions(records: Sequence[CaptionRecord], kinds: Iterable[st
         per_photo: int. Yes questions a photo at most (as many no questions).
         neighbours: int. Photos compared with each photo to find its hard no concepts.
         seed: int. The same seed gives the same questions.
+        phrasings: int. 1 asks every question one way (the captionqa test's); 2-4 draw each question's wording from
+            that many (`question_for`), so a model trained on them does not hang on one template.
     """
+    if not 1 <= phrasings <= PHRASINGS:
+        raise CaptionerError(f"--phrasings must be between 1 and {PHRASINGS} (got {phrasings})")
     kinds = set(kinds)
     rng = random.Random(seed)
     out = Generated()
@@ -169,10 +179,10 @@ def questions_from_captions(records: Sequence[CaptionRecord], kinds: Iterable[st
             continue
         chosen = chosen[: len(noes)]  # one no per yes, always
         for concept in chosen:
-            text, kind = question_for(concept)
+            text, kind = question_for(concept, rng.randrange(phrasings) if phrasings > 1 else 0)
             out.questions.append(GeneratedQuestion(record.image, text, "yes", kind, concept))
         for concept, is_hard in noes:
-            text, kind = question_for(concept)
+            text, kind = question_for(concept, rng.randrange(phrasings) if phrasings > 1 else 0)
             out.questions.append(GeneratedQuestion(record.image, text, "no", kind, concept, is_hard))
     return out
 

@@ -108,6 +108,15 @@ class Vocabulary(_StoredList):
             words.append(self.words[i] if 0 <= i < len(self.words) else UNK)
         return " ".join(words)
 
+    def words_through_end(self, ids: Iterable[int]) -> list[str]:
+        """Every word of a generated row up to and including `<end>` (what an attention picture labels)."""
+        words = []
+        for i in ids:
+            words.append(self.words[int(i)])
+            if int(i) == self.end_id:
+                break
+        return words
+
     def unknown_rate(self, texts: Iterable[str]) -> float:
         """Share of word tokens in `texts` that map to `<unk>`."""
         total = unknown = 0

@@ -148,7 +148,8 @@ def evaluate(
     if out is not None:
         write_json(out, [{"image": r.image, "caption": c, "references": list(r.captions)} for r, c in zip(records, captions)])
     key = f"eval_{split}_{_decoding_key(result)}"
-    update_metrics(run.path, {key: result})
+    if not run.shipped:
+        update_metrics(run.path, {key: result})
     return result
 
 
@@ -300,7 +301,8 @@ def evaluate_vqa(
             {"image": r.image, "question": r.question, "answer": a, "answers": list(r.answers), "question_type": r.question_type}
             for r, a in zip(records, predictions)
         ])
-    update_metrics(run.path, {f"eval_{split}": result})
+    if not run.shipped:
+        update_metrics(run.path, {f"eval_{split}": result})
     return result
 
 

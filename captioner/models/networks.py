@@ -296,12 +296,15 @@ def build_vqa_model(run_config, question_vocab_size: int, num_answers: int, imag
     return model
 
 
+def weight_key(model: keras.Model, variable) -> str:
+    """A weight's path inside its model: a model built inside its own scope prefixes its name; a loaded one may not."""
+    return variable.path.removeprefix(f"{model.name}/")
+
+
 def copy_weights(source: keras.Model, target: keras.Model) -> None:
     """Every weight of `source` into the variable of the same path in `target` (the same network, built from a
     config that may differ in what trains or in dropout)."""
-    def key(model: keras.Model, variable) -> str:  # a model built inside its own scope prefixes its name; a loaded one may not
-        return variable.path.removeprefix(f"{model.name}/")
-
+    key = weight_key
     by_path = {key(source, v): v for v in source.weights}
     missing = [key(target, v) for v in target.weights if by_path.get(key(target, v)) is None or tuple(by_path[key(target, v)].shape) != tuple(v.shape)]
     if missing or len(by_path) != len(target.weights):

@@ -13,14 +13,16 @@ not the model's input size is resized by TensorFlow, whose pixels may differ fro
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from captioner import __version__
 from captioner.config import DecodeConfig
 from captioner.errors import CaptionerError
-from captioner.fileio import atomic_directory
+from captioner.fileio import atomic_directory, atomic_path
 from captioner.run import Run
 
 
@@ -232,3 +234,69 @@ def tflite_greedy(folder: str | Path, images: np.ndarray) -> list[str]:
             words.append(spec["words"][token])
         captions.append(" ".join(words))
     return captions
+
+
+def tflite_encoder(run: Run) -> bytes:
+    """The run's encoder as one float32 TFLite model: images (1, size, size, 3) uint8 -> output_0 grid
+    (1, num_pixels, encoder_dim), output_1 pooled (1, pooled_dim). Not float16: the converter folds the batch norms
+    into the convolutions and would round the folded weights, which moved EfficientNet-Lite2's grid by up to 0.17
+    (of 6) from the Keras encoder's and changed 3 of 18 captions; float32 keeps both paths' captions the same."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    model, size = run.model, run.model.encoder.image_size
+
+    @tf.function(input_signature=[tf.TensorSpec((1, size, size, 3), tf.uint8, name="images")])
+    def encode(images):
+        grid, pooled = model.encoder(images, training=False)
+        return grid, pooled
+
+    frozen = convert_variables_to_constants_v2(encode.get_concrete_function())
+    return tf.lite.TFLiteConverter.from_concrete_functions([frozen], model).convert()
+
+
+def export_pretrained(caption: Run, vqa: Run, out: str | Path, decode: DecodeConfig | None = None, sources: dict | None = None) -> Path:
+    """Write the folder `captioner/pretrained` ships (its docstring): one encoder.tflite for both runs, each run's settings,
+    vocabularies and float16 weights, manifest.json. The two runs must share their encoder (the same network and
+    input, the same weights); `decode` replaces the caption run's decode settings; `sources` goes into the manifest."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from captioner import pretrained
+    from captioner.run import encoder_from_package, shipped_variables
+
+    if caption.config.task != "caption" or vqa.config.task != "vqa":
+        raise CaptionerError("export_pretrained takes a caption run and a VQA run")
+    if caption.model.encoder.get_config() != vqa.model.encoder.get_config():
+        raise CaptionerError(f"{caption.path} and {vqa.path} have different encoders; the shipped models share one")
+    for a, b in zip(caption.model.encoder.weights, vqa.model.encoder.weights):
+        if not np.array_equal(np.asarray(a), np.asarray(b)):
+            raise CaptionerError(f"{caption.path} and {vqa.path} hold different encoder weights ({a.path}); the shipped models share one")
+    out = Path(out)
+    files: dict[str, bytes] = {pretrained.ENCODER_FILE: tflite_encoder(caption)}
+    for run, task in ((caption, "caption"), (vqa, "vqa")):
+        config = run.config if task == "vqa" or decode is None else dataclasses.replace(run.config, decode=decode)
+        files[f"{task}/config.json"] = (json.dumps({"captioner_version": __version__, **config.to_dict()}, indent=2) + "\n").encode()
+        files[f"{task}/vocab.json"] = (run.path / "vocab.json").read_bytes()
+        if task == "vqa":
+            files[f"{task}/answers.json"] = (run.path / "answers.json").read_bytes()
+        packed = encoder_from_package(run.config.model)
+        arrays = {name: np.asarray(v).astype(np.float16) if np.issubdtype(np.asarray(v).dtype, np.floating) else np.asarray(v)
+                  for name, v in shipped_variables(run.model).items() if not (packed and name.startswith("encoder/"))}
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        files[f"{task}/{pretrained.WEIGHTS_FILE}"] = buffer.getvalue()
+    manifest = {"sha256": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
+                "sources": sources or {"caption": str(caption.path), "vqa": str(vqa.path)}}
+    files[pretrained.MANIFEST] = (json.dumps(manifest, indent=2) + "\n").encode()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        for name, data in files.items():  # each file atomically; the manifest last, so a half-written folder does not verify
+            path = out / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                Path(tmp).write_bytes(data)
+    except OSError as exc:
+        raise CaptionerError(f"cannot write {out}: {exc.strerror or exc}") from None
+    return out

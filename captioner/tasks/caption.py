@@ -28,7 +28,7 @@ from captioner.models.losses import TokenCrossentropy
 from captioner.run import VOCAB_FILE, Run, save_config
 from captioner.tasks import base
 from captioner.tasks.base import EvalOptions, Setup, Task
-from captioner.viz import attention_figure
+from captioner.viz import attention_figure, attention_path
 from captioner.data.vocab import Vocabulary
 
 
@@ -209,25 +209,15 @@ def caption_files(
             if wanted > 1:
                 results[index]["candidates"] = [{"caption": c, "score": s} for c, s in candidates[row]]
             if attention_out is not None:
-                picture = _attention_path(attention_out, results[index]["image"], single=len(paths) == 1)
+                picture = attention_path(attention_out, results[index]["image"], single=len(paths) == 1)
                 draw_attention(run, image, generated.tokens[row], generated.attention[row], picture)
                 results[index]["attention_map"] = str(picture)
     return results
 
 
-def _attention_path(out: str, image: str, single: bool) -> Path:
-    """`out` itself for one image; `OUT-STEM_IMAGE-STEM.png` beside it for several."""
-    out_path = Path(out)
-    return out_path if single else out_path.with_name(f"{out_path.stem}_{Path(image).stem}{out_path.suffix or '.png'}")
-
-
 def draw_attention(run: Run, image: np.ndarray, tokens: np.ndarray, attention: np.ndarray, path: str | Path) -> None:
     """The image with one attention map per generated word (up to `<end>`), as a PNG."""
-    words = []
-    for token in tokens:
-        words.append(run.vocab.words[int(token)])
-        if int(token) == run.vocab.end_id or len(words) == len(tokens):
-            break
+    words = run.vocab.words_through_end(tokens)
     grid = run.model.encoder.grid_shape
     attention_figure(image, words, attention[: len(words)], (grid[0], grid[1]), path)
 
