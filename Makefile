@@ -98,7 +98,7 @@ pretrained: install
 	    --add-source flickr8k=$(DATA)/flickr8k --source-weights 1,1 $(LITE2) --run $(RUNS)/caption
 	$(BIN)/captioner questions --from-captions --dataset karpathy --data-dir $(DATA)/vqa_coco_yesno --phrasings 4 --out $(RUNS)/questions
 	$(BIN)/captioner train-vqa --preset vqa-coco --dataset vqa-lines --data-dir $(RUNS)/questions --answer-type yes/no $(LITE2) --run $(RUNS)/vqa
-	$(BIN)/captioner export --format pretrained --run $(RUNS)/caption --vqa-run $(RUNS)/vqa --no-repeat-ngram 3 --out captioner/pretrained
+	$(BIN)/captioner export --format pretrained --run $(RUNS)/caption --vqa-run $(RUNS)/vqa --beam-size 5 --no-repeat-ngram 2 --out captioner/pretrained
 	$(BIN)/captioner evaluate --run pretrained --split test --meteor --dataset karpathy --data-dir $(DATA)/vqa_coco_yesno
 	$(BIN)/captioner evaluate --run pretrained --split test --meteor --dataset flickr8k --data-dir $(DATA)/flickr8k
 	$(BIN)/captioner evaluate --run pretrained-vqa --split test --data-dir $(DATA)/vqa_coco_yesno/captionqa --black-images
