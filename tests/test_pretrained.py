@@ -216,7 +216,11 @@ def test_pip_install_then_caption_with_no_run(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
     source = tmp_path / "src"
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "data", "__pycache__", "*.egg-info", "build"))
+    def skipped(folder: str, names: list[str]) -> set[str]:  # the clone's own venv, runs and data, not captioner/data
+        top = {".venv", ".git", "runs", "data", "build"} if Path(folder) == REPO else set()
+        return {n for n in names if n in top or n == "__pycache__" or n.endswith(".egg-info")}
+
+    shutil.copytree(REPO, source, ignore=skipped)
     subprocess.run([*pip, str(source)], check=True, timeout=900)
     env = {k: v for k, v in os.environ.items() if k != pretrained.FOLDER_ENV}
     captioned = subprocess.run([str(venv / "bin" / "captioner"), "caption", str(PHOTO)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
