@@ -49,9 +49,10 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="PNG to write")
     args = parser.parse_args()
 
-    def read(path: str) -> dict:
+    def read(path: str) -> dict:  # `evaluate --json > FILE 2>&1` may start with the loader's skipped-entries line
         with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+            text = handle.read()
+        return json.loads(text[text.index("{"):])
 
     points = sorted((float(photos), read(path)) for photos, path in (p.split("=", 1) for p in args.point))
     extras = [(label, float(photos), read(path)) for label, photos, path in (e.split("=", 2) for e in args.extra)]

@@ -126,6 +126,19 @@ def test_engine_keras_and_sampling_take_the_keras_path(shipped_here, tiny_data, 
     assert "needs --engine keras" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags, expected", [
+    (["--min-length", "-1"], "--min-length must be 0 or more"),
+    (["--no-repeat-ngram", "1"], "--no-repeat-ngram 0 (off) or 2"),
+    (["--beam-size", "2", "--num-captions", "3"], "more than the beam holds"),
+    (["--sampler", "greedy", "--num-captions", "2"], "greedy decoding gives one caption"),
+    (["--hard-context", "argmax"], "hard-attention runs"),
+])
+def test_bad_decoding_flags_on_the_fast_path_are_one_line(shipped_here, tiny_data, capsys, flags, expected):
+    assert main(["caption", "--engine", "litert", *flags, _images(tiny_data, 1)[0]]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err
+
+
 def test_evaluate_and_export_take_the_shipped_models(shipped_here, tiny_data, tmp_path, capsys):
     before = {p: p.stat().st_mtime_ns for p in shipped_here.rglob("*")}
     assert main(["evaluate", "--run", "pretrained", "--data-dir", str(tiny_data), "--json"]) == 0

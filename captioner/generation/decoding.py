@@ -20,6 +20,7 @@ from captioner.config import DecodeConfig
 from captioner.errors import CaptionerError
 from captioner.models.decoder import HARD_CONTEXTS
 from captioner.models.networks import CaptionModel
+from captioner.generation.lite import check_limits
 from captioner.generation.samplers import BeamSampler, GreedySampler, RandomSampler, Sampler, ngram_ban
 from captioner.data.vocab import Vocabulary
 
@@ -29,10 +30,7 @@ EAGER_BELOW = 8  # TensorFlow: batches this small skip tracing while nothing is 
 def make_sampler(decode: DecodeConfig) -> Sampler:
     """The sampler a DecodeConfig asks for ("auto": beam search when beam_size > 1, else greedy), after checking
     every setting: a contradictory combination is one line."""
-    if decode.min_length < 0 or decode.no_repeat_ngram < 0 or decode.no_repeat_ngram == 1:
-        raise CaptionerError("--min-length must be 0 or more, --no-repeat-ngram 0 (off) or 2 and more")
-    if decode.max_length < 1:
-        raise CaptionerError(f"max_length must be at least 1 (got {decode.max_length})")
+    check_limits(decode)
     if decode.hard_context not in HARD_CONTEXTS:
         raise CaptionerError(f"unknown --hard-context '{decode.hard_context}'; choose expectation or argmax")
     name = decode.sampler if decode.sampler != "auto" else ("beam" if decode.beam_size > 1 else "greedy")

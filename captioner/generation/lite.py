@@ -115,8 +115,17 @@ def supported(config: RunConfig) -> str | None:
     return None
 
 
+def check_limits(decode: DecodeConfig) -> None:
+    """The checks every search shares (this path and `generation.decoding.make_sampler`): one line each."""
+    if decode.min_length < 0 or decode.no_repeat_ngram < 0 or decode.no_repeat_ngram == 1:
+        raise CaptionerError("--min-length must be 0 or more, --no-repeat-ngram 0 (off) or 2 and more")
+    if decode.max_length < 1:
+        raise CaptionerError(f"max_length must be at least 1 (got {decode.max_length})")
+
+
 def check_decode(decode: DecodeConfig) -> str:
     """The search a DecodeConfig asks for, "greedy" or "beam", or one line on what the fast path cannot do."""
+    check_limits(decode)
     name = decode.sampler if decode.sampler != "auto" else ("beam" if decode.beam_size > 1 else "greedy")
     if name not in ("greedy", "beam"):
         raise CaptionerError(f"the fast path searches (greedy, beam); --sampler {name} needs --engine keras")
