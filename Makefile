@@ -6,7 +6,7 @@ DATA := data/shapes
 RUN := runs/demo
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test test-slow install data train evaluate caption clean flickr8k coco vqa-coco encoders pretrained
+.PHONY: demo test test-slow install data train evaluate caption shipped clean flickr8k coco vqa-coco encoders pretrained
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,14 @@ evaluate:
 caption:
 	$(BIN)/captioner caption --run $(RUN) $(DATA)/images/test_0000[0-5].png
 
-# install, generate shapes, train Show-and-Tell, score BLEU on the test split, caption six test images
-demo: install data train evaluate caption
+# a real photo with the models that ship in the package (no training: captioner/pretrained)
+shipped: install
+	$(BIN)/captioner caption tests/data/grace_hopper.jpg
+	$(BIN)/captioner ask tests/data/grace_hopper.jpg "is there a person in the picture ?"
+
+# install, generate shapes, train Show-and-Tell, score BLEU on the test split, caption six test images, then a real photo
+# with the shipped models
+demo: install data train evaluate caption shipped
 
 # Real photographs (README, "Flickr8k with an ImageNet encoder"): features once, Show-Attend-Tell on them,
 # the official test split scored, four test photos captioned with their attention maps.
