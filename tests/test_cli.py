@@ -181,6 +181,7 @@ def test_data_command_writes_the_dataset(tmp_path, capsys):
     assert "wrote shapes" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # over 7 s: the default suite stays under 10 minutes (BENCHMARKS.md, "Test suite")
 def test_hostile_folder_in_one_call(overfit_run, tmp_path):
     """Every good file is captioned, every bad one gets one line, the exit code says some failed."""
     expected = write_hostile_folder(tmp_path / "hostile")
@@ -343,6 +344,7 @@ def test_score_bad_inputs(tmp_path, capsys):
     _one_line_error(capsys.readouterr())
 
 
+@pytest.mark.slow  # over 7 s: the default suite stays under 10 minutes (BENCHMARKS.md, "Test suite")
 def test_features_command_fills_the_cache_train_reads(tiny_data, tmp_path, capsys):
     cache = str(tmp_path / "cache")
     common = ["--encoder", "mobilenet_v2", "--encoder-weights", "none", "--cache-dir", cache]

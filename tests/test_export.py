@@ -26,6 +26,7 @@ print(json.dumps({"captions": [c.decode() for c in out["captions"].numpy()], "to
 """
 
 
+@pytest.mark.slow  # over 7 s: the default suite stays under 10 minutes (BENCHMARKS.md, "Test suite")
 def test_the_export_captions_as_the_cli_does_without_captioner(overfit_run, tiny_data, tmp_path, capsys):
     paths = [str(p) for p in sorted((tiny_data / "images").glob("test_*.png"))[:6]]
     out = tmp_path / "exported"
@@ -57,6 +58,7 @@ print(json.dumps({"answers": [a.decode() for a in out["answers"].numpy()], "top"
 """
 
 
+@pytest.mark.slow  # over 7 s: the default suite stays under 10 minutes (BENCHMARKS.md, "Test suite")
 def test_a_vqa_export_answers_as_ask_does_without_captioner(vqa_run, tiny_data, tmp_path, capsys):
     out = tmp_path / "vqa-export"
     assert main(["export", "--run", str(vqa_run), "--out", str(out)]) == 0

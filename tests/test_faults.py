@@ -82,6 +82,7 @@ def test_an_image_deleted_after_training_started_is_skipped(data, tmp_path, caps
     assert "skipped 1 entries: 1 unreadable image" in err and f"unreadable image: {victim}: no such file" in err
 
 
+@pytest.mark.slow  # over 7 s: the default suite stays under 10 minutes (BENCHMARKS.md, "Test suite")
 def test_a_split_whose_every_image_fails_is_a_one_line_error_within_seconds(data, tmp_path):
     for path in _records(data, "val"):
         _damage(path)
@@ -180,6 +181,7 @@ def test_a_real_full_disk_during_training_is_one_line_and_resumable(data, tmp_pa
         subprocess.run(["umount", str(mount)], capture_output=True)
 
 
+@pytest.mark.slow  # over 7 s: the default suite stays under 10 minutes (BENCHMARKS.md, "Test suite")
 def test_vqa_training_and_evaluation_skip_a_damaged_image_too(data, tmp_path, capsys):
     damaged_train, damaged_test = _records(data, "train")[4], _records(data, "test")[3]
     _damage(damaged_train)

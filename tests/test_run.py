@@ -100,6 +100,7 @@ def test_a_run_of_another_task_is_refused(overfit_run):
         load_run(overfit_run, task="vqa")
 
 
+@pytest.mark.slow  # over 7 s: the default suite stays under 10 minutes (BENCHMARKS.md, "Test suite")
 def test_kill_minus_nine_during_model_saves_leaves_a_loadable_run(overfit_run, tmp_path):
     import subprocess
     import sys

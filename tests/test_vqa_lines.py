@@ -85,6 +85,7 @@ def lines_config(root: Path, cache: Path, **overrides: str):
     return config
 
 
+@pytest.mark.slow  # over 7 s: the default suite stays under 10 minutes (BENCHMARKS.md, "Test suite")
 def test_a_vqa_head_trains_on_cached_features_and_scores_seen_and_unseen_photos(tmp_path):
     from captioner.evaluation.evaluate import evaluate_vqa
     from captioner.run import load_run
@@ -127,6 +128,7 @@ def test_with_imagenet_features_the_answer_comes_from_the_photo(tmp_path):
     assert evaluate_vqa(load_run(tmp_path / "blind", task="vqa"), split="test")["accuracy"] == 0.5  # the question alone: a coin
 
 
+@pytest.mark.slow  # over 7 s: the default suite stays under 10 minutes (BENCHMARKS.md, "Test suite")
 def test_the_image_only_model_gives_one_answer_per_photo(tmp_path):
     from captioner.generation.answering import Answerer
     from captioner.run import load_run
@@ -183,6 +185,7 @@ def test_the_by_photo_and_caption_question_files_load_whole():
     assert not photos["byphoto", "train"] & (photos["byphoto", "test"] | photos["captionqa", "test"] | photos["captionqa", "val"])
 
 
+@pytest.mark.slow  # over 7 s: the default suite stays under 10 minutes (BENCHMARKS.md, "Test suite")
 def test_the_recipe_s_commands_features_then_train_vqa_then_evaluate(tmp_path, capsys):
     """`make vqa-coco`'s path through the CLI: `features` fills the cache that `train-vqa` reads (0 computed there),
     and `evaluate` prints the interval, the per-photo split and the photo prior."""
@@ -242,6 +245,7 @@ def test_a_resumed_run_keeps_the_most_accurate_epoch_as_its_best():
         assert (checkpoint.best, checkpoint.best_epoch, stopping.resume_best, stopping.resume_wait) == (0.7, 1, 0.7, 1)
 
 
+@pytest.mark.slow  # over 7 s: the default suite stays under 10 minutes (BENCHMARKS.md, "Test suite")
 def test_a_photo_that_cannot_be_decoded_is_a_counted_skip_and_the_others_train(tmp_path):
     from captioner.train import train
 
