@@ -19,7 +19,7 @@ import numpy as np
 
 
 def name() -> str:
-    """"tensorflow", "jax" or "torch"."""
+    """ "tensorflow", "jax" or "torch"."""
     import keras
 
     return keras.backend.backend()
@@ -32,10 +32,33 @@ def bucket(size: int) -> int:
 
 
 # Keras's random initialisers under every name a layer argument can give them (class names and their aliases).
-RANDOM_INITIALIZERS = ("GlorotNormal", "GlorotUniform", "HeNormal", "HeUniform", "LecunNormal", "LecunUniform", "Orthogonal",
-                       "OrthogonalInitializer", "RandomNormal", "RandomUniform", "TruncatedNormal", "VarianceScaling",
-                       "glorot_normal", "glorot_uniform", "he_normal", "he_uniform", "lecun_normal", "lecun_uniform", "normal",
-                       "orthogonal", "random_normal", "random_uniform", "truncated_normal", "uniform", "variance_scaling")
+RANDOM_INITIALIZERS = (
+    "GlorotNormal",
+    "GlorotUniform",
+    "HeNormal",
+    "HeUniform",
+    "LecunNormal",
+    "LecunUniform",
+    "Orthogonal",
+    "OrthogonalInitializer",
+    "RandomNormal",
+    "RandomUniform",
+    "TruncatedNormal",
+    "VarianceScaling",
+    "glorot_normal",
+    "glorot_uniform",
+    "he_normal",
+    "he_uniform",
+    "lecun_normal",
+    "lecun_uniform",
+    "normal",
+    "orthogonal",
+    "random_normal",
+    "random_uniform",
+    "truncated_normal",
+    "uniform",
+    "variance_scaling",
+)
 
 
 @contextlib.contextmanager
@@ -117,8 +140,10 @@ class CompiledFunction:
         if backend == "jax":
             rows = len(arrays[0])
             padded = bucket(rows)
-            arrays = [np.concatenate([a, np.zeros((padded - rows, *a.shape[1:]), a.dtype)]) if padded > rows else a
-                      for a in (np.asarray(a) for a in arrays)]
+            arrays = [
+                np.concatenate([a, np.zeros((padded - rows, *a.shape[1:]), a.dtype)]) if padded > rows else a
+                for a in (np.asarray(a) for a in arrays)
+            ]
             outputs = self._compiled([v.value for v in self.variables], *self._tensors(arrays))
             return tuple(np.asarray(x)[:rows] for x in outputs)
         return tuple(x.numpy() for x in self._compiled(*self._tensors(arrays)))
@@ -133,15 +158,19 @@ def gpu_compute_capabilities() -> list[tuple[int, int]]:
             return [tuple(int(x) for x in str(d.compute_capability).split(".")) for d in jax.devices("gpu")]
         import tensorflow as tf
 
-        return [tuple(tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0)))
-                for gpu in tf.config.list_physical_devices("GPU")]
+        return [
+            tuple(tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0)))
+            for gpu in tf.config.list_physical_devices("GPU")
+        ]
     except Exception:  # no GPU support in this install: no GPU
         return []
 
 
 # The shape of a line of TensorFlow's, XLA's or oneDNN's C++ logging (absl/glog: severity, MMDD, time, thread,
 # file:line]) and absl's notice before its logging starts. Fatal ("F...") lines are not noise and pass.
-NATIVE_LOG_LINE = re.compile(r"^(?:[IWE]\d{4} +[\d:.]+ +\d+ +[^ \]]+:\d+\]|WARNING: All log messages before absl::InitializeLog)")
+NATIVE_LOG_LINE = re.compile(
+    r"^(?:[IWE]\d{4} +[\d:.]+ +\d+ +[^ \]]+:\d+\]|WARNING: All log messages before absl::InitializeLog)"
+)
 
 # The filter process: what arrives on fd 2 (native writes only) goes to the real stderr, less native log lines and
 # the lines read together with one, after it (a message's continuation, e.g. "To enable the following ..."; a
@@ -182,8 +211,13 @@ def filter_native_logs() -> None:
     real = os.dup(2)
     read_end, write_end = os.pipe()
     try:
-        child = subprocess.Popen([sys.executable, "-S", "-c", _FILTER, NATIVE_LOG_LINE.pattern], stdin=read_end, stdout=real,
-                                 stderr=subprocess.DEVNULL, close_fds=True)
+        child = subprocess.Popen(
+            [sys.executable, "-S", "-c", _FILTER, NATIVE_LOG_LINE.pattern],
+            stdin=read_end,
+            stdout=real,
+            stderr=subprocess.DEVNULL,
+            close_fds=True,
+        )
     except OSError:  # no process to spare: leave stderr as it is
         for fd in (read_end, write_end, real):
             os.close(fd)
@@ -191,7 +225,9 @@ def filter_native_logs() -> None:
     os.close(read_end)
     os.dup2(write_end, 2)
     os.close(write_end)
-    sys.stderr = open(real, "w", buffering=1, encoding=sys.stderr.encoding or "utf-8", errors="backslashreplace", closefd=False)
+    sys.stderr = open(
+        real, "w", buffering=1, encoding=sys.stderr.encoding or "utf-8", errors="backslashreplace", closefd=False
+    )
 
     def finish() -> None:  # close the pipe's last write end, so the filter drains it and exits before we do
         sys.stderr.flush()

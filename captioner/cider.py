@@ -35,7 +35,9 @@ def _keys(tokens: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarr
     for n in range(1, ORDERS + 1):
         if width < n:
             break
-        key = key[:, : width - n + 1] * BASE + digits[:, n - 1:]  # (rows, width - n + 1): the n-gram starting at each position
+        key = (
+            key[:, : width - n + 1] * BASE + digits[:, n - 1 :]
+        )  # (rows, width - n + 1): the n-gram starting at each position
         valid = np.arange(width - n + 1)[None, :] + n <= lengths[:, None]  # (rows, width - n + 1)
         row_index, _ = np.nonzero(valid)
         out_rows.append(row_index)
@@ -44,11 +46,17 @@ def _keys(tokens: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return np.concatenate(out_rows), np.concatenate(out_keys), np.concatenate(out_orders)
 
 
-def _counted(group: np.ndarray, keys: np.ndarray, orders: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _counted(
+    group: np.ndarray, keys: np.ndarray, orders: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(group, key, order, count) of every distinct (group, key) pair."""
     order = np.lexsort((keys, group))
     group, keys, orders = group[order], keys[order], orders[order]
-    starts = np.flatnonzero(np.r_[True, (group[1:] != group[:-1]) | (keys[1:] != keys[:-1])]) if len(keys) else np.zeros(0, np.int64)
+    starts = (
+        np.flatnonzero(np.r_[True, (group[1:] != group[:-1]) | (keys[1:] != keys[:-1])])
+        if len(keys)
+        else np.zeros(0, np.int64)
+    )
     counts = np.diff(np.r_[starts, len(keys)])
     return group[starts], keys[starts], orders[starts], counts.astype(np.float64)
 
@@ -74,8 +82,12 @@ class CiderD:
         sigma: float. Width of the length penalty. Defaults to 6.0.
     """
 
-    def __init__(self, references: Sequence[Sequence[Sequence[int]]], document_references: Sequence[Sequence[Sequence[int]]] | None = None,
-                 sigma: float = 6.0):
+    def __init__(
+        self,
+        references: Sequence[Sequence[Sequence[int]]],
+        document_references: Sequence[Sequence[Sequence[int]]] | None = None,
+        sigma: float = 6.0,
+    ):
         self.sigma = float(sigma)
         corpus = references if document_references is None else document_references
         # Document frequency: in how many images' reference sets an n-gram occurs.
@@ -112,10 +124,14 @@ class CiderD:
         norms = np.zeros((self.num_images, self.max_refs, ORDERS))  # (images, refs, orders)
         np.add.at(norms, (image_of[ref_rows], slot_of[ref_rows], orders), values**2)
         self.ref_norms = np.sqrt(norms)
-        self.ref_lengths = np.zeros((self.num_images, self.max_refs))  # bigrams per reference (pycocoevalcap's "length")
+        self.ref_lengths = np.zeros(
+            (self.num_images, self.max_refs)
+        )  # bigrams per reference (pycocoevalcap's "length")
         self.ref_lengths[image_of, slot_of] = np.maximum(lengths - 1, 0)
         # Sorted by (image, dense n-gram id), so one search finds an n-gram among all references of an image.
-        self.vocabulary = np.unique(np.concatenate([self.known, keys]))  # every n-gram key a reference or the corpus holds
+        self.vocabulary = np.unique(
+            np.concatenate([self.known, keys])
+        )  # every n-gram key a reference or the corpus holds
         combined = image_of[ref_rows] << DENSE_BITS | np.searchsorted(self.vocabulary, keys)
         order = np.argsort(combined, kind="stable")
         self.ref_combined, self.ref_slot, self.ref_count = combined[order], slot_of[ref_rows][order], counts[order]
@@ -159,7 +175,9 @@ class CiderD:
         return total / np.maximum(self.refs_per_image[images], 1) * 10.0
 
 
-def words_to_ids(groups: Iterable[Iterable[Sequence[str]]], index: dict[str, int] | None = None) -> tuple[list[list[list[int]]], dict[str, int]]:
+def words_to_ids(
+    groups: Iterable[Iterable[Sequence[str]]], index: dict[str, int] | None = None
+) -> tuple[list[list[list[int]]], dict[str, int]]:
     """Token-id sequences for nested groups of word lists, and the word -> id index used (extended as words appear)."""
     index = {} if index is None else index
     out = [[[index.setdefault(word, len(index)) for word in words] for words in group] for group in groups]

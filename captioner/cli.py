@@ -59,47 +59,94 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--image-size", type=_positive_int, default=64, help="image side in pixels (default 64)")
 
     features = commands.add_parser("features", help="run a frozen CNN once per image and cache its grid features")
-    features.add_argument("--dataset", required=True, choices=["shapes", "flickr8k", "karpathy", "coco", "vqa", "vqa-lines"],
-                          help="a caption dataset, or a question one (vqa: VQA v2 JSON; vqa-lines: NAME#N<TAB>question ? answer)")
+    features.add_argument(
+        "--dataset",
+        required=True,
+        choices=["shapes", "flickr8k", "karpathy", "coco", "vqa", "vqa-lines"],
+        help="a caption dataset, or a question one (vqa: VQA v2 JSON; vqa-lines: NAME#N<TAB>question ? answer)",
+    )
     features.add_argument("--data-dir", required=True, help="dataset folder")
     features.add_argument("--encoder", required=True, help="a keras.applications backbone, e.g. mobilenet_v2")
     features.add_argument("--encoder-weights", default="imagenet", help="imagenet (default), none or a weights file")
     features.add_argument("--splits", default="train,val,test", help="comma-separated splits (default train,val,test)")
     features.add_argument("--cache-dir", default=None, help="cache folder (default DATA_DIR/features, as train uses)")
     features.add_argument("--batch-size", type=_positive_int, default=32, help="images per CNN batch (default 32)")
-    features.add_argument("--shard", default=None, metavar="I/N",
-                          help="compute only the I-th of N shares of the images (1/N ... N/N): N workers, on one machine or "
-                               "several sharing the folder, fill one cache together")
-    features.add_argument("--seed", type=int, default=0, help="with --encoder-weights none: the seed train will use (default 0)")
-    features.add_argument("--fine-tune-blocks", type=int, default=0, metavar="N",
-                          help="store the activations below the top N blocks, what train --fine-tune-blocks N reads (default 0: the grid)")
-    features.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
-                          help="compute precision of the CNN (default auto, as train's data.feature_precision, so train reads these features)")
+    features.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="compute only the I-th of N shares of the images (1/N ... N/N): N workers, on one machine or "
+        "several sharing the folder, fill one cache together",
+    )
+    features.add_argument(
+        "--seed", type=int, default=0, help="with --encoder-weights none: the seed train will use (default 0)"
+    )
+    features.add_argument(
+        "--fine-tune-blocks",
+        type=int,
+        default=0,
+        metavar="N",
+        help="store the activations below the top N blocks, what train --fine-tune-blocks N reads (default 0: the grid)",
+    )
+    features.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISION_CHOICES,
+        help="compute precision of the CNN (default auto, as train's data.feature_precision, so train reads these features)",
+    )
     features.add_argument("--verbose", action="store_true", help="list every entry the dataset loader skipped")
 
-    questions = commands.add_parser("questions", help="write yes/no questions about a caption dataset's photos (vqa-lines files)")
-    questions.add_argument("--from-captions", action="store_true", required=True,
-                           help="make them from the photos' captions (captioner.data.caption_questions: the rules)")
-    questions.add_argument("--dataset", required=True, choices=["shapes", "flickr8k", "karpathy", "coco"], help="a caption dataset")
+    questions = commands.add_parser(
+        "questions", help="write yes/no questions about a caption dataset's photos (vqa-lines files)"
+    )
+    questions.add_argument(
+        "--from-captions",
+        action="store_true",
+        required=True,
+        help="make them from the photos' captions (captioner.data.caption_questions: the rules)",
+    )
+    questions.add_argument(
+        "--dataset", required=True, choices=["shapes", "flickr8k", "karpathy", "coco"], help="a caption dataset"
+    )
     questions.add_argument("--data-dir", required=True, help="dataset folder")
-    questions.add_argument("--out", required=True, help="folder for NAME.{Train,Dev,Test}Images.txt and Images/ (links to the photos)")
+    questions.add_argument(
+        "--out", required=True, help="folder for NAME.{Train,Dev,Test}Images.txt and Images/ (links to the photos)"
+    )
     questions.add_argument("--name", default="captionqa", help="the files' name (default captionqa)")
     questions.add_argument("--splits", default="train,val,test", help="comma-separated splits (default train,val,test)")
-    questions.add_argument("--kinds", default=None, help="presence (is there a X), scene (is this a X) (default: both, each where the "
-                                                          "captions support it)")
-    questions.add_argument("--per-photo", type=_positive_int, default=2, help="yes questions a photo at most, as many no (default 2)")
+    questions.add_argument(
+        "--kinds",
+        default=None,
+        help="presence (is there a X), scene (is this a X) (default: both, each where the captions support it)",
+    )
+    questions.add_argument(
+        "--per-photo", type=_positive_int, default=2, help="yes questions a photo at most, as many no (default 2)"
+    )
     questions.add_argument("--seed", type=int, default=0, help="the same seed gives the same questions (default 0)")
-    questions.add_argument("--phrasings", type=_positive_int, default=1,
-                           help="ways of asking each question, 1-4 (default 1: \"is there a dog in the picture ?\", the captionqa "
-                                "test's; more: also \"is there a dog ?\", \"do you see a dog ?\", \"does the photo show a dog ?\")")
+    questions.add_argument(
+        "--phrasings",
+        type=_positive_int,
+        default=1,
+        help='ways of asking each question, 1-4 (default 1: "is there a dog in the picture ?", the captionqa '
+        'test\'s; more: also "is there a dog ?", "do you see a dog ?", "does the photo show a dog ?")',
+    )
     questions.add_argument("--verbose", action="store_true", help="list every photo skipped")
 
-    classify = commands.add_parser("classify", help="ImageNet classes of photos: check a backbone's weights file (with the classifier)")
+    classify = commands.add_parser(
+        "classify", help="ImageNet classes of photos: check a backbone's weights file (with the classifier)"
+    )
     classify.add_argument("images", nargs="+", help="image files, folders or glob patterns")
-    classify.add_argument("--weights", required=True, help="imagenet or a .weights.h5 file of the whole network (with its 1000-class top)")
-    classify.add_argument("--encoder", default="mobilenet_v2", help="the keras.applications backbone (default mobilenet_v2)")
-    classify.add_argument("--class-index", default=None,
-                          help="Keras's imagenet_class_index.json (default: the one beside --weights; class ids without it)")
+    classify.add_argument(
+        "--weights", required=True, help="imagenet or a .weights.h5 file of the whole network (with its 1000-class top)"
+    )
+    classify.add_argument(
+        "--encoder", default="mobilenet_v2", help="the keras.applications backbone (default mobilenet_v2)"
+    )
+    classify.add_argument(
+        "--class-index",
+        default=None,
+        help="Keras's imagenet_class_index.json (default: the one beside --weights; class ids without it)",
+    )
     classify.add_argument("--top", type=_positive_int, default=3, help="classes listed per image (default 3)")
     classify.add_argument("--json", action="store_true", help="print JSON instead of text")
 
@@ -107,85 +154,156 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(train)
     add_parallel_arguments(train)
 
-    train_vqa = commands.add_parser("train-vqa", help="train a VQA model (question answering) and write a run directory")
+    train_vqa = commands.add_parser(
+        "train-vqa", help="train a VQA model (question answering) and write a run directory"
+    )
     add_train_vqa_arguments(train_vqa)
     add_parallel_arguments(train_vqa)
 
     caption = commands.add_parser("caption", help="caption image files, folders or globs")
-    caption.add_argument("--run", default=None, help="run directory written by `captioner train` (default: the caption model shipped "
-                                                     "with captioner, also named `pretrained`)")
+    caption.add_argument(
+        "--run",
+        default=None,
+        help="run directory written by `captioner train` (default: the caption model shipped "
+        "with captioner, also named `pretrained`)",
+    )
     add_engine_argument(caption)
     caption.add_argument("images", nargs="+", help="image files, folders or glob patterns")
     caption.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch (default 64)")
     caption.add_argument("--json", action="store_true", help="print JSON instead of text")
-    caption.add_argument("--attention", default=None, metavar="PNG", help="write the attention map of each word (attention runs)")
-    caption.add_argument("--precision", default=None, choices=PRECISION_CHOICES, help="compute precision (default: the run's)")
+    caption.add_argument(
+        "--attention", default=None, metavar="PNG", help="write the attention map of each word (attention runs)"
+    )
+    caption.add_argument(
+        "--precision", default=None, choices=PRECISION_CHOICES, help="compute precision (default: the run's)"
+    )
     add_decode_arguments(caption)
 
-    serve = commands.add_parser("serve", help="HTTP API and web page over a caption run (and a VQA run), with request batching")
-    serve.add_argument("--run", default=None, help="caption run directory (default: the shipped caption model, `pretrained`)")
-    serve.add_argument("--vqa-run", default=None, help="also answer questions with this VQA run (default with no --run: the shipped "
-                                                       "VQA model; `none`: no questions)")
+    serve = commands.add_parser(
+        "serve", help="HTTP API and web page over a caption run (and a VQA run), with request batching"
+    )
+    serve.add_argument(
+        "--run", default=None, help="caption run directory (default: the shipped caption model, `pretrained`)"
+    )
+    serve.add_argument(
+        "--vqa-run",
+        default=None,
+        help="also answer questions with this VQA run (default with no --run: the shipped "
+        "VQA model; `none`: no questions)",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    serve.add_argument("--max-batch", type=_positive_int, default=32, help="images decoded together at most; 1 turns batching off (default 32)")
-    serve.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for others to batch with (default 5)")
+    serve.add_argument(
+        "--max-batch",
+        type=_positive_int,
+        default=32,
+        help="images decoded together at most; 1 turns batching off (default 32)",
+    )
+    serve.add_argument(
+        "--max-wait-ms", type=float, default=5.0, help="how long a request waits for others to batch with (default 5)"
+    )
     serve.add_argument("--max-mb", type=float, default=8.0, help="largest request body in MB (default 8)")
     add_decode_arguments(serve)
 
-    export = commands.add_parser("export", help="write a run as a TensorFlow SavedModel (image bytes in, captions or answers out)")
-    export.add_argument("--run", required=True, help="run directory written by `captioner train`; `pretrained` or `pretrained-vqa`: "
-                                                     "the shipped models")
+    export = commands.add_parser(
+        "export", help="write a run as a TensorFlow SavedModel (image bytes in, captions or answers out)"
+    )
+    export.add_argument(
+        "--run",
+        required=True,
+        help="run directory written by `captioner train`; `pretrained` or `pretrained-vqa`: the shipped models",
+    )
     export.add_argument("--out", required=True, help="SavedModel folder to write (replaced atomically)")
-    export.add_argument("--format", choices=["savedmodel", "tflite", "pretrained"], default="savedmodel",
-                        help="savedmodel (default: image bytes in, captions out, beam search inside), tflite (caption runs: "
-                             "an encoder and one decoder step for a greedy loop on a phone) or pretrained (a caption run and "
-                             "--vqa-run on one encoder, as the folder captioner ships: captioner/pretrained, or any folder "
-                             "named by $CAPTIONER_PRETRAINED_DIR)")
-    export.add_argument("--vqa-run", default=None, help="--format pretrained: the VQA run shipped beside the caption run")
+    export.add_argument(
+        "--format",
+        choices=["savedmodel", "tflite", "pretrained"],
+        default="savedmodel",
+        help="savedmodel (default: image bytes in, captions out, beam search inside), tflite (caption runs: "
+        "an encoder and one decoder step for a greedy loop on a phone) or pretrained (a caption run and "
+        "--vqa-run on one encoder, as the folder captioner ships: captioner/pretrained, or any folder "
+        "named by $CAPTIONER_PRETRAINED_DIR)",
+    )
+    export.add_argument(
+        "--vqa-run", default=None, help="--format pretrained: the VQA run shipped beside the caption run"
+    )
     add_decode_arguments(export, sampling=False)
 
     ask = commands.add_parser("ask", help="answer questions about an image with a VQA run")
-    ask.add_argument("--run", default=None, help="run directory written by `captioner train-vqa` (default: the VQA model shipped "
-                                                 "with captioner, also named `pretrained`)")
+    ask.add_argument(
+        "--run",
+        default=None,
+        help="run directory written by `captioner train-vqa` (default: the VQA model shipped "
+        "with captioner, also named `pretrained`)",
+    )
     add_engine_argument(ask)
     ask.add_argument("image", help="image file")
     ask.add_argument("questions", nargs="+", metavar="QUESTION", help="one or more questions (quote each)")
     ask.add_argument("--top", type=_positive_int, default=5, help="answers listed with their probabilities (default 5)")
     ask.add_argument("--json", action="store_true", help="print JSON instead of text")
-    ask.add_argument("--precision", default=None, choices=PRECISION_CHOICES, help="compute precision (default: the run's)")
+    ask.add_argument(
+        "--precision", default=None, choices=PRECISION_CHOICES, help="compute precision (default: the run's)"
+    )
 
     plot = commands.add_parser("plot-history", help="draw training and validation loss per epoch")
     plot.add_argument("--run", required=True, help="run directory")
     plot.add_argument("--out", default=None, help="PNG to write (default RUN/history.png)")
 
-    evaluate = commands.add_parser("evaluate", help="score a run on a split: BLEU-1..4 (caption runs) or VQA accuracy (VQA runs)")
-    evaluate.add_argument("--run", required=True, help="run directory; `pretrained` (the shipped caption model) or `pretrained-vqa`")
+    evaluate = commands.add_parser(
+        "evaluate", help="score a run on a split: BLEU-1..4 (caption runs) or VQA accuracy (VQA runs)"
+    )
+    evaluate.add_argument(
+        "--run", required=True, help="run directory; `pretrained` (the shipped caption model) or `pretrained-vqa`"
+    )
     evaluate.add_argument("--split", default="test", help="split to score (default test)")
-    evaluate.add_argument("--data-dir", default=None, help="dataset folder (default: the one the run was trained on, its first source's)")
-    evaluate.add_argument("--dataset", default=None, help="the loader of --data-dir, or alone: the run's source of this dataset")
+    evaluate.add_argument(
+        "--data-dir", default=None, help="dataset folder (default: the one the run was trained on, its first source's)"
+    )
+    evaluate.add_argument(
+        "--dataset", default=None, help="the loader of --data-dir, or alone: the run's source of this dataset"
+    )
     evaluate.add_argument("--batch-size", type=_positive_int, default=256, help="images per batch (default 256)")
     evaluate.add_argument("--max-images", type=_positive_int, default=None, help="score only the first N images")
     evaluate.add_argument("--out", default=None, help="save the generated captions (or answers) to this JSON file")
-    evaluate.add_argument("--meteor", action="store_true", help="caption runs: also METEOR (pycocoevalcap + Java; slower)")
-    evaluate.add_argument("--black-images", action="store_true",
-                          help="VQA runs: also answer every question with a black image instead of the photo (what the image is worth)")
+    evaluate.add_argument(
+        "--meteor", action="store_true", help="caption runs: also METEOR (pycocoevalcap + Java; slower)"
+    )
+    evaluate.add_argument(
+        "--black-images",
+        action="store_true",
+        help="VQA runs: also answer every question with a black image instead of the photo (what the image is worth)",
+    )
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    evaluate.add_argument("--precision", default=None, choices=PRECISION_CHOICES, help="compute precision (default: the run's)")
+    evaluate.add_argument(
+        "--precision", default=None, choices=PRECISION_CHOICES, help="compute precision (default: the run's)"
+    )
     add_decode_arguments(evaluate, "caption runs: ")
     evaluate.add_argument("--verbose", action="store_true", help="list every entry the dataset loader skipped")
 
-    score = commands.add_parser("score", help="score captions from files (no model): BLEU with nltk, COCO metrics with pycocoevalcap")
+    score = commands.add_parser(
+        "score", help="score captions from files (no model): BLEU with nltk, COCO metrics with pycocoevalcap"
+    )
     source = score.add_mutually_exclusive_group(required=True)
-    source.add_argument("--hypotheses", help="generated captions: {image: caption} JSON, or the file `evaluate --out` writes")
-    source.add_argument("--human", action="store_true", help="score reference #0 of every image against its other references")
-    score.add_argument("--references", help="{image: [captions]} JSON (default: the references in --hypotheses, or --dataset)")
-    score.add_argument("--dataset", choices=["shapes", "flickr8k", "karpathy", "coco"], help="take the references from a dataset split")
+    source.add_argument(
+        "--hypotheses", help="generated captions: {image: caption} JSON, or the file `evaluate --out` writes"
+    )
+    source.add_argument(
+        "--human", action="store_true", help="score reference #0 of every image against its other references"
+    )
+    score.add_argument(
+        "--references", help="{image: [captions]} JSON (default: the references in --hypotheses, or --dataset)"
+    )
+    score.add_argument(
+        "--dataset", choices=["shapes", "flickr8k", "karpathy", "coco"], help="take the references from a dataset split"
+    )
     score.add_argument("--data-dir", help="folder of --dataset")
     score.add_argument("--split", default="test", help="split of --dataset (default test)")
     score.add_argument("--images", help="score only the image names listed in this file, one a line")
-    score.add_argument("--tokenization", choices=["words", "whitespace"], default="words",
-                       help="words: lower-case alphanumeric words (default, as evaluate); whitespace: lower-case, ' .' removed, split on spaces")
+    score.add_argument(
+        "--tokenization",
+        choices=["words", "whitespace"],
+        default="words",
+        help="words: lower-case alphanumeric words (default, as evaluate); whitespace: lower-case, ' .' removed, split on spaces",
+    )
     score.add_argument("--no-meteor", action="store_true", help="skip METEOR (it starts a Java program)")
     score.add_argument("--json", action="store_true", help="print the scores as JSON")
     score.add_argument("--verbose", action="store_true", help="list every entry the dataset loader skipped")
@@ -193,9 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_engine_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--engine", default="auto", choices=["auto", "litert", "keras"],
-                        help="the shipped model: auto (default: litert where the options allow, else keras), litert (the fast path: "
-                             "LiteRT and numpy, no TensorFlow) or keras (the Keras path, on KERAS_BACKEND)")
+    parser.add_argument(
+        "--engine",
+        default="auto",
+        choices=["auto", "litert", "keras"],
+        help="the shipped model: auto (default: litert where the options allow, else keras), litert (the fast path: "
+        "LiteRT and numpy, no TensorFlow) or keras (the Keras path, on KERAS_BACKEND)",
+    )
 
 
 def fast_path(args: argparse.Namespace) -> bool:
@@ -220,61 +342,143 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `captioner train`, shared with scripts/train.py."""
     parser.add_argument("--run", required=True, help="output run directory")
     parser.add_argument("--preset", default=None, help="starting configuration: shapes (default), flickr8k or tiny")
-    parser.add_argument("--init-from", default=None, metavar="RUN",
-                        help="start from this finished caption run: its weights, vocabulary and settings (then the flags given here)")
-    parser.add_argument("--objective", default=None, choices=["xe", "scst"],
-                        help="xe: cross-entropy (default); scst: self-critical training on CIDEr-D (needs --init-from)")
-    parser.add_argument("--scst-samples", type=int, default=None, metavar="K", help="scst: captions sampled per image (default 5)")
-    parser.add_argument("--scst-baseline", default=None, choices=["greedy", "mean"],
-                        help="scst: subtract the greedy caption's reward (default) or the mean of the other samples'")
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        metavar="RUN",
+        help="start from this finished caption run: its weights, vocabulary and settings (then the flags given here)",
+    )
+    parser.add_argument(
+        "--objective",
+        default=None,
+        choices=["xe", "scst"],
+        help="xe: cross-entropy (default); scst: self-critical training on CIDEr-D (needs --init-from)",
+    )
+    parser.add_argument(
+        "--scst-samples", type=int, default=None, metavar="K", help="scst: captions sampled per image (default 5)"
+    )
+    parser.add_argument(
+        "--scst-baseline",
+        default=None,
+        choices=["greedy", "mean"],
+        help="scst: subtract the greedy caption's reward (default) or the mean of the other samples'",
+    )
     parser.add_argument("--data-dir", default=None, help="dataset folder (default data/shapes)")
     parser.add_argument("--dataset", default=None, help="dataset loader (default shapes)")
     add_source_arguments(parser, "flickr8k=data/flickr8k")
-    parser.add_argument("--decoder", default=None, choices=["show-tell", "attention"], help="show-tell (default) or attention (Show-Attend-Tell)")
-    parser.add_argument("--attention", default=None, choices=["soft", "hard"],
-                        help="with --decoder attention: soft (default) or hard (one sampled grid cell per word, trained with REINFORCE); "
-                             "--attention alone implies --decoder attention")
+    parser.add_argument(
+        "--decoder",
+        default=None,
+        choices=["show-tell", "attention"],
+        help="show-tell (default) or attention (Show-Attend-Tell)",
+    )
+    parser.add_argument(
+        "--attention",
+        default=None,
+        choices=["soft", "hard"],
+        help="with --decoder attention: soft (default) or hard (one sampled grid cell per word, trained with REINFORCE); "
+        "--attention alone implies --decoder attention",
+    )
     parser.add_argument("--cell", default=None, help="the decoder's recurrent cell: lstm (default) or gru")
     parser.add_argument("--num-layers", type=int, default=None, help="stacked recurrent layers, 1 to 4 (default 1)")
     parser.add_argument("--encoder", default=None, help="small_cnn or a keras.applications name, e.g. mobilenet_v2")
     parser.add_argument("--encoder-weights", default=None, help="none, imagenet or a weights file (backbones)")
-    parser.add_argument("--fine-tune-blocks", type=int, default=None, metavar="N",
-                        help="train the top N blocks of the frozen backbone, on cached activations below them (default 0)")
+    parser.add_argument(
+        "--fine-tune-blocks",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train the top N blocks of the frozen backbone, on cached activations below them (default 0)",
+    )
     parser.add_argument("--epochs", type=_positive_int, default=None)
     parser.add_argument("--batch-size", type=_positive_int, default=None)
     parser.add_argument("--learning-rate", type=float, default=None)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--max-train-images", type=_positive_int, default=None, help="train on the first N images only")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="any other setting, e.g. model.hidden_dim=512")
-    parser.add_argument("--fine-tune-encoder", action="store_true", help="train a pretrained backbone too (no feature cache; slow on a CPU)")
-    parser.add_argument("--precision", default=None, choices=PRECISION_CHOICES,
-                        help="auto (default: what measured faster at equal quality on this CPU/GPU for this kind of training; "
-                             "BENCHMARKS.md) or one of these")
-    parser.add_argument("--cache-dir", default=None, help="feature cache of a frozen backbone (default DATA_DIR/features)")
-    parser.add_argument("--restart", action="store_true", help="discard an existing run directory's training and start over")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="any other setting, e.g. model.hidden_dim=512",
+    )
+    parser.add_argument(
+        "--fine-tune-encoder",
+        action="store_true",
+        help="train a pretrained backbone too (no feature cache; slow on a CPU)",
+    )
+    parser.add_argument(
+        "--precision",
+        default=None,
+        choices=PRECISION_CHOICES,
+        help="auto (default: what measured faster at equal quality on this CPU/GPU for this kind of training; "
+        "BENCHMARKS.md) or one of these",
+    )
+    parser.add_argument(
+        "--cache-dir", default=None, help="feature cache of a frozen backbone (default DATA_DIR/features)"
+    )
+    parser.add_argument(
+        "--restart", action="store_true", help="discard an existing run directory's training and start over"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--verbose", action="store_true", help="list every entry the dataset loader skipped")
 
 
 def add_source_arguments(parser: argparse.ArgumentParser, example: str) -> None:
     """Several datasets in one run: one vocabulary, each source's share of the training records."""
-    parser.add_argument("--add-source", action="append", default=[], metavar="DATASET=DIR",
-                        help=f"train on this dataset too, with the one of --dataset/--data-dir (repeatable; e.g. {example})")
-    parser.add_argument("--source-weights", default=None, metavar="W1,W2,...",
-                        help="each source's share of the training records, --dataset's first (default: every record once); "
-                             "validation takes each source's dev split in equal shares")
+    parser.add_argument(
+        "--add-source",
+        action="append",
+        default=[],
+        metavar="DATASET=DIR",
+        help=f"train on this dataset too, with the one of --dataset/--data-dir (repeatable; e.g. {example})",
+    )
+    parser.add_argument(
+        "--source-weights",
+        default=None,
+        metavar="W1,W2,...",
+        help="each source's share of the training records, --dataset's first (default: every record once); "
+        "validation takes each source's dev split in equal shares",
+    )
 
 
 def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
     """Data-parallel training: devices of this process, and the processes of a job (flags or KERAS_DISTRIBUTION_*)."""
     group = parser.add_argument_group("data parallelism (--batch-size is the global batch, split over every device)")
-    group.add_argument("--devices", type=int, default=None, metavar="N",
-                       help="train on N local devices: the first N GPUs, or without a GPU the CPU split into N devices (default 1)")
-    group.add_argument("--coordinator", default=None, metavar="HOST:PORT",
-                       help=f"several processes (JAX backend): process 0's address (default: the first of ${ADDRESSES_ENV})")
-    group.add_argument("--num-processes", type=int, default=None, metavar="N", help=f"processes in the job (default ${PROCESSES_ENV}, else 1)")
-    group.add_argument("--process-id", type=int, default=None, metavar="I", help=f"this process, 0..N-1; 0 writes the run (default ${PROCESS_ID_ENV})")
-    group.add_argument("--join-timeout", type=int, default=30, metavar="S", help="seconds to wait for every process to join (default 30)")
+    group.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train on N local devices: the first N GPUs, or without a GPU the CPU split into N devices (default 1)",
+    )
+    group.add_argument(
+        "--coordinator",
+        default=None,
+        metavar="HOST:PORT",
+        help=f"several processes (JAX backend): process 0's address (default: the first of ${ADDRESSES_ENV})",
+    )
+    group.add_argument(
+        "--num-processes",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"processes in the job (default ${PROCESSES_ENV}, else 1)",
+    )
+    group.add_argument(
+        "--process-id",
+        type=int,
+        default=None,
+        metavar="I",
+        help=f"this process, 0..N-1; 0 writes the run (default ${PROCESS_ID_ENV})",
+    )
+    group.add_argument(
+        "--join-timeout",
+        type=int,
+        default=30,
+        metavar="S",
+        help="seconds to wait for every process to join (default 30)",
+    )
 
 
 def parallel_config(args: argparse.Namespace):
@@ -287,36 +491,82 @@ def parallel_config(args: argparse.Namespace):
 def add_train_vqa_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `captioner train-vqa`."""
     parser.add_argument("--run", required=True, help="output run directory")
-    parser.add_argument("--preset", default=None, help="starting configuration: shapes-vqa (default), easy-vqa (with --dataset easy-vqa), "
-                                                       "vqa-coco (with --dataset vqa-lines) or tiny")
-    parser.add_argument("--init-from", default=None, metavar="RUN",
-                        help="start from this finished VQA run: its weights, vocabularies and settings (then the flags given here), "
-                             "e.g. to fine-tune the top CNN blocks of a frozen run with --fine-tune-blocks N and a lower --learning-rate")
-    parser.add_argument("--dataset", default=None, choices=["shapes", "easy-vqa", "vqa", "vqa-lines"],
-                        help="shapes (default), easy-vqa (the PyPI package), vqa (VQA v2 JSON) or vqa-lines (NAME#N<TAB>question ? answer "
-                             "files with Images/, e.g. the VQA v2 yes/no subset on COCO photos)")
-    parser.add_argument("--answer-type", default=None, choices=["yes/no", "number", "other"], help="keep only questions with this type of answer")
+    parser.add_argument(
+        "--preset",
+        default=None,
+        help="starting configuration: shapes-vqa (default), easy-vqa (with --dataset easy-vqa), "
+        "vqa-coco (with --dataset vqa-lines) or tiny",
+    )
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        metavar="RUN",
+        help="start from this finished VQA run: its weights, vocabularies and settings (then the flags given here), "
+        "e.g. to fine-tune the top CNN blocks of a frozen run with --fine-tune-blocks N and a lower --learning-rate",
+    )
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        choices=["shapes", "easy-vqa", "vqa", "vqa-lines"],
+        help="shapes (default), easy-vqa (the PyPI package), vqa (VQA v2 JSON) or vqa-lines (NAME#N<TAB>question ? answer "
+        "files with Images/, e.g. the VQA v2 yes/no subset on COCO photos)",
+    )
+    parser.add_argument(
+        "--answer-type",
+        default=None,
+        choices=["yes/no", "number", "other"],
+        help="keep only questions with this type of answer",
+    )
     parser.add_argument("--data-dir", default=None, help="dataset folder (default data/shapes; not used by easy-vqa)")
     add_source_arguments(parser, "vqa-lines=runs/questions")
-    parser.add_argument("--encoder-from", default=None, metavar="RUN", help="start from this captioning run's trained encoder (frozen)")
+    parser.add_argument(
+        "--encoder-from", default=None, metavar="RUN", help="start from this captioning run's trained encoder (frozen)"
+    )
     parser.add_argument("--fine-tune-encoder", action="store_true", help="train the encoder taken with --encoder-from")
-    parser.add_argument("--fusion", default=None, choices=["multiply", "concat"], help="how image and question meet (default multiply)")
+    parser.add_argument(
+        "--fusion", default=None, choices=["multiply", "concat"], help="how image and question meet (default multiply)"
+    )
     parser.add_argument("--attention", action="store_true", help="the question attends over the image grid")
-    parser.add_argument("--question-only", action="store_true", help="the image takes no part: a blind model, for ablations")
-    parser.add_argument("--image-only", action="store_true", help="the question takes no part: an image-only model, for ablations")
-    parser.add_argument("--cache-dir", default=None, help="feature cache of a frozen backbone (default DATA_DIR/features)")
-    parser.add_argument("--precision", default=None, choices=PRECISION_CHOICES, help="auto (default) or one of these, as for train")
-    parser.add_argument("--encoder", default=None, help="small_cnn or a keras.applications name (without --encoder-from)")
+    parser.add_argument(
+        "--question-only", action="store_true", help="the image takes no part: a blind model, for ablations"
+    )
+    parser.add_argument(
+        "--image-only", action="store_true", help="the question takes no part: an image-only model, for ablations"
+    )
+    parser.add_argument(
+        "--cache-dir", default=None, help="feature cache of a frozen backbone (default DATA_DIR/features)"
+    )
+    parser.add_argument(
+        "--precision", default=None, choices=PRECISION_CHOICES, help="auto (default) or one of these, as for train"
+    )
+    parser.add_argument(
+        "--encoder", default=None, help="small_cnn or a keras.applications name (without --encoder-from)"
+    )
     parser.add_argument("--encoder-weights", default=None, help="none, imagenet or a weights file (backbones)")
-    parser.add_argument("--fine-tune-blocks", type=int, default=None, metavar="N",
-                        help="train the top N blocks of the frozen backbone, on cached activations below them (default 0)")
+    parser.add_argument(
+        "--fine-tune-blocks",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train the top N blocks of the frozen backbone, on cached activations below them (default 0)",
+    )
     parser.add_argument("--epochs", type=_positive_int, default=None)
     parser.add_argument("--batch-size", type=_positive_int, default=None, help="images per step")
     parser.add_argument("--learning-rate", type=float, default=None)
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--max-train-images", type=_positive_int, default=None, help="train on the questions of the first N images only")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="any other setting, e.g. vqa.num_answers=500")
-    parser.add_argument("--restart", action="store_true", help="discard an existing run directory's training and start over")
+    parser.add_argument(
+        "--max-train-images", type=_positive_int, default=None, help="train on the questions of the first N images only"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="any other setting, e.g. vqa.num_answers=500",
+    )
+    parser.add_argument(
+        "--restart", action="store_true", help="discard an existing run directory's training and start over"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--verbose", action="store_true", help="list every entry the dataset loader skipped")
 
@@ -372,14 +622,20 @@ def _configure(args: argparse.Namespace, preset_name: str, flags: dict[str, str]
 
     try:
         if getattr(args, "init_from", None):
-            config = started_from(load_config(args.init_from), str(Path(args.init_from).resolve()), getattr(args, "objective", None) or "xe")
+            config = started_from(
+                load_config(args.init_from),
+                str(Path(args.init_from).resolve()),
+                getattr(args, "objective", None) or "xe",
+            )
         else:
             config = preset(preset_name)
         overrides = {key: str(getattr(args, flag)) for flag, key in flags.items() if getattr(args, flag) is not None}
         overrides.update(fixed)
         if getattr(args, "add_source", None):
             if any("," in source for source in args.add_source):
-                raise CaptionerError("--add-source: a folder name with a comma cannot be stored; rename or link the folder")
+                raise CaptionerError(
+                    "--add-source: a folder name with a comma cannot be stored; rename or link the folder"
+                )
             overrides["data.more_sources"] = ",".join(args.add_source)
         if getattr(args, "source_weights", None) is not None:
             overrides["data.source_weights"] = args.source_weights
@@ -439,8 +695,10 @@ def _start(config):
 
     parallel = start(config)
     if parallel.processes > 1:
-        _notify(f"joined the job at {config.coordinator} as process {config.process_id} of {config.num_processes} "
-                f"({parallel.replicas} devices in all)")
+        _notify(
+            f"joined the job at {config.coordinator} as process {config.process_id} of {config.num_processes} "
+            f"({parallel.replicas} devices in all)"
+        )
     return parallel
 
 
@@ -453,12 +711,25 @@ def run_train(args: argparse.Namespace) -> int:
         raise CaptionerError("--init-from takes its settings from that run; drop --preset")
     if args.attention and args.decoder is None and not args.init_from:
         args.decoder = "attention"
-    config = _configure(args, args.preset or "shapes", _TRAIN_FLAGS, {"model.encoder_trainable": "true"} if args.fine_tune_encoder else {})
+    config = _configure(
+        args,
+        args.preset or "shapes",
+        _TRAIN_FLAGS,
+        {"model.encoder_trainable": "true"} if args.fine_tune_encoder else {},
+    )
     config.task = "caption"  # also where --init-from names a VQA run: train then says it cannot start from one
     parallel = _start(args.parallel)
     skipped = Skipped()
-    metrics = train(config, args.run, verbose=progress_verbosity(args.quiet), restart=args.restart, skipped=skipped, notify=_notify,
-                    log=_log, parallel=parallel)
+    metrics = train(
+        config,
+        args.run,
+        verbose=progress_verbosity(args.quiet),
+        restart=args.restart,
+        skipped=skipped,
+        notify=_notify,
+        log=_log,
+        parallel=parallel,
+    )
     if not parallel.writer:  # process 0 reports
         return EXIT_OK
     _report_skipped(skipped, "entries", args.verbose)
@@ -473,7 +744,9 @@ def run_train_vqa(args: argparse.Namespace) -> int:
     if args.init_from and args.preset:
         raise CaptionerError("--init-from takes its settings from that run; drop --preset")
     if args.fine_tune_encoder and not args.encoder_from:
-        raise CaptionerError("--fine-tune-encoder needs --encoder-from RUN (an encoder trained from scratch is always trained)")
+        raise CaptionerError(
+            "--fine-tune-encoder needs --encoder-from RUN (an encoder trained from scratch is always trained)"
+        )
     if args.encoder_from and (args.encoder or args.encoder_weights):
         raise CaptionerError("--encoder-from takes the encoder from that run; drop --encoder/--encoder-weights")
     if args.question_only and args.image_only:
@@ -492,8 +765,16 @@ def run_train_vqa(args: argparse.Namespace) -> int:
     config.task = "vqa"
     parallel = _start(args.parallel)
     skipped = Skipped()
-    metrics = train(config, args.run, verbose=progress_verbosity(args.quiet), restart=args.restart, skipped=skipped, notify=_notify,
-                    log=_log, parallel=parallel)
+    metrics = train(
+        config,
+        args.run,
+        verbose=progress_verbosity(args.quiet),
+        restart=args.restart,
+        skipped=skipped,
+        notify=_notify,
+        log=_log,
+        parallel=parallel,
+    )
     if not parallel.writer:  # process 0 reports
         return EXIT_OK
     _report_skipped(skipped, "questions", args.verbose)
@@ -518,27 +799,72 @@ def expand_image_arguments(arguments: Sequence[str]) -> list[str]:
     return paths
 
 
-_DECODE_FLAGS = ("sampler", "beam_size", "length_penalty", "temperature", "top_k", "top_p", "num_captions", "seed",
-                 "no_repeat_ngram", "min_length", "hard_context")
+_DECODE_FLAGS = (
+    "sampler",
+    "beam_size",
+    "length_penalty",
+    "temperature",
+    "top_k",
+    "top_p",
+    "num_captions",
+    "seed",
+    "no_repeat_ngram",
+    "min_length",
+    "hard_context",
+)
 
 
 def add_decode_arguments(parser: argparse.ArgumentParser, prefix: str = "", sampling: bool = True) -> None:
     """How captions are generated (DecodeConfig), each flag defaulting to the run's own setting."""
     group = parser.add_argument_group("decoding (default: the run's decode settings)")
-    group.add_argument("--sampler", default=None, choices=["greedy", "beam", "sampling"] if sampling else ["greedy", "beam"],
-                       help=f"{prefix}greedy, beam (search) or sampling (random words from the model's distribution)")
+    group.add_argument(
+        "--sampler",
+        default=None,
+        choices=["greedy", "beam", "sampling"] if sampling else ["greedy", "beam"],
+        help=f"{prefix}greedy, beam (search) or sampling (random words from the model's distribution)",
+    )
     group.add_argument("--beam-size", type=_positive_int, default=None, help=f"{prefix}beam width (1 = greedy)")
-    group.add_argument("--length-penalty", type=float, default=None, help=f"{prefix}beams and samples ranked by log-probability / length**this")
+    group.add_argument(
+        "--length-penalty",
+        type=float,
+        default=None,
+        help=f"{prefix}beams and samples ranked by log-probability / length**this",
+    )
     if sampling:
-        group.add_argument("--temperature", type=float, default=None, help="sampling: logits divided by this (0: the most likely word)")
+        group.add_argument(
+            "--temperature", type=float, default=None, help="sampling: logits divided by this (0: the most likely word)"
+        )
         group.add_argument("--top-k", type=int, default=None, help="sampling: among the k most likely words only")
-        group.add_argument("--top-p", type=float, default=None, help="sampling: among the most likely words whose probability reaches p")
-        group.add_argument("--num-captions", type=int, default=None, metavar="N", help="captions per image: the N best beams, or N samples")
-        group.add_argument("--seed", type=int, default=None, help="sampling: the same seed gives the same captions (default 0)")
-    group.add_argument("--no-repeat-ngram", type=int, default=None, metavar="N", help="never repeat an N-gram within a caption (3: trigrams)")
+        group.add_argument(
+            "--top-p",
+            type=float,
+            default=None,
+            help="sampling: among the most likely words whose probability reaches p",
+        )
+        group.add_argument(
+            "--num-captions",
+            type=int,
+            default=None,
+            metavar="N",
+            help="captions per image: the N best beams, or N samples",
+        )
+        group.add_argument(
+            "--seed", type=int, default=None, help="sampling: the same seed gives the same captions (default 0)"
+        )
+    group.add_argument(
+        "--no-repeat-ngram",
+        type=int,
+        default=None,
+        metavar="N",
+        help="never repeat an N-gram within a caption (3: trigrams)",
+    )
     group.add_argument("--min-length", type=int, default=None, help="no <end> before this many words")
-    group.add_argument("--hard-context", default=None, choices=["expectation", "argmax"],
-                       help="hard-attention runs: read the expected context (default) or the most attended grid cell")
+    group.add_argument(
+        "--hard-context",
+        default=None,
+        choices=["expectation", "argmax"],
+        help="hard-attention runs: read the expected context (default) or the most attended grid cell",
+    )
 
 
 def _given_decode(decode, args: argparse.Namespace):
@@ -582,8 +908,9 @@ def run_caption(args: argparse.Namespace) -> int:
 
         run = load_run(args.run, precision=args.precision)
         results = caption_files(run, paths, decode_from_args(run.config.decode, args), args.batch_size, args.attention)
-    return _print_per_image(results, args.json, "captioned",
-                            lambda r: r["caption"] if len(paths) == 1 else f"{r['image']}\t{r['caption']}")
+    return _print_per_image(
+        results, args.json, "captioned", lambda r: r["caption"] if len(paths) == 1 else f"{r['image']}\t{r['caption']}"
+    )
 
 
 def _print_per_image(results: list[dict], as_json: bool, verb: str, line) -> int:
@@ -625,7 +952,9 @@ def run_serve(args: argparse.Namespace) -> int:
     run = load_run(args.run)
     vqa_run = args.vqa_run if args.vqa_run is not None or args.run is not None else "pretrained"
     vqa = load_run(vqa_run, task="vqa") if vqa_run and vqa_run != "none" else None
-    config = ServeConfig(max_batch=args.max_batch, max_wait_ms=max(0.0, args.max_wait_ms), max_bytes=int(args.max_mb * 1024 * 1024))
+    config = ServeConfig(
+        max_batch=args.max_batch, max_wait_ms=max(0.0, args.max_wait_ms), max_bytes=int(args.max_mb * 1024 * 1024)
+    )
     serve(run, vqa, args.host, args.port, config, decode_from_args(run.config.decode, args))
     return EXIT_OK
 
@@ -650,11 +979,15 @@ def run_export(args: argparse.Namespace) -> int:
         from captioner.serving.export import export_tflite
 
         out = export_tflite(run, args.out, args.hard_context or run.config.decode.hard_context)
-        print(f"wrote {out}: encoder.tflite, step.tflite and tflite.json (greedy decoding; captioner.serving.export.tflite_greedy is the loop)")
+        print(
+            f"wrote {out}: encoder.tflite, step.tflite and tflite.json (greedy decoding; captioner.serving.export.tflite_greedy is the loop)"
+        )
         return EXIT_OK
     out = export_run(run, args.out, decode_from_args(run.config.decode, args))
     if run.config.task == "vqa":
-        print(f"wrote {out}: signature serving_default, images (encoded bytes) + questions -> answers, top_answers, top_probabilities")
+        print(
+            f"wrote {out}: signature serving_default, images (encoded bytes) + questions -> answers, top_answers, top_probabilities"
+        )
     else:
         print(f"wrote {out}: signature serving_default, images (encoded bytes) -> captions, tokens, scores")
     return EXIT_OK
@@ -686,11 +1019,19 @@ def run_classify(args: argparse.Namespace) -> int:
         probabilities = np.asarray(model(preprocess(images), training=False))  # (batch, 1000)
         for (index, _), row in zip(chunk, probabilities):
             results[index]["classes"] = [
-                {"id": int(i), "name": names[i] if names and i < len(names) else f"class {i}", "probability": float(row[i])}
+                {
+                    "id": int(i),
+                    "name": names[i] if names and i < len(names) else f"class {i}",
+                    "probability": float(row[i]),
+                }
                 for i in np.argsort(-row)[: args.top]
             ]
-    return _print_per_image(results, args.json, "classified",
-                            lambda r: r["image"] + "\t" + ", ".join(f"{c['name']} {c['probability']:.2f}" for c in r["classes"]))
+    return _print_per_image(
+        results,
+        args.json,
+        "classified",
+        lambda r: r["image"] + "\t" + ", ".join(f"{c['name']} {c['probability']:.2f}" for c in r["classes"]),
+    )
 
 
 def run_plot_history(args: argparse.Namespace) -> int:
@@ -719,8 +1060,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
     task = get_task(stored_task(args.run))
     run = load_run(args.run, task=task.name, precision=args.precision)
     decode = decode_from_args(run.config.decode, args) if run.config.task == "caption" else None
-    options = EvalOptions(args.split, args.data_dir, args.batch_size, args.out, args.max_images, decode, args.meteor, args.dataset,
-                          args.black_images)
+    options = EvalOptions(
+        args.split,
+        args.data_dir,
+        args.batch_size,
+        args.out,
+        args.max_images,
+        decode,
+        args.meteor,
+        args.dataset,
+        args.black_images,
+    )
     result = task.evaluate(run, options, skipped)
     _report_skipped(skipped, task.skipped_item, args.verbose)
     print(json.dumps(result, indent=2) if args.json else "\n".join(task.summary_lines(result)))
@@ -739,7 +1089,9 @@ def run_score(args: argparse.Namespace) -> int:
         if not args.data_dir:
             raise CaptionerError("--dataset needs --data-dir")
         skipped = Skipped()
-        references = {r.image_id: list(r.captions) for r in load_split(args.dataset, args.data_dir, args.split, skipped)}
+        references = {
+            r.image_id: list(r.captions) for r in load_split(args.dataset, args.data_dir, args.split, skipped)
+        }
         _report_skipped(skipped, "entries", args.verbose)
     elif args.hypotheses:
         references = read_references(args.hypotheses)
@@ -747,7 +1099,11 @@ def run_score(args: argparse.Namespace) -> int:
         raise CaptionerError("--human needs --references FILE or --dataset NAME --data-dir DIR")
     if args.images:
         try:
-            keep = {Path(line.strip()).name for line in Path(args.images).read_text(encoding="utf-8").splitlines() if line.strip()}
+            keep = {
+                Path(line.strip()).name
+                for line in Path(args.images).read_text(encoding="utf-8").splitlines()
+                if line.strip()
+            }
         except OSError as exc:
             raise CaptionerError(f"cannot read {args.images}: {exc.strerror}") from None
         references = {name: refs for name, refs in references.items() if name in keep}
@@ -771,7 +1127,9 @@ def _shard(text: str | None) -> tuple[int, int]:
     except ValueError:
         index = count = 0
     if not 1 <= index <= count:
-        raise CaptionerError(f"--shard takes I/N with 1 <= I <= N, e.g. 1/4 for the first of four workers (got '{text}')")
+        raise CaptionerError(
+            f"--shard takes I/N with 1 <= I <= N, e.g. 1/4 for the first of four workers (got '{text}')"
+        )
     return index, count
 
 
@@ -781,14 +1139,28 @@ def run_features(args: argparse.Namespace) -> int:
 
     skipped = Skipped()
     weights = None if args.encoder_weights.lower() == "none" else args.encoder_weights
-    done = extract_features(args.dataset, args.data_dir, args.splits.split(","), args.encoder, weights, args.cache_dir,
-                            args.batch_size, args.precision, args.seed, skipped, args.fine_tune_blocks, _shard(args.shard),
-                            verbose=progress_verbosity(False))
+    done = extract_features(
+        args.dataset,
+        args.data_dir,
+        args.splits.split(","),
+        args.encoder,
+        weights,
+        args.cache_dir,
+        args.batch_size,
+        args.precision,
+        args.seed,
+        skipped,
+        args.fine_tune_blocks,
+        _shard(args.shard),
+        verbose=progress_verbosity(False),
+    )
     _report_skipped(skipped, "entries", args.verbose)
     rate = f" ({done['computed'] / done['seconds']:.1f} images/s)" if done["computed"] else ""
     share = f" (shard {args.shard})" if args.shard else ""
-    print(f"{done['computed']} of {done['images']} images{share} computed in {done['seconds']:.0f}s{rate}, the rest were cached; "
-          f"features in {done['folder']}")
+    print(
+        f"{done['computed']} of {done['images']} images{share} computed in {done['seconds']:.0f}s{rate}, the rest were cached; "
+        f"features in {done['folder']}"
+    )
     return EXIT_OK if "unreadable image" not in skipped.reasons else EXIT_PARTIAL
 
 
@@ -798,7 +1170,9 @@ def run_ask(args: argparse.Namespace) -> int:
         from captioner.pretrained import ENCODER_FILE, verified
 
         folder = verified("vqa")
-        answered = LiteAnswerer(folder, LiteEncoder(folder.parent / ENCODER_FILE)).ask(args.image, args.questions, args.top)
+        answered = LiteAnswerer(folder, LiteEncoder(folder.parent / ENCODER_FILE)).ask(
+            args.image, args.questions, args.top
+        )
     else:
         from captioner.run import load_run
         from captioner.tasks.vqa import ask
@@ -851,10 +1225,15 @@ def run_questions(args: argparse.Namespace) -> int:
     for kind in kinds:
         if not any(q.kind == kind for g in made.values() for q in g.questions):
             if args.kinds is None:  # not asked for by name: say so, make the others
-                print(f"captioner: no {kind} questions: no photo's captions name a {kind} concept in most of them", file=sys.stderr)
+                print(
+                    f"captioner: no {kind} questions: no photo's captions name a {kind} concept in most of them",
+                    file=sys.stderr,
+                )
                 continue
-            raise CaptionerError(f"no caption of the {', '.join(splits)} split(s) supports a {kind} question (none names a "
-                                 f"concept of that kind in most of a photo's captions); drop it from --kinds")
+            raise CaptionerError(
+                f"no caption of the {', '.join(splits)} split(s) supports a {kind} question (none names a "
+                f"concept of that kind in most of a photo's captions); drop it from --kinds"
+            )
     out = Path(args.out)
     images = out / "Images"
     folders = {path.parent for path in photos.values()}
@@ -872,7 +1251,9 @@ def run_questions(args: argparse.Namespace) -> int:
         path = out / f"{args.name}.{LINE_SPLITS[split]}Images.txt"
         write_text(path, vqa_lines(generated.questions))
         counts = ", ".join(f"{n} {what}" for what, n in generated.counts().items())
-        print(f"{split}: {len(generated.questions)} questions about {len({q.image for q in generated.questions})} photos ({counts}) -> {path}")
+        print(
+            f"{split}: {len(generated.questions)} questions about {len({q.image for q in generated.questions})} photos ({counts}) -> {path}"
+        )
     print(f"train on them: captioner train-vqa --dataset vqa-lines --data-dir {out} ...")
     return EXIT_OK
 
@@ -887,7 +1268,9 @@ def run_data(args: argparse.Namespace) -> int:
         if getattr(args, name) < 0:
             raise CaptionerError(f"--{name} must not be negative")
     started = time.perf_counter()
-    spec = ShapesSpec(image_size=args.image_size, num_train=args.train, num_val=args.val, num_test=args.test, seed=args.seed)
+    spec = ShapesSpec(
+        image_size=args.image_size, num_train=args.train, num_val=args.val, num_test=args.test, seed=args.seed
+    )
     sizes = generate(args.out, spec)
     counts = ", ".join(f"{n} {split}" for split, n in sizes.items())
     print(f"wrote shapes ({counts} images) to {args.out} in {time.perf_counter() - started:.1f}s")
@@ -912,13 +1295,25 @@ COMMANDS = {
 
 
 NO_TENSORFLOW = ("data", "questions")  # commands that never import TensorFlow (nor do --help and usage errors)
-TF_DATA = ("train", "train-vqa", "evaluate", "features", "export")  # need TensorFlow on every backend (tf.data, SavedModel);
+TF_DATA = (
+    "train",
+    "train-vqa",
+    "evaluate",
+    "features",
+    "export",
+)  # need TensorFlow on every backend (tf.data, SavedModel);
 # the others (caption, ask, serve, ...) read images with PIL and import it only as Keras's backend
 
 
-JOB_CHILD_ENV = "CAPTIONER_JOB_CHILD"  # the supervisor's pid, set in the training process it watches (several-process jobs)
-NATIVE_FATAL = re.compile(r"^F\d{4} ")  # a fatal line of native (absl) logging: what comes after it is the dying process's stack
-GLOO_NOTICE = re.compile(rb"\[Gloo\][^\n]*\n")  # "[Gloo] Rank 0 is connected to 1 peer ranks...", printed by JAX's CPU collectives
+JOB_CHILD_ENV = (
+    "CAPTIONER_JOB_CHILD"  # the supervisor's pid, set in the training process it watches (several-process jobs)
+)
+NATIVE_FATAL = re.compile(
+    r"^F\d{4} "
+)  # a fatal line of native (absl) logging: what comes after it is the dying process's stack
+GLOO_NOTICE = re.compile(
+    rb"\[Gloo\][^\n]*\n"
+)  # "[Gloo] Rank 0 is connected to 1 peer ranks...", printed by JAX's CPU collectives
 JOINED = "captioner: joined"  # the line a job's process writes once every process has joined (`_start`)
 # What a collective says when another process of the job is gone: JAX's CPU collectives (Gloo), NCCL on GPUs, the
 # distributed runtime itself.
@@ -927,9 +1322,11 @@ JOB_BROKEN = ("Gloo", "NCCL", "distributed service")
 
 def job_stopped(config, detail: str) -> str:
     """The one line of a job's process that stopped because another process of the job ended or cannot be reached."""
-    return (f"captioner: error: process {config.process_id} of {config.num_processes} stopped: another process of the job "
-            f"ended or could not be reached ({detail[:120]}); the last backup is kept: start every process again with the "
-            f"same command to resume")
+    return (
+        f"captioner: error: process {config.process_id} of {config.num_processes} stopped: another process of the job "
+        f"ended or could not be reached ({detail[:120]}); the last backup is kept: start every process again with the "
+        f"same command to resume"
+    )
 
 
 def die_with_supervisor(supervisor: int) -> None:
@@ -975,8 +1372,14 @@ def supervise(argv: Sequence[str], config) -> int:
     import threading
 
     env = {**os.environ, JOB_CHILD_ENV: str(os.getpid())}
-    child = subprocess.Popen([sys.executable, "-m", "captioner.cli", *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, errors="replace")
+    child = subprocess.Popen(
+        [sys.executable, "-m", "captioner.cli", *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+    )
     joined, fatal = False, ""
     assert child.stderr is not None and child.stdout is not None
 
@@ -1005,16 +1408,21 @@ def supervise(argv: Sequence[str], config) -> int:
         while child.poll() is None:
             with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C while it goes
                 child.wait()
-        print("captioner: interrupted; the last backup is kept: start every process again with the same command to resume",
-              file=sys.stderr)
+        print(
+            "captioner: interrupted; the last backup is kept: start every process again with the same command to resume",
+            file=sys.stderr,
+        )
         return 130
     if status >= 0 and not fatal:
         return status
     who = f"process {config.process_id} of {config.num_processes}"
     if not joined:
-        print(f"captioner: error: {who} could not form the job with the coordinator at {config.coordinator} within "
-              f"{config.join_timeout} s; check {ADDRESSES_ENV} (process 0's HOST:PORT, reachable from every host), that all "
-              f"{config.num_processes} processes were started, or a longer --join-timeout", file=sys.stderr)
+        print(
+            f"captioner: error: {who} could not form the job with the coordinator at {config.coordinator} within "
+            f"{config.join_timeout} s; check {ADDRESSES_ENV} (process 0's HOST:PORT, reachable from every host), that all "
+            f"{config.num_processes} processes were started, or a longer --join-timeout",
+            file=sys.stderr,
+        )
     else:
         print(job_stopped(config, fatal), file=sys.stderr)
     return EXIT_ERROR
@@ -1047,8 +1455,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     forced = os.environ.get(AUTO_PRECISION_ENV, "").strip()
     if forced and forced not in PRECISIONS:  # checked once here, before anything resolves "auto"
-        print(f"captioner: error: {AUTO_PRECISION_ENV}={forced} is not a precision; unset it or use one of: "
-              f"{', '.join(PRECISIONS)}", file=sys.stderr)
+        print(
+            f"captioner: error: {AUTO_PRECISION_ENV}={forced} is not a precision; unset it or use one of: "
+            f"{', '.join(PRECISIONS)}",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     try:
         args.fast = fast_path(args)
@@ -1072,14 +1483,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("captioner: interrupted", file=sys.stderr, flush=True)
         if os.environ.get(JOB_CHILD_ENV):
-            os._exit(130)  # as below: no jax.distributed shutdown, which would wait for the processes waiting for this one
+            os._exit(
+                130
+            )  # as below: no jax.distributed shutdown, which would wait for the processes waiting for this one
         return 130
     except Exception as exc:
         if not (os.environ.get(JOB_CHILD_ENV) and any(marker in str(exc) for marker in JOB_BROKEN)):
             raise
         detail = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         print(job_stopped(args.parallel, detail), file=sys.stderr, flush=True)
-        os._exit(EXIT_ERROR)  # not a normal exit: jax.distributed's shutdown would wait ~85 s for the process that is gone
+        os._exit(
+            EXIT_ERROR
+        )  # not a normal exit: jax.distributed's shutdown would wait ~85 s for the process that is gone
 
 
 if __name__ == "__main__":

@@ -27,11 +27,19 @@ class DataConfig:
     min_word_count: int = 1  # words seen fewer times in the training captions map to <unk>
     captions_per_image: int = 5  # references decoded per image per step (padded/truncated to this)
     cache_images: bool = True  # keep decoded images in memory after the first epoch (small datasets)
-    max_length_percentile: float = 100.0  # pad captions to this percentile of training caption lengths (at most max_caption_length)
+    max_length_percentile: float = (
+        100.0  # pad captions to this percentile of training caption lengths (at most max_caption_length)
+    )
     feature_cache_dir: str = ""  # frozen backbones: where grid features are cached ("" = DATA_DIR/features)
-    feature_precision: str = "auto"  # frozen backbones: precision of the CNN that fills the cache (auto: as `captioner features`)
-    more_sources: list[str] = field(default_factory=list)  # further datasets trained on with the first, each "DATASET=DIR" (one vocabulary)
-    source_weights: list[float] = field(default_factory=list)  # each source's share of the training records, first source first ([]: all records as they are)
+    feature_precision: str = (
+        "auto"  # frozen backbones: precision of the CNN that fills the cache (auto: as `captioner features`)
+    )
+    more_sources: list[str] = field(
+        default_factory=list
+    )  # further datasets trained on with the first, each "DATASET=DIR" (one vocabulary)
+    source_weights: list[float] = field(
+        default_factory=list
+    )  # each source's share of the training records, first source first ([]: all records as they are)
 
 
 @dataclass
@@ -39,19 +47,29 @@ class ModelConfig:
     """Architecture hyper-parameters of the encoder and decoder."""
 
     decoder: str = "show-tell"  # "show-tell" (Vinyals et al. 2015) or "attention" (Xu et al. 2015)
-    attention: str = "soft"  # decoder "attention": "soft" or "hard" (one sampled cell per word, REINFORCE; Xu et al. 2015)
+    attention: str = (
+        "soft"  # decoder "attention": "soft" or "hard" (one sampled cell per word, REINFORCE; Xu et al. 2015)
+    )
     hard_entropy_weight: float = 0.002  # hard attention: weight of the entropy bonus on the attention weights
-    hard_reinforce_weight: float = 0.1  # hard attention: weight of the REINFORCE term (lambda_r of Xu et al.; 1.0 let it swamp the XE on Flickr8k)
-    hard_expected_share: float = 0.5  # hard attention: share of captions trained on the expected context (Xu et al.: 0.5)
+    hard_reinforce_weight: float = (
+        0.1  # hard attention: weight of the REINFORCE term (lambda_r of Xu et al.; 1.0 let it swamp the XE on Flickr8k)
+    )
+    hard_expected_share: float = (
+        0.5  # hard attention: share of captions trained on the expected context (Xu et al.: 0.5)
+    )
     cell: str = "lstm"  # the decoder's recurrent cell: "lstm" or "gru"
     num_layers: int = 1  # stacked recurrent layers, 1-4 (dropout_rate between them; the image initialises each)
     encoder: str = "small_cnn"  # "small_cnn" or a keras.applications backbone name, e.g. "mobilenet_v2"
     encoder_weights: str | None = None  # None, "imagenet" or a path to a .weights.h5 file (backbones only)
     encoder_filters: list[int] = field(default_factory=lambda: [32, 64, 128, 128])  # small_cnn channels per stage
-    encoder_trainable: bool | None = None  # train the CNN with the decoder; None: small_cnn yes, backbones no (frozen, features cached)
+    encoder_trainable: bool | None = (
+        None  # train the CNN with the decoder; None: small_cnn yes, backbones no (frozen, features cached)
+    )
     fine_tune_blocks: int = 0  # backbones: train the top N blocks on cached activations below them (the rest frozen)
     encoder_norm: str = "none"  # small_cnn normalisation: "none", "group" or "batch" (see README: collapse)
-    encoder_input: str = "centered"  # small_cnn pixels scaled to [-1, 1] ("centered") or [0, 1] ("unit", runs before 2026-11-30)
+    encoder_input: str = (
+        "centered"  # small_cnn pixels scaled to [-1, 1] ("centered") or [0, 1] ("unit", runs before 2026-11-30)
+    )
     feature_dim: int = 256  # width of the pooled image vector when encoder_pooling is "flatten"
     encoder_pooling: str | None = None  # "flatten" or "avg"; None: flatten for small_cnn, avg for backbones
     embedding_dim: int = 128  # word-embedding width
@@ -83,7 +101,9 @@ class TrainConfig:
     lr_reduce_patience: int = 1  # epochs without validation-loss improvement before the learning rate is reduced
     monitor: str = "val_loss"  # what picks the best epoch, stops early and reduces the rate: "val_loss", "val_accuracy" (VQA), "val_cider" (SCST)
     init_from: str | None = None  # start from this finished caption run's weights, vocabulary and model settings
-    objective: str = "xe"  # "xe": cross-entropy with teacher forcing; "scst": self-critical training on CIDEr-D (needs init_from)
+    objective: str = (
+        "xe"  # "xe": cross-entropy with teacher forcing; "scst": self-critical training on CIDEr-D (needs init_from)
+    )
     scst_samples: int = 5  # scst: captions sampled per image per step
     scst_baseline: str = "greedy"  # scst: the reward subtracted: the greedy caption's CIDEr-D ("greedy") or the other samples' mean ("mean")
 
@@ -94,7 +114,9 @@ class DecodeConfig:
 
     max_length: int = 26  # generated tokens at most, <end> included
     beam_size: int = 3  # default beam width of caption and evaluate; 1 = greedy
-    length_penalty: float = 1.0  # beams (and samples) are ranked by log-probability / length**length_penalty (0: raw log-probability)
+    length_penalty: float = (
+        1.0  # beams (and samples) are ranked by log-probability / length**length_penalty (0: raw log-probability)
+    )
     sampler: str = "auto"  # "greedy", "beam", "sampling" (captioner.generation.samplers); "auto": beam if beam_size > 1, else greedy
     temperature: float = 1.0  # sampling: logits divided by it (0: the most likely word)
     top_k: int | None = None  # sampling: among the k most likely words only
@@ -120,8 +142,12 @@ class VQAConfig:
     fusion_dim: int = 256  # width both inputs are projected to before fusion
     mlp_dim: int = 256  # hidden layer of the classifier
     dropout_rate: float = 0.3  # dropout before and after the classifier's hidden layer
-    image_norm: str = "batch"  # image features before fusion: "batch" (BatchNorm), "layer" (LayerNorm) or "l2" (Antol et al.)
-    image_hidden_dim: int = 0  # a ReLU layer of this width on the normalised image vector before its projection (0: none)
+    image_norm: str = (
+        "batch"  # image features before fusion: "batch" (BatchNorm), "layer" (LayerNorm) or "l2" (Antol et al.)
+    )
+    image_hidden_dim: int = (
+        0  # a ReLU layer of this width on the normalised image vector before its projection (0: none)
+    )
     attention: bool = False  # the question attends over the image grid (one stacked-attention hop)
     attention_dim: int = 128  # width of that attention
     use_image: bool = True  # False: the image takes no part, a question-only (blind, "LSTM Q") model, for ablations
@@ -167,7 +193,13 @@ class RunConfig:
         return cls(**kwargs)
 
 
-_SECTION_TYPES = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "decode": DecodeConfig, "vqa": VQAConfig}
+_SECTION_TYPES = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "decode": DecodeConfig,
+    "vqa": VQAConfig,
+}
 
 
 def preset(name: str) -> RunConfig:
@@ -192,24 +224,51 @@ def preset(name: str) -> RunConfig:
             # float32 on every machine: tests compare its numbers tightly (eager vs traced, backend vs backend,
             # export vs caption); mixed precision has tests of its own (tests/test_precision.py).
             model=ModelConfig(
-                encoder_filters=[8, 16, 16], feature_dim=32, embedding_dim=16, hidden_dim=32, dropout_rate=0.0, precision="float32"
+                encoder_filters=[8, 16, 16],
+                feature_dim=32,
+                embedding_dim=16,
+                hidden_dim=32,
+                dropout_rate=0.0,
+                precision="float32",
             ),
             train=TrainConfig(epochs=2, batch_size=16, learning_rate=1e-2, patience=5),
-            vqa=VQAConfig(question_embedding_dim=16, question_hidden_dim=32, fusion_dim=32, mlp_dim=32, dropout_rate=0.0, attention_dim=16),
+            vqa=VQAConfig(
+                question_embedding_dim=16,
+                question_hidden_dim=32,
+                fusion_dim=32,
+                mlp_dim=32,
+                dropout_rate=0.0,
+                attention_dim=16,
+            ),
             preset="tiny",
         )
     if name == "flickr8k":
         # Show-Attend-Tell on Flickr8k with a frozen ImageNet MobileNetV2 (features cached once per image);
         # sizes follow sgrvinod's tutorial, scaled down for a CPU.
         return RunConfig(
-            data=DataConfig(dataset="flickr8k", data_dir="data/flickr8k", min_word_count=5, max_length_percentile=95.0, cache_images=False),
+            data=DataConfig(
+                dataset="flickr8k",
+                data_dir="data/flickr8k",
+                min_word_count=5,
+                max_length_percentile=95.0,
+                cache_images=False,
+            ),
             # precision "auto": the decoder on cached features is the work mixed precision may speed up; the features
             # are computed at data.feature_precision, as `captioner features` computes them (BENCHMARKS.md, precision).
-            model=ModelConfig(decoder="attention", encoder="mobilenet_v2", encoder_weights="imagenet", embedding_dim=256,
-                              hidden_dim=512, attention_dim=256, dropout_rate=0.5),
+            model=ModelConfig(
+                decoder="attention",
+                encoder="mobilenet_v2",
+                encoder_weights="imagenet",
+                embedding_dim=256,
+                hidden_dim=512,
+                attention_dim=256,
+                dropout_rate=0.5,
+            ),
             # 1e-3 halved whenever validation loss stalls: 188 steps of 160 captions an epoch, so sgrvinod's 4e-4
             # (for batches of 32 captions) learns too slowly for a CPU budget (BENCHMARKS.md, Flickr8k tries).
-            train=TrainConfig(epochs=20, batch_size=32, learning_rate=1e-3, patience=3, lr_reduce_factor=0.5, lr_reduce_patience=1),
+            train=TrainConfig(
+                epochs=20, batch_size=32, learning_rate=1e-3, patience=3, lr_reduce_factor=0.5, lr_reduce_patience=1
+            ),
             # Length penalty 0.5 chosen on the dev split (BLEU-4 0.195 vs 0.189 at 1.0; BENCHMARKS.md).
             decode=DecodeConfig(max_length=30, beam_size=3, length_penalty=0.5),
             preset="flickr8k",
@@ -236,8 +295,17 @@ def preset(name: str) -> RunConfig:
             train=TrainConfig(epochs=30, batch_size=64, learning_rate=5e-4, patience=5, monitor="val_accuracy"),
             # One question per row: a photo here has 1.17 questions on average, so groups of 16 were 93% padding (an epoch
             # 116 s instead of ~10); with cached features a photo's grid costs nothing to repeat.
-            vqa=VQAConfig(answer_type="yes/no", questions_per_image=1, question_embedding_dim=256, question_hidden_dim=512, fusion_dim=512, mlp_dim=256,
-                          dropout_rate=0.3, image_norm="layer", image_hidden_dim=512),
+            vqa=VQAConfig(
+                answer_type="yes/no",
+                questions_per_image=1,
+                question_embedding_dim=256,
+                question_hidden_dim=512,
+                fusion_dim=512,
+                mlp_dim=256,
+                dropout_rate=0.3,
+                image_norm="layer",
+                image_hidden_dim=512,
+            ),
             task="vqa",
             preset=name,
         )
@@ -252,16 +320,29 @@ RESUMABLE = ("train.epochs", "train.patience", "train.backup_every_steps", "data
 RESUMABLE_SECTIONS = ("decode",)
 # What a run started with --init-from takes from the command rather than from its source run: how it trains, and the
 # model settings that change no weight (dropout, the attention penalty, precision) or only which weights train (fine_tune_blocks).
-INIT_FROM_MODEL_CHANGES = ("model.fine_tune_blocks", "model.dropout_rate", "model.attention_regularization", "model.precision",
-                           "model.precision_reason", "model.hard_entropy_weight", "model.hard_expected_share",
-                           "model.hard_reinforce_weight")
+INIT_FROM_MODEL_CHANGES = (
+    "model.fine_tune_blocks",
+    "model.dropout_rate",
+    "model.attention_regularization",
+    "model.precision",
+    "model.precision_reason",
+    "model.hard_entropy_weight",
+    "model.hard_expected_share",
+    "model.hard_reinforce_weight",
+)
 # VQA head settings that change no weight: what `train-vqa --init-from` may change besides those above.
 INIT_FROM_VQA_CHANGES = ("vqa.dropout_rate", "vqa.questions_per_image", "vqa.fine_tune_encoder")
 # Self-critical training's own defaults (Rennie et al. 2017; self-critical.pytorch): Adam at 5e-5 without decay, the best
 # epoch by validation CIDEr. Dropout off: the captions sampled are then exactly the policy trained (keeping the source's
 # 0.5 measured no better on Flickr8k: BENCHMARKS.md, "Self-critical sequence training").
-SCST_DEFAULTS = {"train.learning_rate": 5e-5, "train.lr_reduce_factor": 1.0, "train.monitor": "val_cider", "train.epochs": 10,
-                 "train.patience": 2, "model.dropout_rate": 0.0}
+SCST_DEFAULTS = {
+    "train.learning_rate": 5e-5,
+    "train.lr_reduce_factor": 1.0,
+    "train.monitor": "val_cider",
+    "train.epochs": 10,
+    "train.patience": 2,
+    "model.dropout_rate": 0.0,
+}
 # Filled in from the data when a run starts (the command asks for a cap, the run stores what it used).
 DERIVED = ("data.image_size", "data.max_caption_length", "vqa.max_question_length")
 
@@ -292,8 +373,11 @@ def resume_changes(before: dict[str, Any], now: dict[str, Any]) -> tuple[dict[st
     """The settings that differ between the command that started a run and this one, as {key: (before, now)}:
     those a resume may apply, and the others. "preset" is not compared: the values it set are. Nor are settings
     the earlier command could not name (added to captioner since; the stored config says what was built)."""
-    changed = {key: (before.get(key), now.get(key)) for key in sorted(set(before) | set(now))
-               if key != "preset" and (key in before or key not in now) and before.get(key) != now.get(key)}
+    changed = {
+        key: (before.get(key), now.get(key))
+        for key in sorted(set(before) | set(now))
+        if key != "preset" and (key in before or key not in now) and before.get(key) != now.get(key)
+    }
     allowed = {k: v for k, v in changed.items() if k in RESUMABLE or k.partition(".")[0] in RESUMABLE_SECTIONS}
     return allowed, {k: v for k, v in changed.items() if k not in allowed}
 

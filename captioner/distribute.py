@@ -60,8 +60,14 @@ def _integer(text: str | int | None, name: str) -> int | None:
         raise CaptionerError(f"{name} must be a whole number (got '{text}')") from None
 
 
-def resolve(devices: int | None = None, coordinator: str | None = None, num_processes: int | None = None,
-            process_id: int | None = None, join_timeout: int = 30, environ: Mapping[str, str] | None = None) -> ParallelConfig:
+def resolve(
+    devices: int | None = None,
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    join_timeout: int = 30,
+    environ: Mapping[str, str] | None = None,
+) -> ParallelConfig:
     """The flags, else the KERAS_DISTRIBUTION_* variables, checked: every problem is one line naming the setting."""
     environ = os.environ if environ is None else environ
     processes_name = "--num-processes" if num_processes is not None else PROCESSES_ENV
@@ -79,20 +85,32 @@ def resolve(devices: int | None = None, coordinator: str | None = None, num_proc
         raise CaptionerError(f"--join-timeout must be at least 1 second (got {join_timeout})")
     if processes == 1:
         if pid not in (None, 0):
-            raise CaptionerError(f"{id_name}={pid} is outside 0..0: the job has one process; set {processes_name} to the number of processes")
+            raise CaptionerError(
+                f"{id_name}={pid} is outside 0..0: the job has one process; set {processes_name} to the number of processes"
+            )
         return ParallelConfig(devices=devices or 1, join_timeout=join_timeout)
     if pid is None:
-        raise CaptionerError(f"{processes_name}={processes} needs this process's id: set {PROCESS_ID_ENV} (or --process-id) to 0..{processes - 1}")
+        raise CaptionerError(
+            f"{processes_name}={processes} needs this process's id: set {PROCESS_ID_ENV} (or --process-id) to 0..{processes - 1}"
+        )
     if not 0 <= pid < processes:
-        raise CaptionerError(f"{id_name}={pid} is outside 0..{processes - 1} ({processes_name}={processes}); "
-                             f"give each process its own id, 0 for the coordinator")
+        raise CaptionerError(
+            f"{id_name}={pid} is outside 0..{processes - 1} ({processes_name}={processes}); "
+            f"give each process its own id, 0 for the coordinator"
+        )
     if not address:
-        raise CaptionerError(f"{processes_name}={processes} needs the coordinator's address: set {ADDRESSES_ENV} (or --coordinator) "
-                             f"to HOST:PORT of process 0, e.g. 10.0.0.1:1234")
+        raise CaptionerError(
+            f"{processes_name}={processes} needs the coordinator's address: set {ADDRESSES_ENV} (or --coordinator) "
+            f"to HOST:PORT of process 0, e.g. 10.0.0.1:1234"
+        )
     found = ADDRESS.match(address)
     if not found or not 0 < int(found.group(1)) < 65536:
-        raise CaptionerError(f"{address_name} '{address}' is not HOST:PORT (expected process 0's address and a free port, e.g. 10.0.0.1:1234)")
-    return ParallelConfig(devices=devices or 1, coordinator=address, num_processes=processes, process_id=pid, join_timeout=join_timeout)
+        raise CaptionerError(
+            f"{address_name} '{address}' is not HOST:PORT (expected process 0's address and a free port, e.g. 10.0.0.1:1234)"
+        )
+    return ParallelConfig(
+        devices=devices or 1, coordinator=address, num_processes=processes, process_id=pid, join_timeout=join_timeout
+    )
 
 
 def prepare(config: ParallelConfig, environ: dict | None = None) -> None:
@@ -139,7 +157,14 @@ class InputShard:
 class Parallel:
     """The started data parallelism of one process (`start`): its scope, its rows of the input, who writes."""
 
-    def __init__(self, config: ParallelConfig, replicas: int = 1, device_names: tuple[str, ...] = (), backend: str = "", engine=None):
+    def __init__(
+        self,
+        config: ParallelConfig,
+        replicas: int = 1,
+        device_names: tuple[str, ...] = (),
+        backend: str = "",
+        engine=None,
+    ):
         self.config = config
         self.replicas = replicas  # model replicas over all processes: the devices the global batch is split over
         self.device_names = device_names
@@ -174,17 +199,23 @@ class Parallel:
             try:
                 multihost_utils.assert_equal(np.asarray(value), f"processes differ on {what}")
             except AssertionError:
-                raise CaptionerError(f"the {self.processes} processes see a different {what} (this one: {value}); the run directory "
-                                     f"must be one folder every host reads (process 0 writes it, the others restore its backup "
-                                     f"on a resume): put it on a shared filesystem") from None
+                raise CaptionerError(
+                    f"the {self.processes} processes see a different {what} (this one: {value}); the run directory "
+                    f"must be one folder every host reads (process 0 writes it, the others restore its backup "
+                    f"on a resume): put it on a shared filesystem"
+                ) from None
 
     def shard(self) -> InputShard:
-        return InputShard(self.config.process_id, self.processes, drop_remainder=self.replicas > 1, barrier=self.barrier)
+        return InputShard(
+            self.config.process_id, self.processes, drop_remainder=self.replicas > 1, barrier=self.barrier
+        )
 
     def check_batch(self, batch_size: int) -> None:
         if batch_size % self.replicas:
-            raise CaptionerError(f"--batch-size {batch_size} does not split over {self.replicas} devices; the batch size is the "
-                                 f"global batch: use a multiple of {self.replicas}, e.g. {batch_size + self.replicas - batch_size % self.replicas}")
+            raise CaptionerError(
+                f"--batch-size {batch_size} does not split over {self.replicas} devices; the batch size is the "
+                f"global batch: use a multiple of {self.replicas}, e.g. {batch_size + self.replicas - batch_size % self.replicas}"
+            )
 
     def describe(self) -> dict:
         """For metrics.json: what the run trained on."""
@@ -202,7 +233,9 @@ def start(config: ParallelConfig) -> Parallel:
         return _start_jax(config)
     if backend == "tensorflow":
         return _start_tensorflow(config)
-    raise CaptionerError(f"data parallelism runs on the jax or tensorflow backend, not {backend}; set KERAS_BACKEND=jax")
+    raise CaptionerError(
+        f"data parallelism runs on the jax or tensorflow backend, not {backend}; set KERAS_BACKEND=jax"
+    )
 
 
 def _start_jax(config: ParallelConfig) -> Parallel:
@@ -211,24 +244,30 @@ def _start_jax(config: ParallelConfig) -> Parallel:
 
     if config.num_processes > 1:
         try:
-            jax.distributed.initialize(config.coordinator, config.num_processes, config.process_id,
-                                       initialization_timeout=config.join_timeout)
+            jax.distributed.initialize(
+                config.coordinator, config.num_processes, config.process_id, initialization_timeout=config.join_timeout
+            )
         except Exception as exc:  # a coordinator that is not there, a process that never joined, a port taken
             first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
             raise CaptionerError(
                 f"process {config.process_id} of {config.num_processes} could not form the job with the coordinator at "
                 f"{config.coordinator} within {config.join_timeout} s ({first[:160]}); check {ADDRESSES_ENV} (process 0's "
-                f"HOST:PORT, reachable from every host) and that all {config.num_processes} processes were started") from None
+                f"HOST:PORT, reachable from every host) and that all {config.num_processes} processes were started"
+            ) from None
     local = jax.local_devices()
     if len(local) < config.devices:
-        raise CaptionerError(f"--devices {config.devices}: this process has {len(local)} device(s) "
-                             f"({', '.join(str(d) for d in local)}); use at most {len(local)}")
+        raise CaptionerError(
+            f"--devices {config.devices}: this process has {len(local)} device(s) "
+            f"({', '.join(str(d) for d in local)}); use at most {len(local)}"
+        )
     per_process: dict[int, list] = {}
     for device in jax.devices():
         per_process.setdefault(device.process_index, []).append(device)
     chosen = [d for index in sorted(per_process) for d in per_process[index][: config.devices]]
     names = tuple(f"{d.platform}:{d.id}" for d in chosen)
-    distribution = keras.distribution.DataParallel(devices=list(names), auto_shard_dataset=False)  # each process reads its rows
+    distribution = keras.distribution.DataParallel(
+        devices=list(names), auto_shard_dataset=False
+    )  # each process reads its rows
     return Parallel(config, len(chosen), names, "jax", distribution)
 
 
@@ -236,13 +275,17 @@ def _start_tensorflow(config: ParallelConfig) -> Parallel:
     import tensorflow as tf
 
     if config.num_processes > 1:
-        raise CaptionerError("several processes train on the JAX backend only (KERAS_BACKEND=jax): TensorFlow's "
-                             "MultiWorkerMirroredStrategy does not work with Keras 3 (keras#20585); on TensorFlow use --devices "
-                             "on one host")
+        raise CaptionerError(
+            "several processes train on the JAX backend only (KERAS_BACKEND=jax): TensorFlow's "
+            "MultiWorkerMirroredStrategy does not work with Keras 3 (keras#20585); on TensorFlow use --devices "
+            "on one host"
+        )
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         if len(gpus) < config.devices:
-            raise CaptionerError(f"--devices {config.devices}: this host has {len(gpus)} GPU(s); use at most {len(gpus)}")
+            raise CaptionerError(
+                f"--devices {config.devices}: this host has {len(gpus)} GPU(s); use at most {len(gpus)}"
+            )
         names = tuple(f"/gpu:{i}" for i in range(config.devices))
     else:
         cpu = tf.config.list_physical_devices("CPU")[0]
@@ -250,8 +293,10 @@ def _start_tensorflow(config: ParallelConfig) -> Parallel:
             tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * config.devices)
         except RuntimeError:  # TensorFlow already ran something: the split must come first
             if len(tf.config.list_logical_devices("CPU")) != config.devices:
-                raise CaptionerError(f"--devices {config.devices}: TensorFlow's CPU was already set up in this process; "
-                                     f"start a new process") from None
+                raise CaptionerError(
+                    f"--devices {config.devices}: TensorFlow's CPU was already set up in this process; "
+                    f"start a new process"
+                ) from None
         names = tuple(f"/cpu:{i}" for i in range(config.devices))
     return Parallel(config, len(names), names, "tensorflow", tf.distribute.MirroredStrategy(devices=list(names)))
 

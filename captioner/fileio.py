@@ -31,7 +31,9 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix if suffix is None else suffix}", dir=path.parent)
+    handle, tmp_name = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=f".tmp{path.suffix if suffix is None else suffix}", dir=path.parent
+    )
     os.close(handle)
     tmp = Path(tmp_name)
     try:
@@ -44,8 +46,10 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         _fsync_dir(path.parent)
     except Exception as exc:
         if is_disk_full(exc):  # the old file is untouched; say so in one line
-            raise CaptionerError(f"no space left on device while saving {path}; the previous version is kept; "
-                                 f"free some space and run the same command again") from None
+            raise CaptionerError(
+                f"no space left on device while saving {path}; the previous version is kept; "
+                f"free some space and run the same command again"
+            ) from None
         raise
     finally:
         if tmp.exists():
@@ -72,8 +76,10 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         _fsync_dir(path.parent)
     except Exception as exc:
         if is_disk_full(exc):
-            raise CaptionerError(f"no space left on device while writing {path}; the previous version is kept; "
-                                 f"free some space and run the same command again") from None
+            raise CaptionerError(
+                f"no space left on device while writing {path}; the previous version is kept; "
+                f"free some space and run the same command again"
+            ) from None
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -171,7 +177,11 @@ def directory_lock(directory: str | os.PathLike, doing: str = "trained") -> Iter
             holder = os.pread(fd, 300, 0).decode("utf-8", "replace").strip() or "another process"
             raise CaptionerError(busy_message(directory, holder, doing)) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} (since {time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode(), 0)
+        os.pwrite(
+            fd,
+            f"process {os.getpid()} on {socket.gethostname()} (since {time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode(),
+            0,
+        )
         yield
     finally:
         if created and [p.name for p in directory.iterdir()] == [LOCK_FILE]:
@@ -202,8 +212,10 @@ def update_lock(path: str | os.PathLike, timeout: float = 60.0) -> Iterator[None
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
                 if time.monotonic() > deadline:
-                    raise CaptionerError(f"{path} has been locked by another process for {timeout:.0f} s; is one stuck? "
-                                         f"(the lock is {path.name}.lock)") from None
+                    raise CaptionerError(
+                        f"{path} has been locked by another process for {timeout:.0f} s; is one stuck? "
+                        f"(the lock is {path.name}.lock)"
+                    ) from None
                 time.sleep(0.01)
         yield
     finally:

@@ -37,11 +37,15 @@ HARDWARE = ("gpu_bf16", "cpu_amx", "cpu_avx512_bf16", "cpu")
 # measured faster than float32 on that hardware and of equal quality (BENCHMARKS.md, "Green on every CPU").
 AUTO_RULES: dict[tuple[str, str], tuple[str, str]] = {
     ("cpu_avx512_bf16", "train_cached"): (
-        "mixed_bfloat16", "Flickr8k on cached features: BLEU-4 0.1687 vs 0.1702 in float32 after 2 epochs each, "
-                          "`captioner train` 1.64x faster (AMD EPYC, 2026-11-30)"),
+        "mixed_bfloat16",
+        "Flickr8k on cached features: BLEU-4 0.1687 vs 0.1702 in float32 after 2 epochs each, "
+        "`captioner train` 1.64x faster (AMD EPYC, 2026-11-30)",
+    ),
     ("gpu_bf16", "train_cached"): (
-        "mixed_bfloat16", "Flickr8k decoder step 1.61x faster on an H200 (2026-11-26); BLEU-4 within 0.0015 of float32 "
-                          "(the CPU pair, 2026-11-30)"),
+        "mixed_bfloat16",
+        "Flickr8k decoder step 1.61x faster on an H200 (2026-11-26); BLEU-4 within 0.0015 of float32 "
+        "(the CPU pair, 2026-11-30)",
+    ),
 }
 
 
@@ -79,7 +83,9 @@ def choose_auto(work: str) -> Choice:
             raise ValueError(f"{AUTO_ENV}={forced} is not a precision; use one of: {', '.join(PRECISIONS)}")
         return Choice(forced, f"auto forced to {forced} by {AUTO_ENV}")
     kind = hardware()
-    precision, why = AUTO_RULES.get((kind, work), ("float32", "no measurement shows mixed precision faster at equal quality"))
+    precision, why = AUTO_RULES.get(
+        (kind, work), ("float32", "no measurement shows mixed precision faster at equal quality")
+    )
     return Choice(precision, f"auto -> {precision} for {work} on {kind}: {why}")
 
 

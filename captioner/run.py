@@ -55,7 +55,9 @@ def write_manifest(run_dir: Path, also_accept: dict[str, str] | None = None) -> 
     files = {name: [file_sha256(run_dir / name)] for name in CHECKED_FILES if (run_dir / name).exists()}
     for name, digest in (also_accept or {}).items():
         files.setdefault(name, []).append(digest)
-    write_json(run_dir / MANIFEST_FILE, {"captioner_version": __version__, "format_version": FORMAT_VERSION, "sha256": files})
+    write_json(
+        run_dir / MANIFEST_FILE, {"captioner_version": __version__, "format_version": FORMAT_VERSION, "sha256": files}
+    )
 
 
 def save_model(model: keras.Model, path: str | Path) -> None:
@@ -76,10 +78,14 @@ def verify_manifest(run_dir: Path) -> None:
     except (KeyError, TypeError):
         raise CaptionerError(f"{run_dir / MANIFEST_FILE} is malformed; the run directory is damaged") from None
     if ANSWERS_FILE in listed and ANSWERS_FILE not in required:
-        raise CaptionerError(f"{run_dir} is missing {ANSWERS_FILE}, which manifest.json lists; the run directory is damaged")
+        raise CaptionerError(
+            f"{run_dir} is missing {ANSWERS_FILE}, which manifest.json lists; the run directory is damaged"
+        )
     for name in required:
         if file_sha256(run_dir / name) not in accepted[name]:
-            raise CaptionerError(f"{run_dir / name} does not match manifest.json: it changed or was damaged after training")
+            raise CaptionerError(
+                f"{run_dir / name} does not match manifest.json: it changed or was damaged after training"
+            )
 
 
 def save_config(config: RunConfig, run_dir: str | Path) -> None:
@@ -150,7 +156,9 @@ def check_model_file(path: Path) -> None:
     with open(path, "rb") as handle:
         head = handle.read(8)
     if head.startswith(HDF5_SIGNATURE):
-        raise CaptionerError(f"{path} is an HDF5 (.h5) model; captioner loads only the .keras format, which it can check")
+        raise CaptionerError(
+            f"{path} is an HDF5 (.h5) model; captioner loads only the .keras format, which it can check"
+        )
     if not head.startswith(ZIP_SIGNATURE):
         raise CaptionerError(f"{path} is not a .keras archive (damaged or another format)")
     try:
@@ -215,16 +223,22 @@ def load_shipped(folder: Path, task: str, precision: str | None = None) -> Run:
     variables = shipped_variables(model)
     with np.load(folder / pretrained.WEIGHTS_FILE, allow_pickle=False) as stored:
         names = set(stored.files)
-        expected = {name for name in variables if not (name.startswith(SHIPPED_ENCODER) and encoder_from_package(config.model))}
+        expected = {
+            name for name in variables if not (name.startswith(SHIPPED_ENCODER) and encoder_from_package(config.model))
+        }
         if names != expected:
-            raise CaptionerError(f"{folder / pretrained.WEIGHTS_FILE} does not match its config.json "
-                                 f"({len(names ^ expected)} weights differ, e.g. {sorted(names ^ expected)[0]}); {pretrained.RESTORE}")
+            raise CaptionerError(
+                f"{folder / pretrained.WEIGHTS_FILE} does not match its config.json "
+                f"({len(names ^ expected)} weights differ, e.g. {sorted(names ^ expected)[0]}); {pretrained.RESTORE}"
+            )
         for name, variable in variables.items():
             if name not in names:
                 continue  # the encoder, from its package
             value = stored[name]
             if tuple(value.shape) != tuple(variable.shape):
-                raise CaptionerError(f"{folder / pretrained.WEIGHTS_FILE}: {name} is {value.shape}, not {tuple(variable.shape)}; {pretrained.RESTORE}")
+                raise CaptionerError(
+                    f"{folder / pretrained.WEIGHTS_FILE}: {name} is {value.shape}, not {tuple(variable.shape)}; {pretrained.RESTORE}"
+                )
             variable.assign(value.astype(variable.dtype))
     return Run(folder, config, vocab, model, answers, shipped=True)
 
@@ -238,14 +252,18 @@ def load_run(run_dir: str | Path | None, task: str = "caption", precision: str |
     """
     if pretrained.is_pretrained(run_dir):
         if pretrained.task_of(run_dir, task) != task:
-            raise CaptionerError(f"{run_dir} is the shipped {pretrained.task_of(run_dir)} model, not a {task} model; use `--run pretrained`")
+            raise CaptionerError(
+                f"{run_dir} is the shipped {pretrained.task_of(run_dir)} model, not a {task} model; use `--run pretrained`"
+            )
         return load_shipped(pretrained.verified(task), task, precision)
     path = Path(run_dir)
     if not path.is_dir():
         raise CaptionerError(f"run directory {path} does not exist; train one with `captioner train --run {path}`")
     missing = [name for name in REQUIRED_FILES if not (path / name).exists()]
     if missing:
-        raise CaptionerError(f"run directory {path} is missing {', '.join(missing)}; it is incomplete or not a run directory")
+        raise CaptionerError(
+            f"run directory {path} is missing {', '.join(missing)}; it is incomplete or not a run directory"
+        )
     # Most specific complaint first: a foreign model file, then an old layout, then any changed byte.
     check_model_file(path / MODEL_FILE)
     config = load_config(path)
@@ -265,7 +283,9 @@ def load_run(run_dir: str | Path | None, task: str = "caption", precision: str |
     if not isinstance(model, expected):
         raise CaptionerError(f"{path / MODEL_FILE} holds a {type(model).__name__}, not a captioner {expected.__name__}")
     if task == "caption" and model.decoder.vocab_size != len(vocab):
-        raise CaptionerError(f"{path}: model has {model.decoder.vocab_size} output words but vocab.json has {len(vocab)}")
+        raise CaptionerError(
+            f"{path}: model has {model.decoder.vocab_size} output words but vocab.json has {len(vocab)}"
+        )
     if task == "vqa" and (model.head.num_answers != len(answers) or model.question_encoder.vocab_size != len(vocab)):
         raise CaptionerError(f"{path}: model.keras does not match vocab.json/answers.json (sizes differ)")
     return Run(path, config, vocab, model, answers)

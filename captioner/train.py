@@ -18,7 +18,16 @@ import keras
 import numpy as np
 from keras import ops
 
-from captioner.config import DERIVED, INIT_FROM_MODEL_CHANGES, INIT_FROM_VQA_CHANGES, RESUMABLE, RunConfig, flatten, resume_changes, with_settings
+from captioner.config import (
+    DERIVED,
+    INIT_FROM_MODEL_CHANGES,
+    INIT_FROM_VQA_CHANGES,
+    RESUMABLE,
+    RunConfig,
+    flatten,
+    resume_changes,
+    with_settings,
+)
 from captioner.data import Skipped
 from captioner.distribute import Parallel, ParallelConfig
 from captioner.errors import CaptionerError
@@ -81,19 +90,25 @@ class FinalBackup(keras.callbacks.BackupAndRestore):
                         shutil.copyfile(latest, tmp)
         with atomic_path(weights, suffix=".weights.h5") as tmp:
             self.model.save_weights(tmp, overwrite=True)
-        write_json(metadata, {"epoch": self._current_epoch, "batch": self._last_batch_seen, "steps_done": self.steps_done})
+        write_json(
+            metadata, {"epoch": self._current_epoch, "batch": self._last_batch_seen, "steps_done": self.steps_done}
+        )
 
     def on_train_end(self, logs=None):
         self._save_model()
         super().on_train_end(logs)
 
 
-MONITORS = {"val_loss": "min", "val_accuracy": "max", "val_cider": "max"}  # train.monitor: what picks the best epoch, and which way is better
+MONITORS = {
+    "val_loss": "min",
+    "val_accuracy": "max",
+    "val_cider": "max",
+}  # train.monitor: what picks the best epoch, and which way is better
 OBJECTIVES = ("xe", "scst")
 
 
 def monitor_mode(monitor: str, task: str, objective: str = "xe") -> str:
-    """"min" or "max" for a `train.monitor` the run logs (caption runs log no accuracy; only SCST runs log CIDEr, and
+    """ "min" or "max" for a `train.monitor` the run logs (caption runs log no accuracy; only SCST runs log CIDEr, and
     they log no validation loss)."""
     if monitor not in MONITORS:
         raise CaptionerError(f"unknown train.monitor '{monitor}'; use one of {', '.join(MONITORS)}")
@@ -110,16 +125,22 @@ def check_objective(config: RunConfig) -> None:
     if train_cfg.objective not in OBJECTIVES:
         raise CaptionerError(f"unknown --objective '{train_cfg.objective}'; use xe or scst")
     if train_cfg.objective != "xe" and config.task != "caption":
-        raise CaptionerError(f"--objective {train_cfg.objective} is for captioning; a {config.task} run trains with cross-entropy (xe)")
+        raise CaptionerError(
+            f"--objective {train_cfg.objective} is for captioning; a {config.task} run trains with cross-entropy (xe)"
+        )
     if train_cfg.objective == "scst":
         if not train_cfg.init_from:
-            raise CaptionerError("--objective scst fine-tunes a trained captioner: add --init-from RUN (a finished cross-entropy run)")
+            raise CaptionerError(
+                "--objective scst fine-tunes a trained captioner: add --init-from RUN (a finished cross-entropy run)"
+            )
         if train_cfg.scst_samples < 1:
             raise CaptionerError(f"--scst-samples must be at least 1 (got {train_cfg.scst_samples})")
         if train_cfg.scst_baseline not in BASELINES:
             raise CaptionerError(f"unknown --scst-baseline '{train_cfg.scst_baseline}'; use greedy or mean")
         if train_cfg.scst_baseline == "mean" and train_cfg.scst_samples < 2:
-            raise CaptionerError("--scst-baseline mean compares each sample with the others: --scst-samples must be at least 2")
+            raise CaptionerError(
+                "--scst-baseline mean compares each sample with the others: --scst-samples must be at least 2"
+            )
 
 
 def init_source(config: RunConfig, run_dir: Path) -> Run:
@@ -128,29 +149,44 @@ def init_source(config: RunConfig, run_dir: Path) -> Run:
     `INIT_FROM_MODEL_CHANGES`, for VQA every head setting but `INIT_FROM_VQA_CHANGES`)."""
     path = Path(config.train.init_from)
     if path.resolve() == run_dir.resolve():
-        raise CaptionerError(f"--init-from {path} is the run being trained; the source is only read: choose a new --run "
-                             f"(to train {path} further, repeat its command with a larger --epochs)")
+        raise CaptionerError(
+            f"--init-from {path} is the run being trained; the source is only read: choose a new --run "
+            f"(to train {path} further, repeat its command with a larger --epochs)"
+        )
     if (path / CONFIG_FILE).exists() and stored_task(path) != config.task:
-        raise CaptionerError(f"--init-from {path} is a {stored_task(path)} run; a {config.task} run starts from a {config.task} run"
-                             + (" (a VQA run takes a caption run's encoder with --encoder-from)" if config.task == "vqa" else ""))
+        raise CaptionerError(
+            f"--init-from {path} is a {stored_task(path)} run; a {config.task} run starts from a {config.task} run"
+            + (" (a VQA run takes a caption run's encoder with --encoder-from)" if config.task == "vqa" else "")
+        )
     try:
         source = load_run(path, task=config.task)
     except CaptionerError as exc:
         raise CaptionerError(f"--init-from: {exc}") from None
     status = read_json(path / METRICS_FILE, {}).get("status")
     if status != "finished":
-        raise CaptionerError(f"--init-from {path} has not finished training (status '{status}'); finish it by repeating its train "
-                             f"command, or start from a finished run")
+        raise CaptionerError(
+            f"--init-from {path} has not finished training (status '{status}'); finish it by repeating its train "
+            f"command, or start from a finished run"
+        )
     before, now = flatten(source.config), flatten(config)
     if before["data.dataset"] != now["data.dataset"]:
-        raise CaptionerError(f"--init-from {path} was trained on the {before['data.dataset']} dataset's vocabulary, not {now['data.dataset']}'s; "
-                             f"start from a run of this dataset, or train without --init-from")
-    fixed = [key for key in before if (key.startswith("model.") and key not in INIT_FROM_MODEL_CHANGES) or key in DERIVED
-             or (config.task == "vqa" and key.startswith("vqa.") and key not in INIT_FROM_VQA_CHANGES)]
+        raise CaptionerError(
+            f"--init-from {path} was trained on the {before['data.dataset']} dataset's vocabulary, not {now['data.dataset']}'s; "
+            f"start from a run of this dataset, or train without --init-from"
+        )
+    fixed = [
+        key
+        for key in before
+        if (key.startswith("model.") and key not in INIT_FROM_MODEL_CHANGES)
+        or key in DERIVED
+        or (config.task == "vqa" and key.startswith("vqa.") and key not in INIT_FROM_VQA_CHANGES)
+    ]
     changed = [f"{key} ({before[key]} -> {now.get(key)})" for key in fixed if before[key] != now.get(key)]
     if changed:
-        raise CaptionerError(f"--init-from {path} fixes {', '.join(changed[:3])}; drop those settings "
-                             f"(a run started from another may change only {', '.join(INIT_FROM_MODEL_CHANGES[:3])} and how it trains)")
+        raise CaptionerError(
+            f"--init-from {path} fixes {', '.join(changed[:3])}; drop those settings "
+            f"(a run started from another may change only {', '.join(INIT_FROM_MODEL_CHANGES[:3])} and how it trains)"
+        )
     return source
 
 
@@ -204,7 +240,9 @@ class RunLog(keras.callbacks.Callback):
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
         # The rate this epoch trained with (a plateau schedule may lower it after this callback has run).
-        self.history.setdefault("learning_rate", []).append(float(ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+        self.history.setdefault("learning_rate", []).append(
+            float(ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        )
         self.history.setdefault("train_seconds", []).append(self.train_seconds[-1] if self.train_seconds else 0.0)
         write_json(self.path, self.history)
 
@@ -231,7 +269,9 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
             self.best, self.wait = self.resume_best, self.resume_wait
 
 
-def _restore_progress(run_dir: Path, log: RunLog, checkpoint: BestCheckpoint, early_stopping: ResumableEarlyStopping) -> None:
+def _restore_progress(
+    run_dir: Path, log: RunLog, checkpoint: BestCheckpoint, early_stopping: ResumableEarlyStopping
+) -> None:
     """Cut history back to the epochs the backup holds and restore the best-so-far and patience from it."""
     metadata = read_json(run_dir / BACKUP_DIR / "training_metadata.json", {})
     epochs_done = int(metadata.get("epoch", 0))
@@ -247,7 +287,17 @@ def _restore_progress(run_dir: Path, log: RunLog, checkpoint: BestCheckpoint, ea
 
 def _clear_run(run_dir: Path) -> None:
     """--restart: remove what an earlier run wrote (only the files a run writes)."""
-    for name in (MODEL_FILE, VOCAB_FILE, ANSWERS_FILE, CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MANIFEST_FILE, REQUEST_FILE, "history.png"):
+    for name in (
+        MODEL_FILE,
+        VOCAB_FILE,
+        ANSWERS_FILE,
+        CONFIG_FILE,
+        HISTORY_FILE,
+        METRICS_FILE,
+        MANIFEST_FILE,
+        REQUEST_FILE,
+        "history.png",
+    ):
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
 
@@ -256,7 +306,13 @@ def _as_requested(config: RunConfig) -> dict[str, Any]:
     """The settings a command asks for, flattened, with its paths made absolute (the same folder named from
     another working directory is the same request)."""
     flat = flatten(config)
-    for key in ("data.data_dir", "data.feature_cache_dir", "vqa.encoder_from", "model.encoder_weights", "train.init_from"):
+    for key in (
+        "data.data_dir",
+        "data.feature_cache_dir",
+        "vqa.encoder_from",
+        "model.encoder_weights",
+        "train.init_from",
+    ):
         value = flat.get(key)
         if value and (key != "model.encoder_weights" or Path(value).is_file()):
             flat[key] = str(Path(value).resolve())
@@ -295,13 +351,22 @@ def _resumed_config(run_dir: Path, requested: RunConfig, finished: dict | None) 
     if finished is not None and changes:
         ran = finished["train"]["epochs_run"]
         if ran < stored.train.epochs and "train.patience" not in allowed:  # early stopping ended it
-            changes.append(f"it stopped early after {ran} epochs, so it stops again after one more epoch "
-                           f"unless train.patience grows too (now {stored.train.patience})")
+            changes.append(
+                f"it stopped early after {ran} epochs, so it stops again after one more epoch "
+                f"unless train.patience grows too (now {stored.train.patience})"
+            )
     return config, changes
 
 
-def _fit_scst(setup: Setup, callbacks: list, log: RunLog, backup: FinalBackup, checkpoint: BestCheckpoint,
-              early_stopping: ResumableEarlyStopping, verbose: int | str) -> dict[str, Any]:
+def _fit_scst(
+    setup: Setup,
+    callbacks: list,
+    log: RunLog,
+    backup: FinalBackup,
+    checkpoint: BestCheckpoint,
+    early_stopping: ResumableEarlyStopping,
+    verbose: int | str,
+) -> dict[str, Any]:
     """`Model.fit`'s epoch loop for self-critical training, driving the same callbacks (backup and resume, best
     checkpoint, early stopping, history, progress bar): each step samples with the weights as they are
     (`train_on_batch` leaves them in the model's variables on every backend, so the sampler never lags), and each
@@ -311,12 +376,25 @@ def _fit_scst(setup: Setup, callbacks: list, log: RunLog, backup: FinalBackup, c
     never worse on validation than the run it started from, and patience counts from them."""
     config, model = setup.config, setup.model
     train_cfg = config.train
-    critic = SelfCritic(model, setup.vocab, setup.train_data, train_cfg.scst_samples, train_cfg.scst_baseline, config.decode.max_length,
-                        train_cfg.seed)
+    critic = SelfCritic(
+        model,
+        setup.vocab,
+        setup.train_data,
+        train_cfg.scst_samples,
+        train_cfg.scst_baseline,
+        config.decode.max_length,
+        train_cfg.seed,
+    )
     images = len(setup.train_data)
     steps = -(-images // train_cfg.batch_size)
-    hooks = keras.callbacks.CallbackList(callbacks, add_progbar=verbose != 0, verbose=1 if verbose == "auto" else verbose,
-                                         epochs=train_cfg.epochs, steps=steps, model=model)
+    hooks = keras.callbacks.CallbackList(
+        callbacks,
+        add_progbar=verbose != 0,
+        verbose=1 if verbose == "auto" else verbose,
+        epochs=train_cfg.epochs,
+        steps=steps,
+        model=model,
+    )
     start_cider = critic.greedy_cider(setup.val_data)  # the source's weights: a resume restores its backup after this
     if start_cider > checkpoint.best:  # a new run, or a resumed one whose epochs have not beaten the start
         save_model(model, checkpoint.path)
@@ -332,7 +410,9 @@ def _fit_scst(setup: Setup, callbacks: list, log: RunLog, backup: FinalBackup, c
         sums: dict[str, float] = {}
         for step in range(first_step, steps):
             hooks.on_train_batch_begin(step)
-            indices = np.sort(order[step * train_cfg.batch_size:(step + 1) * train_cfg.batch_size])  # sequential cache reads
+            indices = np.sort(
+                order[step * train_cfg.batch_size : (step + 1) * train_cfg.batch_size]
+            )  # sequential cache reads
             inputs, targets, weights, stats = critic.step_arrays(indices, epoch, step)
             scoring += stats.pop("scoring_seconds")
             logs = model.train_on_batch(inputs, targets, sample_weight=weights, return_dict=True)
@@ -342,7 +422,9 @@ def _fit_scst(setup: Setup, callbacks: list, log: RunLog, backup: FinalBackup, c
             if model.stop_training:
                 break
         log.on_test_begin()  # the epoch's training time ends here
-        epoch_logs = {key: value / max(steps - first_step, 1) for key, value in sums.items()}  # a resumed epoch: its steps since
+        epoch_logs = {
+            key: value / max(steps - first_step, 1) for key, value in sums.items()
+        }  # a resumed epoch: its steps since
         first_step = 0
         epoch_logs["val_cider"] = critic.greedy_cider(setup.val_data)
         hooks.on_epoch_end(epoch, epoch_logs)
@@ -356,11 +438,14 @@ def resolve_precisions(config: RunConfig) -> RunConfig:
     """`model.precision` and `data.feature_precision` as concrete precisions; an "auto" model precision leaves
     its reason in `model.precision_reason` (config.json and the training log say it)."""
     model_choice = choose_auto(training_work(config)) if config.model.precision == "auto" else None
-    return with_settings(config, {
-        "model.precision": model_choice.precision if model_choice else resolve_precision(config.model.precision),
-        "model.precision_reason": model_choice.reason if model_choice else "",
-        "data.feature_precision": resolve_precision(config.data.feature_precision, "features"),
-    })
+    return with_settings(
+        config,
+        {
+            "model.precision": model_choice.precision if model_choice else resolve_precision(config.model.precision),
+            "model.precision_reason": model_choice.reason if model_choice else "",
+            "data.feature_precision": resolve_precision(config.data.feature_precision, "features"),
+        },
+    )
 
 
 def train(
@@ -400,13 +485,24 @@ def train(
     parallel = parallel or Parallel(ParallelConfig())
     check_objective(config)
     if parallel.replicas > 1 and config.train.objective == "scst":
-        raise CaptionerError("--objective scst trains on one device (its sampling loop is not data-parallel); drop --devices and "
-                             "the KERAS_DISTRIBUTION_* settings")
-    if parallel.replicas > 1 and parallel.backend == "tensorflow" and config.task == "caption" and config.model.attention == "hard":
-        raise CaptionerError("--attention hard trains on several devices on the JAX backend only (under TensorFlow's MirroredStrategy "
-                             "its sampled cells and reward baseline would be per device); set KERAS_BACKEND=jax or drop --devices")
+        raise CaptionerError(
+            "--objective scst trains on one device (its sampling loop is not data-parallel); drop --devices and "
+            "the KERAS_DISTRIBUTION_* settings"
+        )
+    if (
+        parallel.replicas > 1
+        and parallel.backend == "tensorflow"
+        and config.task == "caption"
+        and config.model.attention == "hard"
+    ):
+        raise CaptionerError(
+            "--attention hard trains on several devices on the JAX backend only (under TensorFlow's MirroredStrategy "
+            "its sampled cells and reward baseline would be per device); set KERAS_BACKEND=jax or drop --devices"
+        )
     parallel.check_batch(config.train.batch_size)
-    source = init_source(config, run_dir) if config.train.init_from else None  # before anything is written, the lock included
+    source = (
+        init_source(config, run_dir) if config.train.init_from else None
+    )  # before anything is written, the lock included
     with contextlib.ExitStack() as scope:
         if not parallel.writer:
             run_dir = _private_copy(run_dir, parallel.config.process_id, scope)
@@ -422,25 +518,41 @@ def train(
 def _private_copy(run_dir: Path, process_id: int, scope: contextlib.ExitStack) -> Path:
     """A process other than 0 trains in a temporary copy of `run_dir` as it is now (its backup, history and
     vocabulary: what a resume reads), removed when training ends; the run directory itself is process 0's alone."""
-    private = Path(scope.enter_context(tempfile.TemporaryDirectory(prefix=f"captioner-process{process_id}-"))) / run_dir.name
-    if run_dir.is_dir():  # less the lock and what a killed writer left half-written (`fileio.atomic_path`, `atomic_directory`)
+    private = (
+        Path(scope.enter_context(tempfile.TemporaryDirectory(prefix=f"captioner-process{process_id}-"))) / run_dir.name
+    )
+    if (
+        run_dir.is_dir()
+    ):  # less the lock and what a killed writer left half-written (`fileio.atomic_path`, `atomic_directory`)
         shutil.copytree(run_dir, private, ignore=shutil.ignore_patterns(".lock", "*.lock", ".*.tmp*", ".*.old"))
     return private
 
 
 def _train(
-    requested: RunConfig, source: Run | None, run_dir: Path, verbose: int | str, restart: bool, skipped: Skipped | None, notify: Callable[[str], None],
-    log: Callable[[str], None], scope: contextlib.ExitStack, parallel: Parallel,
+    requested: RunConfig,
+    source: Run | None,
+    run_dir: Path,
+    verbose: int | str,
+    restart: bool,
+    skipped: Skipped | None,
+    notify: Callable[[str], None],
+    log: Callable[[str], None],
+    scope: contextlib.ExitStack,
+    parallel: Parallel,
 ) -> dict[str, Any]:
     config = requested
     previous = read_json(run_dir / METRICS_FILE, {}) if (run_dir / CONFIG_FILE).exists() else None
-    if run_dir.is_dir():  # temporaries left by a kill during an atomic write; the lock makes this process the only writer
+    if (
+        run_dir.is_dir()
+    ):  # temporaries left by a kill during an atomic write; the lock makes this process the only writer
         remove_stale_temporaries(run_dir)
         remove_stale_temporaries(run_dir / BACKUP_DIR)
     if restart:
         _clear_run(run_dir)
     resuming = previous is not None and not restart
-    epochs_done = int(read_json(run_dir / BACKUP_DIR / "training_metadata.json", {}).get("epoch", -1)) if resuming else -2
+    epochs_done = (
+        int(read_json(run_dir / BACKUP_DIR / "training_metadata.json", {}).get("epoch", -1)) if resuming else -2
+    )
     parallel.same_everywhere("run directory", epochs_done)  # several hosts: one run directory, or no common start
     if resuming:
         finished = previous if previous.get("status") == "finished" else None
@@ -448,8 +560,10 @@ def _train(
         if finished is not None and not changes:
             return {**previous, "already_finished": True}
         if finished is not None and not (run_dir / BACKUP_DIR / "training_metadata.json").exists():
-            raise CaptionerError(f"{run_dir} was finished without keeping its last training state (an older captioner); "
-                                 f"pass --restart to train it again from scratch, or choose a new --run")
+            raise CaptionerError(
+                f"{run_dir} was finished without keeping its last training state (an older captioner); "
+                f"pass --restart to train it again from scratch, or choose a new --run"
+            )
         if changes:
             notify(f"resuming {run_dir}: " + "; ".join(changes))
             save_config(config, run_dir)
@@ -457,10 +571,16 @@ def _train(
         if finished is not None:
             update_metrics(run_dir, {"status": "training"})
     task = get_task(config.task)
-    monitor, mode = config.train.monitor, monitor_mode(config.train.monitor, config.task, config.train.objective)  # a bad name fails before any work
+    monitor, mode = (
+        config.train.monitor,
+        monitor_mode(config.train.monitor, config.task, config.train.objective),
+    )  # a bad name fails before any work
     if not resuming:  # every "auto" becomes what is built; config.json says which, and why for the precision
         config = resolve_precisions(resolve_auto(config))
-        log(f"precision {config.model.precision}" + (f" ({config.model.precision_reason})" if config.model.precision_reason else ""))
+        log(
+            f"precision {config.model.precision}"
+            + (f" ({config.model.precision_reason})" if config.model.precision_reason else "")
+        )
     scope.enter_context(precision_scope(config.model.precision))  # every layer is built (and trained) at it
     keras.utils.set_random_seed(config.train.seed)
     skipped = skipped if skipped is not None else Skipped()
@@ -471,8 +591,13 @@ def _train(
     train_cfg, model = setup.config.train, setup.model
     if source is not None:
         setup.stats["init_from"] = str(Path(train_cfg.init_from).resolve())
-    if parallel.replicas > 1:  # whole batches only: the rows of a last partial batch sit out each epoch (a new draw each time)
-        setup.stats["data_parallel"] = {**parallel.describe(), "train_rows_left_out_per_epoch": setup.train_images % train_cfg.batch_size}
+    if (
+        parallel.replicas > 1
+    ):  # whole batches only: the rows of a last partial batch sit out each epoch (a new draw each time)
+        setup.stats["data_parallel"] = {
+            **parallel.describe(),
+            "train_rows_left_out_per_epoch": setup.train_images % train_cfg.batch_size,
+        }
     model.compile(
         optimizer=keras.optimizers.Adam(train_cfg.learning_rate, global_clipnorm=train_cfg.clip_norm),
         loss=setup.loss,
@@ -481,33 +606,55 @@ def _train(
     checkpoint = BestCheckpoint(run_dir / MODEL_FILE, monitor, mode)
     log = RunLog(run_dir / HISTORY_FILE, setup.train_images, setup.train_items, task.item_name)
     early_stopping = ResumableEarlyStopping(monitor=monitor, mode=mode, patience=train_cfg.patience)
-    backup = FinalBackup(run_dir / BACKUP_DIR, save_freq=train_cfg.backup_every_steps, double_checkpoint=True, delete_checkpoint=False)
+    backup = FinalBackup(
+        run_dir / BACKUP_DIR, save_freq=train_cfg.backup_every_steps, double_checkpoint=True, delete_checkpoint=False
+    )
     if resuming:
         _restore_progress(run_dir, log, checkpoint, early_stopping)
     # The log writes history.json before the backup records the epoch as done, so a kill in between leaves an
     # extra history entry, which the next resume cuts off; never a missing one.
-    clock = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: setattr(shard.clock, "epoch", epoch))  # orders the epoch
+    clock = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: setattr(shard.clock, "epoch", epoch)
+    )  # orders the epoch
     callbacks = [clock, log, backup, checkpoint, early_stopping]
     if train_cfg.lr_reduce_factor < 1.0:  # the rate itself is an optimizer variable, so a resume restores it
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=train_cfg.lr_reduce_factor,
-                                                           patience=train_cfg.lr_reduce_patience, verbose=1))
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=monitor,
+                mode=mode,
+                factor=train_cfg.lr_reduce_factor,
+                patience=train_cfg.lr_reduce_patience,
+                verbose=1,
+            )
+        )
     started = time.perf_counter()
     try:
         if train_cfg.objective == "scst":
             setup.stats.update(_fit_scst(setup, callbacks, log, backup, checkpoint, early_stopping, verbose))
         else:
-            model.fit(setup.train_data, validation_data=setup.val_data, epochs=train_cfg.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
+            model.fit(
+                setup.train_data,
+                validation_data=setup.val_data,
+                epochs=train_cfg.epochs,
+                callbacks=callbacks,
+                verbose=verbose,
+                shuffle=False,
+            )
     except PipelineFailure as exc:  # raised inside tf.data (every image of a split unreadable, ...): one line
         raise pipeline_error(exc) from None
     except CaptionerError:
         raise
     except Exception as exc:
         if is_disk_full(exc):  # a write Keras makes itself; ours say which file (fileio.atomic_path)
-            raise CaptionerError(f"no space left on device while training into {run_dir}; the last backup is kept; "
-                                 f"free some space and run the same command again") from None
+            raise CaptionerError(
+                f"no space left on device while training into {run_dir}; the last backup is kept; "
+                f"free some space and run the same command again"
+            ) from None
         raise
     elapsed = time.perf_counter() - started
-    if checkpoint.best_epoch < 0 and not checkpoint.start_is_best:  # validation loss was never finite: keep the last weights all the same
+    if (
+        checkpoint.best_epoch < 0 and not checkpoint.start_is_best
+    ):  # validation loss was never finite: keep the last weights all the same
         save_model(model, run_dir / MODEL_FILE)
     write_manifest(run_dir)
     history_figure(log.history, run_dir / "history.png")

@@ -38,7 +38,12 @@ def _save(figure: Figure, path: str | Path) -> None:
 
 
 def attention_figure(
-    image: np.ndarray, words: Sequence[str], alphas: np.ndarray, grid_shape: tuple[int, int], path: str | Path, columns: int = 6,
+    image: np.ndarray,
+    words: Sequence[str],
+    alphas: np.ndarray,
+    grid_shape: tuple[int, int],
+    path: str | Path,
+    columns: int = 6,
     title: str | None = None,
 ) -> None:
     """The image, then one panel per generated word with its attention weights overlaid as a heat map.
@@ -63,7 +68,13 @@ def attention_figure(
             ax.set_title("input", fontsize=10)
         else:
             heat = upsample(alphas[index - 1], grid_shape, size)
-            ax.imshow(heat, cmap="inferno", alpha=0.6, interpolation="bilinear", extent=(-0.5, size[1] - 0.5, size[0] - 0.5, -0.5))
+            ax.imshow(
+                heat,
+                cmap="inferno",
+                alpha=0.6,
+                interpolation="bilinear",
+                extent=(-0.5, size[1] - 0.5, size[0] - 0.5, -0.5),
+            )
             ax.set_title(words[index - 1], fontsize=10)
         ax.axis("off")
     if title:
@@ -110,8 +121,17 @@ def caption_grid_figure(
         top = -0.03
         for number, line in enumerate(lines):
             wrapped = textwrap.wrap(line, 36)
-            ax.text(0.0, top, "\n".join(wrapped), transform=ax.transAxes, va="top", ha="left", fontsize=8.5,
-                    fontweight="bold" if number == 0 else "normal", color="black" if number == 0 else "dimgray")
+            ax.text(
+                0.0,
+                top,
+                "\n".join(wrapped),
+                transform=ax.transAxes,
+                va="top",
+                ha="left",
+                fontsize=8.5,
+                fontweight="bold" if number == 0 else "normal",
+                color="black" if number == 0 else "dimgray",
+            )
             top -= 0.055 * len(wrapped) + 0.03
     figure.subplots_adjust(hspace=0.95, wspace=0.08)
     _save(figure, path)

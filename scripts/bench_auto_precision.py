@@ -58,8 +58,13 @@ def train_row(name: str, args: list[str], run_dir: Path) -> dict:
     stats = json.loads((run_dir / "metrics.json").read_text())["train"]
     batch = json.loads((run_dir / "config.json").read_text())["train"]["batch_size"]
     steps = -(-stats["train_images"] // batch)
-    return {"row": name, "steady s/epoch": stats["steady_epoch_seconds"], "first s/epoch": stats["first_epoch_seconds"],
-            "ms/step": 1000 * stats["steady_epoch_seconds"] / steps, "wall s": wall}
+    return {
+        "row": name,
+        "steady s/epoch": stats["steady_epoch_seconds"],
+        "first s/epoch": stats["first_epoch_seconds"],
+        "ms/step": 1000 * stats["steady_epoch_seconds"] / steps,
+        "wall s": wall,
+    }
 
 
 def main() -> None:
@@ -73,44 +78,144 @@ def main() -> None:
     parser.add_argument("--only", default="train_cnn,train_cached,features,decode")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per training row (the first is not counted)")
     parser.add_argument("--train-images", type=int, default=2000, help="shapes training images per training row")
-    parser.add_argument("--cached-images", type=int, default=1500, help="Flickr8k training photos per cached-training row")
+    parser.add_argument(
+        "--cached-images", type=int, default=1500, help="Flickr8k training photos per cached-training row"
+    )
     args = parser.parse_args()
     work, only = Path(args.work), set(args.only.split(","))
     work.mkdir(parents=True, exist_ok=True)
     print(f"# {cpu_model()}; {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
-    print("| kind of work | row | precision | steady | ms/step or items/s | wall s |\n|---|---|---|---|---|---|", flush=True)
-    shapes = ["--data-dir", args.shapes, "--epochs", str(args.epochs), "--max-train-images", str(args.train_images),
-              "--set", "train.max_val_images=500", "--set", f"train.patience={args.epochs}"]
+    print(
+        "| kind of work | row | precision | steady | ms/step or items/s | wall s |\n|---|---|---|---|---|---|",
+        flush=True,
+    )
+    shapes = [
+        "--data-dir",
+        args.shapes,
+        "--epochs",
+        str(args.epochs),
+        "--max-train-images",
+        str(args.train_images),
+        "--set",
+        "train.max_val_images=500",
+        "--set",
+        f"train.patience={args.epochs}",
+    ]
     decode_run = work / "decode-run"
-    if "decode" in only and not (decode_run / "model.keras").exists():  # a real model to decode with (float32, 3 epochs)
+    if (
+        "decode" in only and not (decode_run / "model.keras").exists()
+    ):  # a real model to decode with (float32, 3 epochs)
         run([*CAPTIONER, "train", "--run", str(decode_run), "--quiet", "--precision", "float32", *shapes])
     for precision in args.precisions.split(","):
         rows = []
         if "train_cnn" in only:
             for decoder in ("show-tell", "attention"):
-                rows.append(("train_cnn", train_row(f"shapes {decoder}, {args.train_images} images",
-                                                    [*shapes, "--decoder", decoder, "--precision", precision], work / f"cnn-{decoder}-{precision}")))
+                rows.append(
+                    (
+                        "train_cnn",
+                        train_row(
+                            f"shapes {decoder}, {args.train_images} images",
+                            [*shapes, "--decoder", decoder, "--precision", precision],
+                            work / f"cnn-{decoder}-{precision}",
+                        ),
+                    )
+                )
         if "train_cached" in only and args.flickr8k and args.cache:
-            rows.append(("train_cached", train_row(
-                f"flickr8k Show-Attend-Tell on cached features, {args.cached_images} photos",
-                ["--preset", "flickr8k", "--data-dir", args.flickr8k, "--cache-dir", args.cache, "--encoder-weights", args.weights,
-                 "--epochs", str(args.epochs), "--max-train-images", str(args.cached_images), "--set", "train.max_val_images=300",
-                 "--set", "data.feature_precision=float32", "--precision", precision], work / f"cached-{precision}")))
+            rows.append(
+                (
+                    "train_cached",
+                    train_row(
+                        f"flickr8k Show-Attend-Tell on cached features, {args.cached_images} photos",
+                        [
+                            "--preset",
+                            "flickr8k",
+                            "--data-dir",
+                            args.flickr8k,
+                            "--cache-dir",
+                            args.cache,
+                            "--encoder-weights",
+                            args.weights,
+                            "--epochs",
+                            str(args.epochs),
+                            "--max-train-images",
+                            str(args.cached_images),
+                            "--set",
+                            "train.max_val_images=300",
+                            "--set",
+                            "data.feature_precision=float32",
+                            "--precision",
+                            precision,
+                        ],
+                        work / f"cached-{precision}",
+                    ),
+                )
+            )
         if "features" in only and args.flickr8k:
             cache = work / f"features-{precision}"
             shutil.rmtree(cache, ignore_errors=True)
-            wall = run([*CAPTIONER, "features", "--dataset", "flickr8k", "--data-dir", args.flickr8k, "--encoder", "mobilenet_v2",
-                        "--encoder-weights", args.weights, "--splits", "test", "--cache-dir", str(cache), "--precision", precision])
-            rows.append(("features", {"row": "MobileNetV2 features, 1,000 Flickr8k test photos", "images/s": 1000 / wall, "wall s": wall}))
+            wall = run(
+                [
+                    *CAPTIONER,
+                    "features",
+                    "--dataset",
+                    "flickr8k",
+                    "--data-dir",
+                    args.flickr8k,
+                    "--encoder",
+                    "mobilenet_v2",
+                    "--encoder-weights",
+                    args.weights,
+                    "--splits",
+                    "test",
+                    "--cache-dir",
+                    str(cache),
+                    "--precision",
+                    precision,
+                ]
+            )
+            rows.append(
+                (
+                    "features",
+                    {
+                        "row": "MobileNetV2 features, 1,000 Flickr8k test photos",
+                        "images/s": 1000 / wall,
+                        "wall s": wall,
+                    },
+                )
+            )
         if "decode" in only:
             for beam in (1, 3):
-                wall = run([*CAPTIONER, "evaluate", "--run", str(decode_run), "--split", "test", "--beam-size", str(beam),
-                            "--precision", precision])
-                rows.append(("decode", {"row": f"evaluate shapes test (1,000 images), {'greedy' if beam == 1 else 'beam 3'}",
-                                        "images/s": 1000 / wall, "wall s": wall}))
+                wall = run(
+                    [
+                        *CAPTIONER,
+                        "evaluate",
+                        "--run",
+                        str(decode_run),
+                        "--split",
+                        "test",
+                        "--beam-size",
+                        str(beam),
+                        "--precision",
+                        precision,
+                    ]
+                )
+                rows.append(
+                    (
+                        "decode",
+                        {
+                            "row": f"evaluate shapes test (1,000 images), {'greedy' if beam == 1 else 'beam 3'}",
+                            "images/s": 1000 / wall,
+                            "wall s": wall,
+                        },
+                    )
+                )
         for work_kind, row in rows:
             steady = f"{row['steady s/epoch']:.1f} s/epoch" if "steady s/epoch" in row else "-"
-            rate = f"{row['ms/step']:.0f} ms/step" if "ms/step" in row else f"{row['images/s']:.1f} images/s (whole command)"
+            rate = (
+                f"{row['ms/step']:.0f} ms/step"
+                if "ms/step" in row
+                else f"{row['images/s']:.1f} images/s (whole command)"
+            )
             print(f"| {work_kind} | {row['row']} | {precision} | {steady} | {rate} | {row['wall s']:.0f} |", flush=True)
 
 

@@ -47,19 +47,46 @@ def main() -> None:
     rows: dict[str, list[str]] = {}
     for backend in args.backends.split(","):
         if not args.skip_steps:
-            out = run([sys.executable, "scripts/bench_precision.py", "--precisions", "float32", "--skip", "features",
-                       "--steps", str(args.steps)], backend)
+            out = run(
+                [
+                    sys.executable,
+                    "scripts/bench_precision.py",
+                    "--precisions",
+                    "float32",
+                    "--skip",
+                    "features",
+                    "--steps",
+                    str(args.steps),
+                ],
+                backend,
+            )
             rows[backend] = [line for line in out.splitlines() if line.startswith("| ") and "float32" in line]
             print(f"{backend}:\n" + "\n".join(out.splitlines()[:1] + rows[backend]), flush=True)
         run_dir = Path(args.work) / f"run-{backend}"
         started = time.perf_counter()
-        run([captioner, "train", "--data-dir", args.data_dir, "--run", str(run_dir), "--epochs", str(args.epochs),
-             "--restart", "--quiet"], backend)
+        run(
+            [
+                captioner,
+                "train",
+                "--data-dir",
+                args.data_dir,
+                "--run",
+                str(run_dir),
+                "--epochs",
+                str(args.epochs),
+                "--restart",
+                "--quiet",
+            ],
+            backend,
+        )
         wall = time.perf_counter() - started
         result = json.loads(run([captioner, "evaluate", "--run", str(run_dir), "--split", "test", "--json"], backend))
         train = json.loads((run_dir / "metrics.json").read_text())["train"]
-        print(f"| {backend} | {args.epochs} | {wall:.0f} | {train['images_per_second']:.0f} | {train['captions_per_second']:.0f} "
-              f"| {result['bleu4']:.4f} |", flush=True)
+        print(
+            f"| {backend} | {args.epochs} | {wall:.0f} | {train['images_per_second']:.0f} | {train['captions_per_second']:.0f} "
+            f"| {result['bleu4']:.4f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

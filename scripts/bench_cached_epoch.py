@@ -47,8 +47,14 @@ def main() -> None:
         (work / "data" / "Images" / name).write_bytes(name.encode())  # distinct content, distinct cache key
 
     config = preset("flickr8k")
-    overrides = {"data.data_dir": str(work / "data"), "model.encoder_weights": "none", "model.decoder": args.decoder,
-                 "train.epochs": str(args.epochs), "train.patience": str(args.epochs), "data.feature_cache_dir": str(work / "cache")}
+    overrides = {
+        "data.data_dir": str(work / "data"),
+        "model.encoder_weights": "none",
+        "model.decoder": args.decoder,
+        "train.epochs": str(args.epochs),
+        "train.patience": str(args.epochs),
+        "data.feature_cache_dir": str(work / "cache"),
+    }
     if args.max_train_images:
         overrides["train.max_train_images"] = str(args.max_train_images)
     apply_overrides(config, overrides)
@@ -67,10 +73,30 @@ def main() -> None:
     cache.store(digests, features)
     del features
     metrics = train(config, work / "run", verbose=2)["train"]
-    print(json.dumps({k: metrics[k] for k in ("train_images", "val_images", "vocab_size", "features_computed",
-                                               "first_epoch_seconds", "steady_epoch_seconds", "images_per_second",
-                                               "captions_per_second", "peak_rss_mib", "unknown_word_rate_val")}, indent=2))
-    print("max caption length (95th percentile):", json.loads((work / "run" / "config.json").read_text())["data"]["max_caption_length"])
+    print(
+        json.dumps(
+            {
+                k: metrics[k]
+                for k in (
+                    "train_images",
+                    "val_images",
+                    "vocab_size",
+                    "features_computed",
+                    "first_epoch_seconds",
+                    "steady_epoch_seconds",
+                    "images_per_second",
+                    "captions_per_second",
+                    "peak_rss_mib",
+                    "unknown_word_rate_val",
+                )
+            },
+            indent=2,
+        )
+    )
+    print(
+        "max caption length (95th percentile):",
+        json.loads((work / "run" / "config.json").read_text())["data"]["max_caption_length"],
+    )
 
 
 if __name__ == "__main__":

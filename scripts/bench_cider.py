@@ -52,10 +52,14 @@ def main() -> None:
         started = time.perf_counter()
         Cider().compute_score(gts, res)
         coco_times.append(time.perf_counter() - started)
-    print(f"train references: {len(records)} images, {sum(len(r.captions) for r in records)} captions; "
-          f"{len(scorer.vocabulary)} distinct n-grams; scorer built in {built:.2f} s")
-    print(f"one step ({len(hypotheses)} captions): CiderD median {np.median(times) * 1e3:.1f} ms; "
-          f"pycocoevalcap Cider (batch references only) median {np.median(coco_times) * 1e3:.1f} ms")
+    print(
+        f"train references: {len(records)} images, {sum(len(r.captions) for r in records)} captions; "
+        f"{len(scorer.vocabulary)} distinct n-grams; scorer built in {built:.2f} s"
+    )
+    print(
+        f"one step ({len(hypotheses)} captions): CiderD median {np.median(times) * 1e3:.1f} ms; "
+        f"pycocoevalcap Cider (batch references only) median {np.median(coco_times) * 1e3:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -35,24 +35,44 @@ def run_variant(variant: str, train_args: list[str], run: Path, epochs: int) -> 
     devices, _, processes = layout.partition("x")
     processes = int(processes or 1)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("KERAS_DISTRIBUTION_")}, "KERAS_BACKEND": backend}
-    base = [sys.executable, "-m", "captioner.cli", "train", *train_args, "--run", str(run), "--epochs", str(epochs), "--quiet",
-            "--devices", devices]
+    base = [
+        sys.executable,
+        "-m",
+        "captioner.cli",
+        "train",
+        *train_args,
+        "--run",
+        str(run),
+        "--epochs",
+        str(epochs),
+        "--quiet",
+        "--devices",
+        devices,
+    ]
     if processes > 1:
         port = _port()
-        commands = [base + ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes), "--process-id", str(i)]
-                    for i in range(processes)]
+        commands = [
+            base + ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes), "--process-id", str(i)]
+            for i in range(processes)
+        ]
     else:
         commands = [base]
     started = time.perf_counter()
-    children = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands]
+    children = [
+        subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands
+    ]
     outputs = [child.communicate() for child in children]
     wall = time.perf_counter() - started
     if any(child.returncode for child in children):
         raise SystemExit(f"{variant} failed: {outputs[0][1][-1500:]}")
     history = json.loads((run / "history.json").read_text())
     metrics = json.loads((run / "metrics.json").read_text())["train"]
-    return {"epoch_seconds": history["train_seconds"][-1], "images": metrics["train_images"], "wall": wall,
-            "precision": json.loads((run / "config.json").read_text())["model"]["precision"]}
+    return {
+        "epoch_seconds": history["train_seconds"][-1],
+        "images": metrics["train_images"],
+        "wall": wall,
+        "precision": json.loads((run / "config.json").read_text())["model"]["precision"],
+    }
 
 
 def main() -> None:
@@ -68,10 +88,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for round_ in range(args.rounds):
             for variant in variants:
-                result = run_variant(variant, train_args, Path(folder) / f"{variant.replace(':', '-')}-{round_}", args.epochs)
+                result = run_variant(
+                    variant, train_args, Path(folder) / f"{variant.replace(':', '-')}-{round_}", args.epochs
+                )
                 results[variant].append(result)
-                print(f"round {round_ + 1} {variant}: {result['epoch_seconds']:.1f} s an epoch ({result['precision']}), "
-                      f"wall {result['wall']:.0f} s", flush=True)
+                print(
+                    f"round {round_ + 1} {variant}: {result['epoch_seconds']:.1f} s an epoch ({result['precision']}), "
+                    f"wall {result['wall']:.0f} s",
+                    flush=True,
+                )
     base = min(r["epoch_seconds"] for r in results[variants[0]])
     print(f"\n| variant | best epoch s | images/s | vs {variants[0]} |\n|---|---|---|---|")
     for variant in variants:

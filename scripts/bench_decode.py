@@ -52,7 +52,9 @@ def main() -> None:
     records = load_split(run.config.data.dataset, run.config.data.data_dir, "test")[: args.images]
     images = np.stack([load_image(r.image, size) for r in records])  # (images, size, size, 3)
     max_length = run.config.decode.max_length
-    print(f"run {args.run} ({run.config.model.decoder}), {len(images)} test images of {size}x{size}, max length {max_length}")
+    print(
+        f"run {args.run} ({run.config.model.decoder}), {len(images)} test images of {size}x{size}, max length {max_length}"
+    )
 
     rates = {}
     for beam in (1, 3, 5):
@@ -81,9 +83,13 @@ def main() -> None:
     per_caption = (time.perf_counter() - started) / len(naive)
     reference = CaptionGenerator(run.model, run.vocab, DecodeConfig(max_length=max_length, beam_size=1))(naive).captions
     same = sum(run.vocab.decode(t) == r for t, r in zip(tokens, reference))
-    print(f"naive   {per_caption * 1000:6.1f} ms/caption = {1 / per_caption:7.1f} captions/s "
-          f"(eager, one image and one word per call; {same}/{len(naive)} captions equal to batched greedy)")
-    print(f"speed-up of batched greedy over naive: {rates[1] * per_caption:.0f}x; beam 5 over naive greedy: {rates[5] * per_caption:.0f}x")
+    print(
+        f"naive   {per_caption * 1000:6.1f} ms/caption = {1 / per_caption:7.1f} captions/s "
+        f"(eager, one image and one word per call; {same}/{len(naive)} captions equal to batched greedy)"
+    )
+    print(
+        f"speed-up of batched greedy over naive: {rates[1] * per_caption:.0f}x; beam 5 over naive greedy: {rates[5] * per_caption:.0f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -28,9 +28,15 @@ VOCAB, LENGTH, CAPTIONS = 2539, 20, 5  # the Flickr8k preset's vocabulary, padde
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", default="lstm:1,gru:1,lstm:2,gru:2", help="comma-separated CELL:LAYERS[:hard] (hard: hard attention)")
+    parser.add_argument(
+        "--variants",
+        default="lstm:1,gru:1,lstm:2,gru:2",
+        help="comma-separated CELL:LAYERS[:hard] (hard: hard attention)",
+    )
     parser.add_argument("--decoder", default="attention", choices=["attention", "show-tell"])
-    parser.add_argument("--grid", default="49,1280", help="cached grid positions,channels (default MobileNetV2's 49,1280)")
+    parser.add_argument(
+        "--grid", default="49,1280", help="cached grid positions,channels (default MobileNetV2's 49,1280)"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=8, help="timed steps per variant per round")
     parser.add_argument("--precision", default="auto")
@@ -41,8 +47,13 @@ def main() -> None:
     positions, channels = (int(x) for x in args.grid.split(","))
     rng = np.random.default_rng(0)
     tokens = rng.integers(4, VOCAB, size=(batch, CAPTIONS, LENGTH + 1)).astype("int32")
-    data = ({"features": np.abs(rng.normal(size=(batch, positions, channels))).astype("float16"), "tokens": tokens[:, :, :-1]},
-            tokens[:, :, 1:])
+    data = (
+        {
+            "features": np.abs(rng.normal(size=(batch, positions, channels))).astype("float16"),
+            "tokens": tokens[:, :, :-1],
+        },
+        tokens[:, :, 1:],
+    )
     models = {}
     for variant in args.variants.split(","):
         cell, layers, *attention = variant.split(":")  # CELL:LAYERS or CELL:LAYERS:hard
@@ -53,19 +64,26 @@ def main() -> None:
         keras.utils.set_random_seed(0)
         with precision_scope(precision):
             model = build_caption_model(model_config, VOCAB, 224)
-        model.compile(optimizer=keras.optimizers.Adam(1e-4, global_clipnorm=config.train.clip_norm),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0))
+        model.compile(
+            optimizer=keras.optimizers.Adam(1e-4, global_clipnorm=config.train.clip_norm),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
+        )
         model.train_on_batch(*data)  # compile and warm up
         models[variant] = model
-    medians = median_step_seconds({v: (lambda m=model: m.train_on_batch(*data)) for v, model in models.items()},
-                                  args.rounds, args.steps)
+    medians = median_step_seconds(
+        {v: (lambda m=model: m.train_on_batch(*data)) for v, model in models.items()}, args.rounds, args.steps
+    )
     base = medians[next(iter(models))]
-    print(f"{args.decoder}, precision {precision}, batch {batch} images x {CAPTIONS} captions, grid {positions}x{channels}, "
-          f"{args.rounds} rounds x {args.steps} steps per variant")
+    print(
+        f"{args.decoder}, precision {precision}, batch {batch} images x {CAPTIONS} captions, grid {positions}x{channels}, "
+        f"{args.rounds} rounds x {args.steps} steps per variant"
+    )
     for variant, median in medians.items():
         weights = sum(int(np.prod(w.shape)) for w in models[variant].decoder.trainable_weights)
-        print(f"{variant}: {weights:,} decoder weights, {median * 1000:.0f} ms/step (x{median / base:.2f}), "
-              f"{188 * median:.0f} s per 188-step epoch")
+        print(
+            f"{variant}: {weights:,} decoder weights, {median * 1000:.0f} ms/step (x{median / base:.2f}), "
+            f"{188 * median:.0f} s per 188-step epoch"
+        )
 
 
 if __name__ == "__main__":

@@ -34,7 +34,9 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.batch_size, args.image_size, args.image_size, 3), dtype=np.uint8)
-    print(f"| encoder | input | grid | first batch (s) | images/s | Flickr8k ({FLICKR8K_IMAGES:,}) | Flickr30k | COCO 2014 |")
+    print(
+        f"| encoder | input | grid | first batch (s) | images/s | Flickr8k ({FLICKR8K_IMAGES:,}) | Flickr30k | COCO 2014 |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name in args.encoders.split(","):
         encoder = ImageEncoder(name, image_size=args.image_size, weights=None, encoder_trainable=False)
@@ -48,7 +50,11 @@ def main() -> None:
         rate = args.batches * args.batch_size / (time.perf_counter() - started)
         side = encoder.grid_shape
         projected = [f"{n / rate / 60:.0f} min" for n in (FLICKR8K_IMAGES, FLICKR30K_IMAGES, COCO_IMAGES)]
-        print(f"| {name} | {args.image_size}x{args.image_size} | {side[0]}x{side[1]}x{side[2]} | {first:.1f} | {rate:.1f} | " + " | ".join(projected) + " |")
+        print(
+            f"| {name} | {args.image_size}x{args.image_size} | {side[0]}x{side[1]}x{side[2]} | {first:.1f} | {rate:.1f} | "
+            + " | ".join(projected)
+            + " |"
+        )
 
 
 if __name__ == "__main__":

@@ -48,25 +48,36 @@ def main() -> None:
     models, data = {}, {}
     for n in [int(b) for b in args.blocks.split(",")]:
         model_config = config.model
-        model_config.encoder, model_config.encoder_weights, model_config.fine_tune_blocks = args.encoder, args.weights, n
+        model_config.encoder, model_config.encoder_weights, model_config.fine_tune_blocks = (
+            args.encoder,
+            args.weights,
+            n,
+        )
         model_config.encoder_trainable = False
         with precision_scope(precision):
             model = build_caption_model(model_config, VOCAB, default_image_size(args.encoder, 224))
-        model.compile(optimizer=keras.optimizers.Adam(1e-4, global_clipnorm=config.train.clip_norm),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0))
+        model.compile(
+            optimizer=keras.optimizers.Adam(1e-4, global_clipnorm=config.train.clip_norm),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
+        )
         rows = np.abs(rng.normal(size=(batch, *model.encoder.cached_shape))).astype("float16")  # post-ReLU-like values
         data[n] = ({"features": rows, "tokens": inputs}, targets)
         model.train_on_batch(*data[n])  # compile and warm up
         models[n] = model
-    medians = median_step_seconds({n: (lambda m=model, d=data[n]: m.train_on_batch(*d)) for n, model in models.items()},
-                                  args.rounds, args.steps)
+    medians = median_step_seconds(
+        {n: (lambda m=model, d=data[n]: m.train_on_batch(*d)) for n, model in models.items()}, args.rounds, args.steps
+    )
     base = medians[min(models)]
-    print(f"{args.encoder}, precision {precision}, batch {batch} images x {CAPTIONS} captions, "
-          f"{args.rounds} rounds x {args.steps} steps per setting")
+    print(
+        f"{args.encoder}, precision {precision}, batch {batch} images x {CAPTIONS} captions, "
+        f"{args.rounds} rounds x {args.steps} steps per setting"
+    )
     for n, median in medians.items():
         trained = sum(int(np.prod(w.shape)) for w in models[n].encoder.trainable_weights)
-        print(f"fine-tune-blocks {n}: cached rows {models[n].encoder.cached_shape}, {trained:,} backbone weights trained, "
-              f"{median * 1000:.0f} ms/step (x{median / base:.2f}), {188 * median:.0f} s per 188-step epoch")
+        print(
+            f"fine-tune-blocks {n}: cached rows {models[n].encoder.cached_shape}, {trained:,} backbone weights trained, "
+            f"{median * 1000:.0f} ms/step (x{median / base:.2f}), {188 * median:.0f} s per 188-step epoch"
+        )
 
 
 if __name__ == "__main__":

@@ -48,28 +48,42 @@ def main() -> None:
 
     records = load_split("shapes", args.shapes, "train")
     vocab = Vocabulary.build(c for r in records for c in r.captions)
-    dataset = caption_dataset(records, vocab, 64, 5, 12, 32, shuffle=True, cache=True, on_error=lambda path, message: None)
+    dataset = caption_dataset(
+        records, vocab, 64, 5, 12, 32, shuffle=True, cache=True, on_error=lambda path, message: None
+    )
     for label in ("first pass (decoding, filling the cache)", "second pass (from the cache)"):
         seconds, batches = timed_pass(dataset)
-        print(f"shapes images, {label}: {seconds:.2f} s for {batches} batches, {1000 * seconds / batches:.1f} ms/batch", flush=True)
+        print(
+            f"shapes images, {label}: {seconds:.2f} s for {batches} batches, {1000 * seconds / batches:.1f} ms/batch",
+            flush=True,
+        )
 
     if args.flickr8k:
         keras.utils.set_random_seed(0)
-        encoder = build_image_encoder(ModelConfig(encoder="mobilenet_v2", encoder_weights=args.weights, encoder_trainable=False), 224)
+        encoder = build_image_encoder(
+            ModelConfig(encoder="mobilenet_v2", encoder_weights=args.weights, encoder_trainable=False), 224
+        )
         cache = FeatureCache(args.cache_dir, encoder)
         records = [r for r in load_split("flickr8k", args.flickr8k, "train") if os.path.exists(r.image)]
         vocab = Vocabulary.build((c for r in records for c in r.captions), min_count=5)
         paths = [r.image for r in records]
-        sources = {"FeatureCache.rows (per batch from the shards)": lambda: cache.rows(paths),
-                   "FeatureCache.load (all in memory first)": lambda: cache.load(paths)}
+        sources = {
+            "FeatureCache.rows (per batch from the shards)": lambda: cache.rows(paths),
+            "FeatureCache.load (all in memory first)": lambda: cache.load(paths),
+        }
         for _ in range(args.repeats):
             for label, source in sources.items():
                 started = time.perf_counter()
                 features = source()
                 prepared = time.perf_counter() - started
-                seconds, batches = timed_pass(feature_caption_dataset(features, records, vocab, 5, 18, 32, shuffle=True))
-                print(f"flickr8k cached features, {label}: {prepared:.2f} s to prepare, {seconds:.2f} s for {batches} batches, "
-                      f"{1000 * seconds / batches:.1f} ms/batch", flush=True)
+                seconds, batches = timed_pass(
+                    feature_caption_dataset(features, records, vocab, 5, 18, 32, shuffle=True)
+                )
+                print(
+                    f"flickr8k cached features, {label}: {prepared:.2f} s to prepare, {seconds:.2f} s for {batches} batches, "
+                    f"{1000 * seconds / batches:.1f} ms/batch",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -76,8 +76,15 @@ def cnn_flops(cnn: keras.Model, size: int) -> float | None:
 
         # The HLO lowered for a CPU, not compiled: on a GPU the convolutions become cuDNN calls that the cost
         # analysis does not count (it reported 0.6 instead of 19.6 GFLOP for MobileNetV2 on an H200).
-        lowered = jax.jit(forward).trace([v.value for v in cnn.trainable_variables], [v.value for v in cnn.non_trainable_variables],
-                                         np.zeros((1, size, size, 3), "float32")).lower(lowering_platforms=("cpu",))
+        lowered = (
+            jax.jit(forward)
+            .trace(
+                [v.value for v in cnn.trainable_variables],
+                [v.value for v in cnn.non_trainable_variables],
+                np.zeros((1, size, size, 3), "float32"),
+            )
+            .lower(lowering_platforms=("cpu",))
+        )
         cost = lowered.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         return float(cost["flops"]) if cost and "flops" in cost else None
@@ -86,8 +93,16 @@ def cnn_flops(cnn: keras.Model, size: int) -> float | None:
     import tensorflow as tf
     from tensorflow.python.profiler import model_analyzer, option_builder
 
-    graph = tf.function(lambda x: cnn(x, training=False)).get_concrete_function(tf.TensorSpec((1, size, size, 3), tf.float32)).graph
-    options = option_builder.ProfileOptionBuilder(option_builder.ProfileOptionBuilder.float_operation()).with_empty_output().build()
+    graph = (
+        tf.function(lambda x: cnn(x, training=False))
+        .get_concrete_function(tf.TensorSpec((1, size, size, 3), tf.float32))
+        .graph
+    )
+    options = (
+        option_builder.ProfileOptionBuilder(option_builder.ProfileOptionBuilder.float_operation())
+        .with_empty_output()
+        .build()
+    )
     return float(model_analyzer.profile(graph, options=options).total_float_ops)
 
 
@@ -143,7 +158,12 @@ def train_row_inputs(name: str):
         config.model.encoder_weights = None
         config.data.image_size = 224
         tokens = rng.integers(4, 2500, (32, 5, 21)).astype("int32")
-        return config, 2573, {"features": rng.standard_normal((32, 49, 1280)).astype("float16"), "tokens": tokens}, tokens
+        return (
+            config,
+            2573,
+            {"features": rng.standard_normal((32, 49, 1280)).astype("float16"), "tokens": tokens},
+            tokens,
+        )
     config = preset("shapes")
     config.model.decoder = "attention" if name == "shapes-sat" else "lstm"
     tokens = rng.integers(4, 60, (32, 5, 13)).astype("int32")  # the shapes split's longest caption (12 words) + 1
@@ -154,8 +174,10 @@ def compiled_caption_model(config, vocab_size: int):
     """The row's model from seed 0, compiled as training compiles it."""
     keras.utils.set_random_seed(0)
     model = build_caption_model(config.model, vocab_size, config.data.image_size)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3, global_clipnorm=5.0),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0))
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3, global_clipnorm=5.0),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
+    )
     return model
 
 
@@ -166,7 +188,12 @@ def train_step_row(name: str, reps: int) -> dict:
     images, captions, steps = targets.shape
     forward = decoder_flops(model, images, captions, steps, with_cnn="images" in inputs)
     flops = 3 * forward if forward is not None else None
-    return {"name": TRAIN_ROWS[name], "seconds": seconds, "flops": flops, "items": f"{images * captions / seconds:.0f} captions/s"}
+    return {
+        "name": TRAIN_ROWS[name],
+        "seconds": seconds,
+        "flops": flops,
+        "items": f"{images * captions / seconds:.0f} captions/s",
+    }
 
 
 def rows_for(precision: str, reps: int, skip: set[str]):
@@ -179,13 +206,21 @@ def rows_for(precision: str, reps: int, skip: set[str]):
         if "features" not in skip:
             for backbone in ("mobilenet_v2", "efficientnet_b0"):
                 keras.utils.set_random_seed(0)
-                encoder = build_image_encoder(ModelConfig(encoder=backbone, encoder_weights=None, encoder_trainable=False), 224)
+                encoder = build_image_encoder(
+                    ModelConfig(encoder=backbone, encoder_weights=None, encoder_trainable=False), 224
+                )
                 batch = rng.integers(0, 255, (32, 224, 224, 3)).astype("uint8")
-                run = CompiledFunction(lambda x: encoder(x, training=False), encoder.variables, [((None, 224, 224, 3), "uint8")])
+                run = CompiledFunction(
+                    lambda x: encoder(x, training=False), encoder.variables, [((None, 224, 224, 3), "uint8")]
+                )
                 seconds = time_calls(lambda: run(batch), max(2, reps // 2))
                 flops = cnn_flops(encoder.cnn, 224)
-                yield {"name": f"features {backbone}, batch 32", "seconds": seconds,
-                       "flops": 32 * flops if flops else None, "items": f"{32 / seconds:.0f} images/s"}
+                yield {
+                    "name": f"features {backbone}, batch 32",
+                    "seconds": seconds,
+                    "flops": 32 * flops if flops else None,
+                    "items": f"{32 / seconds:.0f} images/s",
+                }
         if "decode" not in skip:
             keras.utils.set_random_seed(0)
             shapes = preset("shapes")
@@ -193,11 +228,17 @@ def rows_for(precision: str, reps: int, skip: set[str]):
             vocab = Vocabulary.build(" ".join(f"w{i}" for i in range(56)) for _ in range(1))
             batch = rng.integers(0, 255, (512, 64, 64, 3)).astype("uint8")
             for beam in (1, 5):
-                generator = CaptionGenerator(model, vocab, DecodeConfig(max_length=shapes.decode.max_length, beam_size=beam))
+                generator = CaptionGenerator(
+                    model, vocab, DecodeConfig(max_length=shapes.decode.max_length, beam_size=beam)
+                )
                 generator(batch)  # trace
                 seconds = time_calls(lambda: generator(batch), 2)
-                yield {"name": f"decode shapes Show-and-Tell, batch 512, {'greedy' if beam == 1 else f'beam {beam}'}",
-                       "seconds": seconds, "flops": None, "items": f"{512 / seconds:.0f} captions/s"}
+                yield {
+                    "name": f"decode shapes Show-and-Tell, batch 512, {'greedy' if beam == 1 else f'beam {beam}'}",
+                    "seconds": seconds,
+                    "flops": None,
+                    "items": f"{512 / seconds:.0f} captions/s",
+                }
 
 
 def main() -> None:
@@ -205,7 +246,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed calls per row, after two warm-up calls")
     parser.add_argument("--precisions", default="float32,mixed_bfloat16")
     parser.add_argument("--skip", default="", help="comma-separated: train, features, decode")
-    parser.add_argument("--peak-size", type=int, default=2048, help="n of the n x n matmul whose speed is the peak (8192 on a GPU)")
+    parser.add_argument(
+        "--peak-size", type=int, default=2048, help="n of the n x n matmul whose speed is the peak (8192 on a GPU)"
+    )
     args = parser.parse_args()
     n = args.peak_size
     peaks = {name: matmul_peak(name, n) for name in ("float32", "bfloat16", "float16")}
@@ -214,15 +257,23 @@ def main() -> None:
 
         peaks["float32 highest"] = matmul_peak("float32", n, highest=True)
         print(f"devices: {jax.devices()}")
-    print(f"backend {keras.backend.backend()}; matmul {n}x{n} peak GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()))
+    print(
+        f"backend {keras.backend.backend()}; matmul {n}x{n} peak GFLOP/s: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items())
+    )
     print("| row | precision | GFLOP/step | ms/step | achieved GFLOP/s | of fp32 peak | of bf16 peak | throughput |")
     print("|---|---|---|---|---|---|---|---|")
     for precision in args.precisions.split(","):
         for row in rows_for(precision, args.steps, set(filter(None, args.skip.split(",")))):
             flops = row["flops"]
             rate = flops / row["seconds"] / 1e9 if flops else None
-            cells = [f"{flops / 1e9:.1f}" if flops else "-", f"{row['seconds'] * 1000:.{0 if row['seconds'] >= 0.1 else 2}f}", f"{rate:.0f}" if rate else "-",
-                     f"{rate / peaks['float32']:.0%}" if rate else "-", f"{rate / peaks['bfloat16']:.0%}" if rate else "-"]
+            cells = [
+                f"{flops / 1e9:.1f}" if flops else "-",
+                f"{row['seconds'] * 1000:.{0 if row['seconds'] >= 0.1 else 2}f}",
+                f"{rate:.0f}" if rate else "-",
+                f"{rate / peaks['float32']:.0%}" if rate else "-",
+                f"{rate / peaks['bfloat16']:.0%}" if rate else "-",
+            ]
             print(f"| {row['name']} | {precision} | " + " | ".join(cells) + f" | {row['items']} |", flush=True)
 
 

@@ -41,7 +41,9 @@ def start(service: Service) -> tuple[uvicorn.Server, str]:
     return server, f"http://127.0.0.1:{port}"
 
 
-def load(url: str, blobs: list[bytes], requests: int, clients: int, question: str | None = None) -> tuple[float, list[float]]:
+def load(
+    url: str, blobs: list[bytes], requests: int, clients: int, question: str | None = None
+) -> tuple[float, list[float]]:
     """Caption requests (raw image bytes to /api/caption), or with `question` VQA requests to /api/ask."""
     encoded = [base64.b64encode(blob).decode() for blob in blobs] if question else []
     counter = iter(range(requests))
@@ -57,7 +59,9 @@ def load(url: str, blobs: list[bytes], requests: int, clients: int, question: st
                     return
                 started = time.perf_counter()
                 if question:
-                    response = session.post(f"{url}/api/ask", json={"image": encoded[index % len(blobs)], "question": question})
+                    response = session.post(
+                        f"{url}/api/ask", json={"image": encoded[index % len(blobs)], "question": question}
+                    )
                 else:
                     response = session.post(f"{url}/api/caption", content=blobs[index % len(blobs)])
                 response.raise_for_status()
@@ -100,8 +104,11 @@ def main() -> None:
         p50, p95, p99 = (1000 * float(np.percentile(latencies, q)) for q in (50, 95, 99))
         stats = batcher.stats.summary()
         name = "off (max 1)" if max_batch == 1 else f"on (max {max_batch}, wait {args.max_wait_ms:g} ms)"
-        print(f"| {name} | {len(latencies) / seconds:.1f} | {p50:.0f} | {p95:.0f} | {p99:.0f} | {stats['batches']} "
-              f"| {stats['mean_batch']:.1f} | {stats['largest_batch']} |", flush=True)
+        print(
+            f"| {name} | {len(latencies) / seconds:.1f} | {p50:.0f} | {p95:.0f} | {p99:.0f} | {stats['batches']} "
+            f"| {stats['mean_batch']:.1f} | {stats['largest_batch']} |",
+            flush=True,
+        )
         time.sleep(0.5)
 
 

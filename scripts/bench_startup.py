@@ -33,14 +33,22 @@ def measure(command: list[str], repeats: int) -> dict:
         if attempt:  # the first run warms the page cache
             walls.append(wall)
             peaks.append(usage.ru_maxrss / 1024)
-    return {"command": " ".join(command), "output": out.splitlines()[0] if out else "", "best_s": min(walls),
-            "median_s": statistics.median(walls), "peak_mib": max(peaks), "runs": len(walls)}
+    return {
+        "command": " ".join(command),
+        "output": out.splitlines()[0] if out else "",
+        "best_s": min(walls),
+        "median_s": statistics.median(walls),
+        "peak_mib": max(peaks),
+        "runs": len(walls),
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("photo")
-    parser.add_argument("--run", default=None, help="also time a run directory on the Keras path (the way before a model shipped)")
+    parser.add_argument(
+        "--run", default=None, help="also time a run directory on the Keras path (the way before a model shipped)"
+    )
     parser.add_argument("--vqa-run", default=None, help="also time a VQA run directory on the Keras path")
     parser.add_argument("--question", default="is there a person in the picture ?")
     parser.add_argument("--repeats", type=int, default=5)
@@ -61,7 +69,10 @@ def main() -> int:
     for name, command in commands.items():
         results[name] = measure(command, args.repeats)
         r = results[name]
-        print(f"{name:40s} best {r['best_s']:6.2f} s  median {r['median_s']:6.2f} s  peak {r['peak_mib']:7.0f} MiB  | {r['output']}", flush=True)
+        print(
+            f"{name:40s} best {r['best_s']:6.2f} s  median {r['median_s']:6.2f} s  peak {r['peak_mib']:7.0f} MiB  | {r['output']}",
+            flush=True,
+        )
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     return 0

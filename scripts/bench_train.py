@@ -63,7 +63,9 @@ def main() -> None:
         )
         seconds = measure(model, *batch, steps=args.steps)
         results[name] = seconds
-        print(f"{name:42s} {seconds * 1000:7.1f} ms/step  {160 / seconds:7.0f} captions/s  {32 / seconds:6.0f} distinct images/s")
+        print(
+            f"{name:42s} {seconds * 1000:7.1f} ms/step  {160 / seconds:7.0f} captions/s  {32 / seconds:6.0f} distinct images/s"
+        )
     once, repeated = results.values()
     print(f"speed-up of encoding once: {repeated / once:.2f}x")
 

@@ -49,7 +49,9 @@ class TutorialPeer(keras.Model):
         self.encoder = keras.layers.Dense(embedding_dim, activation="relu")
         self.attention = BahdanauAttention(units)
         self.embedding = keras.layers.Embedding(vocab, embedding_dim)
-        self.gru = keras.layers.GRU(units, return_sequences=True, return_state=True, recurrent_initializer="glorot_uniform")
+        self.gru = keras.layers.GRU(
+            units, return_sequences=True, return_state=True, recurrent_initializer="glorot_uniform"
+        )
         self.fc1, self.fc2 = keras.layers.Dense(units), keras.layers.Dense(vocab)
 
     def decode_step(self, word, features, hidden):
@@ -65,7 +67,9 @@ def peer_seconds(steps: int) -> float:
     optimizer = keras.optimizers.Adam()
     loss_object = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
     rng = np.random.default_rng(0)
-    grid = np.repeat(rng.standard_normal((IMAGES, PIXELS, CHANNELS)).astype("float32"), CAPTIONS, axis=0)  # (160, 49, 1280)
+    grid = np.repeat(
+        rng.standard_normal((IMAGES, PIXELS, CHANNELS)).astype("float32"), CAPTIONS, axis=0
+    )  # (160, 49, 1280)
     captions = rng.integers(1, VOCAB, (IMAGES * CAPTIONS, STEPS + 1)).astype("int32")  # <start> w1 .. wn <end>
 
     @tf.function
@@ -92,8 +96,10 @@ def captioner_seconds(steps: int, cell: str = "lstm") -> float:
     config = preset("flickr8k")
     config.model.encoder_weights, config.data.image_size, config.model.cell = None, 224, cell
     model = build_caption_model(config.model, VOCAB, 224)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3, global_clipnorm=5.0),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0))
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3, global_clipnorm=5.0),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
+    )
     rng = np.random.default_rng(0)
     features = rng.standard_normal((IMAGES, PIXELS, CHANNELS)).astype("float16")  # as the feature cache stores them
     tokens = rng.integers(1, VOCAB, (IMAGES, CAPTIONS, STEPS)).astype("int32")
@@ -112,17 +118,25 @@ def _time(call, steps: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--cell", default="lstm", choices=["lstm", "gru"], help="captioner's decoder cell (the peer's is a GRU)")
+    parser.add_argument(
+        "--cell", default="lstm", choices=["lstm", "gru"], help="captioner's decoder cell (the peer's is a GRU)"
+    )
     args = parser.parse_args()
     captions = IMAGES * CAPTIONS
     results: dict[str, list[float]] = {"peer": [], "captioner": []}
-    for key, name, measure in (("peer", "tutorial peer (GRU, grid per caption)", peer_seconds),
-                               ("captioner", "captioner flickr8k preset", captioner_seconds),
-                               ("peer", "tutorial peer, again", peer_seconds), ("captioner", "captioner, again", captioner_seconds)):
+    for key, name, measure in (
+        ("peer", "tutorial peer (GRU, grid per caption)", peer_seconds),
+        ("captioner", "captioner flickr8k preset", captioner_seconds),
+        ("peer", "tutorial peer, again", peer_seconds),
+        ("captioner", "captioner, again", captioner_seconds),
+    ):
         seconds = measure(args.steps, args.cell) if key == "captioner" else measure(args.steps)
         results[key].append(seconds)
         print(f"{name:40s} {seconds * 1000:7.0f} ms/step  {captions / seconds:6.0f} captions/s", flush=True)
-    print(f"captioner / peer, captions per second (best of two each): {min(results['peer']) / min(results['captioner']):.2f}x")
+    print(
+        f"captioner / peer, captions per second (best of two each): {min(results['peer']) / min(results['captioner']):.2f}x"
+    )
+
 
 if __name__ == "__main__":
     main()

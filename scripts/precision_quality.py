@@ -62,22 +62,44 @@ def fit(model, config, train: tuple, val: tuple, verbose: int) -> dict:
     """Train as `captioner train` does (Adam with global-norm clipping, early stopping on validation loss, the
     preset's learning-rate schedule), keeping the best epoch's weights."""
     train_cfg = config.train
-    model.compile(optimizer=keras.optimizers.Adam(train_cfg.learning_rate, global_clipnorm=train_cfg.clip_norm),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0))
+    model.compile(
+        optimizer=keras.optimizers.Adam(train_cfg.learning_rate, global_clipnorm=train_cfg.clip_norm),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
+    )
     timer = EpochTimer()
-    callbacks = [timer, keras.callbacks.EarlyStopping(monitor="val_loss", patience=train_cfg.patience, restore_best_weights=True)]
+    callbacks = [
+        timer,
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=train_cfg.patience, restore_best_weights=True),
+    ]
     if train_cfg.lr_reduce_factor < 1.0:
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=train_cfg.lr_reduce_factor, patience=train_cfg.lr_reduce_patience))
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=train_cfg.lr_reduce_factor, patience=train_cfg.lr_reduce_patience
+            )
+        )
     started = time.perf_counter()
-    history = model.fit(*train, validation_data=val, batch_size=train_cfg.batch_size, epochs=train_cfg.epochs,
-                        callbacks=callbacks, shuffle=True, verbose=verbose)
+    history = model.fit(
+        *train,
+        validation_data=val,
+        batch_size=train_cfg.batch_size,
+        epochs=train_cfg.epochs,
+        callbacks=callbacks,
+        shuffle=True,
+        verbose=verbose,
+    )
     losses = history.history["val_loss"]
-    return {"epochs": len(losses), "best_val_loss": float(min(losses)), "best_epoch": int(np.argmin(losses)) + 1,
-            "ms_per_step": 1000 * statistics.median(timer.step_seconds[1:] or timer.step_seconds),
-            "train_seconds": time.perf_counter() - started}
+    return {
+        "epochs": len(losses),
+        "best_val_loss": float(min(losses)),
+        "best_epoch": int(np.argmin(losses)) + 1,
+        "ms_per_step": 1000 * statistics.median(timer.step_seconds[1:] or timer.step_seconds),
+        "train_seconds": time.perf_counter() - started,
+    }
 
 
-def caption_quality(data_dir: str, precisions: list[str], decoder: str, epochs: int | None, limit: int | None, verbose: int) -> list[dict]:
+def caption_quality(
+    data_dir: str, precisions: list[str], decoder: str, epochs: int | None, limit: int | None, verbose: int
+) -> list[dict]:
     config = preset("shapes")
     config.model.decoder = decoder
     if epochs:
@@ -85,22 +107,47 @@ def caption_quality(data_dir: str, precisions: list[str], decoder: str, epochs: 
     config = resolve_auto(config)
     splits = {name: load_split("shapes", data_dir, name)[:limit] for name in ("train", "val", "test")}
     vocab = Vocabulary.build((c for r in splits["train"] for c in r.captions), min_count=config.data.min_word_count)
-    max_length = padded_caption_length(splits["train"], config.data.max_caption_length, config.data.max_length_percentile)
+    max_length = padded_caption_length(
+        splits["train"], config.data.max_caption_length, config.data.max_length_percentile
+    )
     size = config.data.image_size
-    images = {name: np.stack([load_image(r.image, size) for r in records]) for name, records in splits.items()}  # (n, size, size, 3)
-    arrays = {name: caption_arrays(splits[name], vocab, config.data.captions_per_image, max_length) for name in ("train", "val")}
+    images = {
+        name: np.stack([load_image(r.image, size) for r in records]) for name, records in splits.items()
+    }  # (n, size, size, 3)
+    arrays = {
+        name: caption_arrays(splits[name], vocab, config.data.captions_per_image, max_length)
+        for name in ("train", "val")
+    }
     references = [[tokenize(c) for c in r.captions] for r in splits["test"]]
     rows = []
     for precision in precisions:
         keras.utils.set_random_seed(config.train.seed)
         with precision_scope(precision):
             model = build_caption_model(config.model, len(vocab), size)
-        row = {"task": f"shapes {decoder}", "precision": precision,
-               **fit(model, config, ({"images": images["train"], "tokens": arrays["train"][0]}, arrays["train"][1]),
-                     ({"images": images["val"], "tokens": arrays["val"][0]}, arrays["val"][1]), verbose)}
+        row = {
+            "task": f"shapes {decoder}",
+            "precision": precision,
+            **fit(
+                model,
+                config,
+                ({"images": images["train"], "tokens": arrays["train"][0]}, arrays["train"][1]),
+                ({"images": images["val"], "tokens": arrays["val"][0]}, arrays["val"][1]),
+                verbose,
+            ),
+        }
         for beam in sorted({1, config.decode.beam_size}):
-            generator = CaptionGenerator(model, vocab, DecodeConfig(max_length=config.decode.max_length, beam_size=beam, length_penalty=config.decode.length_penalty))
-            captions = [c for start in range(0, len(images["test"]), 256) for c in generator(images["test"][start : start + 256]).captions]
+            generator = CaptionGenerator(
+                model,
+                vocab,
+                DecodeConfig(
+                    max_length=config.decode.max_length, beam_size=beam, length_penalty=config.decode.length_penalty
+                ),
+            )
+            captions = [
+                c
+                for start in range(0, len(images["test"]), 256)
+                for c in generator(images["test"][start : start + 256]).captions
+            ]
             row[f"bleu4_beam{beam}"] = bleu_scores(references, [tokenize(c) for c in captions])["bleu4"]
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -118,22 +165,36 @@ def vqa_quality(precisions: list[str], epochs: int | None, limit: int | None, ve
     max_length = min(vqa.max_question_length, max(len(tokenize(r.question)) for r in splits["train"]))
     size = config.data.image_size
     groups = {name: group_questions(records, vqa.questions_per_image) for name, records in splits.items()}
-    images = {name: np.stack([load_image(image, size) for image, _ in g]) for name, g in groups.items()}  # (groups, size, size, 3)
-    arrays = {name: question_arrays(g, vocab, answers, vqa.questions_per_image, max_length) for name, g in groups.items()}
+    images = {
+        name: np.stack([load_image(image, size) for image, _ in g]) for name, g in groups.items()
+    }  # (groups, size, size, 3)
+    arrays = {
+        name: question_arrays(g, vocab, answers, vqa.questions_per_image, max_length) for name, g in groups.items()
+    }
     rows = []
     for precision in precisions:
         keras.utils.set_random_seed(config.train.seed)
         with precision_scope(precision):
             model = build_vqa_model(config, len(vocab), len(answers), size)
-        row = {"task": "easy-vqa", "precision": precision,
-               **fit(model, config, ({"images": images["train"], "questions": arrays["train"][0]}, arrays["train"][1]),
-                     ({"images": images["val"], "questions": arrays["val"][0]}, arrays["val"][1]), verbose)}
+        row = {
+            "task": "easy-vqa",
+            "precision": precision,
+            **fit(
+                model,
+                config,
+                ({"images": images["train"], "questions": arrays["train"][0]}, arrays["train"][1]),
+                ({"images": images["val"], "questions": arrays["val"][0]}, arrays["val"][1]),
+                verbose,
+            ),
+        }
         answerer = Answerer(model, vocab, answers, max_length)
         scores = []
         for start in range(0, len(groups["test"]), 256):
             probabilities, _ = answerer(images["test"][start : start + 256], arrays["test"][0][start : start + 256])
             for (_, records), distributions in zip(groups["test"][start : start + 256], probabilities):
-                scores += [vqa_accuracy(answers.answers[int(np.argmax(d))], r.answers) for r, d in zip(records, distributions)]
+                scores += [
+                    vqa_accuracy(answers.answers[int(np.argmax(d))], r.answers) for r, d in zip(records, distributions)
+                ]
         row["test_accuracy"] = float(np.mean(scores))
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -69,7 +69,9 @@ def main() -> None:
             tf.profiler.experimental.stop()
             totals = op_times(Path(trace_dir))
         summed = sum(totals.values())
-        print(f"\n{name}: {wall * 1000:.0f} ms/step wall (traced); op time summed over threads {summed / args.steps / 1000:.0f} ms/step")
+        print(
+            f"\n{name}: {wall * 1000:.0f} ms/step wall (traced); op time summed over threads {summed / args.steps / 1000:.0f} ms/step"
+        )
         print("| op type | ms/step | share of op time |\n|---|---|---|")
         for op, micros in totals.most_common(args.top):
             print(f"| {op} | {micros / args.steps / 1000:.1f} | {micros / summed:.0%} |")

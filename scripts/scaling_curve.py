@@ -36,23 +36,38 @@ def power_law(photos: np.ndarray, values: np.ndarray, at: float) -> dict[str, fl
     t = T_975[min(n - 2, len(T_975)) - 1] if n > 2 else float("nan")
     centre = intercept + slope * math.log(at)
     r2 = 1 - float(residual @ residual) / float(((y - y.mean()) ** 2).sum())
-    return {"exponent": float(slope), "exponent_stderr": sigma / math.sqrt(spread_x), "at": at, "predicted": math.exp(centre),
-            "low": math.exp(centre - t * spread), "high": math.exp(centre + t * spread), "r2": r2}
+    return {
+        "exponent": float(slope),
+        "exponent_stderr": sigma / math.sqrt(spread_x),
+        "at": at,
+        "predicted": math.exp(centre),
+        "low": math.exp(centre - t * spread),
+        "high": math.exp(centre + t * spread),
+        "r2": r2,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--point", action="append", required=True, metavar="PHOTOS=FILE", help="a fitted point (repeatable)")
-    parser.add_argument("--extra", action="append", default=[], metavar="LABEL=PHOTOS=FILE", help="a point drawn, not fitted")
-    parser.add_argument("--predict", type=float, default=113287, help="photos to predict for (default 113,287: Karpathy's COCO train)")
-    parser.add_argument("--anchor", action="append", default=[], metavar="LABEL=BLEU4=CIDER", help="a published result at --predict")
+    parser.add_argument(
+        "--point", action="append", required=True, metavar="PHOTOS=FILE", help="a fitted point (repeatable)"
+    )
+    parser.add_argument(
+        "--extra", action="append", default=[], metavar="LABEL=PHOTOS=FILE", help="a point drawn, not fitted"
+    )
+    parser.add_argument(
+        "--predict", type=float, default=113287, help="photos to predict for (default 113,287: Karpathy's COCO train)"
+    )
+    parser.add_argument(
+        "--anchor", action="append", default=[], metavar="LABEL=BLEU4=CIDER", help="a published result at --predict"
+    )
     parser.add_argument("--out", required=True, help="PNG to write")
     args = parser.parse_args()
 
     def read(path: str) -> dict:  # `evaluate --json > FILE 2>&1` may start with the loader's skipped-entries line
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
-        return json.loads(text[text.index("{"):])
+        return json.loads(text[text.index("{") :])
 
     points = sorted((float(photos), read(path)) for photos, path in (p.split("=", 1) for p in args.point))
     extras = [(label, float(photos), read(path)) for label, photos, path in (e.split("=", 2) for e in args.extra)]
@@ -66,10 +81,22 @@ def main() -> None:
         ax = figure.add_subplot(1, 2, column + 1)
         ax.plot(photos, values, "o", color="tab:blue", label="COCO train photos (fitted)")
         line = np.geomspace(photos.min(), args.predict, 50)
-        ax.plot(line, fit["predicted"] * (line / args.predict) ** fit["exponent"], "--", color="tab:blue",
-                label=f"power law, exponent {fit['exponent']:.3f} +- {fit['exponent_stderr']:.3f}")
-        ax.errorbar([args.predict], [fit["predicted"]], yerr=[[fit["predicted"] - fit["low"]], [fit["high"] - fit["predicted"]]],
-                    fmt="s", color="tab:blue", capsize=4, label=f"predicted at {args.predict:,.0f}: {fit['predicted']:.3f} ({fit['low']:.3f}-{fit['high']:.3f})")
+        ax.plot(
+            line,
+            fit["predicted"] * (line / args.predict) ** fit["exponent"],
+            "--",
+            color="tab:blue",
+            label=f"power law, exponent {fit['exponent']:.3f} +- {fit['exponent_stderr']:.3f}",
+        )
+        ax.errorbar(
+            [args.predict],
+            [fit["predicted"]],
+            yerr=[[fit["predicted"] - fit["low"]], [fit["high"] - fit["predicted"]]],
+            fmt="s",
+            color="tab:blue",
+            capsize=4,
+            label=f"predicted at {args.predict:,.0f}: {fit['predicted']:.3f} ({fit['low']:.3f}-{fit['high']:.3f})",
+        )
         for label, count, result in extras:
             ax.plot([count], [value(result)], "^", color="tab:orange", label=f"{label} ({value(result):.3f})")
         for anchor in args.anchor:

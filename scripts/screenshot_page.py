@@ -61,7 +61,9 @@ def main() -> None:
                 wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#answers li"))
                 print("answers: " + "; ".join(li.text for li in browser.find_elements(By.CSS_SELECTOR, "#answers li")))
             browser.save_screenshot(args.out)
-            print(f"wrote {args.out}: {' '.join(s.text for s in browser.find_elements(By.CSS_SELECTOR, '#caption span.word'))}")
+            print(
+                f"wrote {args.out}: {' '.join(s.text for s in browser.find_elements(By.CSS_SELECTOR, '#caption span.word'))}"
+            )
         finally:
             browser.quit()
 

@@ -40,13 +40,17 @@ def main() -> None:
     print(f"converted in {time.perf_counter() - started:.1f}s: {sizes}")
     paths = sorted(glob.glob(args.images))[: args.count]
     images = np.stack([load_image(p, run.model.encoder.image_size) for p in paths])
-    reference = CaptionGenerator(run.model, run.vocab, DecodeConfig(max_length=run.config.decode.max_length, beam_size=1))(images).captions
+    reference = CaptionGenerator(
+        run.model, run.vocab, DecodeConfig(max_length=run.config.decode.max_length, beam_size=1)
+    )(images).captions
     started = time.perf_counter()
     captions = tflite_greedy(folder, images)
     seconds = time.perf_counter() - started
     same = sum(a == b for a, b in zip(captions, reference))
-    print(f"{same} of {len(paths)} captions identical to CaptionGenerator's greedy ones; "
-          f"TFLite greedy loop {1000 * seconds / len(paths):.1f} ms per image")
+    print(
+        f"{same} of {len(paths)} captions identical to CaptionGenerator's greedy ones; "
+        f"TFLite greedy loop {1000 * seconds / len(paths):.1f} ms per image"
+    )
 
 
 if __name__ == "__main__":

@@ -33,11 +33,17 @@ def main() -> None:
     parser.add_argument("--run", required=True, help="the VQA run that wrote --answers")
     parser.add_argument("--answers", required=True, help="the JSON list `captioner evaluate --out` writes")
     parser.add_argument("--out", required=True, help="PNG to write")
-    parser.add_argument("--more-answers", default=None, help="answers to another test of the same photos: one question of each per photo")
+    parser.add_argument(
+        "--more-answers",
+        default=None,
+        help="answers to another test of the same photos: one question of each per photo",
+    )
     parser.add_argument("--count", type=int, default=8, help="photos (default 8)")
     parser.add_argument("--mistakes", type=int, default=2, help="how many of them the model got wrong (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="which photos: a seeded random sample (default 0)")
-    parser.add_argument("--attention-out", default=None, help="also draw where the model looked (attention runs): PNG prefix")
+    parser.add_argument(
+        "--attention-out", default=None, help="also draw where the model looked (attention runs): PNG prefix"
+    )
     parser.add_argument("--attention-count", type=int, default=2, help="photos drawn with --attention-out (default 2)")
     args = parser.parse_args()
     entries = json.loads(Path(args.answers).read_text(encoding="utf-8"))
@@ -58,7 +64,12 @@ def main() -> None:
     chosen = [entry for group in chosen_groups for entry in group]
     run = load_run(args.run, task="vqa")
     data = run.config.data
-    seen = {photo_key(r.image) for r in load_qa_split(data.dataset, data.data_dir, run.config.train.train_split, answer_type=run.config.vqa.answer_type)}
+    seen = {
+        photo_key(r.image)
+        for r in load_qa_split(
+            data.dataset, data.data_dir, run.config.train.train_split, answer_type=run.config.vqa.answer_type
+        )
+    }
     answerer = VQATask().answerer(run)
     size = run.model.encoder.image_size
     images = np.stack([load_image(e["image"], size) for e in chosen])  # (count, size, size, 3)
@@ -74,7 +85,9 @@ def main() -> None:
     for start in range(0, len(chosen), per_photo):
         photo = "seen" if photo_key(chosen[start]["image"]) in seen else "not seen"
         photos.append(images[start])
-        lines.append([line for title in titles[start:start + per_photo] for line in title] + [f"photo {photo} in training"])
+        lines.append(
+            [line for title in titles[start : start + per_photo] for line in title] + [f"photo {photo} in training"]
+        )
     caption_grid_figure(photos, lines, args.out, columns=4)
     print(f"wrote {args.out}")
     if args.attention_out:
@@ -85,7 +98,9 @@ def main() -> None:
             out = Path(args.attention_out)
             path = out.with_name(f"{out.stem}_{Path(chosen[row]['image']).stem}{out.suffix or '.png'}")
             label = f"{chosen[row]['question']} model: {titles[row][1].split(',')[0].removeprefix('model: ')}; truth: {chosen[row]['answers'][0]}"
-            attention_figure(images[row], ["where it looked"], attention[row, :1], (grid[0], grid[1]), path, title=label)
+            attention_figure(
+                images[row], ["where it looked"], attention[row, :1], (grid[0], grid[1]), path, title=label
+            )
             print(f"wrote {path}")
 
 

@@ -47,6 +47,7 @@ also `--dataset flickr8k ...` with the same --cache-dir). BENCHMARKS.md, "VQA on
 
     python scripts/vqa_tries.py --cache-dir C --weights W --vqa VQA_DIR [--flickr8k F8K_DIR] [--seeds 0,1,2] [--arms plain,gru]
 """
+
 import argparse
 import collections
 import json
@@ -75,7 +76,9 @@ parser.add_argument("--seeds", default="0")
 parser.add_argument("--arms", default="plain")
 parser.add_argument("--patience", type=int, default=5, help="epochs without a better dev accuracy before stopping")
 parser.add_argument("--epochs", type=int, default=30, help="at most this many epochs")
-parser.add_argument("--aux-weight", type=float, default=10.0, help="multitask: the caption-word loss's weight (the answer's is 1)")
+parser.add_argument(
+    "--aux-weight", type=float, default=10.0, help="multitask: the caption-word loss's weight (the answer's is 1)"
+)
 args = parser.parse_args()
 SEEDS, ARMS = [int(s) for s in args.seeds.split(",")], args.arms.split(",")
 if ("detector" in ARMS or "multitask" in ARMS) and not args.flickr8k:
@@ -84,7 +87,9 @@ if "imagenet" in ARMS and not args.top_weights:
     parser.error("the imagenet arm needs --top-weights")
 if "imagenet" in ARMS and "detector" in ARMS:
     parser.error("the imagenet and detector arms fill the same input: run them one at a time")
-encoder = build_image_encoder(ModelConfig(encoder="mobilenet_v2", encoder_weights=args.weights, encoder_trainable=False), 224)
+encoder = build_image_encoder(
+    ModelConfig(encoder="mobilenet_v2", encoder_weights=args.weights, encoder_trainable=False), 224
+)
 cache = FeatureCache(args.cache_dir, encoder)
 L = 20  # question words kept
 
@@ -93,12 +98,14 @@ def pooled(paths):
     """(n, 2560): each photo's grid mean and max over the 7x7 cells."""
     out = []
     for start in range(0, len(paths), 512):
-        grid = cache.load(paths[start:start + 512]).astype(np.float32)  # (b, 49, 1280)
+        grid = cache.load(paths[start : start + 512]).astype(np.float32)  # (b, 49, 1280)
         out.append(np.concatenate([grid.mean(axis=1), grid.max(axis=1)], axis=-1))  # (b, 2560)
     return np.concatenate(out)
 
 
-STOP = set("a an the of in on at to is are and with its it his her their this that there be could any for from by as".split())
+STOP = set(
+    "a an the of in on at to is are and with its it his her their this that there be could any for from by as".split()
+)
 
 
 def caption_words():
@@ -120,7 +127,9 @@ def word_detectors(seed):
     """(words -> column, a model from a pooled grid to one logit per word) learned on Flickr8k's train captions."""
     index, x, y = caption_words()
     keras.utils.set_random_seed(seed)
-    model = keras.Sequential([layers.Input((1280,)), layers.LayerNormalization(), layers.Dropout(0.3), layers.Dense(len(index))])
+    model = keras.Sequential(
+        [layers.Input((1280,)), layers.LayerNormalization(), layers.Dropout(0.3), layers.Dense(len(index))]
+    )
     model.compile(keras.optimizers.Adam(1e-3), keras.losses.BinaryCrossentropy(from_logits=True))
     model.fit(x, y, batch_size=64, epochs=15, validation_split=0.1, verbose=0)
     print(f"detectors: {len(index)} words from {len(x)} Flickr8k photos", flush=True)
@@ -129,7 +138,9 @@ def word_detectors(seed):
 
 splits = {s: load_qa_split("vqa-lines", args.vqa, s, answer_type="yes/no") for s in ("train", "val", "test")}
 seen_photos = {Path(r.image).name for r in splits["train"]}
-vocab = {w: i + 2 for i, w in enumerate(sorted({w for r in splits["train"] for w in tokenize(r.question)}))}  # 0 pad, 1 unknown
+vocab = {
+    w: i + 2 for i, w in enumerate(sorted({w for r in splits["train"] for w in tokenize(r.question)}))
+}  # 0 pad, 1 unknown
 
 
 def imagenet_detectors():
@@ -148,6 +159,7 @@ def imagenet_detectors():
         p = np.exp(z - z.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)
         return np.log(np.stack([p[:, ids].sum(axis=1) for ids in words.values()], axis=1) + 1e-4)  # (n, words)
+
     return {w: i for i, w in enumerate(words)}, scores
 
 
@@ -155,7 +167,7 @@ def singular(word):
     """`word` without a plural ending, crudely (dogs -> dog, buses -> bus, puppies -> puppy, but horses -> hors)."""
     for suffix, ending in (("ies", "y"), ("es", ""), ("s", "")):
         if word.endswith(suffix) and len(word) > 3:
-            return word[:-len(suffix)] + ending
+            return word[: -len(suffix)] + ending
     return word
 
 
@@ -207,9 +219,17 @@ if detectors:  # the detectors alone, before any training: does the best word sc
         d = data[split]
         named = d["s"][:, :, 1].any(axis=1)  # (n,) questions with at least one word that has a detector
         best = np.where(d["s"][:, :, 1] > 0, d["s"][:, :, 0], -np.inf).max(axis=1)  # (n,)
-        print(json.dumps({"detectors_alone": split, "questions_named": int(named.sum()),
-                          "auc": round(auc(best[named], d["y"][named]), 4),
-                          "auc_unseen": round(auc(best[named & ~d["seen"]], d["y"][named & ~d["seen"]]), 4)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "detectors_alone": split,
+                    "questions_named": int(named.sum()),
+                    "auc": round(auc(best[named], d["y"][named]), 4),
+                    "auc_unseen": round(auc(best[named & ~d["seen"]], d["y"][named & ~d["seen"]]), 4),
+                }
+            ),
+            flush=True,
+        )
 
 
 def stored_means(records, photos, name, size, flip=False):
@@ -217,12 +237,21 @@ def stored_means(records, photos, name, size, flip=False):
     computed once for `photos` with the encoder and kept in CACHE_DIR/<name>-<encoder key>-<photos>.npz."""
     store = Path(args.cache_dir) / f"{name}-{cache.key[:16]}-{len(photos)}.npz"  # this encoder's grids of these photos
     if not store.exists():
-        cnn = encoder if size == 224 else build_image_encoder(
-            ModelConfig(encoder="mobilenet_v2", encoder_weights=args.weights, encoder_trainable=False), size)
+        cnn = (
+            encoder
+            if size == 224
+            else build_image_encoder(
+                ModelConfig(encoder="mobilenet_v2", encoder_weights=args.weights, encoder_trainable=False), size
+            )
+        )
         means = []
         for start in range(0, len(photos), 32):
-            images = np.stack([read_image(p, size)[0][:, ::-1] if flip else read_image(p, size)[0]
-                               for p in photos[start:start + 32]])  # (b, size, size, 3)
+            images = np.stack(
+                [
+                    read_image(p, size)[0][:, ::-1] if flip else read_image(p, size)[0]
+                    for p in photos[start : start + 32]
+                ]
+            )  # (b, size, size, 3)
             grid = keras.ops.convert_to_numpy(cnn.cache_features(images))  # (b, (size / 32)^2, 1280)
             means.append(grid.mean(axis=1))
         with atomic_path(store) as tmp:
@@ -274,7 +303,10 @@ def build(arm):
     else:
         h = layers.LSTM(width(512))(e)  # (b, 512)
     qv = layers.Dense(width(512), activation="tanh")(h)
-    norm, relu = layers.LayerNormalization(), layers.Dense(width(512), activation="relu")  # the image tower (shared by multitask)
+    norm, relu = (
+        layers.LayerNormalization(),
+        layers.Dense(width(512), activation="relu"),
+    )  # the image tower (shared by multitask)
     iv = relu(norm(image))  # (b, 512)
     iv = layers.Dense(width(512), activation="tanh")(layers.Dropout(0.3)(iv))
     fused = layers.Concatenate()([qv, iv]) if arm == "concat" else layers.Multiply()([qv, iv])  # (b, 512 or 1024)
@@ -283,15 +315,24 @@ def build(arm):
     out = layers.Dense(2, name="answer")(f)  # (b, 2) logits
     if arm == "debias":
         out = layers.Add()([out, bias])  # (b, 2): the product of the two experts, as logits
-    optimizer = (keras.optimizers.AdamW(5e-4, weight_decay=0.05, global_clipnorm=5.0) if arm == "decay"
-                 else keras.optimizers.Adam(5e-4, global_clipnorm=5.0))
+    optimizer = (
+        keras.optimizers.AdamW(5e-4, weight_decay=0.05, global_clipnorm=5.0)
+        if arm == "decay"
+        else keras.optimizers.Adam(5e-4, global_clipnorm=5.0)
+    )
     loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1 if arm == "smooth" else 0.0)
     if arm == "multitask":  # the same image tower also names a Flickr8k photo's caption words, trained together
         photo = layers.Input((1280,))  # a Flickr8k train photo's grid mean, paired with each VQA row
-        words = layers.Dense(len(f8k_words[0]), name="words")(layers.Dropout(0.3)(relu(norm(photo))))  # (b, words) logits
+        words = layers.Dense(len(f8k_words[0]), name="words")(
+            layers.Dropout(0.3)(relu(norm(photo)))
+        )  # (b, words) logits
         model = keras.Model([image, question, scores, bias, photo], {"answer": out, "words": words})
-        model.compile(optimizer, {"answer": loss, "words": keras.losses.BinaryCrossentropy(from_logits=True)},
-                      loss_weights={"answer": 1.0, "words": args.aux_weight}, metrics={"answer": ["categorical_accuracy"]})
+        model.compile(
+            optimizer,
+            {"answer": loss, "words": keras.losses.BinaryCrossentropy(from_logits=True)},
+            loss_weights={"answer": 1.0, "words": args.aux_weight},
+            metrics={"answer": ["categorical_accuracy"]},
+        )
         return model
     model = keras.Model([image, question, scores, bias], out)
     model.compile(optimizer, loss, metrics=["categorical_accuracy"])
@@ -356,32 +397,82 @@ for arm in ARMS:
             x[-1], y = f8k_words[1][rows], {"answer": y, "words": f8k_words[2][rows]}
             y_val = {"answer": y_val, "words": np.zeros((len(y_val), len(f8k_words[0])), np.float32)}
             monitor = "val_answer_categorical_accuracy"
-        stop = keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=args.patience, restore_best_weights=True)
-        model.fit(x, y, validation_data=(inputs("val", arm), y_val),
-                  batch_size=64, epochs=args.epochs, callbacks=[stop], class_weight=weights, verbose=0)
+        stop = keras.callbacks.EarlyStopping(
+            monitor=monitor, mode="max", patience=args.patience, restore_best_weights=True
+        )
+        model.fit(
+            x,
+            y,
+            validation_data=(inputs("val", arm), y_val),
+            batch_size=64,
+            epochs=args.epochs,
+            callbacks=[stop],
+            class_weight=weights,
+            verbose=0,
+        )
         if arm == "trainval":
             best = int(np.argmax(model.history.history["val_categorical_accuracy"])) + 1
             keras.utils.set_random_seed(seed)
             model = build(arm)
-            model.fit([np.concatenate([a, b]) for a, b in zip(x, inputs("val", arm))],
-                      keras.ops.concatenate([y, keras.ops.one_hot(data["val"]["y"], 2)]), batch_size=64, epochs=best, verbose=0)
-        yes = {split: keras.ops.convert_to_numpy(keras.ops.softmax(answers_of(model.predict(inputs(split, arm), batch_size=512, verbose=0))))[:, 1]
-               for split in ("val", "test")}  # split -> (n,) P(yes)
+            model.fit(
+                [np.concatenate([a, b]) for a, b in zip(x, inputs("val", arm))],
+                keras.ops.concatenate([y, keras.ops.one_hot(data["val"]["y"], 2)]),
+                batch_size=64,
+                epochs=best,
+                verbose=0,
+            )
+        yes = {
+            split: keras.ops.convert_to_numpy(
+                keras.ops.softmax(answers_of(model.predict(inputs(split, arm), batch_size=512, verbose=0)))
+            )[:, 1]
+            for split in ("val", "test")
+        }  # split -> (n,) P(yes)
         if arm == "plain":
             for split, p in yes.items():
                 plain_yes[split].append(p)
         threshold = dev_threshold(yes["val"])
-        line = {"arm": arm, "seed": seed, "dev": accuracy(yes["val"], "val"), "test": accuracy(yes["test"], "test"),
-                "epochs": len(model.history.history["loss"]), "dev_threshold": threshold,
-                "dev_at_threshold": accuracy(yes["val"], "val", threshold),
-                "test_at_threshold": accuracy(yes["test"], "test", threshold), "test_unseen_twin_new": unseen_twin_new(yes["test"], "test"),
-                "test_photo_in_dev_only": round(float(((yes["test"] > 0.5) == data["test"]["y"])[data["test"]["dev_photo"]].mean()), 4)}
+        line = {
+            "arm": arm,
+            "seed": seed,
+            "dev": accuracy(yes["val"], "val"),
+            "test": accuracy(yes["test"], "test"),
+            "epochs": len(model.history.history["loss"]),
+            "dev_threshold": threshold,
+            "dev_at_threshold": accuracy(yes["val"], "val", threshold),
+            "test_at_threshold": accuracy(yes["test"], "test", threshold),
+            "test_unseen_twin_new": unseen_twin_new(yes["test"], "test"),
+            "test_photo_in_dev_only": round(
+                float(((yes["test"] > 0.5) == data["test"]["y"])[data["test"]["dev_photo"]].mean()), 4
+            ),
+        }
         results[arm].append(line)
         print(json.dumps(line), flush=True)
     runs = results[arm]
-    print(json.dumps({"arm": arm, "mean_of_seeds": len(runs), **{k: [round(float(np.mean([r[k][i] for r in runs])), 4) for i in range(3)]
-                                                                  for k in ("dev", "test", "test_at_threshold")}}), flush=True)
+    print(
+        json.dumps(
+            {
+                "arm": arm,
+                "mean_of_seeds": len(runs),
+                **{
+                    k: [round(float(np.mean([r[k][i] for r in runs])), 4) for i in range(3)]
+                    for k in ("dev", "test", "test_at_threshold")
+                },
+            }
+        ),
+        flush=True,
+    )
 if len(plain_yes["val"]) > 1:
-    print(json.dumps({"arm": "ensemble", "of_plain_seeds": SEEDS, **{name: accuracy(np.mean(plain_yes[split], axis=0), split)
-                                                                     for name, split in (("dev", "val"), ("test", "test"))},
-                      "test_unseen_twin_new": unseen_twin_new(np.mean(plain_yes["test"], axis=0), "test")}), flush=True)
+    print(
+        json.dumps(
+            {
+                "arm": "ensemble",
+                "of_plain_seeds": SEEDS,
+                **{
+                    name: accuracy(np.mean(plain_yes[split], axis=0), split)
+                    for name, split in (("dev", "val"), ("test", "test"))
+                },
+                "test_unseen_twin_new": unseen_twin_new(np.mean(plain_yes["test"], axis=0), "test"),
+            }
+        ),
+        flush=True,
+    )

@@ -24,8 +24,9 @@ def margins(probabilities: np.ndarray) -> np.ndarray:
     return top2[..., 1] - top2[..., 0]
 
 
-def assert_same_answers_where_clear(reference: np.ndarray, other: np.ndarray, margin: float = 0.1,
-                                    min_clear: float = 0.5) -> None:
+def assert_same_answers_where_clear(
+    reference: np.ndarray, other: np.ndarray, margin: float = 0.1, min_clear: float = 0.5
+) -> None:
     """reference, other: (n, classes) probabilities of two models on the same n questions. Equal arg-max wherever the
     reference's margin exceeds `margin`; at least `min_clear` of the questions are clear."""
     reference, other = np.asarray(reference), np.asarray(other)
@@ -33,9 +34,21 @@ def assert_same_answers_where_clear(reference: np.ndarray, other: np.ndarray, ma
     clear = margins(reference) > margin
     assert clear.mean() >= min_clear, f"only {clear.sum()} of {len(clear)} decisions have a margin over {margin}"
     differ = np.flatnonzero(clear & (reference.argmax(-1) != other.argmax(-1)))
-    assert not len(differ), f"{len(differ)} clear decisions differ; (row, reference's class and p, other's class and p): " + str(
-        [(int(i), int(reference[i].argmax()), round(float(reference[i].max()), 3), int(other[i].argmax()), round(float(other[i].max()), 3))
-         for i in differ[:5]])
+    assert not len(differ), (
+        f"{len(differ)} clear decisions differ; (row, reference's class and p, other's class and p): "
+        + str(
+            [
+                (
+                    int(i),
+                    int(reference[i].argmax()),
+                    round(float(reference[i].max()), 3),
+                    int(other[i].argmax()),
+                    round(float(other[i].max()), 3),
+                )
+                for i in differ[:5]
+            ]
+        )
+    )
 
 
 def step_probabilities(model, vocab, images: np.ndarray, tokens: np.ndarray) -> np.ndarray:
@@ -43,8 +56,12 @@ def step_probabilities(model, vocab, images: np.ndarray, tokens: np.ndarray) -> 
     size, 3) uint8, tokens (batch, steps) generated words (<end> then padding) -> (batch, steps, vocab), the words
     greedy search never takes (<pad>, <start>, <unk>) left out."""
     tokens = np.asarray(tokens, np.int32)
-    inputs = np.concatenate([np.full((len(tokens), 1), vocab.start_id, np.int32), tokens[:, :-1]], axis=1)  # (batch, steps)
-    logits = ops.convert_to_numpy(ops.cast(model({"images": images, "tokens": inputs[:, None]}, training=False), "float32"))[:, 0]  # (batch, steps, vocab)
+    inputs = np.concatenate(
+        [np.full((len(tokens), 1), vocab.start_id, np.int32), tokens[:, :-1]], axis=1
+    )  # (batch, steps)
+    logits = ops.convert_to_numpy(
+        ops.cast(model({"images": images, "tokens": inputs[:, None]}, training=False), "float32")
+    )[:, 0]  # (batch, steps, vocab)
     logits[..., [vocab.pad_id, vocab.start_id, vocab.unk_id]] = -np.inf
     probabilities = np.exp(logits - logits.max(-1, keepdims=True))  # (batch, steps, vocab)
     return probabilities / probabilities.sum(-1, keepdims=True)
@@ -55,8 +72,14 @@ def step_margins(model, vocab, images: np.ndarray, tokens: np.ndarray) -> np.nda
     return margins(step_probabilities(model, vocab, images, tokens))
 
 
-def assert_same_captions_where_clear(step_margin: np.ndarray, reference: np.ndarray, other: np.ndarray, end_id: int,
-                                     margin: float = 0.1, min_clear: float = 0.5) -> None:
+def assert_same_captions_where_clear(
+    step_margin: np.ndarray,
+    reference: np.ndarray,
+    other: np.ndarray,
+    end_id: int,
+    margin: float = 0.1,
+    min_clear: float = 0.5,
+) -> None:
     """Greedy tokens (batch, steps) of two models: equal up to the reference's first decision with a margin under
     `margin` (`step_margins`), whole where there is none before its <end>; at least `min_clear` of the captions are
     clear to the end."""
@@ -67,7 +90,12 @@ def assert_same_captions_where_clear(step_margin: np.ndarray, reference: np.ndar
         length = int(np.argmax(mine == end_id)) + 1 if end_id in mine else len(mine)  # words up to <end>, included
         unclear = np.flatnonzero(row_margins[:length] <= margin)
         agreed = int(unclear[0]) if len(unclear) else length  # decisions before this one are clear
-        assert mine[:agreed].tolist() == theirs[:agreed].tolist(), (row, mine.tolist(), theirs.tolist(), row_margins.round(3).tolist())
+        assert mine[:agreed].tolist() == theirs[:agreed].tolist(), (
+            row,
+            mine.tolist(),
+            theirs.tolist(),
+            row_margins.round(3).tolist(),
+        )
         whole += not len(unclear)
     assert whole >= min_clear * len(reference), f"only {whole} of {len(reference)} captions are clear to the end"
 

@@ -51,18 +51,31 @@ def test_a_run_saved_under_one_backend_generates_the_same_tokens_under_the_other
     paths = [str(p) for p in sorted((tiny_data / "images").glob("test_*.png"))[:9]]
     run = load_run(overfit_run)
     images = np.stack([load_image(p, run.model.encoder.image_size) for p in paths])
-    here = {f"beam{beam}": CaptionGenerator(run.model, run.vocab, DecodeConfig(max_length=20, beam_size=beam, length_penalty=0.5))(images).tokens.tolist() for beam in (1, 3)}
+    here = {
+        f"beam{beam}": CaptionGenerator(
+            run.model, run.vocab, DecodeConfig(max_length=20, beam_size=beam, length_penalty=0.5)
+        )(images).tokens.tolist()
+        for beam in (1, 3)
+    }
     # sampling: the noise is drawn with numpy from the seed, so the samples (and their order) are the same too
-    here["sampling"] = CaptionGenerator(run.model, run.vocab, DecodeConfig(max_length=20, sampler="sampling", temperature=2.0,
-                                                                           num_captions=3, seed=7))(images).beams
+    here["sampling"] = CaptionGenerator(
+        run.model, run.vocab, DecodeConfig(max_length=20, sampler="sampling", temperature=2.0, num_captions=3, seed=7)
+    )(images).beams
     vqa = load_run(vqa_run, task="vqa")
     answerer = Answerer(vqa.model, vqa.vocab, vqa.answers, vqa.config.vqa.max_question_length)
-    questions = answerer.question_array([[answerer.encode("what color is the circle"), answerer.encode("how many shapes")]] * len(paths))
+    questions = answerer.question_array(
+        [[answerer.encode("what color is the circle"), answerer.encode("how many shapes")]] * len(paths)
+    )
     probabilities = answerer(images, questions)[0]
 
     env = {**os.environ, "KERAS_BACKEND": OTHER, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(overfit_run), str(vqa_run), *paths],
-                          capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(overfit_run), str(vqa_run), *paths],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     there = json.loads(done.stdout.strip().splitlines()[-1])
     assert there["backend"] == OTHER

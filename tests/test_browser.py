@@ -15,7 +15,10 @@ from conftest import serving  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="no chromium/chromedriver (apt-get install chromium chromium-driver)")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER), reason="no chromium/chromedriver (apt-get install chromium chromium-driver)"
+)
+
 
 @pytest.fixture(scope="module")
 def page_url(attention_run, vqa_run):
@@ -36,7 +39,13 @@ def test_upload_caption_and_attention_map_in_chromium(page_url, tiny_data, tmp_p
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
         options.add_argument(flag)
     browser = webdriver.Chrome(service=DriverService(DRIVER), options=options)
     try:
@@ -54,7 +63,8 @@ def test_upload_caption_and_attention_map_in_chromium(page_url, tiny_data, tmp_p
         # The overlay now holds the map: some of its pixels are painted, with varying strength.
         alphas = browser.execute_script(
             "const c = document.getElementById('overlay'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
-            "const a = []; for (let i = 3; i < d.length; i += 4) a.push(d[i]); return [Math.max(...a), a.filter(x => x > 0).length, a.length];")
+            "const a = []; for (let i = 3; i < d.length; i += 4) a.push(d[i]); return [Math.max(...a), a.filter(x => x > 0).length, a.length];"
+        )
         assert alphas[0] > 0 and 0 < alphas[1] <= alphas[2]
         browser.save_screenshot(str(tmp_path / "page.png"))
         if os.environ.get("CAPTIONER_SCREENSHOT"):  # docs/serve_page.png was made this way
@@ -70,4 +80,3 @@ def test_upload_caption_and_attention_map_in_chromium(page_url, tiny_data, tmp_p
         wait.until(lambda b: "not a JPEG, PNG" in b.find_element(By.ID, "error").text)
     finally:
         browser.quit()
-

@@ -40,7 +40,16 @@ def test_caption_json_folder_and_glob(overfit_run, tiny_data, capsys):
 def test_bad_images_are_reported_and_the_rest_still_captioned(overfit_run, tiny_data, tmp_path, capsys):
     good = sorted((tiny_data / "images").glob("test_*.png"))[:2]
     (tmp_path / "fake.png").write_text("this is text")
-    args = ["caption", "--run", str(overfit_run), "--json", str(good[0]), str(tmp_path / "missing.jpg"), str(tmp_path / "fake.png"), str(good[1])]
+    args = [
+        "caption",
+        "--run",
+        str(overfit_run),
+        "--json",
+        str(good[0]),
+        str(tmp_path / "missing.jpg"),
+        str(tmp_path / "fake.png"),
+        str(good[1]),
+    ]
     assert main(args) == 1
     captured = capsys.readouterr()
     results = json.loads(captured.out)
@@ -88,7 +97,21 @@ def test_damaged_model_file(overfit_run, tmp_path, capsys):
 
 def test_dataset_directory_without_annotations(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert main(["train", "--preset", "tiny", "--data-dir", str(tmp_path / "empty"), "--run", str(tmp_path / "run"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "tiny",
+                "--data-dir",
+                str(tmp_path / "empty"),
+                "--run",
+                str(tmp_path / "run"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     captured = capsys.readouterr()
     _one_line_error(captured)
     assert "no annotation file" in captured.err
@@ -135,7 +158,21 @@ def test_attention_maps_are_written_per_image(attention_run, tiny_data, tmp_path
     images = sorted((tiny_data / "images").glob("test_*.png"))[:2]
     assert main(["caption", "--run", str(attention_run), "--attention", str(tmp_path / "one.png"), str(images[0])]) == 0
     assert (tmp_path / "one.png").stat().st_size > 1000
-    assert main(["caption", "--run", str(attention_run), "--beam-size", "3", "--attention", str(tmp_path / "map.png"), *map(str, images)]) == 0
+    assert (
+        main(
+            [
+                "caption",
+                "--run",
+                str(attention_run),
+                "--beam-size",
+                "3",
+                "--attention",
+                str(tmp_path / "map.png"),
+                *map(str, images),
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in tmp_path.glob("map_*.png")) == [f"map_{p.stem}.png" for p in images]
 
 
@@ -160,15 +197,38 @@ def test_training_curves(overfit_run, tmp_path, capsys):
 
 
 def test_unknown_setting_is_a_one_line_error(tiny_data, tmp_path, capsys):
-    args = ["train", "--preset", "tiny", "--data-dir", str(tiny_data), "--run", str(tmp_path / "r"), "--set", "model.bogus=1"]
+    args = [
+        "train",
+        "--preset",
+        "tiny",
+        "--data-dir",
+        str(tiny_data),
+        "--run",
+        str(tmp_path / "r"),
+        "--set",
+        "model.bogus=1",
+    ]
     assert main(args) == 2
     _one_line_error(capsys.readouterr())
 
 
 @pytest.mark.slow  # kept out of the default suite for its 10-minute limit
 def test_train_script_and_cli_share_the_code(tiny_data, tmp_path):
-    command = [sys.executable, str(ROOT / "scripts" / "train.py"), "--preset", "tiny", "--data-dir", str(tiny_data),
-               "--run", str(tmp_path / "script_run"), "--epochs", "1", "--max-train-images", "8", "--quiet"]
+    command = [
+        sys.executable,
+        str(ROOT / "scripts" / "train.py"),
+        "--preset",
+        "tiny",
+        "--data-dir",
+        str(tiny_data),
+        "--run",
+        str(tmp_path / "script_run"),
+        "--epochs",
+        "1",
+        "--max-train-images",
+        "8",
+        "--quiet",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "trained 1 epochs" in done.stdout
@@ -176,7 +236,25 @@ def test_train_script_and_cli_share_the_code(tiny_data, tmp_path):
 
 
 def test_data_command_writes_the_dataset(tmp_path, capsys):
-    assert main(["data", "shapes", "--out", str(tmp_path / "d"), "--train", "4", "--val", "2", "--test", "2", "--image-size", "32"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "shapes",
+                "--out",
+                str(tmp_path / "d"),
+                "--train",
+                "4",
+                "--val",
+                "2",
+                "--test",
+                "2",
+                "--image-size",
+                "32",
+            ]
+        )
+        == 0
+    )
     assert len(list((tmp_path / "d" / "images").glob("*.png"))) == 8
     assert "wrote shapes" in capsys.readouterr().out
 
@@ -185,7 +263,16 @@ def test_data_command_writes_the_dataset(tmp_path, capsys):
 def test_hostile_folder_in_one_call(overfit_run, tmp_path):
     """Every good file is captioned, every bad one gets one line, the exit code says some failed."""
     expected = write_hostile_folder(tmp_path / "hostile")
-    command = [sys.executable, "-m", "captioner.cli", "caption", "--run", str(overfit_run), "--json", str(tmp_path / "hostile")]
+    command = [
+        sys.executable,
+        "-m",
+        "captioner.cli",
+        "caption",
+        "--run",
+        str(overfit_run),
+        "--json",
+        str(tmp_path / "hostile"),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr
     results = {Path(r["image"]).name: r for r in json.loads(done.stdout)}
@@ -208,7 +295,9 @@ def test_ask_prints_the_answer_and_the_top_five(vqa_run, tiny_data, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 6 and lines[0].strip()
     probabilities = [float(line.split("%")[0]) for line in lines[1:]]
-    assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 100.25  # each printed to 0.1 point
+    assert (
+        probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 100.25
+    )  # each printed to 0.1 point
     assert lines[1].split()[-1] == lines[0]  # the answer is the most probable one
 
 
@@ -245,7 +334,20 @@ def test_ask_bad_questions(vqa_run, tiny_data, capsys):
     assert "warning: no word of" in captured.err and len(captured.err.strip().splitlines()) == 1
     assert captured.out.strip()
     # 10,000 characters: answered from its first words, with a one-line warning; the question beside it too.
-    assert main(["ask", "--run", str(vqa_run), "--json", image, "how many shapes are there " * 385, "what color is the circle?"]) == 0
+    assert (
+        main(
+            [
+                "ask",
+                "--run",
+                str(vqa_run),
+                "--json",
+                image,
+                "how many shapes are there " * 385,
+                "what color is the circle?",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert "reads the first" in captured.err and len(captured.err.strip().splitlines()) == 1
     assert [bool(a.get("answer")) for a in json.loads(captured.out)["answers"]] == [True, True]
@@ -273,7 +375,13 @@ def test_evaluate_on_a_vqa_run_prints_accuracy_per_type(vqa_run, tmp_path, capsy
     out = tmp_path / "answers.json"
     assert main(["evaluate", "--run", str(vqa_run), "--split", "test", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "VQA accuracy" in text and "yes/no" in text and "number" in text and "count" in text and "blind baselines" in text
+    assert (
+        "VQA accuracy" in text
+        and "yes/no" in text
+        and "number" in text
+        and "count" in text
+        and "blind baselines" in text
+    )
     answers = json.loads(out.read_text())
     assert answers and {"question", "answer", "answers"} <= set(answers[0])
     assert "eval_test" in json.loads((vqa_run / "metrics.json").read_text())
@@ -296,20 +404,69 @@ def test_train_vqa_flag_errors(tiny_data, tmp_path, capsys):
     _one_line_error(capsys.readouterr())
     assert main(["train-vqa", "--run", str(tmp_path / "r"), "--encoder-from", str(tmp_path / "none")]) == 2
     _one_line_error(capsys.readouterr())
-    assert main(["train-vqa", "--run", str(tmp_path / "r"), "--data-dir", str(tiny_data), "--question-only", "--image-only"]) == 2
+    assert (
+        main(
+            ["train-vqa", "--run", str(tmp_path / "r"), "--data-dir", str(tiny_data), "--question-only", "--image-only"]
+        )
+        == 2
+    )
     _one_line_error(capsys.readouterr())
     for bad in ("train.monitor=val_bleu", "vqa.answer_type=maybe"):  # refused before any training
-        assert main(["train-vqa", "--preset", "tiny", "--run", str(tmp_path / "r"), "--data-dir", str(tiny_data), "--set", bad]) == 2
+        assert (
+            main(
+                [
+                    "train-vqa",
+                    "--preset",
+                    "tiny",
+                    "--run",
+                    str(tmp_path / "r"),
+                    "--data-dir",
+                    str(tiny_data),
+                    "--set",
+                    bad,
+                ]
+            )
+            == 2
+        )
         captured = capsys.readouterr()
         _one_line_error(captured)
         assert bad.split("=")[1] in captured.err
-    assert main(["train", "--preset", "tiny", "--run", str(tmp_path / "c"), "--data-dir", str(tiny_data), "--set", "train.monitor=val_accuracy"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "tiny",
+                "--run",
+                str(tmp_path / "c"),
+                "--data-dir",
+                str(tiny_data),
+                "--set",
+                "train.monitor=val_accuracy",
+            ]
+        )
+        == 2
+    )
     assert "caption runs monitor val_loss" in capsys.readouterr().err
 
 
 def test_train_vqa_command(tiny_data, tmp_path, capsys):
     run = tmp_path / "vqa"
-    args = ["train-vqa", "--preset", "tiny", "--data-dir", str(tiny_data), "--run", str(run), "--epochs", "1", "--attention", "--fusion", "concat", "--quiet"]
+    args = [
+        "train-vqa",
+        "--preset",
+        "tiny",
+        "--data-dir",
+        str(tiny_data),
+        "--run",
+        str(run),
+        "--epochs",
+        "1",
+        "--attention",
+        "--fusion",
+        "concat",
+        "--quiet",
+    ]
     assert main(args) == 0
     assert "questions/s" in capsys.readouterr().out
     config = json.loads((run / "config.json").read_text())
@@ -318,8 +475,16 @@ def test_train_vqa_command(tiny_data, tmp_path, capsys):
 
 def test_score_files_with_nltk_and_coco_metrics(tmp_path, capsys):
     hypotheses = [
-        {"image": "a/1.jpg", "caption": "a dog runs on the grass", "references": ["a dog runs on grass", "a brown dog running"]},
-        {"image": "a/2.jpg", "caption": "two people on a beach", "references": ["two people walk on a beach", "people near the sea"]},
+        {
+            "image": "a/1.jpg",
+            "caption": "a dog runs on the grass",
+            "references": ["a dog runs on grass", "a brown dog running"],
+        },
+        {
+            "image": "a/2.jpg",
+            "caption": "two people on a beach",
+            "references": ["two people walk on a beach", "people near the sea"],
+        },
     ]
     (tmp_path / "h.json").write_text(json.dumps(hypotheses))
     assert main(["score", "--hypotheses", str(tmp_path / "h.json"), "--no-meteor", "--json"]) == 0
@@ -349,13 +514,34 @@ def test_features_command_fills_the_cache_train_reads(tiny_data, tmp_path, capsy
     cache = str(tmp_path / "cache")
     common = ["--encoder", "mobilenet_v2", "--encoder-weights", "none", "--cache-dir", cache]
     for shard in ("2/2", "1/2"):  # two workers, each its half
-        assert main(["features", "--dataset", "shapes", "--data-dir", str(tiny_data), "--splits", "train,val", "--shard", shard, *common]) == 0
+        assert (
+            main(
+                [
+                    "features",
+                    "--dataset",
+                    "shapes",
+                    "--data-dir",
+                    str(tiny_data),
+                    "--splits",
+                    "train,val",
+                    "--shard",
+                    shard,
+                    *common,
+                ]
+            )
+            == 0
+        )
         out = capsys.readouterr().out
         assert f"24 of 24 images (shard {shard}) computed" in out and "\x1b[" not in out
-    assert main(["features", "--dataset", "shapes", "--data-dir", str(tiny_data), "--splits", "train,val", *common]) == 0
+    assert (
+        main(["features", "--dataset", "shapes", "--data-dir", str(tiny_data), "--splits", "train,val", *common]) == 0
+    )
     assert "0 of 48 images computed" in capsys.readouterr().out  # the halves together are the whole
     run = tmp_path / "run"
-    assert main(["train", "--preset", "tiny", "--data-dir", str(tiny_data), "--run", str(run), "--epochs", "2", *common]) == 0
+    assert (
+        main(["train", "--preset", "tiny", "--data-dir", str(tiny_data), "--run", str(run), "--epochs", "2", *common])
+        == 0
+    )
     assert json.loads((run / "metrics.json").read_text())["train"]["features_computed"] == 0
     # Not a terminal (as `make demo > log`): plain lines, one per epoch, no progress bar redrawn with escape codes.
     out = capsys.readouterr().out
@@ -376,18 +562,46 @@ def test_skipped_entries_are_one_line_and_listed_with_verbose(tiny_data, tmp_pat
     for split in ("train", "val", "test"):
         records = json.loads((tiny_data / f"{split}.json").read_text())["records"]
         for record in records:
-            images.append({"filepath": "images", "filename": Path(record["image"]).name, "split": split,
-                           "sentences": [{"raw": c} for c in record["captions"]]})
-        images.append({"filepath": "images", "filename": f"gone_{split}.png", "split": split, "sentences": [{"raw": "a red circle"}]})
+            images.append(
+                {
+                    "filepath": "images",
+                    "filename": Path(record["image"]).name,
+                    "split": split,
+                    "sentences": [{"raw": c} for c in record["captions"]],
+                }
+            )
+        images.append(
+            {
+                "filepath": "images",
+                "filename": f"gone_{split}.png",
+                "split": split,
+                "sentences": [{"raw": "a red circle"}],
+            }
+        )
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "images").symlink_to(tiny_data / "images")
     (tmp_path / "data" / "dataset_flickr8k.json").write_text(json.dumps({"images": images, "dataset": "flickr8k"}))
     run = tmp_path / "run"
-    common = ["--preset", "tiny", "--dataset", "karpathy", "--data-dir", str(tmp_path / "data"), "--run", str(run), "--quiet"]
+    common = [
+        "--preset",
+        "tiny",
+        "--dataset",
+        "karpathy",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--run",
+        str(run),
+        "--quiet",
+    ]
     assert main(["train", *common, "--epochs", "1"]) == 0
     err = capsys.readouterr().err
-    assert "captioner: skipped 2 entries: 2 image not on disk (--verbose lists them)" in err and "gone_train.png" not in err
-    assert json.loads((run / "metrics.json").read_text())["train"]["skipped"] == "skipped 2 entries: 2 image not on disk"
+    assert (
+        "captioner: skipped 2 entries: 2 image not on disk (--verbose lists them)" in err
+        and "gone_train.png" not in err
+    )
+    assert (
+        json.loads((run / "metrics.json").read_text())["train"]["skipped"] == "skipped 2 entries: 2 image not on disk"
+    )
     assert main(["evaluate", "--run", str(run), "--verbose"]) == 0
     captured = capsys.readouterr()
     assert "captioner: skipped 1 entries: 1 image not on disk\n" in captured.err and "gone_test.png" in captured.err
@@ -407,7 +621,9 @@ def test_stderr_holds_no_tensorflow_start_up_noise(overfit_run, tiny_data):
     shows what is hidden (so this test would see noise leak)."""
     image = str(sorted((tiny_data / "images").glob("test_*.png"))[0])
     command = [sys.executable, "-m", "captioner.cli", "caption", "--run", str(overfit_run), image]
-    quiet = subprocess.run(command, capture_output=True, text=True, timeout=120, env=_quiet_env(TF_CPP_MIN_LOG_LEVEL="0"))
+    quiet = subprocess.run(
+        command, capture_output=True, text=True, timeout=120, env=_quiet_env(TF_CPP_MIN_LOG_LEVEL="0")
+    )
     assert quiet.returncode == 0 and quiet.stdout.strip() and quiet.stderr == ""
     loud = subprocess.run(command, capture_output=True, text=True, timeout=120, env=_quiet_env(CAPTIONER_TF_LOGS="1"))
     assert loud.returncode == 0 and loud.stdout == quiet.stdout and "cpu_feature_guard" in loud.stderr
@@ -418,21 +634,43 @@ def test_on_jax_caption_and_ask_answer_without_importing_tensorflow(overfit_run,
     """TensorFlow is only tf.data and the SavedModel export on JAX: a caption or a question reads its photo with PIL
     and never imports it (~5 s of every such command); stderr stays clean all the same."""
     image = str(sorted((tiny_data / "images").glob("test_*.png"))[0])
-    code = ("import sys\nfrom captioner.cli import main\ncode = main(sys.argv[1:])\n"
-            "print('tensorflow imported' if 'tensorflow' in sys.modules else 'no tensorflow')\nsys.exit(code)\n")
-    for argv in (["caption", "--run", str(overfit_run), image], ["ask", "--run", str(vqa_run), image, "how many shapes are there?"]):
-        done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120,
-                              env=_quiet_env(KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="0"))
+    code = (
+        "import sys\nfrom captioner.cli import main\ncode = main(sys.argv[1:])\n"
+        "print('tensorflow imported' if 'tensorflow' in sys.modules else 'no tensorflow')\nsys.exit(code)\n"
+    )
+    for argv in (
+        ["caption", "--run", str(overfit_run), image],
+        ["ask", "--run", str(vqa_run), image, "how many shapes are there?"],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-c", code, *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=_quiet_env(KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="0"),
+        )
         assert done.returncode == 0 and done.stderr == "", done.stderr
         lines = done.stdout.splitlines()
         assert lines[-1] == "no tensorflow" and lines[0].strip(), done.stdout  # a caption or an answer, then the check
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["data", "shapes", "--out", "{tmp}/d", "--train", "2", "--val", "1", "--test", "1"],
-                                  ["train", "--epochs", "many", "--run", "{tmp}/r"], ["caption"], ["no-such-command"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["data", "shapes", "--out", "{tmp}/d", "--train", "2", "--val", "1", "--test", "1"],
+        ["train", "--epochs", "many", "--run", "{tmp}/r"],
+        ["caption"],
+        ["no-such-command"],
+    ],
+)
 def test_help_data_and_usage_errors_never_import_tensorflow(argv, tmp_path):
-    code = ("import sys\nfrom captioner.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'imported'\n")
+    code = (
+        "import sys\nfrom captioner.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'imported'\n"
+    )
     args = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60, env=_quiet_env())
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60, env=_quiet_env()
+    )
     assert done.returncode == 0, done.stderr

@@ -11,15 +11,23 @@ def test_round_trip_through_dict():
 def test_overrides_convert_to_declared_types():
     config = apply_overrides(
         preset("shapes"),
-        {"train.epochs": "3", "train.learning_rate": "0.5", "data.cache_images": "false",
-         "model.encoder_weights": "none", "model.encoder_filters": "4,8", "train.max_train_images": "10"},
+        {
+            "train.epochs": "3",
+            "train.learning_rate": "0.5",
+            "data.cache_images": "false",
+            "model.encoder_weights": "none",
+            "model.encoder_filters": "4,8",
+            "train.max_train_images": "10",
+        },
     )
     assert config.train.epochs == 3 and config.train.learning_rate == 0.5
     assert config.data.cache_images is False and config.model.encoder_weights is None
     assert config.model.encoder_filters == [4, 8] and config.train.max_train_images == 10
 
 
-@pytest.mark.parametrize("key,value", [("train.nope", "1"), ("nope.epochs", "1"), ("train.epochs", "three"), ("data.cache_images", "maybe")])
+@pytest.mark.parametrize(
+    "key,value", [("train.nope", "1"), ("nope.epochs", "1"), ("train.epochs", "three"), ("data.cache_images", "maybe")]
+)
 def test_bad_overrides_are_refused(key, value):
     with pytest.raises(ValueError):
         apply_overrides(preset("shapes"), {key: value})

@@ -65,7 +65,9 @@ def test_the_real_flickr8k_folder_loads_whole_and_its_skip_summary_matches_the_d
     splits = {split: load_split("flickr8k", FLICKR8K, split, skipped) for split in ("train", "val", "test")}
     assert {s: len(r) for s, r in splits.items()} == {"train": 6000, "val": 1000, "test": 1000}
     assert all(r.image_id in on_disk and len(r.captions) == 5 for s in splits.values() for r in s)
-    listed = {n for split in ("train", "dev", "test") for n in (FLICKR8K / f"Flickr_8k.{split}Images.txt").read_text().split()}
+    listed = {
+        n for split in ("train", "dev", "test") for n in (FLICKR8K / f"Flickr_8k.{split}Images.txt").read_text().split()
+    }
     missing = listed - on_disk
     assert len(missing) == 100 and all(n.startswith("e") for n in missing)  # the appended names have no photo
     assert skipped.count("image not on disk") == len(missing)
@@ -117,8 +119,14 @@ def test_karpathy_json(tmp_path):
     images = []
     for i, split in enumerate(["train", "restval", "val", "test", "test"]):
         _placeholder(tmp_path / "val2014" / f"img{i}.jpg")
-        images.append({"filepath": "val2014", "filename": f"img{i}.jpg", "split": split,
-                       "sentences": [{"raw": f"A cat number {i}.", "tokens": ["a", "cat"]}, {"tokens": ["a", "small", "cat"]}]})
+        images.append(
+            {
+                "filepath": "val2014",
+                "filename": f"img{i}.jpg",
+                "split": split,
+                "sentences": [{"raw": f"A cat number {i}.", "tokens": ["a", "cat"]}, {"tokens": ["a", "small", "cat"]}],
+            }
+        )
     images.append({"filepath": "val2014", "filename": "gone.jpg", "split": "test", "sentences": [{"raw": "x"}]})
     (tmp_path / "dataset_coco.json").write_text(json.dumps({"images": images, "dataset": "coco"}))
     skipped = Skipped()
@@ -145,10 +153,17 @@ def test_karpathy_json_in_a_folder_given_relative_to_the_working_folder(tmp_path
 
 def test_coco_captions_json(tmp_path):
     payload = {
-        "images": [{"id": 1, "file_name": "COCO_val2014_000000000001.jpg"}, {"id": 2, "file_name": "COCO_val2014_000000000002.jpg"},
-                   {"id": 3, "file_name": "COCO_val2014_000000000003.jpg"}],
-        "annotations": [{"image_id": 1, "id": 10, "caption": "A man riding a horse."}, {"image_id": 1, "id": 11, "caption": "A rider."},
-                        {"image_id": 2, "id": 12, "caption": "Two birds."}, {"image_id": 99, "id": 13, "caption": "Orphan."}],
+        "images": [
+            {"id": 1, "file_name": "COCO_val2014_000000000001.jpg"},
+            {"id": 2, "file_name": "COCO_val2014_000000000002.jpg"},
+            {"id": 3, "file_name": "COCO_val2014_000000000003.jpg"},
+        ],
+        "annotations": [
+            {"image_id": 1, "id": 10, "caption": "A man riding a horse."},
+            {"image_id": 1, "id": 11, "caption": "A rider."},
+            {"image_id": 2, "id": 12, "caption": "Two birds."},
+            {"image_id": 99, "id": 13, "caption": "Orphan."},
+        ],
     }
     (tmp_path / "annotations").mkdir()
     (tmp_path / "annotations" / "captions_val2014.json").write_text(json.dumps(payload))
@@ -156,7 +171,10 @@ def test_coco_captions_json(tmp_path):
         _placeholder(tmp_path / "val2014" / f"COCO_val2014_{i:012d}.jpg")
     skipped = Skipped()
     records = load_split("coco", tmp_path, "val", skipped)
-    assert [(r.image_id, len(r.captions)) for r in records] == [("COCO_val2014_000000000001.jpg", 2), ("COCO_val2014_000000000002.jpg", 1)]
+    assert [(r.image_id, len(r.captions)) for r in records] == [
+        ("COCO_val2014_000000000001.jpg", 2),
+        ("COCO_val2014_000000000002.jpg", 1),
+    ]
     assert skipped.count("caption of an unknown image id") == 1 and skipped.count("split entry without captions") == 1
     with pytest.raises(CaptionerError, match="karpathy"):
         load_split("coco", tmp_path, "test")

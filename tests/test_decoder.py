@@ -20,8 +20,12 @@ def _decoder(**kwargs):
     return decoder
 
 
-VARIANTS = [{"cell": "lstm", "num_layers": 1}, {"cell": "gru", "num_layers": 1}, {"cell": "lstm", "num_layers": 2},
-            {"cell": "gru", "num_layers": 3}]
+VARIANTS = [
+    {"cell": "lstm", "num_layers": 1},
+    {"cell": "gru", "num_layers": 1},
+    {"cell": "lstm", "num_layers": 2},
+    {"cell": "gru", "num_layers": 3},
+]
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: f"{v['cell']}x{v['num_layers']}")
@@ -49,7 +53,9 @@ def test_attention_weights_are_a_distribution_over_pixels():
     attention = SoftAttention(5)
     context, alpha = attention(GRID, attention.project(GRID), RNG.normal(size=(3, 16)).astype(np.float32))
     np.testing.assert_allclose(np.asarray(alpha).sum(-1), 1.0, rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(context), np.einsum("bl,bld->bd", np.asarray(alpha), GRID), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(context), np.einsum("bl,bld->bd", np.asarray(alpha), GRID), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_doubly_stochastic_penalty_only_in_training():
@@ -71,7 +77,15 @@ def test_state_from_the_grid_mean_ignores_the_pooled_vector():
 
 @pytest.mark.parametrize("attention_dim", [None, 7])
 def test_config_round_trip(attention_dim):
-    decoder = RNNDecoder(vocab_size=20, embedding_dim=8, hidden_dim=16, dropout_rate=0.3, attention_dim=attention_dim, cell="gru", num_layers=2)
+    decoder = RNNDecoder(
+        vocab_size=20,
+        embedding_dim=8,
+        hidden_dim=16,
+        dropout_rate=0.3,
+        attention_dim=attention_dim,
+        cell="gru",
+        num_layers=2,
+    )
     assert RNNDecoder.from_config(decoder.get_config()).get_config() == decoder.get_config()
     attention = SoftAttention(5)
     assert SoftAttention.from_config(attention.get_config()).get_config() == attention.get_config()
@@ -96,9 +110,14 @@ def test_every_layer_starts_from_the_image():
     assert len(_decoder(cell="gru", num_layers=2).initial_state(POOLED, GRID)) == 2
 
 
-@pytest.mark.parametrize("settings, message", [({"num_layers": 0}, "num_layers must be between 1 and 4 \\(got 0\\)"),
-                                               ({"num_layers": 9}, "num_layers must be between 1 and 4 \\(got 9\\)"),
-                                               ({"cell": "transformer"}, "unknown cell 'transformer'; choose lstm or gru")])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"num_layers": 0}, "num_layers must be between 1 and 4 \\(got 0\\)"),
+        ({"num_layers": 9}, "num_layers must be between 1 and 4 \\(got 9\\)"),
+        ({"cell": "transformer"}, "unknown cell 'transformer'; choose lstm or gru"),
+    ],
+)
 def test_impossible_decoders_are_one_line(settings, message):
     with pytest.raises(CaptionerError, match=message):
         RNNDecoder(vocab_size=20, **settings)
@@ -132,7 +151,9 @@ class _Holder(keras.Model):
 def test_dropout_between_stacked_layers_trains_on_every_backend(attention_dim):
     """The masks between layers are drawn before the time loop (JAX forbids random state inside a scan): training
     differs call to call, inference does not."""
-    decoder = RNNDecoder(vocab_size=20, embedding_dim=8, hidden_dim=16, dropout_rate=0.5, attention_dim=attention_dim, num_layers=2)
+    decoder = RNNDecoder(
+        vocab_size=20, embedding_dim=8, hidden_dim=16, dropout_rate=0.5, attention_dim=attention_dim, num_layers=2
+    )
     first = np.asarray(decoder(TOKENS, POOLED, GRID, training=True))
     assert not np.allclose(first, np.asarray(decoder(TOKENS, POOLED, GRID, training=True)))
     np.testing.assert_allclose(np.asarray(decoder(TOKENS, POOLED, GRID)), np.asarray(decoder(TOKENS, POOLED, GRID)))

@@ -68,7 +68,9 @@ def test_beam_width_one_equals_greedy(random_model):
     model, vocab = random_model
     images = np.random.default_rng(0).integers(0, 255, (6, 32, 32, 3)).astype(np.uint8)
     greedy = CaptionGenerator(model, vocab, DecodeConfig(max_length=10, beam_size=1))(images)
-    beam = CaptionGenerator(model, vocab, DecodeConfig(max_length=10, beam_size=1, sampler="beam", length_penalty=0.0))(images)
+    beam = CaptionGenerator(model, vocab, DecodeConfig(max_length=10, beam_size=1, sampler="beam", length_penalty=0.0))(
+        images
+    )
     np.testing.assert_array_equal(greedy.tokens, beam.tokens)
     # The beam code path itself (k=1 through beam_search) gives the same tokens as greedy.
     grid, pooled = model.encode(images)
@@ -95,7 +97,9 @@ def test_one_trace_serves_every_batch_size(random_model):
 
 
 @pytest.mark.parametrize("beam_size", [1, 3])
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the eager shortcut is TensorFlow's (JAX always compiles)")
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="the eager shortcut is TensorFlow's (JAX always compiles)"
+)
 def test_small_batches_searched_eagerly_give_the_traced_captions(overfit_run, tiny_data, beam_size):
     """`caption one.jpg` skips the ~1 s trace: the eager search must give exactly what the traced one does."""
     from captioner.data.images import load_image
@@ -107,7 +111,9 @@ def test_small_batches_searched_eagerly_give_the_traced_captions(overfit_run, ti
     eager = CaptionGenerator(run.model, run.vocab, DecodeConfig(max_length=20, beam_size=beam_size, length_penalty=0.5))
     small = eager(images)
     assert eager.trace_count == 0
-    traced = CaptionGenerator(run.model, run.vocab, DecodeConfig(max_length=20, beam_size=beam_size, length_penalty=0.5))
+    traced = CaptionGenerator(
+        run.model, run.vocab, DecodeConfig(max_length=20, beam_size=beam_size, length_penalty=0.5)
+    )
     large = traced(np.concatenate([images, images[:1]]))  # EAGER_BELOW images: traced
     assert traced.trace_count == 1
     np.testing.assert_array_equal(small.tokens, large.tokens[: len(images)])
@@ -134,7 +140,11 @@ def test_unk_pad_and_start_are_never_generated(random_model, beam_size):
         images = np.random.default_rng(1).integers(0, 255, (4, 32, 32, 3)).astype(np.uint8)
         grid, pooled = model.encode(images)
         logits, _, _ = model.decoder.step(np.full([4], vocab.start_id), model.decoder.initial_state(pooled, grid))
-        assert set(np.argmax(ops.convert_to_numpy(logits), -1).tolist()) <= {vocab.unk_id, vocab.pad_id, vocab.start_id}  # the model's own choice
+        assert set(np.argmax(ops.convert_to_numpy(logits), -1).tolist()) <= {
+            vocab.unk_id,
+            vocab.pad_id,
+            vocab.start_id,
+        }  # the model's own choice
         out = CaptionGenerator(model, vocab, DecodeConfig(max_length=6, beam_size=beam_size))(images)
         assert not np.isin(out.tokens[:, :1], [vocab.unk_id, vocab.pad_id, vocab.start_id]).any()
         assert not np.isin(out.tokens, [vocab.unk_id, vocab.start_id]).any()

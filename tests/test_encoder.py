@@ -79,8 +79,13 @@ def test_a_fine_tuned_backbone_keeps_batch_norm_in_inference_mode_and_still_lear
 
 def test_a_weights_file_of_another_network_or_a_damaged_one_is_one_line(tmp_path):
     other = tmp_path / "other.weights.h5"
-    keras.applications.MobileNetV2(alpha=0.5, include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(other)
-    with pytest.raises(CaptionerError, match=r"does not fit: its layers or shapes do not match; expected keras.applications mobilenet_v2") as error:
+    keras.applications.MobileNetV2(alpha=0.5, include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(
+        other
+    )
+    with pytest.raises(
+        CaptionerError,
+        match=r"does not fit: its layers or shapes do not match; expected keras.applications mobilenet_v2",
+    ) as error:
         ImageEncoder("mobilenet_v2", image_size=32, weights=str(other))
     assert str(other) in str(error.value) and "\n" not in str(error.value)
     damaged = tmp_path / "damaged.weights.h5"
@@ -103,20 +108,29 @@ def test_a_network_whose_weights_come_from_a_file_is_built_from_zeros_and_anothe
     has must be caught by name, so the list cannot silently fall behind a Keras release."""
     from captioner.backend import RANDOM_INITIALIZERS, weights_from_file
 
-    random = {c.__name__ for c in vars(keras.initializers).values()
-              if isinstance(c, type) and issubclass(c, keras.initializers.Initializer) and _draws_random_numbers(c)}
+    random = {
+        c.__name__
+        for c in vars(keras.initializers).values()
+        if isinstance(c, type) and issubclass(c, keras.initializers.Initializer) and _draws_random_numbers(c)
+    }
     assert {"GlorotUniform", "Orthogonal", "RandomUniform"} <= random <= set(RANDOM_INITIALIZERS)
 
     def network():
         words = keras.Input((5,), dtype="int32")
         pixels = keras.Input((8, 8, 3))
         x = keras.layers.LSTM(4)(keras.layers.Embedding(10, 3)(words))  # (b, 4)
-        y = keras.layers.DepthwiseConv2D(3)(keras.layers.Conv2D(4, 3, kernel_initializer="he_normal")(pixels))  # (b, 4, 4, 4)
-        return keras.Model([words, pixels], [keras.layers.Dense(2)(x), keras.layers.GRU(2)(keras.layers.Reshape((16, 4))(y))])
+        y = keras.layers.DepthwiseConv2D(3)(
+            keras.layers.Conv2D(4, 3, kernel_initializer="he_normal")(pixels)
+        )  # (b, 4, 4, 4)
+        return keras.Model(
+            [words, pixels], [keras.layers.Dense(2)(x), keras.layers.GRU(2)(keras.layers.Reshape((16, 4))(y))]
+        )
 
     drawn = lambda model: [w for w in model.weights if "kernel" in w.path or "embeddings" in w.path]  # noqa: E731 (not biases)
     with weights_from_file():
         assert all(not np.any(keras.ops.convert_to_numpy(w)) for w in drawn(network()))
         assert isinstance(keras.initializers.get("glorot_uniform"), keras.initializers.Zeros)
     assert all(np.any(keras.ops.convert_to_numpy(w)) for w in drawn(network()))
-    assert isinstance(keras.initializers.get("glorot_uniform"), keras.initializers.GlorotUniform)  # the scope ends with the block
+    assert isinstance(
+        keras.initializers.get("glorot_uniform"), keras.initializers.GlorotUniform
+    )  # the scope ends with the block

@@ -36,8 +36,14 @@ def test_the_export_captions_as_the_cli_does_without_captioner(overfit_run, tiny
     expected = [r["caption"] for r in json.loads(capsys.readouterr().out)]
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, "-c", LOAD, str(out), *paths], capture_output=True, text=True,
-                          env=env, cwd=tmp_path, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD, str(out), *paths],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert got["captions"] == expected and all(expected)
@@ -72,8 +78,14 @@ def test_a_vqa_export_answers_as_ask_does_without_captioner(vqa_run, tiny_data, 
         answer = json.loads(capsys.readouterr().out)["answers"][0]
         expected.append((answer["answer"], [t["probability"] for t in answer["top"]]))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, "-c", ASK, str(out), *[x for pair in pairs for x in pair]], capture_output=True,
-                          text=True, env=env, cwd=tmp_path, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", ASK, str(out), *[x for pair in pairs for x in pair]],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert got["answers"] == [answer for answer, _ in expected]
@@ -98,5 +110,7 @@ def test_the_tflite_export_gives_the_greedy_captions(overfit_run, tiny_data, tmp
     run = load_run(overfit_run)
     paths = sorted((tiny_data / "images").glob("test_*.png"))[:8]
     images = np.stack([load_image(p, run.model.encoder.image_size) for p in paths])
-    expected = CaptionGenerator(run.model, run.vocab, DecodeConfig(max_length=run.config.decode.max_length, beam_size=1))(images).captions
+    expected = CaptionGenerator(
+        run.model, run.vocab, DecodeConfig(max_length=run.config.decode.max_length, beam_size=1)
+    )(images).captions
     assert tflite_greedy(tmp_path / "lite", images) == expected and all(expected)

@@ -116,7 +116,10 @@ def test_an_unreadable_folder_is_a_one_line_error(data, tmp_path, locked):
     assert done.returncode == 2, done.stderr
     (line,) = done.stderr.strip().splitlines()
     if locked == "images":
-        assert line.startswith("captioner: error: none of the 32 images of the train split can be read") and "Permission denied" in line
+        assert (
+            line.startswith("captioner: error: none of the 32 images of the train split can be read")
+            and "Permission denied" in line
+        )
     else:
         assert line.startswith(f"captioner: error: cannot read {data / 'train.json'} (Permission denied)")
 
@@ -148,8 +151,11 @@ def test_a_full_disk_while_saving_the_model_keeps_the_previous_one(data, tmp_pat
     monkeypatch.setattr(keras.Model, "save", save_half_then_fail)
     assert main(_train(data, run, "--epochs", "3")) == 2  # extend: the next best epoch's save fails
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == f"captioner: error: no space left on device while saving {run / 'model.keras'}; the previous version is kept; " \
-                      "free some space and run the same command again"
+    assert (
+        err[-1]
+        == f"captioner: error: no space left on device while saving {run / 'model.keras'}; the previous version is kept; "
+        "free some space and run the same command again"
+    )
     assert (run / "model.keras").read_bytes() == saved and not list(run.glob(".*.tmp*"))
     monkeypatch.setattr(keras.Model, "save", real_save)
     load_run(run)  # the manifest still vouches for it
@@ -160,7 +166,12 @@ def test_a_full_disk_while_saving_the_model_keeps_the_previous_one(data, tmp_pat
 
 def _tmpfs(path: Path, size: str) -> bool:
     path.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 @pytest.mark.slow  # the injected-ENOSPC tests above cover the same code in the default suite
@@ -171,7 +182,12 @@ def test_a_real_full_disk_during_training_is_one_line_and_resumable(data, tmp_pa
         pytest.skip("cannot mount a tmpfs here (needs root); the injected ENOSPC tests above cover the same code")
     try:
         run = mount / "run"
-        command = [sys.executable, "-m", "captioner.cli", *_train(data, run, "--set", "model.hidden_dim=256", "--set", "model.embedding_dim=128")]
+        command = [
+            sys.executable,
+            "-m",
+            "captioner.cli",
+            *_train(data, run, "--set", "model.hidden_dim=256", "--set", "model.embedding_dim=128"),
+        ]
         done = subprocess.run(command, capture_output=True, text=True, timeout=300)
         assert done.returncode == 2, done.stderr
         (line,) = done.stderr.strip().splitlines()
@@ -187,7 +203,19 @@ def test_vqa_training_and_evaluation_skip_a_damaged_image_too(data, tmp_path, ca
     _damage(damaged_train)
     _damage(damaged_test)
     run = tmp_path / "vqa"
-    args = ["train-vqa", "--preset", "tiny", "--data-dir", str(data), "--run", str(run), "--epochs", "1", "--quiet", "--verbose"]
+    args = [
+        "train-vqa",
+        "--preset",
+        "tiny",
+        "--data-dir",
+        str(data),
+        "--run",
+        str(run),
+        "--epochs",
+        "1",
+        "--quiet",
+        "--verbose",
+    ]
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "1 unreadable image" in err and f"{damaged_train}: cannot decode image" in err
@@ -223,14 +251,27 @@ def test_an_interrupted_run_resumes_with_a_larger_epochs(data, tmp_path, capsys,
 def test_features_of_a_split_whose_every_image_fails_is_an_error(data, tmp_path, capsys):
     for path in _records(data, "test"):
         _damage(path)
-    args = ["features", "--dataset", "shapes", "--data-dir", str(data), "--splits", "test", "--encoder", "mobilenet_v2",
-            "--encoder-weights", "none", "--cache-dir", str(tmp_path / "cache")]
+    args = [
+        "features",
+        "--dataset",
+        "shapes",
+        "--data-dir",
+        str(data),
+        "--splits",
+        "test",
+        "--encoder",
+        "mobilenet_v2",
+        "--encoder-weights",
+        "none",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     assert main(args) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("captioner: error: none of the 16 images could be read (") and "cannot decode image" in line
 
 
-NATIVE_NOISE = r'''
+NATIVE_NOISE = r"""
 import os, sys
 from captioner.backend import filter_native_logs
 filter_native_logs()
@@ -241,7 +282,7 @@ os.write(2, b"I0000 00:00:1796013595.436440    8233 cpu_feature_guard.cc:210] Th
 os.write(2, b"W1130 04:34:17.000001  77 some_new_file.cc:9] a message nobody has seen before\n")
 print("captioner: error: the one line", file=sys.stderr)
 os.write(2, b"F0000 00:00:1.0 1 fatal.cc:1] a fatal error passes\n")
-'''
+"""
 
 
 def test_native_log_lines_never_reach_stderr_whatever_their_message():
@@ -251,5 +292,10 @@ def test_native_log_lines_never_reach_stderr_whatever_their_message():
     done = subprocess.run([sys.executable, "-c", NATIVE_NOISE], capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 0, done.stderr
     lines = done.stderr.splitlines()
-    assert sorted(lines) == sorted(["a native line that is not logging", "captioner: error: the one line",
-                                    "F0000 00:00:1.0 1 fatal.cc:1] a fatal error passes"]), lines
+    assert sorted(lines) == sorted(
+        [
+            "a native line that is not logging",
+            "captioner: error: the one line",
+            "F0000 00:00:1.0 1 fatal.cc:1] a fatal error passes",
+        ]
+    ), lines

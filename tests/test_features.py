@@ -90,8 +90,15 @@ def test_a_damaged_index_says_how_to_rebuild(backbone, tmp_path):
 def test_training_with_a_frozen_backbone_reads_cached_features(tiny_data, tmp_path):
     from captioner.run import load_run
 
-    config = tiny_config(tiny_data, **{"model.encoder": "mobilenet_v2", "model.encoder_weights": "none", "train.epochs": "1",
-                                       "data.feature_cache_dir": str(tmp_path / "cache")})
+    config = tiny_config(
+        tiny_data,
+        **{
+            "model.encoder": "mobilenet_v2",
+            "model.encoder_weights": "none",
+            "train.epochs": "1",
+            "data.feature_cache_dir": str(tmp_path / "cache"),
+        },
+    )
     first = train(config, tmp_path / "run", verbose=0)["train"]
     assert first["features_computed"] == 48 and "feature_cache" in first  # 32 train + 16 val images
     second = train(config, tmp_path / "run2", verbose=0)["train"]
@@ -156,7 +163,9 @@ def test_a_full_disk_while_writing_a_shard_leaves_the_index_consistent(backbone,
         return real_save(file, array, *args, **kwargs)
 
     monkeypatch.setattr(np, "save", second_shard_fails)
-    with pytest.raises(CaptionerError, match="^no space left on device while saving .*shard-.*npy; the previous version is kept"):
+    with pytest.raises(
+        CaptionerError, match="^no space left on device while saving .*shard-.*npy; the previous version is kept"
+    ):
         cache.extract(paths, batch_size=2, verbose=False, shard_images=2)
     monkeypatch.setattr(np, "save", real_save)
     assert [p.name for p in cache.folder.iterdir() if p.name.startswith(".")] == []  # no temporary left
@@ -187,7 +196,10 @@ def test_two_workers_filling_one_cache_keep_each_others_rows(backbone, tmp_path)
     """Two `features` processes on one cache: each read the index before the other wrote. The index is read again
     under a lock before each write, so neither loses the other's rows (before: the last writer's index won)."""
     first_paths, second_paths = _images(tmp_path / "a", 3, seed=1), _images(tmp_path / "b", 2, seed=2)
-    first, second = FeatureCache(tmp_path / "cache", backbone), FeatureCache(tmp_path / "cache", backbone)  # both see an empty cache
+    first, second = (
+        FeatureCache(tmp_path / "cache", backbone),
+        FeatureCache(tmp_path / "cache", backbone),
+    )  # both see an empty cache
     assert first.extract(first_paths) == 3 and second.extract(second_paths) == 2
     again = FeatureCache(tmp_path / "cache", backbone)
     assert again.missing(first_paths + second_paths) == []

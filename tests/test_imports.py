@@ -51,7 +51,7 @@ def _imported(tree: ast.AST):
             parts = node.module.split(".")[1:]
             for alias in node.names:
                 inner = [*parts, alias.name]
-                is_module = (PACKAGE.joinpath(*inner).with_suffix(".py").is_file() or PACKAGE.joinpath(*inner).is_dir())
+                is_module = PACKAGE.joinpath(*inner).with_suffix(".py").is_file() or PACKAGE.joinpath(*inner).is_dir()
                 yield _key(inner if is_module else parts), node.lineno
         elif isinstance(node, ast.Import):
             for alias in node.names:
@@ -66,12 +66,19 @@ def test_every_module_has_a_rank():
 
 def _violations(name: str, source: str) -> list[str]:
     """Each import in `source` (the text of module `name`) of a module whose rank is not strictly lower."""
-    return [f"{line}: {name} (rank {RANKS[name]}) imports {target} (rank {RANKS[target]})"
-            for target, line in _imported(ast.parse(source)) if RANKS[target] >= RANKS[name]]
+    return [
+        f"{line}: {name} (rank {RANKS[name]}) imports {target} (rank {RANKS[target]})"
+        for target, line in _imported(ast.parse(source))
+        if RANKS[target] >= RANKS[name]
+    ]
 
 
 def test_imports_point_back_up_the_pipeline():
-    violations = [f"{path.relative_to(PACKAGE)}:{v}" for path in PACKAGE.rglob("*.py") for v in _violations(_module_name(path), path.read_text())]
+    violations = [
+        f"{path.relative_to(PACKAGE)}:{v}"
+        for path in PACKAGE.rglob("*.py")
+        for v in _violations(_module_name(path), path.read_text())
+    ]
     assert not violations, violations
 
 
@@ -92,26 +99,46 @@ def test_no_pickle_anywhere_but_the_restricted_pth_reader():
         tree = ast.parse(path.read_text())
         imports_pickle = any(
             (isinstance(node, ast.Import) and any(a.name == "pickle" for a in node.names))
-            or (isinstance(node, ast.ImportFrom) and node.module == "pickle") for node in ast.walk(tree))
+            or (isinstance(node, ast.ImportFrom) and node.module == "pickle")
+            for node in ast.walk(tree)
+        )
         if path.name != "torchfile.py":
             assert not imports_pickle, path
             continue
-        calls = {f"{n.value.id}.{n.attr}" for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)}
+        calls = {
+            f"{n.value.id}.{n.attr}"
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+        }
         assert not calls & {"pickle.load", "pickle.loads", "pickle.dump", "pickle.dumps", "pickle.Pickler"}, calls
-        unpicklers = [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)
-                      and any(ast.unparse(b) == "pickle.Unpickler" for b in n.bases)]
-        assert unpicklers and all(any(isinstance(f, ast.FunctionDef) and f.name == "find_class" for f in c.body) for c in unpicklers)
+        unpicklers = [
+            n
+            for n in ast.walk(tree)
+            if isinstance(n, ast.ClassDef) and any(ast.unparse(b) == "pickle.Unpickler" for b in n.bases)
+        ]
+        assert unpicklers and all(
+            any(isinstance(f, ast.FunctionDef) and f.name == "find_class" for f in c.body) for c in unpicklers
+        )
 
 
 def test_only_the_input_pipeline_and_the_backend_helper_import_a_backend():
     """Model code, generation and answering are `keras.ops`: TensorFlow is imported by the tf.data pipeline
     (which feeds every backend), `backend.py` (compiling, devices), `distribute.py` (MirroredStrategy) and `export.py`
     (the SavedModel); JAX only by `backend.py` and `distribute.py` (`jax.distributed`)."""
-    allowed = {"tensorflow": {"data/preprocessing", "backend", "distribute", "serving/export"}, "jax": {"backend", "distribute"}}
+    allowed = {
+        "tensorflow": {"data/preprocessing", "backend", "distribute", "serving/export"},
+        "jax": {"backend", "distribute"},
+    }
     found = []
     for path in PACKAGE.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.module
+                else []
+            )
             for name in names:
                 root = name.split(".")[0]
                 if root in allowed and _module_name(path) not in allowed[root]:

@@ -70,11 +70,22 @@ def test_accuracy_table_and_blind_baselines():
     def qa(question, answer, kind):
         return QARecord("x.png", question, (answer,), kind, "yes/no" if answer in ("yes", "no") else "other")
 
-    train = [qa("is it red?", "no", "exist")] * 3 + [qa("what color?", "blue", "color")] * 4 + [qa("is it big?", "yes", "exist")]
-    test = [qa("is it red?", "no", "exist"), qa("what color?", "green", "color"), qa("is it big?", "yes", "exist"), qa("what shape?", "circle", "shape")]
+    train = (
+        [qa("is it red?", "no", "exist")] * 3
+        + [qa("what color?", "blue", "color")] * 4
+        + [qa("is it big?", "yes", "exist")]
+    )
+    test = [
+        qa("is it red?", "no", "exist"),
+        qa("what color?", "green", "color"),
+        qa("is it big?", "yes", "exist"),
+        qa("what shape?", "circle", "shape"),
+    ]
     table = accuracy_table(test, ["no", "green", "no", "circle"])
     assert table["accuracy"] == 0.75 and table["questions"] == 4
-    assert table["by_answer_type"]["yes/no"]["accuracy"] == 0.5 and table["by_question_type"]["shape"]["accuracy"] == 1.0
+    assert (
+        table["by_answer_type"]["yes/no"]["accuracy"] == 0.5 and table["by_question_type"]["shape"]["accuracy"] == 1.0
+    )
     blind = blind_baselines(train, test)
     assert blind["always_yes"] == 0.25
     assert blind["most_frequent"] == 0.0  # "blue" answers nothing here
@@ -87,10 +98,17 @@ def test_the_photo_prior_answers_what_training_said_about_the_same_photo():
     from captioner.data import QARecord
     from captioner.evaluation.metrics import blind_baselines
 
-    train = [QARecord("d/a.jpg", "is it a dog?", ("yes",)), QARecord("d/b.jpg", "is it a cat?", ("no",)),
-             QARecord("d/b.jpg", "is it red?", ("no",)), QARecord("d/c.jpg", "is it big?", ("no",))]
-    test = [QARecord("other/a.jpg", "could this be dog?", ("yes",)), QARecord("d/b.jpg", "is it blue?", ("yes",)),
-            QARecord("d/new.jpg", "is it a cow?", ("no",))]
+    train = [
+        QARecord("d/a.jpg", "is it a dog?", ("yes",)),
+        QARecord("d/b.jpg", "is it a cat?", ("no",)),
+        QARecord("d/b.jpg", "is it red?", ("no",)),
+        QARecord("d/c.jpg", "is it big?", ("no",)),
+    ]
+    test = [
+        QARecord("other/a.jpg", "could this be dog?", ("yes",)),
+        QARecord("d/b.jpg", "is it blue?", ("yes",)),
+        QARecord("d/new.jpg", "is it a cow?", ("no",)),
+    ]
     # a.jpg -> "yes" (right, whatever the folder), b.jpg -> "no" (wrong), new.jpg unseen -> most frequent, "no" (right)
     assert blind_baselines(train, test)["photo_prior"] == pytest.approx(2 / 3)
 
@@ -100,18 +118,27 @@ def test_train_overlap_groups_questions_by_photo_and_by_question_text_asked_in_t
     from captioner.evaluation.metrics import accuracy_table, train_overlap
 
     train = [QARecord("d/a.jpg", "Is it a dog ?", ("yes",)), QARecord("d/b.jpg", "is it red?", ("no",))]
-    test = [QARecord("other/a.jpg", "is  it a DOG?", ("no",)),  # photo a (by file name), text asked (case, spaces, "?")
-            QARecord("d/a.jpg", "is it blue?", ("yes",)),  # photo a, new text
-            QARecord("d/c.jpg", "is it red?", ("yes",)),  # unseen photo, text asked: its twin's answer was "no"
-            QARecord("d/c.jpg", "is it big?", ("no",))]  # unseen photo, new text
+    test = [
+        QARecord("other/a.jpg", "is  it a DOG?", ("no",)),  # photo a (by file name), text asked (case, spaces, "?")
+        QARecord("d/a.jpg", "is it blue?", ("yes",)),  # photo a, new text
+        QARecord("d/c.jpg", "is it red?", ("yes",)),  # unseen photo, text asked: its twin's answer was "no"
+        QARecord("d/c.jpg", "is it big?", ("no",)),
+    ]  # unseen photo, new text
     groups = train_overlap(train, test)
     assert groups["by_photo"] == ["seen in training", "seen in training", "unseen", "unseen"]
-    assert groups["by_photo_and_question"] == ["seen photo, question asked in training", "seen photo, new question",
-                                               "unseen photo, question asked in training", "unseen photo, new question"]
+    assert groups["by_photo_and_question"] == [
+        "seen photo, question asked in training",
+        "seen photo, new question",
+        "unseen photo, question asked in training",
+        "unseen photo, new question",
+    ]
     table = accuracy_table(test, ["yes", "yes", "no", "no"], groups)  # the twins' training answers copied: both wrong
     assert {name: g["accuracy"] for name, g in table["by_photo_and_question"].items()} == {
-        "seen photo, question asked in training": 0.0, "seen photo, new question": 1.0,
-        "unseen photo, question asked in training": 0.0, "unseen photo, new question": 1.0}
+        "seen photo, question asked in training": 0.0,
+        "seen photo, new question": 1.0,
+        "unseen photo, question asked in training": 0.0,
+        "unseen photo, new question": 1.0,
+    }
 
 
 def test_diversity_counts_distinct_captions_words_and_the_most_common():

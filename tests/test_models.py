@@ -49,7 +49,10 @@ def test_loss_is_cross_entropy_averaged_over_real_tokens_only():
 @pytest.mark.parametrize("decoder", ["show-tell", "attention"])
 def test_gradients_reach_the_encoder(decoder):
     model = _model(decoder)
-    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0))
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
+    )
     inputs, targets = _batch()
     first_conv = model.encoder.cnn.layers[0].kernel
     before = first_conv.numpy().copy()

@@ -8,7 +8,17 @@ import pytest
 
 from captioner.config import DecodeConfig
 from captioner.cli import main
-from captioner.precision import AUTO_ENV, AUTO_RULES, HARDWARE, PRECISIONS, WORKS, choose_auto, hardware, precision_scope, resolve_precision
+from captioner.precision import (
+    AUTO_ENV,
+    AUTO_RULES,
+    HARDWARE,
+    PRECISIONS,
+    WORKS,
+    choose_auto,
+    hardware,
+    precision_scope,
+    resolve_precision,
+)
 from captioner.run import load_config, load_run
 
 
@@ -45,8 +55,24 @@ def test_the_environment_forces_what_auto_becomes(monkeypatch, forced):
 def test_a_run_records_what_auto_became_and_why(tiny_data, tmp_path, monkeypatch, capsys, forced):
     monkeypatch.setenv(AUTO_ENV, forced)
     run = tmp_path / "run"
-    args = ["train", "--preset", "tiny", "--data-dir", str(tiny_data), "--run", str(run), "--epochs", "1", "--quiet",
-            "--precision", "auto", "--max-train-images", "8", "--set", "train.max_val_images=8"]
+    args = [
+        "train",
+        "--preset",
+        "tiny",
+        "--data-dir",
+        str(tiny_data),
+        "--run",
+        str(run),
+        "--epochs",
+        "1",
+        "--quiet",
+        "--precision",
+        "auto",
+        "--max-train-images",
+        "8",
+        "--set",
+        "train.max_val_images=8",
+    ]
     assert main(args) == 0
     model = json.loads((run / "config.json").read_text())["model"]
     assert model["precision"] == forced and AUTO_ENV in model["precision_reason"]
@@ -64,8 +90,24 @@ def test_the_scope_puts_the_previous_policy_back_even_after_an_error():
 
 
 def _train(tiny_data, run, precision):
-    args = ["train", "--preset", "tiny", "--data-dir", str(tiny_data), "--run", str(run), "--epochs", "12", "--quiet",
-            "--precision", precision, "--set", "train.val_split=train", "--set", "train.patience=12"]
+    args = [
+        "train",
+        "--preset",
+        "tiny",
+        "--data-dir",
+        str(tiny_data),
+        "--run",
+        str(run),
+        "--epochs",
+        "12",
+        "--quiet",
+        "--precision",
+        precision,
+        "--set",
+        "train.val_split=train",
+        "--set",
+        "train.patience=12",
+    ]
     assert main(args) == 0
     return run
 
@@ -125,8 +167,10 @@ def test_every_decoder_takes_a_training_step_under_mixed_precision(decoder, prec
     tokens = rng.integers(1, 20, (4, 2, 6)).astype("int32")
     with precision_scope(precision):
         model = build_caption_model(config.model, 20, 32)
-        model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0))
+        model.compile(
+            optimizer=keras.optimizers.Adam(1e-3),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
+        )
         loss = model.train_on_batch({"images": images, "tokens": tokens}, tokens)
     assert np.isfinite(loss) and {w.dtype for w in model.weights} == {"float32"}
     assert model.decoder.output_projection.compute_dtype == precision.removeprefix("mixed_")
@@ -144,7 +188,9 @@ def test_a_mixed_precision_run_exports_in_float32_to_savedmodel_and_tflite(bf16_
     run = load_run(bf16_run, precision="float32")
     paths = sorted((tiny_data / "images").glob("test_*.png"))[:6]
     images = np.stack([load_image(p, run.model.encoder.image_size) for p in paths])
-    expected = CaptionGenerator(run.model, run.vocab, DecodeConfig(max_length=run.config.decode.max_length, beam_size=1))(images).captions
+    expected = CaptionGenerator(
+        run.model, run.vocab, DecodeConfig(max_length=run.config.decode.max_length, beam_size=1)
+    )(images).captions
     assert tflite_greedy(tmp_path / "lite", images) == expected and all(expected)
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
@@ -167,12 +213,15 @@ def test_a_conversion_that_cannot_work_is_one_line(bf16_run, tmp_path):
     assert "\n" not in message and "float32" in message and not (tmp_path / "lite").exists()
 
 
-@pytest.mark.parametrize("preset_name,settings,work", [
-    ("flickr8k", {}, "train_cached"),  # a frozen backbone: the decoder trains on cached features
-    ("flickr8k", {"model.encoder_trainable": True}, "train_cnn"),  # fine-tuned: pixels through the backbone
-    ("shapes", {}, "train_cnn"),
-    ("shapes-vqa", {}, "train_cnn"),
-])
+@pytest.mark.parametrize(
+    "preset_name,settings,work",
+    [
+        ("flickr8k", {}, "train_cached"),  # a frozen backbone: the decoder trains on cached features
+        ("flickr8k", {"model.encoder_trainable": True}, "train_cnn"),  # fine-tuned: pixels through the backbone
+        ("shapes", {}, "train_cnn"),
+        ("shapes-vqa", {}, "train_cnn"),
+    ],
+)
 def test_a_run_is_resolved_for_its_kind_of_training(monkeypatch, preset_name, settings, work):
     from captioner.config import preset, with_settings
     from captioner.models.networks import resolve_auto
@@ -191,7 +240,18 @@ def test_a_run_is_resolved_for_its_kind_of_training(monkeypatch, preset_name, se
 
 def test_a_bad_forced_precision_is_one_line_before_any_work(tiny_data, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(AUTO_ENV, "half")
-    args = ["train", "--preset", "tiny", "--data-dir", str(tiny_data), "--run", str(tmp_path / "run"), "--epochs", "1", "--quiet"]
+    args = [
+        "train",
+        "--preset",
+        "tiny",
+        "--data-dir",
+        str(tiny_data),
+        "--run",
+        str(tmp_path / "run"),
+        "--epochs",
+        "1",
+        "--quiet",
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and AUTO_ENV in err and "Traceback" not in err and not (tmp_path / "run").exists()

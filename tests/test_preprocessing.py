@@ -21,7 +21,17 @@ def test_dataset_batches_images_with_all_their_captions(tiny_data):
     records = load_split("shapes", tiny_data, "train")
     vocab = Vocabulary.build(c for r in records for c in r.captions)
     failures: list[str] = []
-    dataset = caption_dataset(records, vocab, 32, 5, 20, batch_size=8, shuffle=True, seed=0, on_error=lambda path, message: failures.append(path))
+    dataset = caption_dataset(
+        records,
+        vocab,
+        32,
+        5,
+        20,
+        batch_size=8,
+        shuffle=True,
+        seed=0,
+        on_error=lambda path, message: failures.append(path),
+    )
     features, targets = next(iter(dataset))
     assert features["images"].shape == (8, 32, 32, 3) and features["images"].dtype.name == "uint8"
     assert features["tokens"].shape == targets.shape == (8, 5, 21)
@@ -46,13 +56,17 @@ def test_a_damaged_image_loses_its_targets_and_is_reported_once(tiny_data, tmp_p
     _damage(records[3].image)
     vocab = Vocabulary.build(c for r in records for c in r.captions)
     failures: list[tuple[str, str]] = []
-    dataset = caption_dataset(records, vocab, 32, 5, 20, batch_size=8, shuffle=False, on_error=lambda p, m: failures.append((p, m)))
+    dataset = caption_dataset(
+        records, vocab, 32, 5, 20, batch_size=8, shuffle=False, on_error=lambda p, m: failures.append((p, m))
+    )
     inputs, targets = caption_arrays(records, vocab, 5, 20)
     for _ in range(2):  # the second epoch comes from the cache: no second report
         got = np.concatenate([t.numpy() for _, t in dataset])
         assert got.shape == targets.shape  # as many batches as before: the damaged image stays, masked
     assert not got[3].any()  # all padding: the loss ignores it
-    np.testing.assert_array_equal(np.delete(got, 3, axis=0), np.delete(targets, 3, axis=0))  # the others keep theirs, in order
+    np.testing.assert_array_equal(
+        np.delete(got, 3, axis=0), np.delete(targets, 3, axis=0)
+    )  # the others keep theirs, in order
     assert [p for p, _ in failures] == [records[3].image] and "truncated" in failures[0][1]
 
 
@@ -85,7 +99,9 @@ def test_the_shuffled_order_is_drawn_from_the_seed_and_the_epoch_not_from_how_of
     clock.epoch = 1
     second = [int(i) for i in order]
     assert second != first and sorted(second) == list(range(10))
-    assert [int(i) for i in row_order(10, shuffle=True, seed=3, clock=EpochClock(1))] == second  # a resumed run at epoch 1
+    assert [
+        int(i) for i in row_order(10, shuffle=True, seed=3, clock=EpochClock(1))
+    ] == second  # a resumed run at epoch 1
     assert [int(i) for i in row_order(10, shuffle=False, seed=3, clock=clock)] == list(range(10))
 
 
@@ -94,9 +110,28 @@ def test_each_process_reads_its_slice_of_every_global_batch(tiny_data):
 
     records = load_split("shapes", tiny_data, "train")
     vocab = Vocabulary.build(c for r in records for c in r.captions)
-    whole = [t.numpy() for _, t in caption_dataset(records, vocab, 32, 5, 20, batch_size=8, shuffle=True, seed=0, on_error=print)]
-    halves = [[t.numpy() for _, t in caption_dataset(records, vocab, 32, 5, 20, batch_size=8, shuffle=True, seed=0, on_error=print,
-                                                      shard=InputShard(i, 2, drop_remainder=True))] for i in range(2)]
+    whole = [
+        t.numpy()
+        for _, t in caption_dataset(records, vocab, 32, 5, 20, batch_size=8, shuffle=True, seed=0, on_error=print)
+    ]
+    halves = [
+        [
+            t.numpy()
+            for _, t in caption_dataset(
+                records,
+                vocab,
+                32,
+                5,
+                20,
+                batch_size=8,
+                shuffle=True,
+                seed=0,
+                on_error=print,
+                shard=InputShard(i, 2, drop_remainder=True),
+            )
+        ]
+        for i in range(2)
+    ]
     assert len(halves[0]) == len(halves[1]) == len(whole) == 4
     for batch, first, second in zip(whole, *halves):
         np.testing.assert_array_equal(np.concatenate([first, second]), batch)

@@ -23,7 +23,9 @@ from captioner.cli import main
 from captioner.errors import CaptionerError
 
 REPO = Path(__file__).resolve().parents[1]
-PHOTO = Path(__file__).resolve().parent / "data" / "grace_hopper.jpg"  # public domain (U.S. Navy), as matplotlib ships it
+PHOTO = (
+    Path(__file__).resolve().parent / "data" / "grace_hopper.jpg"
+)  # public domain (U.S. Navy), as matplotlib ships it
 SHIPPED = (pretrained.FOLDER / pretrained.MANIFEST).is_file()
 
 
@@ -36,8 +38,14 @@ def packed(attention_run, vqa_run, tmp_path_factory):
 
     caption = load_run(attention_run, precision="float32")
     vqa = load_run(vqa_run, task="vqa", precision="float32")
-    config = dataclasses.replace(vqa.config, model=caption.config.model, data=dataclasses.replace(vqa.config.data, image_size=caption.config.data.image_size))
-    model = build_vqa_model(config, len(vqa.vocab), len(vqa.answers), caption.model.encoder.image_size, encoder=caption.model.encoder)
+    config = dataclasses.replace(
+        vqa.config,
+        model=caption.config.model,
+        data=dataclasses.replace(vqa.config.data, image_size=caption.config.data.image_size),
+    )
+    model = build_vqa_model(
+        config, len(vqa.vocab), len(vqa.answers), caption.model.encoder.image_size, encoder=caption.model.encoder
+    )
     shared = Run(vqa.path, config, vqa.vocab, model, vqa.answers)
     out = tmp_path_factory.mktemp("pretrained")
     decode = dataclasses.replace(caption.config.decode, beam_size=3, no_repeat_ngram=2)
@@ -62,12 +70,15 @@ def _images(tiny_data: Path, count: int = 6) -> list[str]:
     return sorted(str(p) for p in (tiny_data / "images").glob("test_*.png"))[:count]
 
 
-@pytest.mark.parametrize("settings", [
-    {"beam_size": 1},
-    {},  # the shipped settings: beam 3, no repeated bigram
-    {"beam_size": 4, "length_penalty": 1.0, "no_repeat_ngram": 0, "min_length": 3},
-    {"num_captions": 3},
-])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"beam_size": 1},
+        {},  # the shipped settings: beam 3, no repeated bigram
+        {"beam_size": 4, "length_penalty": 1.0, "no_repeat_ngram": 0, "min_length": 3},
+        {"num_captions": 3},
+    ],
+)
 def test_the_fast_path_captions_as_the_keras_path(shipped_here, tiny_data, settings):
     from captioner.run import load_run
     from captioner.tasks.caption import caption_files
@@ -103,10 +114,14 @@ def test_no_run_means_the_shipped_model_and_no_tensorflow(shipped_here, tiny_dat
     """`captioner caption IMAGE` and `ask` with no --run: the fast path, which imports neither TensorFlow nor Keras."""
     image = _images(tiny_data, 1)[0]
     picture = tmp_path / "maps.png"
-    script = ("import sys, json; from captioner.cli import main; "
-              f"codes = [main(['caption', {image!r}, '--attention', {str(picture)!r}]), main(['ask', {image!r}, 'what shape is it ?'])]; "
-              "print(json.dumps([codes, sorted(m for m in ('tensorflow', 'keras', 'jax') if m in sys.modules)]))")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={**os.environ}, timeout=120)
+    script = (
+        "import sys, json; from captioner.cli import main; "
+        f"codes = [main(['caption', {image!r}, '--attention', {str(picture)!r}]), main(['ask', {image!r}, 'what shape is it ?'])]; "
+        "print(json.dumps([codes, sorted(m for m in ('tensorflow', 'keras', 'jax') if m in sys.modules)]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env={**os.environ}, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     codes, imported = json.loads(done.stdout.strip().splitlines()[-1])
     assert codes == [0, 0] and imported == []
@@ -126,13 +141,16 @@ def test_engine_keras_and_sampling_take_the_keras_path(shipped_here, tiny_data, 
     assert "needs --engine keras" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flags, expected", [
-    (["--min-length", "-1"], "--min-length must be 0 or more"),
-    (["--no-repeat-ngram", "1"], "--no-repeat-ngram 0 (off) or 2"),
-    (["--beam-size", "2", "--num-captions", "3"], "more than the beam holds"),
-    (["--sampler", "greedy", "--num-captions", "2"], "greedy decoding gives one caption"),
-    (["--hard-context", "argmax"], "hard-attention runs"),
-])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--min-length", "-1"], "--min-length must be 0 or more"),
+        (["--no-repeat-ngram", "1"], "--no-repeat-ngram 0 (off) or 2"),
+        (["--beam-size", "2", "--num-captions", "3"], "more than the beam holds"),
+        (["--sampler", "greedy", "--num-captions", "2"], "greedy decoding gives one caption"),
+        (["--hard-context", "argmax"], "hard-attention runs"),
+    ],
+)
 def test_bad_decoding_flags_on_the_fast_path_are_one_line(shipped_here, tiny_data, capsys, flags, expected):
     assert main(["caption", "--engine", "litert", *flags, _images(tiny_data, 1)[0]]) == 2
     err = capsys.readouterr().err
@@ -145,14 +163,18 @@ def test_evaluate_and_export_take_the_shipped_models(shipped_here, tiny_data, tm
     assert "bleu4" in capsys.readouterr().out
     assert main(["evaluate", "--run", "pretrained-vqa", "--data-dir", str(tiny_data), "--json"]) == 0
     assert '"accuracy"' in capsys.readouterr().out
-    assert {p: p.stat().st_mtime_ns for p in shipped_here.rglob("*")} == before  # nothing written into the shipped folder
+    assert {
+        p: p.stat().st_mtime_ns for p in shipped_here.rglob("*")
+    } == before  # nothing written into the shipped folder
     assert main(["export", "--run", "pretrained", "--format", "tflite", "--out", str(tmp_path / "lite")]) == 0
     assert (tmp_path / "lite" / "step.tflite").is_file()
 
 
 @pytest.mark.parametrize("damage", ["missing_weights", "flipped_byte", "missing_manifest", "garbled_manifest"])
 @pytest.mark.parametrize("engine", ["litert", "keras"])
-def test_a_damaged_shipped_file_is_one_line_that_says_how_to_restore_it(packed, tiny_data, tmp_path, monkeypatch, capsys, damage, engine):
+def test_a_damaged_shipped_file_is_one_line_that_says_how_to_restore_it(
+    packed, tiny_data, tmp_path, monkeypatch, capsys, damage, engine
+):
     broken = tmp_path / "pretrained"
     shutil.copytree(packed, broken)
     if damage == "missing_weights":
@@ -229,6 +251,7 @@ def test_pip_install_then_caption_with_no_run(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
     source = tmp_path / "src"
+
     def skipped(folder: str, names: list[str]) -> set[str]:  # the clone's own venv, runs and data, not captioner/data
         top = {".venv", ".git", "runs", "data", "build"} if Path(folder) == REPO else set()
         return {n for n in names if n in top or n == "__pycache__" or n.endswith(".egg-info")}
@@ -236,9 +259,22 @@ def test_pip_install_then_caption_with_no_run(tmp_path):
     shutil.copytree(REPO, source, ignore=skipped)
     subprocess.run([*pip, str(source)], check=True, timeout=900)
     env = {k: v for k, v in os.environ.items() if k != pretrained.FOLDER_ENV}
-    captioned = subprocess.run([str(venv / "bin" / "captioner"), "caption", str(PHOTO)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    captioned = subprocess.run(
+        [str(venv / "bin" / "captioner"), "caption", str(PHOTO)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert captioned.returncode == 0, captioned.stderr
     assert {"man", "woman", "person"} & set(captioned.stdout.split())
-    answered = subprocess.run([str(venv / "bin" / "captioner"), "ask", str(PHOTO), "is there a giraffe in the picture ?"],
-                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    answered = subprocess.run(
+        [str(venv / "bin" / "captioner"), "ask", str(PHOTO), "is there a giraffe in the picture ?"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert answered.returncode == 0 and answered.stdout.splitlines()[0] == "no", answered.stderr

@@ -16,7 +16,9 @@ WEIGHTS = SHARED / "weights"
 WITH_TOP = WEIGHTS / "mobilenet_v2_1.0_224_imagenet.weights.h5"
 NO_TOP = WEIGHTS / "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
 PHOTOS = SHARED / "datasets" / "flickr8k" / "Images"
-pytestmark = pytest.mark.skipif(not (NO_TOP.is_file() and PHOTOS.is_dir()), reason="../shared/weights or the Flickr8k photos are absent")
+pytestmark = pytest.mark.skipif(
+    not (NO_TOP.is_file() and PHOTOS.is_dir()), reason="../shared/weights or the Flickr8k photos are absent"
+)
 
 # Checked by eye: a border collie catching a frisbee, a football player in a helmet, a pug, two children on a tyre swing.
 EXPECTED = {
@@ -65,7 +67,9 @@ def test_the_feature_cache_of_the_real_backbone_is_reused(tmp_path):
     paths = [str(PHOTOS / name) for name in EXPECTED]
     encoder = ImageEncoder("mobilenet_v2", image_size=224, weights=str(NO_TOP), encoder_trainable=False)
     assert FeatureCache(tmp_path, encoder).extract(paths, verbose=False) == 4
-    again = FeatureCache(tmp_path, ImageEncoder("mobilenet_v2", image_size=224, weights=str(NO_TOP), encoder_trainable=False))
+    again = FeatureCache(
+        tmp_path, ImageEncoder("mobilenet_v2", image_size=224, weights=str(NO_TOP), encoder_trainable=False)
+    )
     assert again.folder.name.startswith("mobilenet_v2-224px-")
     assert again.extract(paths, verbose=False) == 0  # a second run computes nothing
     features = again.load(paths)  # (4, 49, 1280) float16

@@ -14,9 +14,29 @@ EPOCHS, STEPS_PER_EPOCH = 12, 8  # 32 training images, batch 4
 
 
 def _command(data, run):
-    return [sys.executable, "-m", "captioner.cli", "train", "--preset", "tiny", "--data-dir", str(data), "--run", str(run),
-            "--epochs", str(EPOCHS), "--batch-size", "4", "--set", "train.backup_every_steps=2",
-            "--set", "train.val_split=train", "--set", f"train.patience={EPOCHS}", "--quiet"]
+    return [
+        sys.executable,
+        "-m",
+        "captioner.cli",
+        "train",
+        "--preset",
+        "tiny",
+        "--data-dir",
+        str(data),
+        "--run",
+        str(run),
+        "--epochs",
+        str(EPOCHS),
+        "--batch-size",
+        "4",
+        "--set",
+        "train.backup_every_steps=2",
+        "--set",
+        "train.val_split=train",
+        "--set",
+        f"train.patience={EPOCHS}",
+        "--quiet",
+    ]
 
 
 def _kill_after_two_epochs(command, run):
@@ -43,7 +63,10 @@ def _kill_after_two_epochs(command, run):
 def test_kill_minus_nine_then_resume(tiny_data, tmp_path):
     run = tmp_path / "run"
     assert _kill_after_two_epochs(_command(tiny_data, run), run) == -signal.SIGKILL
-    assert json.loads((run / "metrics.json").read_text() if (run / "metrics.json").exists() else "{}").get("status") != "finished"
+    assert (
+        json.loads((run / "metrics.json").read_text() if (run / "metrics.json").exists() else "{}").get("status")
+        != "finished"
+    )
 
     done = subprocess.run(_command(tiny_data, run), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
@@ -53,7 +76,9 @@ def test_kill_minus_nine_then_resume(tiny_data, tmp_path):
     planned = EPOCHS * STEPS_PER_EPOCH
     # Resumed from the backup's iteration count: at most one partial epoch is repeated.
     assert planned <= metrics["optimizer_iterations"] <= planned + STEPS_PER_EPOCH
-    assert json.loads((run / "backup" / "training_metadata.json").read_text())["epoch"] == EPOCHS  # kept: the run can be extended
+    assert (
+        json.loads((run / "backup" / "training_metadata.json").read_text())["epoch"] == EPOCHS
+    )  # kept: the run can be extended
     assert not list(run.glob(".*.tmp*"))  # temporaries of writes the kill interrupted are cleaned up
 
     uninterrupted = tmp_path / "uninterrupted"
@@ -74,10 +99,16 @@ def test_a_finished_run_is_extended_by_more_epochs_and_refuses_other_changes(tin
     assert main(_tiny(tiny_data, run, "--epochs", "1")) == 0  # the same command: nothing to do
     assert "is finished" in capsys.readouterr().out
 
-    before = {name: (run / name).read_bytes() for name in ("model.keras", "config.json", "history.json", "manifest.json")}
+    before = {
+        name: (run / name).read_bytes() for name in ("model.keras", "config.json", "history.json", "manifest.json")
+    }
     assert main(_tiny(tiny_data, run, "--epochs", "2", "--learning-rate", "0.5", "--set", "model.hidden_dim=8")) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "model.hidden_dim (32 -> 8)" in err and "train.learning_rate (0.01 -> 0.5)" in err
+    assert (
+        len(err.splitlines()) == 1
+        and "model.hidden_dim (32 -> 8)" in err
+        and "train.learning_rate (0.01 -> 0.5)" in err
+    )
     assert "--restart" in err
     assert {name: (run / name).read_bytes() for name in before} == before  # refused: nothing touched
 
@@ -85,10 +116,14 @@ def test_a_finished_run_is_extended_by_more_epochs_and_refuses_other_changes(tin
     err = capsys.readouterr().err
     assert "extending from 1 to 3 epochs" in err and "train.patience 5 -> 7" in err
     history = json.loads((run / "history.json").read_text())
-    assert len(history["loss"]) == 3 and history["loss"][2] < history["loss"][0]  # two more epochs, from where it stopped
+    assert (
+        len(history["loss"]) == 3 and history["loss"][2] < history["loss"][0]
+    )  # two more epochs, from where it stopped
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["epochs"] == 3 and config["train"]["patience"] == 7
-    assert main(["caption", "--run", str(run), str(next((tiny_data / "images").glob("test_*.png")))]) == 0  # still loads (manifest true)
+    assert (
+        main(["caption", "--run", str(run), str(next((tiny_data / "images").glob("test_*.png")))]) == 0
+    )  # still loads (manifest true)
     capsys.readouterr()
     assert main(_tiny(tiny_data, run, "--epochs", "3", "--set", "train.patience=7")) == 0
     assert "is finished (3 epochs" in capsys.readouterr().out

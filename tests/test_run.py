@@ -58,7 +58,8 @@ def _change_a_setting(path):
 
 
 @pytest.mark.parametrize(
-    "name,change", [("model.keras", _flip_middle_byte), ("vocab.json", _swap_two_words), ("config.json", _change_a_setting)]
+    "name,change",
+    [("model.keras", _flip_middle_byte), ("vocab.json", _swap_two_words), ("config.json", _change_a_setting)],
 )
 def test_a_changed_file_is_refused_by_the_manifest(overfit_run, tmp_path, name, change):
     run = _copy(overfit_run, tmp_path, "changed")

@@ -12,7 +12,14 @@ from captioner.config import DecodeConfig, preset
 from captioner.generation.decoding import CaptionGenerator, make_sampler
 from captioner.errors import CaptionerError
 from captioner.models.networks import build_caption_model
-from captioner.generation.samplers import BeamSampler, GreedySampler, RandomSampler, get_sampler, greedy_search, ngram_ban
+from captioner.generation.samplers import (
+    BeamSampler,
+    GreedySampler,
+    RandomSampler,
+    get_sampler,
+    greedy_search,
+    ngram_ban,
+)
 from captioner.data.vocab import Vocabulary
 
 pytestmark = pytest.mark.backends  # also run under KERAS_BACKEND=jax by `make test`
@@ -45,13 +52,22 @@ def test_degenerate_sampling_equals_greedy(random_model, settings):
     greedy = _generate(model, vocab, images, beam_size=1)
     sampled = _generate(model, vocab, images, sampler="sampling", seed=5, **settings)
     np.testing.assert_array_equal(sampled.tokens, greedy.tokens)
-    np.testing.assert_allclose(sampled.scores, greedy.scores / np.maximum((greedy.tokens > 0).sum(1), 1), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        sampled.scores, greedy.scores / np.maximum((greedy.tokens > 0).sum(1), 1), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_top_p_keeps_the_smallest_set_that_reaches_p():
     probs = np.array([[0.05, 0.5, 0.15, 0.3]], np.float32)  # ranked: word 1 (0.5), 3 (0.3), 2 (0.15), 0 (0.05)
     logits = ops.convert_to_tensor(np.log(probs))
-    for p, kept in [(0.4, {1}), (0.5, {1}), (0.75, {1, 3}), (0.9, {1, 2, 3}), (0.96, {0, 1, 2, 3}), (1.0, {0, 1, 2, 3})]:
+    for p, kept in [
+        (0.4, {1}),
+        (0.5, {1}),
+        (0.75, {1, 3}),
+        (0.9, {1, 2, 3}),
+        (0.96, {0, 1, 2, 3}),
+        (1.0, {0, 1, 2, 3}),
+    ]:
         out = ops.convert_to_numpy(RandomSampler(top_p=p).truncate(logits))[0]
         assert set(np.flatnonzero(out)) == kept, p
         np.testing.assert_allclose(out[list(kept)], probs[0, list(kept)], rtol=1e-5)  # kept words keep their mass
@@ -94,7 +110,7 @@ def markov(table):
 
 def _trigrams(row):
     words = [int(w) for w in row if w > 0]
-    return [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+    return [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
 
 
 def test_a_banned_trigram_never_appears():
@@ -104,7 +120,9 @@ def test_a_banned_trigram_never_appears():
     table[A, C] = table[B, C] = table[C, A] = 0.5
     state = ops.zeros((2, 1))
     plain, _, _ = greedy_search(markov(table), state, START, END, max_length=9)
-    assert len(set(_trigrams(ops.convert_to_numpy(plain)[0]))) < len(_trigrams(ops.convert_to_numpy(plain)[0]))  # it does repeat
+    assert len(set(_trigrams(ops.convert_to_numpy(plain)[0]))) < len(
+        _trigrams(ops.convert_to_numpy(plain)[0])
+    )  # it does repeat
 
     def process(logits, sequences, t):
         return logits + ngram_ban(sequences, t, 3, 6)
@@ -134,14 +152,23 @@ def test_samplers_round_trip_through_their_config():
     assert make_sampler(DecodeConfig(beam_size=3, length_penalty=0.5)) == BeamSampler(3, 0.5)
 
 
-@pytest.mark.parametrize("decode, message", [
-    ({"sampler": "sampling", "temperature": 0.0, "top_p": 0.9}, "--temperature 0 always takes the most likely word"),
-    ({"sampler": "sampling", "top_k": 0}, "--top-k must be at least 1"),
-    ({"sampler": "sampling", "top_p": 1.5}, "--top-p must be in \\(0, 1\\]"),
-    ({"sampler": "beam", "beam_size": 3, "num_captions": 5}, "--num-captions 5 is more than the beam holds \\(3\\)"),
-    ({"beam_size": 3, "temperature": 0.7}, "add --sampler sampling"),
-    ({"sampler": "greedy", "num_captions": 2}, "greedy decoding gives one caption"),
-])
+@pytest.mark.parametrize(
+    "decode, message",
+    [
+        (
+            {"sampler": "sampling", "temperature": 0.0, "top_p": 0.9},
+            "--temperature 0 always takes the most likely word",
+        ),
+        ({"sampler": "sampling", "top_k": 0}, "--top-k must be at least 1"),
+        ({"sampler": "sampling", "top_p": 1.5}, "--top-p must be in \\(0, 1\\]"),
+        (
+            {"sampler": "beam", "beam_size": 3, "num_captions": 5},
+            "--num-captions 5 is more than the beam holds \\(3\\)",
+        ),
+        ({"beam_size": 3, "temperature": 0.7}, "add --sampler sampling"),
+        ({"sampler": "greedy", "num_captions": 2}, "greedy decoding gives one caption"),
+    ],
+)
 def test_contradictory_settings_are_one_line(decode, message):
     with pytest.raises(CaptionerError, match=message):
         make_sampler(DecodeConfig(**decode))
@@ -149,24 +176,64 @@ def test_contradictory_settings_are_one_line(decode, message):
 
 def test_cli_decoding_flags(overfit_run, tiny_data, capsys):
     images = sorted(str(p) for p in (tiny_data / "images").glob("test_*.png"))[:2]
-    assert main(["caption", "--run", str(overfit_run), "--sampler", "sampling", "--temperature", "1.5", "--num-captions", "3",
-                 "--seed", "4", "--json", *images]) == 0
+    assert (
+        main(
+            [
+                "caption",
+                "--run",
+                str(overfit_run),
+                "--sampler",
+                "sampling",
+                "--temperature",
+                "1.5",
+                "--num-captions",
+                "3",
+                "--seed",
+                "4",
+                "--json",
+                *images,
+            ]
+        )
+        == 0
+    )
     results = json.loads(capsys.readouterr().out)
     assert [len(r["candidates"]) for r in results] == [3, 3]
     assert all(r["candidates"][0]["caption"] == r["caption"] for r in results)
-    for flags, message in [(["--sampler", "sampling", "--temperature", "0", "--top-p", "0.9"], "--temperature 0"),
-                           (["--sampler", "sampling", "--top-k", "0"], "--top-k must be at least 1"),
-                           (["--sampler", "sampling", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
-                           (["--beam-size", "2", "--num-captions", "3"], "--num-captions 3 is more than the beam holds (2)"),
-                           (["--no-repeat-ngram", "1"], "--no-repeat-ngram")]:
+    for flags, message in [
+        (["--sampler", "sampling", "--temperature", "0", "--top-p", "0.9"], "--temperature 0"),
+        (["--sampler", "sampling", "--top-k", "0"], "--top-k must be at least 1"),
+        (["--sampler", "sampling", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
+        (["--beam-size", "2", "--num-captions", "3"], "--num-captions 3 is more than the beam holds (2)"),
+        (["--no-repeat-ngram", "1"], "--no-repeat-ngram"),
+    ]:
         assert main(["caption", "--run", str(overfit_run), *flags, images[0]]) == 2, flags
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err, (flags, err)
 
 
 def test_evaluate_records_the_sampler_under_its_own_key(overfit_run, capsys):
-    assert main(["evaluate", "--run", str(overfit_run), "--split", "test", "--max-images", "4", "--sampler", "sampling",
-                 "--temperature", "0.7", "--top-p", "0.9", "--num-captions", "2"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--run",
+                str(overfit_run),
+                "--split",
+                "test",
+                "--max-images",
+                "4",
+                "--sampler",
+                "sampling",
+                "--temperature",
+                "0.7",
+                "--top-p",
+                "0.9",
+                "--num-captions",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert "sampling (temperature 0.7, top-p 0.9; best of 2, seed 0)" in capsys.readouterr().out
     metrics = json.loads((overfit_run / "metrics.json").read_text())
     assert "eval_test_sampling_t0.7_p0.9_n2_seed0" in metrics

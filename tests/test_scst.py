@@ -91,12 +91,29 @@ def xe_run(tmp_path_factory) -> Path:
 
 
 def _scst(source: Path, run: Path, *extra: str) -> list[str]:
-    return ["train", "--init-from", str(source), "--objective", "scst", "--run", str(run), "--quiet", "--batch-size", "16",
-            "--learning-rate", "0.0005", *extra]
+    return [
+        "train",
+        "--init-from",
+        str(source),
+        "--objective",
+        "scst",
+        "--run",
+        str(run),
+        "--quiet",
+        "--batch-size",
+        "16",
+        "--learning-rate",
+        "0.0005",
+        *extra,
+    ]
 
 
 def _digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.mark.backends
@@ -109,7 +126,11 @@ def test_scst_raises_the_greedy_cider_it_optimises_and_leaves_the_source_alone(x
     assert metrics["best_val_cider"] > metrics["start_val_cider"] + 0.05, metrics
     assert metrics["init_from"] == str(xe_run.resolve())
     config = json.loads((run / "config.json").read_text())
-    assert config["train"]["objective"] == "scst" and config["train"]["monitor"] == "val_cider" and config["model"]["dropout_rate"] == 0.0
+    assert (
+        config["train"]["objective"] == "scst"
+        and config["train"]["monitor"] == "val_cider"
+        and config["model"]["dropout_rate"] == 0.0
+    )
     history = json.loads((run / "history.json").read_text())
     assert len(history["val_cider"]) == metrics["epochs_run"] and {"reward", "baseline", "sample_words"} <= set(history)
     assert load_run(run).vocab == load_run(xe_run).vocab
@@ -120,8 +141,26 @@ def test_scst_raises_the_greedy_cider_it_optimises_and_leaves_the_source_alone(x
 def test_a_run_that_never_beats_its_start_keeps_the_starting_weights(xe_run, tmp_path, capsys):
     """A learning rate far too high wrecks the captions in one epoch: model.keras stays the source's, best epoch 0."""
     run = tmp_path / "wrecked"
-    assert main(["train", "--init-from", str(xe_run), "--objective", "scst", "--run", str(run), "--batch-size", "16",
-                 "--learning-rate", "100", "--epochs", "2"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--init-from",
+                str(xe_run),
+                "--objective",
+                "scst",
+                "--run",
+                str(run),
+                "--batch-size",
+                "16",
+                "--learning-rate",
+                "100",
+                "--epochs",
+                "2",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     metrics = json.loads((run / "metrics.json").read_text())["train"]
     assert metrics["best_epoch"] == 0 and metrics["best_val_cider"] == metrics["start_val_cider"], metrics
@@ -133,7 +172,12 @@ def test_a_run_that_never_beats_its_start_keeps_the_starting_weights(xe_run, tmp
 def test_init_from_copies_weights_and_vocabulary(xe_run, tmp_path, capsys):
     """A cross-entropy run started from another at learning rate 0 is the source: the same captions."""
     run = tmp_path / "copy"
-    assert main(["train", "--init-from", str(xe_run), "--run", str(run), "--quiet", "--epochs", "1", "--learning-rate", "0"]) == 0
+    assert (
+        main(
+            ["train", "--init-from", str(xe_run), "--run", str(run), "--quiet", "--epochs", "1", "--learning-rate", "0"]
+        )
+        == 0
+    )
     capsys.readouterr()
     images = sorted(str(p) for p in (Path(load_run(xe_run).config.data.data_dir) / "images").glob("test_*.png"))[:6]
     outputs = []
@@ -175,7 +219,9 @@ def test_the_mean_baseline_trains_and_a_fault_resumes_to_the_same_result(xe_run,
     whole, resumed = (json.loads((tmp_path / name / "history.json").read_text()) for name in ("whole", "resumed"))
     assert len(resumed["val_cider"]) == 2
     np.testing.assert_allclose(resumed["val_cider"], whole["val_cider"], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(resumed["reward"][0], whole["reward"][0], rtol=1e-5)  # epoch 2's is over the steps after the resume
+    np.testing.assert_allclose(
+        resumed["reward"][0], whole["reward"][0], rtol=1e-5
+    )  # epoch 2's is over the steps after the resume
     for a, b in zip(load_run(tmp_path / "whole").model.weights, load_run(tmp_path / "resumed").model.weights):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
@@ -189,14 +235,25 @@ def _refused(args: list[str], capsys, expected: str) -> None:
 def test_bad_scst_and_init_from_inputs_are_one_line_and_write_nothing(xe_run, vqa_run, tiny_data, tmp_path, capsys):
     before = _digest(xe_run)
     run = tmp_path / "new"
-    _refused(["train", "--preset", "tiny", "--data-dir", str(tiny_data), "--objective", "scst", "--run", str(run)], capsys,
-             "--objective scst fine-tunes a trained captioner: add --init-from RUN")
+    _refused(
+        ["train", "--preset", "tiny", "--data-dir", str(tiny_data), "--objective", "scst", "--run", str(run)],
+        capsys,
+        "--objective scst fine-tunes a trained captioner: add --init-from RUN",
+    )
     _refused(_scst(xe_run, run, "--scst-samples", "0"), capsys, "--scst-samples must be at least 1 (got 0)")
-    _refused(_scst(xe_run, run, "--scst-samples", "1", "--scst-baseline", "mean"), capsys, "--scst-samples must be at least 2")
+    _refused(
+        _scst(xe_run, run, "--scst-samples", "1", "--scst-baseline", "mean"),
+        capsys,
+        "--scst-samples must be at least 2",
+    )
     _refused(_scst(vqa_run, run), capsys, "is a vqa run; a caption run starts from a caption run")
     _refused(_scst(tmp_path / "nowhere", run), capsys, "has no config.json")
     _refused(_scst(xe_run, xe_run), capsys, "is the run being trained; the source is only read")
-    _refused(_scst(xe_run, run, "--dataset", "flickr8k"), capsys, "was trained on the shapes dataset's vocabulary, not flickr8k's")
+    _refused(
+        _scst(xe_run, run, "--dataset", "flickr8k"),
+        capsys,
+        "was trained on the shapes dataset's vocabulary, not flickr8k's",
+    )
     _refused(_scst(xe_run, run, "--set", "model.hidden_dim=64"), capsys, "fixes model.hidden_dim (32 -> 64)")
     _refused(["train", "--init-from", str(xe_run), "--preset", "tiny", "--run", str(run)], capsys, "drop --preset")
     assert not run.exists()

@@ -30,32 +30,48 @@ def server(attention_run, vqa_run):
 
 def _png_declaring(width: int, height: int) -> bytes:
     """A PNG whose header declares width x height pixels (a decompression bomb's calling card)."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_captions_over_http_equal_the_library_s(server, attention_run, tiny_data):
     url, _ = server
     paths = sorted((tiny_data / "images").glob("test_*.png"))[:4]
     expected = [r["caption"] for r in caption_files(load_run(attention_run), [str(p) for p in paths])]
-    one = httpx.post(f"{url}/api/caption?attention=1", content=paths[0].read_bytes(), headers={"Content-Type": "image/png"})
+    one = httpx.post(
+        f"{url}/api/caption?attention=1", content=paths[0].read_bytes(), headers={"Content-Type": "image/png"}
+    )
     assert one.status_code == 200, one.text
     result = one.json()["results"][0]
     assert result["caption"] == expected[0] and " ".join(result["words"]) == expected[0]
     grid = one.json()["attention_grid"]
-    assert len(result["attention"]) == len(result["words"]) and all(len(a) == grid[0] * grid[1] for a in result["attention"])
+    assert len(result["attention"]) == len(result["words"]) and all(
+        len(a) == grid[0] * grid[1] for a in result["attention"]
+    )
     many = httpx.post(f"{url}/api/caption", json={"images": [base64.b64encode(p.read_bytes()).decode() for p in paths]})
     assert [r["caption"] for r in many.json()["results"]] == expected and "attention" not in many.json()["results"][0]
     beams = httpx.post(f"{url}/api/caption?beams=1", content=paths[0].read_bytes()).json()["results"][0]["beams"]
-    assert beams[0]["caption"] == expected[0] and [b["score"] for b in beams] == sorted((b["score"] for b in beams), reverse=True)
+    assert beams[0]["caption"] == expected[0] and [b["score"] for b in beams] == sorted(
+        (b["score"] for b in beams), reverse=True
+    )
     assert httpx.get(f"{url}/api/health").json() == {"status": "ok"}
     info = httpx.get(f"{url}/api/info").json()
     assert info["decoder"] == "attention" and info["vqa_run"] and info["batching"]["max_batch"] == 16
     page = httpx.get(f"{url}/")
-    assert page.status_code == 200 and "<canvas" in page.text and "http" not in page.text.split("<script>")[1].split("fetch(")[0]
+    assert (
+        page.status_code == 200
+        and "<canvas" in page.text
+        and "http" not in page.text.split("<script>")[1].split("fetch(")[0]
+    )
 
 
 def test_concurrent_clients_are_decoded_together(server, tiny_data):
@@ -65,7 +81,10 @@ def test_concurrent_clients_are_decoded_together(server, tiny_data):
 
     def client(i):
         with httpx.Client() as session:
-            return [session.post(f"{url}/api/caption", content=blobs[(i + k) % len(blobs)]).json()["results"][0]["caption"] for k in range(3)]
+            return [
+                session.post(f"{url}/api/caption", content=blobs[(i + k) % len(blobs)]).json()["results"][0]["caption"]
+                for k in range(3)
+            ]
 
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(client, range(16)))
@@ -83,7 +102,10 @@ def test_concurrent_clients_are_decoded_together(server, tiny_data):
 def _disconnect_mid_upload(url: str) -> None:
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as raw:
-        raw.sendall(b"POST /api/caption HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n" + b"\x89PNG" * 10)
+        raw.sendall(
+            b"POST /api/caption HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n"
+            + b"\x89PNG" * 10
+        )
 
 
 def test_bad_input_gets_one_line_4xx_and_the_others_are_still_served(server, tiny_data):
@@ -95,7 +117,13 @@ def test_bad_input_gets_one_line_4xx_and_the_others_are_still_served(server, tin
         (lambda: httpx.post(f"{url}/api/caption", content=b""), 400, "empty request body"),
         (lambda: httpx.post(f"{url}/api/caption", content=b"\0" * 300_000), 413, "limit"),
         (lambda: httpx.post(f"{url}/api/caption", content=_png_declaring(30_000, 30_000)), 415, "pixels"),
-        (lambda: httpx.post(f"{url}/api/caption", content=b'{"images": [', headers={"Content-Type": "application/json"}), 400, "malformed JSON"),
+        (
+            lambda: httpx.post(
+                f"{url}/api/caption", content=b'{"images": [', headers={"Content-Type": "application/json"}
+            ),
+            400,
+            "malformed JSON",
+        ),
         (lambda: httpx.post(f"{url}/api/caption", json={"images": ["%%%"]}), 400, "base64"),
         (lambda: httpx.post(f"{url}/api/ask", json={"image": image64, "question": "why " * 2500}), 400, "characters"),
         (lambda: httpx.post(f"{url}/api/ask", json={"image": image64, "question": " ? "}), 400, "no words"),
@@ -124,7 +152,9 @@ def test_concurrent_questions_are_answered_together_as_one_at_a_time(server, tin
     alone = [service.answer(load_image(str(images[i % 4]), service.vqa_size), questions[i % 3]) for i in range(24)]
     before = len(service.vqa_batcher.stats.sizes)
     with ThreadPoolExecutor(12) as pool:
-        answered = list(pool.map(lambda job: httpx.post(f"{url}/api/ask", json={"image": job[0], "question": job[1]}).json(), jobs))
+        answered = list(
+            pool.map(lambda job: httpx.post(f"{url}/api/ask", json={"image": job[0], "question": job[1]}).json(), jobs)
+        )
     sizes = service.vqa_batcher.stats.sizes[before:]
     assert sum(sizes) == 24 and max(sizes) > 1  # questions from several requests shared a model call
     assert [a["answer"] for a in answered] == [a["answer"] for a in alone]

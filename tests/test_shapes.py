@@ -67,6 +67,6 @@ def test_objects_do_not_overlap_and_relations_are_unambiguous():
     for index in range(50):
         _, objects, _, _ = make_example(ShapesSpec(), "val", index)
         for i, a in enumerate(objects):
-            for b in objects[i + 1:]:
+            for b in objects[i + 1 :]:
                 dx, dy = abs(a.x - b.x), abs(a.y - b.y)
                 assert max(dx, dy) >= 1.5 * min(dx, dy)

@@ -32,21 +32,31 @@ def test_weights_set_each_source_s_share_repeating_a_small_source_evenly_and_cut
     assert len(mixed) == 40
     counts = Counter(r.image_id for r in mixed)
     assert all(counts[r.image_id] == 2 for r in small)  # 20 places: every small record exactly twice
-    assert sum(counts[r.image_id] for r in large) == 20 and all(counts[r.image_id] == 1 for r in large if r.image_id in counts)
+    assert sum(counts[r.image_id] for r in large) == 20 and all(
+        counts[r.image_id] == 1 for r in large if r.image_id in counts
+    )
     assert mix([small, large], [1, 1], seed=3) == mixed  # fixed by the seed
-    assert {r.image_id for r in mix([small, large], [1, 1], seed=4)} != {r.image_id for r in mixed}  # which are cut: by the seed
+    assert {r.image_id for r in mix([small, large], [1, 1], seed=4)} != {
+        r.image_id for r in mixed
+    }  # which are cut: by the seed
     assert [r.image_id[0] for r in mix([small, large], [3, 1], seed=0)].count("s") == 30
     assert all(r.image_id[0] == "l" for r in mix([small, large], [0, 1], seed=0))
 
 
-@pytest.mark.parametrize("weights, message", [([1], "1 source weight(s) for 2 sources"), ([1, -1], "at least 0"), ([0, 0], "not all 0")])
+@pytest.mark.parametrize(
+    "weights, message", [([1], "1 source weight(s) for 2 sources"), ([1, -1], "at least 0"), ([0, 0], "not all 0")]
+)
 def test_bad_weights_are_one_line(weights, message):
     with pytest.raises(CaptionerError, match=re.escape(message)):
         mix([_records("a", 2), _records("b", 2)], weights, seed=0)
 
 
 def test_a_source_is_dataset_equals_folder():
-    assert sources("karpathy", "coco", ["flickr8k=data/f8k", "shapes=a=b"]) == [("karpathy", "coco"), ("flickr8k", "data/f8k"), ("shapes", "a=b")]
+    assert sources("karpathy", "coco", ["flickr8k=data/f8k", "shapes=a=b"]) == [
+        ("karpathy", "coco"),
+        ("flickr8k", "data/f8k"),
+        ("shapes", "a=b"),
+    ]
     with pytest.raises(CaptionerError, match="not DATASET=DIR"):
         sources("shapes", "a", ["data/f8k"])
 
@@ -63,10 +73,26 @@ def second_shapes(tmp_path_factory) -> Path:
 
 
 def _train(tiny_data, run, *extra):
-    return main(["train", "--preset", "tiny", "--data-dir", str(tiny_data), "--run", str(run), "--epochs", "1", "--quiet", *extra])
+    return main(
+        [
+            "train",
+            "--preset",
+            "tiny",
+            "--data-dir",
+            str(tiny_data),
+            "--run",
+            str(run),
+            "--epochs",
+            "1",
+            "--quiet",
+            *extra,
+        ]
+    )
 
 
-def test_one_run_on_two_datasets_one_vocabulary_weights_and_evaluation_per_source(tiny_data, second_shapes, tmp_path, capsys):
+def test_one_run_on_two_datasets_one_vocabulary_weights_and_evaluation_per_source(
+    tiny_data, second_shapes, tmp_path, capsys
+):
     run = tmp_path / "both"
     assert _train(tiny_data, run, "--add-source", f"shapes={second_shapes}", "--source-weights", "1,1") == 0
     capsys.readouterr()
@@ -77,7 +103,13 @@ def test_one_run_on_two_datasets_one_vocabulary_weights_and_evaluation_per_sourc
     assert [s["train_records_mixed"] for s in stats["sources"]] == [20, 20]  # 40 records, half each: the 8 repeated
     assert stats["train_images"] == 40 and stats["val_images"] == 20  # dev splits 16 and 4, in equal shares
     vocab = set(json.loads((run / "vocab.json").read_text())["words"])
-    words = {w for source in (tiny_data, second_shapes) for r in load_split("shapes", source, "train") for c in r.captions for w in tokenize(c)}
+    words = {
+        w
+        for source in (tiny_data, second_shapes)
+        for r in load_split("shapes", source, "train")
+        for c in r.captions
+        for w in tokenize(c)
+    }
     assert {"disc", "circle"} <= words <= vocab  # one vocabulary over both sources (min_word_count 1)
 
     assert main(["evaluate", "--run", str(run), "--split", "test", "--json"]) == 0
@@ -117,8 +149,25 @@ def test_bad_sources_are_one_line_naming_the_source_and_nothing_is_written(tiny_
 def test_question_sources_of_other_answer_types_are_one_line_naming_the_source(tiny_data, tmp_path, capsys):
     lines = write_lines_dataset(tmp_path / "lines")  # yes/no only; shapes questions have other answers too
     run = tmp_path / "vqa"
-    assert main(["train-vqa", "--preset", "tiny", "--data-dir", str(tiny_data), "--run", str(run), "--epochs", "1", "--quiet",
-                 "--add-source", f"vqa-lines={lines}"]) == 2
+    assert (
+        main(
+            [
+                "train-vqa",
+                "--preset",
+                "tiny",
+                "--data-dir",
+                str(tiny_data),
+                "--run",
+                str(run),
+                "--epochs",
+                "1",
+                "--quiet",
+                "--add-source",
+                f"vqa-lines={lines}",
+            ]
+        )
+        == 2
+    )
     _one_line(capsys.readouterr(), "source 2 (vqa-lines", "--answer-type")
     assert not (run / "config.json").exists()
 
@@ -126,8 +175,29 @@ def test_question_sources_of_other_answer_types_are_one_line_naming_the_source(t
 def test_question_sources_mixed_in_one_vqa_run(tmp_path, capsys):
     first, second = write_lines_dataset(tmp_path / "a"), write_lines_dataset(tmp_path / "b")
     run = tmp_path / "vqa"
-    assert main(["train-vqa", "--preset", "tiny", "--dataset", "vqa-lines", "--data-dir", str(first), "--add-source", f"vqa-lines={second}",
-                 "--run", str(run), "--epochs", "1", "--quiet", "--source-weights", "2,1"]) == 0
+    assert (
+        main(
+            [
+                "train-vqa",
+                "--preset",
+                "tiny",
+                "--dataset",
+                "vqa-lines",
+                "--data-dir",
+                str(first),
+                "--add-source",
+                f"vqa-lines={second}",
+                "--run",
+                str(run),
+                "--epochs",
+                "1",
+                "--quiet",
+                "--source-weights",
+                "2,1",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     stats = json.loads((run / "metrics.json").read_text())["train"]
     assert [s["train_records"] for s in stats["sources"]] == [17, 17]  # 16 yes/no and a "maybe" each

@@ -19,7 +19,11 @@ def test_run_directory_describes_itself(overfit_run):
     config = json.loads((overfit_run / "config.json").read_text())
     assert config["model"]["decoder"] == "show-tell" and config["data"]["dataset"] == "shapes"
     # Every "auto" setting is written out as what was built, not left as null.
-    assert (config["model"]["encoder_trainable"], config["model"]["init_from"], config["model"]["encoder_pooling"]) == (True, "pooled", "flatten")
+    assert (config["model"]["encoder_trainable"], config["model"]["init_from"], config["model"]["encoder_pooling"]) == (
+        True,
+        "pooled",
+        "flatten",
+    )
     assert config["model"]["precision"] in ("float32", "mixed_bfloat16")
     history = json.loads((overfit_run / "history.json").read_text())
     assert len(history["loss"]) == len(history["val_loss"]) == 150
@@ -48,7 +52,9 @@ def test_save_load_gives_identical_captions(overfit_run, tiny_data):
     again = load_run(overfit_run)
     paths = sorted(str(p) for p in (tiny_data / "images").glob("test_*.png"))
     first = generate_captions(CaptionGenerator(run.model, run.vocab, DecodeConfig(max_length=20, beam_size=1)), paths)
-    second = generate_captions(CaptionGenerator(again.model, again.vocab, DecodeConfig(max_length=20, beam_size=1)), paths)
+    second = generate_captions(
+        CaptionGenerator(again.model, again.vocab, DecodeConfig(max_length=20, beam_size=1)), paths
+    )
     assert first == second and all(first)
 
 

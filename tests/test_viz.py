@@ -19,7 +19,13 @@ def test_an_attention_figure_with_a_title_is_taller_than_without(tmp_path):
     image = np.full((64, 64, 3), 90, np.uint8)
     alpha = np.eye(1, 49, 24, dtype=np.float32)  # all the weight on the centre cell of a 7x7 grid
     attention_figure(image, ["where it looked"], alpha, (7, 7), tmp_path / "plain.png")
-    attention_figure(image, ["where it looked"], alpha, (7, 7), tmp_path / "titled.png",
-                     title="is this a skate park ? model: no (58%); truth: no, and a long tail that wraps onto a second line")
+    attention_figure(
+        image,
+        ["where it looked"],
+        alpha,
+        (7, 7),
+        tmp_path / "titled.png",
+        title="is this a skate park ? model: no (58%); truth: no, and a long tail that wraps onto a second line",
+    )
     with Image.open(tmp_path / "plain.png") as plain, Image.open(tmp_path / "titled.png") as titled:
         assert titled.height > plain.height  # the question sits above the panels, not over their titles

@@ -7,7 +7,17 @@ from captioner.data.vocab import SPECIAL_TOKENS, Vocabulary, tokenize
 
 
 def test_tokenize_lowercases_and_drops_punctuation():
-    assert tokenize("A Red circle, to the LEFT of a square.") == ["a", "red", "circle", "to", "the", "left", "of", "a", "square"]
+    assert tokenize("A Red circle, to the LEFT of a square.") == [
+        "a",
+        "red",
+        "circle",
+        "to",
+        "the",
+        "left",
+        "of",
+        "a",
+        "square",
+    ]
 
 
 def test_special_tokens_come_first_and_ids_are_fixed():

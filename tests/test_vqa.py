@@ -72,7 +72,10 @@ def test_save_and_load_give_identical_outputs(tmp_path, options):
 
 def test_gradients_reach_encoder_question_encoder_and_head():
     model = _model()
-    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0))
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
+    )
     inputs = _inputs()
     targets = np.random.default_rng(1).integers(1, 7, (3, 4)).astype(np.int32)
     before = {v.path: np.array(v) for v in model.trainable_variables}

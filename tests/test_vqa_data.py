@@ -23,7 +23,14 @@ def test_shapes_questions_come_from_the_split_files(tiny_data):
 
 
 def test_answer_types():
-    assert [answer_type(a) for a in ("yes", "No", "2", "two", "red", "10 dogs")] == ["yes/no", "yes/no", "number", "number", "other", "other"]
+    assert [answer_type(a) for a in ("yes", "No", "2", "two", "red", "10 dogs")] == [
+        "yes/no",
+        "yes/no",
+        "number",
+        "number",
+        "other",
+        "other",
+    ]
 
 
 def test_majority_answer_is_the_training_target():
@@ -35,22 +42,44 @@ def _write_vqa(root, with_images=(1, 2)):
     (root / "val2014").mkdir(parents=True)
     for image_id in with_images:
         Image.new("RGB", (8, 8), "red").save(root / "val2014" / f"COCO_val2014_{image_id:012d}.jpg")
-    questions = {"questions": [
-        {"image_id": 1, "question": "What color is it?", "question_id": 10},
-        {"image_id": 2, "question": "How many cats?", "question_id": 20},
-        {"image_id": 3, "question": "Is it a dog?", "question_id": 30},  # image not on disk
-        {"image_id": 2, "question": "Where?", "question_id": 40},  # no annotation
-        {"image_id": 2, "question_id": 50},  # malformed
-    ]}
+    questions = {
+        "questions": [
+            {"image_id": 1, "question": "What color is it?", "question_id": 10},
+            {"image_id": 2, "question": "How many cats?", "question_id": 20},
+            {"image_id": 3, "question": "Is it a dog?", "question_id": 30},  # image not on disk
+            {"image_id": 2, "question": "Where?", "question_id": 40},  # no annotation
+            {"image_id": 2, "question_id": 50},  # malformed
+        ]
+    }
     answers = lambda *xs: [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(xs)]
-    annotations = {"annotations": [
-        {"question_id": 10, "image_id": 1, "question_type": "what color is the", "answer_type": "other",
-         "multiple_choice_answer": "red", "answers": answers(*["red"] * 7, "dark red", "orange", "red")},
-        {"question_id": 20, "image_id": 2, "question_type": "how many", "answer_type": "number",
-         "multiple_choice_answer": "2", "answers": answers("2", "2", "two", "3", "2", "2", "2", "2", "2", "2")},
-        {"question_id": 30, "image_id": 3, "question_type": "is the", "answer_type": "yes/no",
-         "multiple_choice_answer": "yes", "answers": answers(*["yes"] * 10)},
-    ]}
+    annotations = {
+        "annotations": [
+            {
+                "question_id": 10,
+                "image_id": 1,
+                "question_type": "what color is the",
+                "answer_type": "other",
+                "multiple_choice_answer": "red",
+                "answers": answers(*["red"] * 7, "dark red", "orange", "red"),
+            },
+            {
+                "question_id": 20,
+                "image_id": 2,
+                "question_type": "how many",
+                "answer_type": "number",
+                "multiple_choice_answer": "2",
+                "answers": answers("2", "2", "two", "3", "2", "2", "2", "2", "2", "2"),
+            },
+            {
+                "question_id": 30,
+                "image_id": 3,
+                "question_type": "is the",
+                "answer_type": "yes/no",
+                "multiple_choice_answer": "yes",
+                "answers": answers(*["yes"] * 10),
+            },
+        ]
+    }
     (root / "v2_OpenEnded_mscoco_val2014_questions.json").write_text(json.dumps(questions))
     (root / "v2_mscoco_val2014_annotations.json").write_text(json.dumps(annotations))
 
@@ -121,7 +150,9 @@ def test_answers_are_normalised_as_vqa_does():
 
 
 def test_questions_are_grouped_per_image_and_padded():
-    records = [QARecord(f"img{i % 2}.png", f"is there a {w}?", ("yes",), question_id=str(i)) for i, w in enumerate("abcdefg")]
+    records = [
+        QARecord(f"img{i % 2}.png", f"is there a {w}?", ("yes",), question_id=str(i)) for i, w in enumerate("abcdefg")
+    ]
     groups = group_questions(records, questions_per_image=3)
     assert [(image, len(g)) for image, g in groups] == [("img0.png", 3), ("img0.png", 1), ("img1.png", 3)]
     vocab = Vocabulary.build(r.question for r in records)

@@ -16,7 +16,15 @@ from decisions import assert_same_answers_where_clear, record_probabilities
 
 
 def test_vqa_run_directory_describes_itself(vqa_run):
-    for name in ("model.keras", "vocab.json", "answers.json", "config.json", "history.json", "metrics.json", "manifest.json"):
+    for name in (
+        "model.keras",
+        "vocab.json",
+        "answers.json",
+        "config.json",
+        "history.json",
+        "metrics.json",
+        "manifest.json",
+    ):
         assert (vqa_run / name).is_file(), name
     config = json.loads((vqa_run / "config.json").read_text())
     assert config["task"] == "vqa"
@@ -65,7 +73,23 @@ def test_init_from_a_vqa_run_copies_its_weights_and_vocabularies(vqa_run, tmp_pa
     from captioner.cli import main
 
     copy = tmp_path / "copy"
-    assert main(["train-vqa", "--init-from", str(vqa_run), "--run", str(copy), "--epochs", "1", "--learning-rate", "0", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train-vqa",
+                "--init-from",
+                str(vqa_run),
+                "--run",
+                str(copy),
+                "--epochs",
+                "1",
+                "--learning-rate",
+                "0",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     source, started = load_run(vqa_run, task="vqa"), load_run(copy, task="vqa")
     assert json.loads((copy / "metrics.json").read_text())["train"]["init_from"] == str(vqa_run.resolve())
     assert (copy / "vocab.json").read_text() == (vqa_run / "vocab.json").read_text()
@@ -87,7 +111,10 @@ def test_bad_vqa_init_from_inputs_are_one_line_and_write_nothing(vqa_run, overfi
 
     run = tmp_path / "new"
     for argv, expected in [
-        (["--init-from", str(overfit_run)], "is a caption run; a vqa run starts from a vqa run (a VQA run takes a caption run's encoder"),
+        (
+            ["--init-from", str(overfit_run)],
+            "is a caption run; a vqa run starts from a vqa run (a VQA run takes a caption run's encoder",
+        ),
         (["--init-from", str(vqa_run), "--set", "vqa.fusion_dim=32"], "fixes vqa.fusion_dim (64 -> 32)"),
         (["--init-from", str(vqa_run), "--attention"], "fixes vqa.attention (False -> True)"),
         (["--init-from", str(vqa_run), "--preset", "tiny"], "drop --preset"),
@@ -118,7 +145,9 @@ def test_encoder_from_a_caption_run_is_copied_and_frozen(overfit_run, tiny_data,
     train(config, tmp_path / "tuned", verbose=0)
     tuned = load_run(tmp_path / "tuned", task="vqa")
     assert tuned.model.encoder.trainable
-    changed = [not np.array_equal(a, b) for a, b in zip(tuned.model.encoder.get_weights(), caption.model.encoder.get_weights())]
+    changed = [
+        not np.array_equal(a, b) for a, b in zip(tuned.model.encoder.get_weights(), caption.model.encoder.get_weights())
+    ]
     assert any(changed)
 
 
@@ -127,7 +156,9 @@ def test_question_only_model_ignores_the_image(tiny_data, tmp_path):
     train(_vqa_config(tiny_data, **{"vqa.use_image": "false"}), tmp_path / "blind", verbose=0)
     run = load_run(tmp_path / "blind", task="vqa")
     answerer = Answerer(run.model, run.vocab, run.answers, run.config.vqa.max_question_length)
-    questions = answerer.question_array([[answerer.encode("what color is the circle?"), answerer.encode("how many shapes are there?")]] * 2)
+    questions = answerer.question_array(
+        [[answerer.encode("what color is the circle?"), answerer.encode("how many shapes are there?")]] * 2
+    )
     images = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3)).astype(np.uint8)
     probabilities, _ = answerer(images, questions)
     np.testing.assert_allclose(probabilities[0], probabilities[1], rtol=1e-6, atol=1e-7)
@@ -146,18 +177,39 @@ def test_vqa_v2_files_train_and_score_with_ten_answers(tmp_path):
         for image_id in images:
             color = ("red", "blue")[image_id % 2]
             Image.new("RGB", (32, 32), color).save(tmp_path / subtype / f"COCO_{subtype}_{image_id:012d}.jpg")
-            for number, (text, answer, kind) in enumerate([("what color is it?", color, "other"), ("is it red?", "yes" if color == "red" else "no", "yes/no")]):
+            for number, (text, answer, kind) in enumerate(
+                [("what color is it?", color, "other"), ("is it red?", "yes" if color == "red" else "no", "yes/no")]
+            ):
                 question_id = image_id * 10 + number
                 questions.append({"image_id": image_id, "question": text, "question_id": question_id})
                 given = [answer] * 8 + [str(rng.choice(["pink", "maybe"]))] * 2
-                annotations.append({"question_id": question_id, "image_id": image_id, "question_type": text.split()[0],
-                                    "answer_type": kind, "multiple_choice_answer": answer,
-                                    "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(given)]})
+                annotations.append(
+                    {
+                        "question_id": question_id,
+                        "image_id": image_id,
+                        "question_type": text.split()[0],
+                        "answer_type": kind,
+                        "multiple_choice_answer": answer,
+                        "answers": [
+                            {"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(given)
+                        ],
+                    }
+                )
         (tmp_path / f"v2_OpenEnded_mscoco_{subtype}_questions.json").write_text(json.dumps({"questions": questions}))
         (tmp_path / f"v2_mscoco_{subtype}_annotations.json").write_text(json.dumps({"annotations": annotations}))
-    config = _vqa_config(tmp_path, **{"data.dataset": "vqa", "data.data_dir": str(tmp_path), "train.epochs": "40",
-                                     "train.learning_rate": "0.01", "train.batch_size": "4", "train.patience": "40",
-                                     "model.encoder_norm": "batch", "model.encoder_pooling": "avg"})
+    config = _vqa_config(
+        tmp_path,
+        **{
+            "data.dataset": "vqa",
+            "data.data_dir": str(tmp_path),
+            "train.epochs": "40",
+            "train.learning_rate": "0.01",
+            "train.batch_size": "4",
+            "train.patience": "40",
+            "model.encoder_norm": "batch",
+            "model.encoder_pooling": "avg",
+        },
+    )
     train(config, tmp_path / "run", verbose=0)
     run = load_run(tmp_path / "run", task="vqa")
     assert "pink" not in run.answers.answers  # the majority answer is the training target
@@ -176,7 +228,9 @@ def test_any_number_of_questions_per_image_is_one_compilation_with_the_same_answ
 
     run = load_run(vqa_run, task="vqa")
     answerer = Answerer(run.model, run.vocab, run.answers, run.config.vqa.max_question_length)
-    image = load_image(tiny_data / "images" / "test_00000.png", run.model.encoder.image_size)[None]  # (1, size, size, 3)
+    image = load_image(tiny_data / "images" / "test_00000.png", run.model.encoder.image_size)[
+        None
+    ]  # (1, size, size, 3)
     asked = ["what color is the circle", "how many shapes are there", "is there a square", "what shape is red"]
     encoded = [answerer.encode(q) for q in asked]
     alone, _ = answerer(image, answerer.question_array([encoded[:1]]))

@@ -8,5 +8,19 @@ from captioner.data.loaders import DATASETS, QA_DATASETS, load_qa_split, load_so
 from captioner.data.questions import ANSWER_TYPES, answer_type
 from captioner.data.records import CaptionRecord, QAPair, QARecord, Skipped, read_split_file
 
-__all__ = ["DATASETS", "QA_DATASETS", "load_split", "load_qa_split", "load_sources", "mix", "sources", "ANSWER_TYPES", "answer_type", "CaptionRecord", "QAPair",
-           "QARecord", "Skipped", "read_split_file"]
+__all__ = [
+    "DATASETS",
+    "QA_DATASETS",
+    "load_split",
+    "load_qa_split",
+    "load_sources",
+    "mix",
+    "sources",
+    "ANSWER_TYPES",
+    "answer_type",
+    "CaptionRecord",
+    "QAPair",
+    "QARecord",
+    "Skipped",
+    "read_split_file",
+]

@@ -54,7 +54,11 @@ def group_questions(records: Sequence[QARecord], questions_per_image: int) -> li
 
 
 def question_arrays(
-    groups: Sequence[tuple[str, Sequence[QARecord]]], vocab: Vocabulary, answers: AnswerVocabulary, questions_per_image: int, max_question_length: int
+    groups: Sequence[tuple[str, Sequence[QARecord]]],
+    vocab: Vocabulary,
+    answers: AnswerVocabulary,
+    questions_per_image: int,
+    max_question_length: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Question word ids and answer ids, zero-padded; padding questions and `<other>` answers have target 0 (ignored).
 

@@ -57,7 +57,13 @@ restaurant restaurants|office offices|living room"""
 
 def _table() -> dict[str, tuple[str, tuple[str, ...]]]:
     concepts: dict[str, tuple[str, tuple[str, ...]]] = {}
-    for kind, text in (("object", _OBJECTS), ("mass", _MASS), ("plural", _PLURAL), ("object", _NARROW), ("scene", _SCENES)):
+    for kind, text in (
+        ("object", _OBJECTS),
+        ("mass", _MASS),
+        ("plural", _PLURAL),
+        ("object", _NARROW),
+        ("scene", _SCENES),
+    ):
         for entry in text.replace("\n ", " ").replace("\n", "|").split("|"):
             words = tuple(entry.split())
             if kind == "scene" and words == ("living", "room"):
@@ -80,11 +86,21 @@ def question_for(concept: str, phrasing: int = 0) -> tuple[str, str]:
     kind, _ = CONCEPTS[concept]
     article = "an" if concept[0] in "aeiou" else "a"
     if kind == "scene":
-        forms = ("is this {a} {c} ?", "is it {a} {c} ?", "is this picture of {a} {c} ?", "does this look like {a} {c} ?")
+        forms = (
+            "is this {a} {c} ?",
+            "is it {a} {c} ?",
+            "is this picture of {a} {c} ?",
+            "does this look like {a} {c} ?",
+        )
         return forms[phrasing % PHRASINGS].format(a=article, c=concept), "scene"
     thing = concept if kind in ("mass", "plural") else f"{article} {concept}"
     be = "are" if kind == "plural" else "is"
-    forms = (f"{be} there {{t}} in the picture ?", f"{be} there {{t}} ?", "do you see {t} ?", "does the photo show {t} ?")
+    forms = (
+        f"{be} there {{t}} in the picture ?",
+        f"{be} there {{t}} ?",
+        "do you see {t} ?",
+        "does the photo show {t} ?",
+    )
     return forms[phrasing % PHRASINGS].format(t=thing), "presence"
 
 
@@ -98,8 +114,9 @@ def named(caption: str) -> set[str]:
     """The concepts one caption names (its words, plurals and synonyms; "living room" as a phrase)."""
     words = tokenize(caption)
     text = f" {' '.join(words)} "
-    return {c for w in words for c in _WORDS.get(w, ())} | {c for phrase, cs in _WORDS.items() if " " in phrase
-                                                             and f" {phrase} " in text for c in cs}
+    return {c for w in words for c in _WORDS.get(w, ())} | {
+        c for phrase, cs in _WORDS.items() if " " in phrase and f" {phrase} " in text for c in cs
+    }
 
 
 @dataclass
@@ -124,8 +141,14 @@ class Generated:
         return dict(sorted(counted.items()))
 
 
-def questions_from_captions(records: Sequence[CaptionRecord], kinds: Iterable[str] = KINDS, per_photo: int = 2,
-                            neighbours: int = 10, seed: int = 0, phrasings: int = 1) -> Generated:
+def questions_from_captions(
+    records: Sequence[CaptionRecord],
+    kinds: Iterable[str] = KINDS,
+    per_photo: int = 2,
+    neighbours: int = 10,
+    seed: int = 0,
+    phrasings: int = 1,
+) -> Generated:
     """Balanced yes/no questions about the photos of one split (the rules are the module's docstring).
 
     Args:
@@ -148,7 +171,10 @@ def questions_from_captions(records: Sequence[CaptionRecord], kinds: Iterable[st
         for caption in record.captions:
             counted.update(named(caption))
         votes.append(counted)
-    majority = [{c for c, n in v.items() if 2 * n > len(r.captions) and question_for(c)[1] in kinds} for r, v in zip(records, votes)]
+    majority = [
+        {c for c, n in v.items() if 2 * n > len(r.captions) and question_for(c)[1] in kinds}
+        for r, v in zip(records, votes)
+    ]
     frequency = Counter(c for m in majority for c in m)
     common = [c for c, _ in frequency.most_common()]
     weights = [frequency[c] for c in common]
@@ -161,10 +187,14 @@ def questions_from_captions(records: Sequence[CaptionRecord], kinds: Iterable[st
             out.skipped.add("photo with no concept named by most of its captions", record.image_id)
             continue
         chosen: list[str] = []
-        for concept in sorted(yes, key=lambda c: (ALSO.get(c) is None, -counted[c], c)):  # a man (when most say so) before a person
+        for concept in sorted(
+            yes, key=lambda c: (ALSO.get(c) is None, -counted[c], c)
+        ):  # a man (when most say so) before a person
             if len(chosen) < per_photo and not any(ALSO.get(concept) == c or ALSO.get(c) == concept for c in chosen):
                 chosen.append(concept)  # not both a person and a man
-        never = {c for c in common if c not in counted and ALSO.get(c) not in counted}  # named by no caption of the photo
+        never = {
+            c for c in common if c not in counted and ALSO.get(c) not in counted
+        }  # named by no caption of the photo
         hard = sorted({c for j in similar[index] for c in majority[j]} & never)
         rng.shuffle(hard)
         noes: list[tuple[str, bool]] = [(c, True) for c in hard[: (len(chosen) + 1) // 2]]
@@ -187,7 +217,9 @@ def questions_from_captions(records: Sequence[CaptionRecord], kinds: Iterable[st
     return out
 
 
-def _nearest(majority: list[set[str]], votes: list[Counter], common: list[str], k: int, chunk: int = 1024) -> "np.ndarray":
+def _nearest(
+    majority: list[set[str]], votes: list[Counter], common: list[str], k: int, chunk: int = 1024
+) -> "np.ndarray":
     """For each photo, the `k` other photos whose majority concepts overlap its named concepts most: (photos, k)."""
     import numpy as np
 
@@ -200,10 +232,10 @@ def _nearest(majority: list[set[str]], votes: list[Counter], common: list[str], 
     k = min(k, len(majority) - 1)
     nearest = np.zeros((len(majority), max(k, 0)), np.int64)
     for start in range(0, len(majority), chunk):
-        overlap = names[start:start + chunk] @ has.T  # (chunk, photos)
+        overlap = names[start : start + chunk] @ has.T  # (chunk, photos)
         overlap[np.arange(len(overlap)), np.arange(start, start + len(overlap))] = -1  # never itself
         if k > 0:
-            nearest[start:start + chunk] = np.argpartition(-overlap, k - 1, axis=1)[:, :k]
+            nearest[start : start + chunk] = np.argpartition(-overlap, k - 1, axis=1)[:, :k]
     return nearest
 
 

@@ -16,7 +16,11 @@ from captioner.data.records import CaptionRecord, Skipped
 from captioner.errors import CaptionerError
 
 FLICKR8K_IMAGE_DIRS = ("Flicker8k_Dataset", "Flickr8k_Dataset", "Images", "images")  # "Flicker" (sic) is the original
-FLICKR8K_SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.devImages.txt", "test": "Flickr_8k.testImages.txt"}
+FLICKR8K_SPLIT_FILES = {
+    "train": "Flickr_8k.trainImages.txt",
+    "val": "Flickr_8k.devImages.txt",
+    "test": "Flickr_8k.testImages.txt",
+}
 TOKEN_FILE = "Flickr8k.token.txt"
 CSV_FILE = "captions.txt"
 CSV_HELD_OUT = 1000  # captions.txt without split files: the last 1,000 images (sorted) test, the 1,000 before them val
@@ -38,7 +42,9 @@ def _image_dir(data_dir: Path, names: tuple[str, ...]) -> Path:
     return data_dir
 
 
-def _records(captions: dict[str, list[str]], names: list[str], image_dir: Path, skipped: Skipped) -> list[CaptionRecord]:
+def _records(
+    captions: dict[str, list[str]], names: list[str], image_dir: Path, skipped: Skipped
+) -> list[CaptionRecord]:
     """Records of `names` in order; names without captions or without an image file are counted, not kept."""
     records = []
     for name in dict.fromkeys(names):
@@ -92,18 +98,29 @@ def load_flickr8k(data_dir: Path, split: str, skipped: Skipped) -> list[CaptionR
         raise CaptionerError(f"flickr8k has the splits train, val (Flickr_8k.devImages.txt) and test, not '{split}'")
     token_file, csv_file = _find(data_dir, TOKEN_FILE), _find(data_dir, CSV_FILE)
     if token_file is None and csv_file is None:
-        raise CaptionerError(f"no {TOKEN_FILE} or {CSV_FILE} in {data_dir}; point --data-dir at the unpacked Flickr8k folder")
+        raise CaptionerError(
+            f"no {TOKEN_FILE} or {CSV_FILE} in {data_dir}; point --data-dir at the unpacked Flickr8k folder"
+        )
     captions = read_flickr8k_tokens(token_file, skipped) if token_file else read_flickr8k_csv(csv_file, skipped)
     image_dir = _image_dir(data_dir, FLICKR8K_IMAGE_DIRS)
     split_files = {name: _find(data_dir, file) for name, file in FLICKR8K_SPLIT_FILES.items()}
     if all(split_files.values()):
-        lists = {name: [line.strip() for line in open(path, encoding="utf-8") if line.strip()] for name, path in split_files.items()}
+        lists = {
+            name: [line.strip() for line in open(path, encoding="utf-8") if line.strip()]
+            for name, path in split_files.items()
+        }
     elif token_file is None:  # captions.txt alone: a fixed, documented split of the sorted names
         names = sorted(captions)
-        lists = {"train": names[: -2 * CSV_HELD_OUT], "val": names[-2 * CSV_HELD_OUT : -CSV_HELD_OUT], "test": names[-CSV_HELD_OUT:]}
+        lists = {
+            "train": names[: -2 * CSV_HELD_OUT],
+            "val": names[-2 * CSV_HELD_OUT : -CSV_HELD_OUT],
+            "test": names[-CSV_HELD_OUT:],
+        }
     else:
         missing = [FLICKR8K_SPLIT_FILES[n] for n, p in split_files.items() if p is None]
-        raise CaptionerError(f"{data_dir} has {TOKEN_FILE} but not {', '.join(missing)}; copy the split files beside it")
+        raise CaptionerError(
+            f"{data_dir} has {TOKEN_FILE} but not {', '.join(missing)}; copy the split files beside it"
+        )
     listed = {name for names in lists.values() for name in names}
     for name in sorted(set(captions) - listed):
         for number in range(len(captions[name])):
@@ -121,14 +138,18 @@ def load_karpathy(data_dir: Path, split: str, skipped: Skipped) -> list[CaptionR
     if not files:
         raise CaptionerError(f"no dataset_*.json (Karpathy split) in {data_dir}")
     if len(files) > 1:
-        raise CaptionerError(f"several Karpathy split files in {data_dir} ({', '.join(f.name for f in files)}); keep one per folder")
+        raise CaptionerError(
+            f"several Karpathy split files in {data_dir} ({', '.join(f.name for f in files)}); keep one per folder"
+        )
     try:
         images = json.loads(files[0].read_text(encoding="utf-8"))["images"]
     except (ValueError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise CaptionerError(f"{files[0]} is not a Karpathy split file ({exc.__class__.__name__})") from None
     if split not in ("train", "val", "test"):
         raise CaptionerError(f"karpathy has the splits train (with restval), val and test, not '{split}'")
-    roots = [data_dir / d for d in ("", "images", "Images", "Flicker8k_Dataset", "Flickr8k_Dataset", "flickr30k-images")]
+    roots = [
+        data_dir / d for d in ("", "images", "Images", "Flicker8k_Dataset", "Flickr8k_Dataset", "flickr30k-images")
+    ]
     captions: dict[str, list[str]] = {}
     names: list[str] = []
     for entry in images:
@@ -157,7 +178,9 @@ COCO_SUBTYPES = {"train": "train2014", "val": "val2014"}
 def load_coco(data_dir: Path, split: str, skipped: Skipped) -> list[CaptionRecord]:
     """The official `annotations/captions_{train,val}2014.json`; images in `{train,val}2014/` (or `images/...`)."""
     if split not in COCO_SUBTYPES:
-        raise CaptionerError(f"coco captions have the splits train and val; for a test split use --dataset karpathy with dataset_coco.json")
+        raise CaptionerError(
+            f"coco captions have the splits train and val; for a test split use --dataset karpathy with dataset_coco.json"
+        )
     subtype = COCO_SUBTYPES[split]
     path = _find(data_dir, f"captions_{subtype}.json") or _find(data_dir / "annotations", f"captions_{subtype}.json")
     if path is None:

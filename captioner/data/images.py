@@ -72,7 +72,9 @@ def _decode(source, name: str) -> Image.Image:
     except UnidentifiedImageError:
         raise CaptionerError(f"{name}: not a JPEG, PNG, WebP, GIF or BMP image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise CaptionerError(f"{name}: declares more than the {MAX_PIXELS:,} pixels allowed (decompression bomb?)") from None
+        raise CaptionerError(
+            f"{name}: declares more than the {MAX_PIXELS:,} pixels allowed (decompression bomb?)"
+        ) from None
     except PermissionError as exc:
         raise CaptionerError(f"{name}: cannot read ({exc.strerror})") from None
     except FileNotFoundError:

@@ -9,7 +9,14 @@ import numpy as np
 
 from captioner.data.captions import load_coco, load_flickr8k, load_karpathy
 from captioner.data.records import CaptionRecord, QAPair, QARecord, Skipped, read_split_file
-from captioner.data.questions import ANSWER_TYPES, answer_type, load_easy_vqa, load_shapes_qa, load_vqa_lines, load_vqa_v2
+from captioner.data.questions import (
+    ANSWER_TYPES,
+    answer_type,
+    load_easy_vqa,
+    load_shapes_qa,
+    load_vqa_lines,
+    load_vqa_v2,
+)
 from captioner.errors import CaptionerError
 
 DATASETS = ("shapes", "flickr8k", "karpathy", "coco")
@@ -28,7 +35,11 @@ def load_split(dataset: str, data_dir: str | Path, split: str, skipped: Skipped 
     data_dir = Path(data_dir)
     skipped = skipped if skipped is not None else Skipped()
     if not data_dir.is_dir():
-        hint = f"create it with `captioner data shapes --out {data_dir}`" if dataset == "shapes" else "download the dataset there"
+        hint = (
+            f"create it with `captioner data shapes --out {data_dir}`"
+            if dataset == "shapes"
+            else "download the dataset there"
+        )
         raise CaptionerError(f"dataset directory {data_dir} does not exist; {hint}")
     if dataset == "shapes":
         records = read_split_file(data_dir / f"{split}.json")
@@ -45,11 +56,15 @@ def load_split(dataset: str, data_dir: str | Path, split: str, skipped: Skipped 
         raise CaptionerError(f"the {split} split of {dataset} in {data_dir} has no usable images{detail}")
     empty = [r.image_id for r in records if not any(c.strip() for c in r.captions)]
     if empty:
-        raise CaptionerError(f"{len(empty)} image(s) in the {split} split have only empty captions (first: {empty[0]}); fix or remove them")
+        raise CaptionerError(
+            f"{len(empty)} image(s) in the {split} split have only empty captions (first: {empty[0]}); fix or remove them"
+        )
     return records
 
 
-def load_qa_split(dataset: str, data_dir: str | Path, split: str, skipped: Skipped | None = None, answer_type: str = "") -> list[QARecord]:
+def load_qa_split(
+    dataset: str, data_dir: str | Path, split: str, skipped: Skipped | None = None, answer_type: str = ""
+) -> list[QARecord]:
     """Question records of one split: one `QARecord` per question.
 
     Args:
@@ -62,15 +77,20 @@ def load_qa_split(dataset: str, data_dir: str | Path, split: str, skipped: Skipp
     """
     skipped = skipped if skipped is not None else Skipped()
     if answer_type and answer_type not in ANSWER_TYPES:
-        raise CaptionerError(f"unknown answer type '{answer_type}'; use one of {', '.join(ANSWER_TYPES)} (or nothing for all)")
+        raise CaptionerError(
+            f"unknown answer type '{answer_type}'; use one of {', '.join(ANSWER_TYPES)} (or nothing for all)"
+        )
     if dataset == "easy-vqa":
         records = load_easy_vqa(split)
     elif dataset in QA_DATASETS:
         data_dir = Path(data_dir)
         if not data_dir.is_dir():
             raise CaptionerError(f"dataset directory {data_dir} does not exist")
-        loaders = {"shapes": lambda: load_shapes_qa(data_dir, split), "vqa": lambda: load_vqa_v2(data_dir, split, skipped),
-                   "vqa-lines": lambda: load_vqa_lines(data_dir, split, skipped)}
+        loaders = {
+            "shapes": lambda: load_shapes_qa(data_dir, split),
+            "vqa": lambda: load_vqa_v2(data_dir, split, skipped),
+            "vqa-lines": lambda: load_vqa_lines(data_dir, split, skipped),
+        }
         records = loaders[dataset]()
     else:
         raise CaptionerError(f"unknown question-answer dataset '{dataset}'; choose one of: {', '.join(QA_DATASETS)}")
@@ -84,7 +104,9 @@ def load_qa_split(dataset: str, data_dir: str | Path, split: str, skipped: Skipp
         raise CaptionerError(f"the {split} split of {dataset} in {data_dir} has no usable questions{detail}")
     empty = [r.question_id for r in records if not r.question.strip() or not any(a.strip() for a in r.answers)]
     if empty:
-        raise CaptionerError(f"{len(empty)} question(s) of the {split} split have an empty question or no answer (first: {empty[0]})")
+        raise CaptionerError(
+            f"{len(empty)} question(s) of the {split} split have an empty question or no answer (first: {empty[0]})"
+        )
     return records
 
 
@@ -99,7 +121,9 @@ def sources(dataset: str, data_dir: str, more_sources: Sequence[str]) -> list[tu
     return pairs
 
 
-def load_sources(load: Callable[..., list], pairs: Sequence[tuple[str, str]], split: str, skipped: Skipped, **options) -> list[list]:
+def load_sources(
+    load: Callable[..., list], pairs: Sequence[tuple[str, str]], split: str, skipped: Skipped, **options
+) -> list[list]:
     """Each source's records of `split`, read by `load` (`load_split` or `load_qa_split`). With several sources an
     error names the source it came from; nothing is read past it."""
     parts = []
@@ -121,7 +145,9 @@ def mix(parts: Sequence[list], weights: Sequence[float], seed: int) -> list:
     if not weights:
         return [record for part in parts for record in part]
     if len(weights) != len(parts):
-        raise CaptionerError(f"{len(weights)} source weight(s) for {len(parts)} sources: give one weight per source, the first source first")
+        raise CaptionerError(
+            f"{len(weights)} source weight(s) for {len(parts)} sources: give one weight per source, the first source first"
+        )
     if any(w < 0 for w in weights) or not sum(weights) > 0:
         raise CaptionerError(f"source weights {list(weights)} must be at least 0 and not all 0")
     total, rng = sum(len(part) for part in parts), np.random.default_rng(seed)
@@ -134,6 +160,17 @@ def mix(parts: Sequence[list], weights: Sequence[float], seed: int) -> list:
 
 
 __all__ = [
-    "CaptionRecord", "QAPair", "QARecord", "Skipped", "DATASETS", "QA_DATASETS",
-    "answer_type", "load_split", "load_qa_split", "load_sources", "mix", "read_split_file", "sources",
+    "CaptionRecord",
+    "QAPair",
+    "QARecord",
+    "Skipped",
+    "DATASETS",
+    "QA_DATASETS",
+    "answer_type",
+    "load_split",
+    "load_qa_split",
+    "load_sources",
+    "mix",
+    "read_split_file",
+    "sources",
 ]

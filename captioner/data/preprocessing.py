@@ -24,8 +24,16 @@ class _Images:
     Only when every image has failed does reading raise (a CaptionerError inside tf.data; `pipeline_error` makes it
     one line again); `what` names the images in that message, e.g. "images of the train split"."""
 
-    def __init__(self, paths: Sequence[str], image_size: int, on_error: Callable[[str, str], None], what: str, cache: bool):
-        self.paths, self.image_size, self.on_error, self.what, self.cache = list(paths), image_size, on_error, what, cache
+    def __init__(
+        self, paths: Sequence[str], image_size: int, on_error: Callable[[str, str], None], what: str, cache: bool
+    ):
+        self.paths, self.image_size, self.on_error, self.what, self.cache = (
+            list(paths),
+            image_size,
+            on_error,
+            what,
+            cache,
+        )
         self.total = len(set(self.paths))
         self.failed: dict[str, str] = {}
         self.decoded: dict[int, tuple[np.ndarray, bool]] = {}
@@ -53,7 +61,9 @@ class _Images:
         return result
 
 
-def image_dataset(paths: Sequence[str], image_size: int, on_error: Callable[[str, str], None], what: str = "images") -> tf.data.Dataset:
+def image_dataset(
+    paths: Sequence[str], image_size: int, on_error: Callable[[str, str], None], what: str = "images"
+) -> tf.data.Dataset:
     """`(image, readable)` elements in order, decoded in parallel: image uint8 (image_size, image_size, 3), readable bool.
 
     An image that cannot be read comes out as zeros with readable False, after `on_error(path, message)`; the caller
@@ -80,13 +90,16 @@ def row_order(count: int, shuffle: bool, seed: int, clock: EpochClock) -> tf.dat
         return np.random.default_rng([seed, clock.epoch]).permutation(count).astype(np.int64)
 
     order = tf.data.Dataset.from_tensors(np.int64(0)).map(
-        lambda x: tf.ensure_shape(tf.numpy_function(permutation, [x], tf.int64, stateful=True), (count,)))  # (count,)
+        lambda x: tf.ensure_shape(tf.numpy_function(permutation, [x], tf.int64, stateful=True), (count,))
+    )  # (count,)
     return order.unbatch().apply(tf.data.experimental.assert_cardinality(count))
 
 
 def _process_rows(count: int, batch_size: int, shuffle: bool, seed: int, shard: InputShard) -> tf.data.Dataset:
     """(rows,) int64 batches: this process's rows of each global batch of `batch_size` (all of them in one process)."""
-    dataset = row_order(count, shuffle, seed, shard.clock).batch(batch_size, drop_remainder=shard.drop_remainder)  # (batch,)
+    dataset = row_order(count, shuffle, seed, shard.clock).batch(
+        batch_size, drop_remainder=shard.drop_remainder
+    )  # (batch,)
     if shard.count > 1:  # the same order in every process: each keeps its slice of the same global batch
         start, stop = shard.rows(batch_size)
         dataset = dataset.map(lambda rows: rows[start:stop])  # (batch / count,)
@@ -107,8 +120,17 @@ def pipeline_error(exc: Exception) -> CaptionerError:
 
 
 def _image_and_text_dataset(
-    paths: Sequence[str], image_size: int, text: tuple[np.ndarray, np.ndarray], text_key: str, cache: bool,
-    on_error: Callable[[str, str], None], what: str, batch_size: int, shuffle: bool, seed: int, shard: InputShard,
+    paths: Sequence[str],
+    image_size: int,
+    text: tuple[np.ndarray, np.ndarray],
+    text_key: str,
+    cache: bool,
+    on_error: Callable[[str, str], None],
+    what: str,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    shard: InputShard,
 ) -> tf.data.Dataset:
     """`({"images", text_key}, targets)` batches: decoded images (in parallel) with their rows of the token arrays.
 
@@ -123,17 +145,26 @@ def _image_and_text_dataset(
     def read(rows):  # one Python call a batch (a call per image held the GIL often enough to slow training 1.4x)
         decoded = [images.read(row) for row in rows]
         readable = np.array([ok for _, ok in decoded]).reshape(-1, *[1] * (targets.ndim - 1))  # (batch, 1, ...)
-        return np.stack([image for image, _ in decoded]), inputs[rows], np.where(readable, targets[rows], 0).astype(targets.dtype)
+        return (
+            np.stack([image for image, _ in decoded]),
+            inputs[rows],
+            np.where(readable, targets[rows], 0).astype(targets.dtype),
+        )
 
     def load(rows):
         image, tokens, target = tf.numpy_function(read, [rows], [tf.uint8, tf.int32, tf.int32], stateful=False)
         image = tf.ensure_shape(image, (None, image_size, image_size, 3))  # (batch, size, size, 3) uint8
-        tokens = tf.ensure_shape(tokens, (None, *inputs.shape[1:]))  # (batch, captions, steps) or (batch, questions, steps)
+        tokens = tf.ensure_shape(
+            tokens, (None, *inputs.shape[1:])
+        )  # (batch, captions, steps) or (batch, questions, steps)
         return {"images": image, text_key: tokens}, tf.ensure_shape(target, (None, *targets.shape[1:]))
 
     # Batches are read in parallel (the first pass decodes with Pillow, which releases the GIL), in order.
-    return _process_rows(len(paths), batch_size, shuffle, seed, shard).map(load, num_parallel_calls=tf.data.AUTOTUNE,
-                                                                            deterministic=True).prefetch(tf.data.AUTOTUNE)
+    return (
+        _process_rows(len(paths), batch_size, shuffle, seed, shard)
+        .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .prefetch(tf.data.AUTOTUNE)
+    )
 
 
 def caption_dataset(
@@ -156,8 +187,19 @@ def caption_dataset(
     images: (batch, image_size, image_size, 3) uint8; tokens and targets: (batch, captions_per_image, steps) int32.
     """
     arrays = caption_arrays(records, vocab, captions_per_image, max_caption_length)
-    return _image_and_text_dataset([r.image for r in records], image_size, arrays, "tokens", cache, on_error, what,
-                                   batch_size, shuffle, seed, shard)
+    return _image_and_text_dataset(
+        [r.image for r in records],
+        image_size,
+        arrays,
+        "tokens",
+        cache,
+        on_error,
+        what,
+        batch_size,
+        shuffle,
+        seed,
+        shard,
+    )
 
 
 def vqa_dataset(
@@ -182,8 +224,19 @@ def vqa_dataset(
     targets: (batch, questions_per_image) int32.
     """
     arrays = question_arrays(groups, vocab, answers, questions_per_image, max_question_length)
-    return _image_and_text_dataset([image for image, _ in groups], image_size, arrays, "questions", cache, on_error, what,
-                                   batch_size, shuffle, seed, shard)
+    return _image_and_text_dataset(
+        [image for image, _ in groups],
+        image_size,
+        arrays,
+        "questions",
+        cache,
+        on_error,
+        what,
+        batch_size,
+        shuffle,
+        seed,
+        shard,
+    )
 
 
 def feature_caption_dataset(
@@ -225,7 +278,12 @@ def feature_vqa_dataset(
 
 
 def _feature_dataset(
-    features: np.ndarray, text: tuple[np.ndarray, np.ndarray], text_key: str, batch_size: int, shuffle: bool, seed: int,
+    features: np.ndarray,
+    text: tuple[np.ndarray, np.ndarray],
+    text_key: str,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
     shard: InputShard = InputShard(),
 ) -> tf.data.Dataset:
     """`({"features", text_key}, targets)` batches: rows of `features` gathered per batch with the rows of `text`;
@@ -238,10 +296,18 @@ def _feature_dataset(
         return features[indices], inputs[indices], targets[indices]
 
     def load(indices):
-        grid, tokens, target = tf.numpy_function(gather, [indices], [tf.as_dtype(features.dtype), tf.int32, tf.int32], stateful=False)
+        grid, tokens, target = tf.numpy_function(
+            gather, [indices], [tf.as_dtype(features.dtype), tf.int32, tf.int32], stateful=False
+        )
         grid = tf.ensure_shape(grid, (None, num_pixels, encoder_dim))  # (batch, num_pixels, encoder_dim)
-        tokens = tf.ensure_shape(tokens, (None, *inputs.shape[1:]))  # (batch, captions, steps) or (batch, questions, steps)
+        tokens = tf.ensure_shape(
+            tokens, (None, *inputs.shape[1:])
+        )  # (batch, captions, steps) or (batch, questions, steps)
         target = tf.ensure_shape(target, (None, *targets.shape[1:]))  # (batch, captions, steps) or (batch, questions)
         return {"features": grid, text_key: tokens}, target
 
-    return _process_rows(len(inputs), batch_size, shuffle, seed, shard).map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return (
+        _process_rows(len(inputs), batch_size, shuffle, seed, shard)
+        .map(load, num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )

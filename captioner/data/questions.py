@@ -30,8 +30,10 @@ def answer_type(answer: str) -> str:
 
 
 # "is there a dog in the picture ?", "are there skis ?", "is this a kitchen ?": what a presence or scene question asks about
-_SUBJECT = re.compile(r"^(?:is there|are there|is this|are these|is it)\s+(?:a |an |any |some )?(.+?)"
-                      r"(?:\s+in (?:the|this) (?:picture|photo|image))?\s*\??$")
+_SUBJECT = re.compile(
+    r"^(?:is there|are there|is this|are these|is it)\s+(?:a |an |any |some )?(.+?)"
+    r"(?:\s+in (?:the|this) (?:picture|photo|image))?\s*\??$"
+)
 
 
 def question_subject(question: str) -> str:
@@ -47,10 +49,19 @@ def load_shapes_qa(data_dir: Path, split: str) -> list[QARecord]:
     for index, record in enumerate(read_split_file(data_dir / f"{split}.json")):
         for number, pair in enumerate(record.qa):
             records.append(
-                QARecord(record.image, pair.question, (pair.answer,), pair.question_type, answer_type(pair.answer), f"{split}-{index}-{number}")
+                QARecord(
+                    record.image,
+                    pair.question,
+                    (pair.answer,),
+                    pair.question_type,
+                    answer_type(pair.answer),
+                    f"{split}-{index}-{number}",
+                )
             )
     if not records:
-        raise CaptionerError(f"{data_dir / f'{split}.json'} has no questions; regenerate it with `captioner data shapes --out {data_dir}`")
+        raise CaptionerError(
+            f"{data_dir / f'{split}.json'} has no questions; regenerate it with `captioner data shapes --out {data_dir}`"
+        )
     return records
 
 
@@ -63,7 +74,9 @@ def load_easy_vqa(split: str) -> list[QARecord]:
     try:
         import easy_vqa
     except ImportError:
-        raise CaptionerError("the easy-vqa dataset needs the easy-vqa package: pip install easy-vqa (or pip install -e '.[vqa]')") from None
+        raise CaptionerError(
+            "the easy-vqa dataset needs the easy-vqa package: pip install easy-vqa (or pip install -e '.[vqa]')"
+        ) from None
     if split not in ("train", "val", "test"):
         raise CaptionerError(f"easy-vqa has the splits train, val (every tenth train image) and test, not '{split}'")
     source = "test" if split == "test" else "train"
@@ -92,13 +105,17 @@ def load_vqa_v2(data_dir: Path, split: str, skipped: Skipped | None = None) -> l
     """
     skipped = skipped if skipped is not None else Skipped()
     if split not in VQA_SUBTYPES:
-        raise CaptionerError(f"VQA v2 has public answers for the splits train and val only, not '{split}'; evaluate on --split val")
+        raise CaptionerError(
+            f"VQA v2 has public answers for the splits train and val only, not '{split}'; evaluate on --split val"
+        )
     subtype = VQA_SUBTYPES[split]
     hint = "download VQA v2 questions and annotations there"
     questions_file = _one_file(data_dir, f"*{subtype}_questions.json", hint)
     annotations_file = _one_file(data_dir, f"*{subtype}_annotations.json", hint)
     questions = _read_json_list(questions_file, "questions")
-    annotations = {a.get("question_id"): a for a in _read_json_list(annotations_file, "annotations") if isinstance(a, dict)}
+    annotations = {
+        a.get("question_id"): a for a in _read_json_list(annotations_file, "annotations") if isinstance(a, dict)
+    }
     image_dirs = [d for d in (data_dir / subtype, data_dir / "images" / subtype) if d.is_dir()]
     records = []
     for question in questions:
@@ -122,7 +139,9 @@ def load_vqa_v2(data_dir: Path, split: str, skipped: Skipped | None = None) -> l
             skipped.add("image not on disk", name)
             continue
         kind = str(annotation.get("answer_type") or answer_type(answers[0] if answers else ""))
-        records.append(QARecord(str(image), text, answers, str(annotation.get("question_type", "other")), kind, str(question_id)))
+        records.append(
+            QARecord(str(image), text, answers, str(annotation.get("question_type", "other")), kind, str(question_id))
+        )
     return records
 
 
@@ -138,15 +157,21 @@ def load_vqa_lines(data_dir: Path, split: str, skipped: Skipped | None = None) -
     """
     skipped = skipped if skipped is not None else Skipped()
     if split not in LINE_SPLITS:
-        raise CaptionerError(f"split '{split}' is not one of {', '.join(LINE_SPLITS)} (val reads the *DevImages.txt file)")
-    path = _one_file(data_dir, f"*{LINE_SPLITS[split]}Images.txt", "put the split files (NAME#N<TAB>question ? answer) there")
+        raise CaptionerError(
+            f"split '{split}' is not one of {', '.join(LINE_SPLITS)} (val reads the *DevImages.txt file)"
+        )
+    path = _one_file(
+        data_dir, f"*{LINE_SPLITS[split]}Images.txt", "put the split files (NAME#N<TAB>question ? answer) there"
+    )
     images = data_dir / "Images"
     if not images.is_dir() and (data_dir.parent / "Images").is_dir():
         images = data_dir.parent / "Images"
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise CaptionerError(f"cannot read {path} ({exc.__class__.__name__}); check the file and its permissions") from None
+        raise CaptionerError(
+            f"cannot read {path} ({exc.__class__.__name__}); check the file and its permissions"
+        ) from None
     on_disk: dict[str, bool] = {}
     records = []
     for number, line in enumerate(lines, start=1):
@@ -173,7 +198,9 @@ def load_vqa_lines(data_dir: Path, split: str, skipped: Skipped | None = None) -
         answer = answer.strip().lower()
         question = question.strip() + " ?"
         first_word = question.split()[0].lower()  # "is", "are", "does" ...: the question type VQA's breakdowns use
-        records.append(QARecord(str(images / name), question, (answer,), first_word, answer_type(answer), f"{split}-{key.strip()}"))
+        records.append(
+            QARecord(str(images / name), question, (answer,), first_word, answer_type(answer), f"{split}-{key.strip()}")
+        )
     return records
 
 
@@ -182,7 +209,9 @@ def _one_file(data_dir: Path, pattern: str, hint: str) -> Path:
     if not matches:
         raise CaptionerError(f"no file matching {pattern} in {data_dir}; {hint}")
     if len(matches) > 1:
-        raise CaptionerError(f"several files match {pattern} in {data_dir} ({', '.join(m.name for m in matches)}); keep one")
+        raise CaptionerError(
+            f"several files match {pattern} in {data_dir} ({', '.join(m.name for m in matches)}); keep one"
+        )
     return matches[0]
 
 

@@ -59,7 +59,9 @@ class Skipped:
         """e.g. "skipped 3 entries: 2 image not on disk, 1 malformed line" ("" when nothing was skipped)."""
         if not self.reasons:
             return ""
-        parts = ", ".join(f"{len(v)} {reason}" for reason, v in sorted(self.reasons.items(), key=lambda kv: -len(kv[1])))
+        parts = ", ".join(
+            f"{len(v)} {reason}" for reason, v in sorted(self.reasons.items(), key=lambda kv: -len(kv[1]))
+        )
         return f"skipped {self.count()} {what}: {parts}"
 
     def details(self) -> list[str]:
@@ -123,9 +125,13 @@ def read_split_file(path: str | Path) -> list[CaptionRecord]:
     try:
         text = path.read_text(encoding="utf-8")
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        raise CaptionerError(f"no annotation file {path}; run `captioner data shapes --out {path.parent}` first") from None
+        raise CaptionerError(
+            f"no annotation file {path}; run `captioner data shapes --out {path.parent}` first"
+        ) from None
     except OSError as exc:
-        raise CaptionerError(f"cannot read {path} ({exc.strerror}); check the permissions of the dataset folder") from None
+        raise CaptionerError(
+            f"cannot read {path} ({exc.strerror}); check the permissions of the dataset folder"
+        ) from None
     try:
         payload = json.loads(text)
         raw_records = payload["records"]
@@ -136,7 +142,9 @@ def read_split_file(path: str | Path) -> list[CaptionRecord]:
     for index, raw in enumerate(raw_records):
         try:
             captions = tuple(str(c) for c in raw["captions"])
-            qa = tuple(QAPair(str(q["question"]), str(q["answer"]), str(q.get("type", "other"))) for q in raw.get("qa", []))
+            qa = tuple(
+                QAPair(str(q["question"]), str(q["answer"]), str(q.get("type", "other"))) for q in raw.get("qa", [])
+            )
             image = str(root / raw["image"])
         except (KeyError, TypeError) as exc:
             raise CaptionerError(f"{path}: record {index} is malformed (missing {exc})") from None

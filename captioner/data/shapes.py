@@ -77,7 +77,9 @@ def sample_scene(rng: np.random.Generator, spec: ShapesSpec) -> list[ShapeObject
     count = int(rng.integers(spec.min_objects, spec.max_objects + 1))
     side = spec.image_size
     while True:
-        kinds = [(str(rng.choice(SHAPES)), str(rng.choice(list(COLORS))), str(rng.choice(list(SIZES)))) for _ in range(count)]
+        kinds = [
+            (str(rng.choice(SHAPES)), str(rng.choice(list(COLORS))), str(rng.choice(list(SIZES)))) for _ in range(count)
+        ]
         placed: list[ShapeObject] = []
         for shape, color, size in kinds:
             radius = SIZES[size] * side
@@ -164,7 +166,11 @@ def caption_candidates(objects: list[ShapeObject]) -> list[str]:
         ]
     if n == 2:
         a, b = objects
-        pair = f"two {a.color} {_plural(a.shape)}" if (a.color, a.shape) == (b.color, b.shape) else f"two shapes, {_a(a.phrase)} and {_a(b.phrase)}"
+        pair = (
+            f"two {a.color} {_plural(a.shape)}"
+            if (a.color, a.shape) == (b.color, b.shape)
+            else f"two shapes, {_a(a.phrase)} and {_a(b.phrase)}"
+        )
         return [
             f"{_a(a.phrase)} {relation(a, b)} {_a(b.phrase)}",
             f"there is {_a(a.phrase)} {relation(a, b)} {_a(b.phrase)}",
@@ -216,13 +222,19 @@ def questions(objects: list[ShapeObject], rng: np.random.Generator) -> list[QAPa
         i, j = rng.choice(len(described), size=2, replace=False)
         a, b = described[int(i)], described[int(j)]
         true_rel = relation(a, b)
-        asked = true_rel if rng.random() < 0.5 else str(rng.choice([r for r in ("to the left of", "to the right of", "above", "below") if r != true_rel]))
+        asked = (
+            true_rel
+            if rng.random() < 0.5
+            else str(rng.choice([r for r in ("to the left of", "to the right of", "above", "below") if r != true_rel]))
+        )
         answer = "yes" if asked == true_rel else "no"
         pairs.append(QAPair(f"is the {a.color} {a.shape} {asked} the {b.color} {b.shape}?", answer, "relation"))
     return pairs
 
 
-def make_example(spec: ShapesSpec, split: str, index: int) -> tuple[Image.Image, list[ShapeObject], list[str], list[QAPair]]:
+def make_example(
+    spec: ShapesSpec, split: str, index: int
+) -> tuple[Image.Image, list[ShapeObject], list[str], list[QAPair]]:
     """Scene, image, five captions and the questions of one image; a pure function of its arguments."""
     rng = np.random.default_rng([spec.seed, SPLITS.index(split), index])
     objects = sample_scene(rng, spec)
@@ -262,7 +274,9 @@ def generate(out_dir: str | os.PathLike, spec: ShapesSpec = ShapesSpec(), worker
     sizes = {"train": spec.num_train, "val": spec.num_val, "test": spec.num_test}
     workers = workers or os.cpu_count() or 1
     chunk = 250
-    jobs = [(spec, split, s, min(s + chunk, n), str(image_dir)) for split, n in sizes.items() for s in range(0, n, chunk)]
+    jobs = [
+        (spec, split, s, min(s + chunk, n), str(image_dir)) for split, n in sizes.items() for s in range(0, n, chunk)
+    ]
     if workers == 1:
         results = [_write_chunk(job) for job in jobs]
     else:  # spawned, not forked: a forked copy of a multithreaded parent (JAX, TensorFlow) can deadlock

@@ -76,7 +76,9 @@ class Vocabulary(_StoredList):
     def build(cls, texts: Iterable[str], min_count: int = 1, max_size: int | None = None) -> "Vocabulary":
         """Words seen at least `min_count` times, most frequent first (ties alphabetical, so the result is deterministic)."""
         counts = collections.Counter(word for text in texts for word in tokenize(text))
-        kept = sorted((w for w, n in counts.items() if n >= min_count and w not in SPECIAL_TOKENS), key=lambda w: (-counts[w], w))
+        kept = sorted(
+            (w for w, n in counts.items() if n >= min_count and w not in SPECIAL_TOKENS), key=lambda w: (-counts[w], w)
+        )
         if max_size is not None:
             kept = kept[: max(0, max_size - len(SPECIAL_TOKENS))]
         return cls(list(SPECIAL_TOKENS) + kept)
@@ -127,7 +129,6 @@ class Vocabulary(_StoredList):
         return unknown / total if total else 0.0
 
 
-
 OTHER_ANSWER = "<other>"
 
 
@@ -176,10 +177,12 @@ class AnswerVocabulary(_StoredList):
         return sum(self.encode(a) != self.other_id for a in answers) / len(answers) if answers else 0.0
 
 
-
 _ANSWER_PUNCTUATION = re.compile(r"[;/\[\]\"{}()=+\\_\-><@`,?!*#%^&$|~]")
 _PERIOD = re.compile(r"(?<!\d)\.(?!\d)")
-_DIGITS = {w: str(i) for i, w in enumerate(("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"))}
+_DIGITS = {
+    w: str(i)
+    for i, w in enumerate(("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"))
+}
 _ARTICLES = {"a", "an", "the"}
 
 

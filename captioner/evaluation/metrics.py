@@ -37,14 +37,18 @@ def bleu_scores(references: Sequence[Sequence[Sequence[str]]], hypotheses: Seque
     with warnings.catch_warnings():
         # nltk warns when an n-gram order has no match; BLEU-n is then 0, which is the answer we want.
         warnings.filterwarnings("ignore", message=r"\s*The hypothesis contains 0 counts", category=UserWarning)
-        scores = corpus_bleu([list(map(list, refs)) for refs in references], [list(h) for h in hypotheses], weights=BLEU_WEIGHTS)
+        scores = corpus_bleu(
+            [list(map(list, refs)) for refs in references], [list(h) for h in hypotheses], weights=BLEU_WEIGHTS
+        )
     return {f"bleu{n}": float(s) for n, s in enumerate(scores, start=1)}
 
 
 def leave_one_out(groups: Sequence[Sequence[Any]], held_out: int = 0) -> tuple[list[list[Any]], list[Any]]:
     """(the other items of each group, item `held_out` of each group), for the groups that have another item."""
     usable = [group for group in groups if len(group) > max(held_out, 1)]
-    return [[x for i, x in enumerate(group) if i != held_out] for group in usable], [group[held_out] for group in usable]
+    return [[x for i, x in enumerate(group) if i != held_out] for group in usable], [
+        group[held_out] for group in usable
+    ]
 
 
 def oracle_bleu(references: Sequence[Sequence[Sequence[str]]], held_out: int = 0) -> dict[str, float]:
@@ -92,7 +96,9 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
     return sum(min((matches - (a == predicted)) / 3.0, 1.0) for a in given) / len(given)
 
 
-def accuracy_table(records: Sequence[Any], predictions: Sequence[str], groups: dict[str, Sequence[str]] | None = None) -> dict[str, Any]:
+def accuracy_table(
+    records: Sequence[Any], predictions: Sequence[str], groups: dict[str, Sequence[str]] | None = None
+) -> dict[str, Any]:
     """Overall VQA accuracy with its 95% interval, and accuracy per answer type, per question type and per any
     other grouping given.
 
@@ -108,12 +114,18 @@ def accuracy_table(records: Sequence[Any], predictions: Sequence[str], groups: d
         raise ValueError(f"{len(records)} questions for {len(predictions)} predictions")
     scores = [vqa_accuracy(p, r.answers) for r, p in zip(records, predictions)]
     result: dict[str, Any] = {"accuracy": _mean(scores), "interval_95": _interval_95(scores), "questions": len(scores)}
-    labels = {key: [getattr(r, attribute) for r in records] for key, attribute in (("by_answer_type", "answer_type"), ("by_question_type", "question_type"))}
+    labels = {
+        key: [getattr(r, attribute) for r in records]
+        for key, attribute in (("by_answer_type", "answer_type"), ("by_question_type", "question_type"))
+    }
     for key, keys in {**labels, **(groups or {})}.items():
         grouped: dict[str, list[float]] = {}
         for label, value in zip(keys, scores):
             grouped.setdefault(label, []).append(value)
-        result[key] = {name: {"accuracy": _mean(v), "interval_95": _interval_95(v), "questions": len(v)} for name, v in sorted(grouped.items())}
+        result[key] = {
+            name: {"accuracy": _mean(v), "interval_95": _interval_95(v), "questions": len(v)}
+            for name, v in sorted(grouped.items())
+        }
     return result
 
 
@@ -140,11 +152,16 @@ def blind_baselines(train_records: Sequence[Any], records: Sequence[Any]) -> dic
     by_text: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for r in train_records:
         by_text[_question_key(r.question)][r.answer] += 1
-    prior = [by_text[_question_key(r.question)].most_common(1)[0][0] if _question_key(r.question) in by_text else top for r in records]
+    prior = [
+        by_text[_question_key(r.question)].most_common(1)[0][0] if _question_key(r.question) in by_text else top
+        for r in records
+    ]
     by_photo: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for r in train_records:
         by_photo[photo_key(r.image)][r.answer] += 1
-    photo = [by_photo[photo_key(r.image)].most_common(1)[0][0] if photo_key(r.image) in by_photo else top for r in records]
+    photo = [
+        by_photo[photo_key(r.image)].most_common(1)[0][0] if photo_key(r.image) in by_photo else top for r in records
+    ]
     return {
         "always_yes": accuracy_table(records, ["yes"] * len(records))["accuracy"],
         "most_frequent": accuracy_table(records, [top] * len(records))["accuracy"],
@@ -164,8 +181,10 @@ def train_overlap(train_records: Sequence[Any], records: Sequence[Any]) -> dict[
     asked = [_question_key(r.question) in texts for r in records]
     return {
         "by_photo": ["seen in training" if s else "unseen" for s in seen],
-        "by_photo_and_question": [f"{'seen' if s else 'unseen'} photo, {'question asked in training' if a else 'new question'}"
-                                  for s, a in zip(seen, asked)],
+        "by_photo_and_question": [
+            f"{'seen' if s else 'unseen'} photo, {'question asked in training' if a else 'new question'}"
+            for s, a in zip(seen, asked)
+        ],
     }
 
 
@@ -242,7 +261,9 @@ def _meteor(gts, res) -> float | None:
         return None
 
 
-def human_agreement(captions: Sequence[Sequence[str]], tokenization: str = "words", held_out: int = 0, meteor: bool = False) -> dict[str, Any]:
+def human_agreement(
+    captions: Sequence[Sequence[str]], tokenization: str = "words", held_out: int = 0, meteor: bool = False
+) -> dict[str, Any]:
     """Human agreement: caption `held_out` of each image scored against the image's other captions, with nltk
     and (when installed) pycocoevalcap. On the 1,000 official Flickr8k test images with "whitespace"
     tokens this gives BLEU-1..4 0.634 / 0.443 / 0.304 / 0.208 and CIDEr 0.782.
@@ -250,7 +271,9 @@ def human_agreement(captions: Sequence[Sequence[str]], tokenization: str = "word
     return text_scores(*leave_one_out(captions, held_out), tokenization, meteor)
 
 
-def text_scores(references: Sequence[Sequence[str]], hypotheses: Sequence[str], tokenization: str = "words", meteor: bool = False) -> dict[str, Any]:
+def text_scores(
+    references: Sequence[Sequence[str]], hypotheses: Sequence[str], tokenization: str = "words", meteor: bool = False
+) -> dict[str, Any]:
     """nltk corpus BLEU-1..4 and (when installed) the pycocoevalcap metrics of caption strings, tokenised one way."""
     refs = [[tokenize_for_scoring(r, tokenization) for r in group] for group in references]
     hyps = [tokenize_for_scoring(h, tokenization) for h in hypotheses]

@@ -49,7 +49,9 @@ class Answerer:
         never_other[AnswerVocabulary.other_id] = -1e9
 
         def probabilities(images, questions):
-            logits, alpha = model.answer(images, questions, training=False)  # (batch, questions, answers), (batch, questions, pixels)
+            logits, alpha = model.answer(
+                images, questions, training=False
+            )  # (batch, questions, answers), (batch, questions, pixels)
             return ops.softmax(ops.cast(logits, "float32") + never_other, axis=-1), ops.cast(alpha, "float32")
 
         specs = [((None, size, size, 3), "uint8"), ((None, None, self.max_question_length), "int32")]
@@ -89,4 +91,8 @@ class Answerer:
     def top(self, probabilities: np.ndarray, k: int = 5) -> list[tuple[str, float]]:
         """The k most probable answers of one question's distribution (num_answers,)."""
         order = np.argsort(-probabilities)[:k]
-        return [(self.answers.answers[int(i)], float(probabilities[int(i)])) for i in order if int(i) != AnswerVocabulary.other_id]
+        return [
+            (self.answers.answers[int(i)], float(probabilities[int(i)]))
+            for i in order
+            if int(i) != AnswerVocabulary.other_id
+        ]

@@ -55,7 +55,9 @@ class Generated:
     scores: np.ndarray  # (batch,)
     attention: np.ndarray  # (batch, max_length, num_pixels)
     captions: list[str]
-    beams: list[list[tuple[str, float]]] | None = None  # beam search or sampling: every row's caption and score, best first
+    beams: list[list[tuple[str, float]]] | None = (
+        None  # beam search or sampling: every row's caption and score, best first
+    )
 
     def candidates(self, count: int) -> list[list[tuple[str, float]]]:
         """The `count` best captions of each image with their scores (the best alone for greedy)."""
@@ -79,8 +81,10 @@ class CaptionGenerator:
         self.decode = decode
         self.sampler = make_sampler(decode)
         if decode.hard_context != "expectation" and not model.decoder.hard:
-            raise CaptionerError(f"--hard-context {decode.hard_context} is for hard-attention runs; this run's decoder reads "
-                                 f"{'soft attention' if model.decoder.uses_attention else 'no attention'}")
+            raise CaptionerError(
+                f"--hard-context {decode.hard_context} is for hard-attention runs; this run's decoder reads "
+                f"{'soft attention' if model.decoder.uses_attention else 'no attention'}"
+            )
         self.max_length = int(decode.max_length)
         size = model.encoder.image_size
         specs = [((None, size, size, 3), "uint8")]
@@ -136,12 +140,15 @@ class CaptionGenerator:
             state, memory = keras.tree.map_structure(lambda s: ops.repeat(s, rows, axis=0), (state, memory))
 
         def step_fn(tokens, state):
-            logits, state, attention = decoder.step(tokens, state, memory, self.decode.hard_context)  # (n, vocab), ..., (n, num_pixels)
+            logits, state, attention = decoder.step(
+                tokens, state, memory, self.decode.hard_context
+            )  # (n, vocab), ..., (n, num_pixels)
             # Scores and softmax in float32 whatever the compute precision (captioner.precision).
             return ops.cast(logits, "float32"), state, ops.cast(attention, "float32")
 
-        return self.sampler.search(step_fn, state, self.vocab.start_id, self.vocab.end_id, self.max_length, num_pixels,
-                                   self._process(), noise)
+        return self.sampler.search(
+            step_fn, state, self.vocab.start_id, self.vocab.end_id, self.max_length, num_pixels, self._process(), noise
+        )
 
     def __call__(self, images: np.ndarray) -> Generated:
         """Captions for a uint8 batch (batch, size, size, 3).
@@ -159,5 +166,8 @@ class CaptionGenerator:
         tokens, scores, attention, every, every_scores = (self._generate.eager if small else self._generate)(*inputs)
         beams = None
         if self.sampler.rows_per_image > 1:  # (batch, rows, max_length), (batch, rows)
-            beams = [[(self.vocab.decode(row), float(score)) for row, score in zip(rows, image_scores)] for rows, image_scores in zip(every, every_scores)]
+            beams = [
+                [(self.vocab.decode(row), float(score)) for row, score in zip(rows, image_scores)]
+                for rows, image_scores in zip(every, every_scores)
+            ]
         return Generated(tokens, scores, attention, [self.vocab.decode(row) for row in tokens], beams)

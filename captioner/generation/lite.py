@@ -66,7 +66,11 @@ def _config(folder: Path) -> RunConfig:
 def _weights(folder: Path, prefix: str) -> dict[str, np.ndarray]:
     """The npz's float16 arrays as float32, the `prefix/` of each name taken off."""
     with np.load(folder / "weights.npz", allow_pickle=False) as stored:
-        return {name[len(prefix) + 1:]: stored[name].astype(np.float32) for name in stored.files if name.startswith(prefix + "/")}
+        return {
+            name[len(prefix) + 1 :]: stored[name].astype(np.float32)
+            for name in stored.files
+            if name.startswith(prefix + "/")
+        }
 
 
 @contextlib.contextmanager
@@ -91,7 +95,9 @@ class LiteEncoder:
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError:
-            raise CaptionerError("the fast path needs ai-edge-litert (pip install ai-edge-litert); or add --engine keras") from None
+            raise CaptionerError(
+                "the fast path needs ai-edge-litert (pip install ai-edge-litert); or add --engine keras"
+            ) from None
         try:
             with _native_stderr_muted():
                 self.runner = Interpreter(model_path=str(path), num_threads=threads).get_signature_runner()
@@ -108,7 +114,9 @@ class LiteEncoder:
 def supported(config: RunConfig) -> str | None:
     """Why the fast path cannot run this model (None: it can)."""
     model = config.model
-    if config.task == "caption" and (model.cell != "lstm" or (model.decoder == "attention" and model.attention != "soft")):
+    if config.task == "caption" and (
+        model.cell != "lstm" or (model.decoder == "attention" and model.attention != "soft")
+    ):
         return f"a {model.cell} decoder with {model.attention} attention"
     if config.task == "vqa" and config.vqa.attention:
         return "a VQA head with attention"
@@ -130,12 +138,16 @@ def check_decode(decode: DecodeConfig) -> str:
     if name not in ("greedy", "beam"):
         raise CaptionerError(f"the fast path searches (greedy, beam); --sampler {name} needs --engine keras")
     if decode.hard_context != "expectation":
-        raise CaptionerError(f"--hard-context {decode.hard_context} is for hard-attention runs; the shipped decoder has soft attention")
+        raise CaptionerError(
+            f"--hard-context {decode.hard_context} is for hard-attention runs; the shipped decoder has soft attention"
+        )
     if name == "greedy" and decode.num_captions != 1:
         raise CaptionerError("greedy decoding gives one caption: use --sampler beam for --num-captions")
     if name == "beam" and not 1 <= decode.num_captions <= decode.beam_size:
-        raise CaptionerError(f"--num-captions {decode.num_captions} is more than the beam holds ({decode.beam_size}); "
-                             f"raise --beam-size or ask for fewer")
+        raise CaptionerError(
+            f"--num-captions {decode.num_captions} is more than the beam holds ({decode.beam_size}); "
+            f"raise --beam-size or ask for fewer"
+        )
     return name
 
 
@@ -152,8 +164,14 @@ class LiteCaptioner:
         model = self.config.model
         self.layers = model.num_layers
         suffixes = [""] + [f"_{i + 1}" for i in range(1, self.layers)]
-        self.init = [(w[f"init_h{s}/kernel"], w[f"init_h{s}/bias"], w[f"init_c{s}/kernel"], w[f"init_c{s}/bias"]) for s in suffixes]
-        self.cells = [(w[f"lstm{s}/lstm_cell/kernel"], w[f"lstm{s}/lstm_cell/recurrent_kernel"], w[f"lstm{s}/lstm_cell/bias"]) for s in suffixes]
+        self.init = [
+            (w[f"init_h{s}/kernel"], w[f"init_h{s}/bias"], w[f"init_c{s}/kernel"], w[f"init_c{s}/bias"])
+            for s in suffixes
+        ]
+        self.cells = [
+            (w[f"lstm{s}/lstm_cell/kernel"], w[f"lstm{s}/lstm_cell/recurrent_kernel"], w[f"lstm{s}/lstm_cell/bias"])
+            for s in suffixes
+        ]
         self.norm = w["pooled_norm/gamma"], w["pooled_norm/beta"]
         self.embedding = w["embedding/embeddings"]  # (vocab, embedding_dim)
         self.output = w["output_projection/kernel"], w["output_projection/bias"]
@@ -170,18 +188,27 @@ class LiteCaptioner:
     def start(self, grid: np.ndarray, pooled: np.ndarray, rows: int):
         """The state (h1, c1, ...) each (rows, hidden) and the memory (grid, projected grid), repeated for `rows`."""
         image = _layer_norm(grid.mean(axis=0) if self.grid_mean else pooled, *self.norm)  # (image_dim,)
-        state = [np.repeat((image @ k + b)[None], rows, axis=0) for kh, bh, kc, bc in self.init for k, b in ((kh, bh), (kc, bc))]
+        state = [
+            np.repeat((image @ k + b)[None], rows, axis=0)
+            for kh, bh, kc, bc in self.init
+            for k, b in ((kh, bh), (kc, bc))
+        ]
         memory = (grid, grid @ self.project[0] + self.project[1]) if self.attention else None  # (P, C), (P, A)
         return state, memory
 
-    def step(self, tokens: np.ndarray, state: list[np.ndarray], memory) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    def step(
+        self, tokens: np.ndarray, state: list[np.ndarray], memory
+    ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
         """tokens (n,) -> logits (n, vocab), the new state, attention (n, num_pixels) (or (n, 0))."""
         x = self.embedding[tokens]  # (n, embedding_dim)
         alpha = np.zeros((len(tokens), 0), np.float32)
         if memory is not None:
             grid, projected = memory  # (P, C), (P, A): the same image for every row
             h = state[-2]  # (n, hidden): the top layer's previous hidden state asks
-            energy = np.tanh(projected[None] + (h @ self.query[0] + self.query[1])[:, None, :]) @ self.score[0] + self.score[1]  # (n, P)
+            energy = (
+                np.tanh(projected[None] + (h @ self.query[0] + self.query[1])[:, None, :]) @ self.score[0]
+                + self.score[1]
+            )  # (n, P)
             alpha = np.exp(energy - energy.max(axis=-1, keepdims=True))
             alpha /= alpha.sum(axis=-1, keepdims=True)  # (n, P)
             context = (alpha @ grid) * _sigmoid(h @ self.gate[0] + self.gate[1])  # (n, C)
@@ -200,9 +227,9 @@ class LiteCaptioner:
         n = decode.no_repeat_ngram
         if n and t >= n:
             for row, sequence in enumerate(sequences):
-                prefix = list(sequence[t - n + 1:t])
+                prefix = list(sequence[t - n + 1 : t])
                 for i in range(t - n + 1):
-                    if list(sequence[i:i + n - 1]) == prefix:
+                    if list(sequence[i : i + n - 1]) == prefix:
                         logits[row, sequence[i + n - 1]] += NEVER
         return logits
 
@@ -239,13 +266,22 @@ class LiteCaptioner:
             attentions = attentions[rows]
             attentions[:, t] = np.where(was_finished[:, None], 0.0, alpha[rows])
             finished = was_finished | (tokens == self.vocab.end_id)
-        normalised = scores / np.maximum(lengths, 1.0) ** (decode.length_penalty if name == "beam" else 0.0)  # greedy: the sum
+        normalised = scores / np.maximum(lengths, 1.0) ** (
+            decode.length_penalty if name == "beam" else 0.0
+        )  # greedy: the sum
         order = np.argsort(-normalised, kind="stable")
         beams = [(self.vocab.decode(sequences[i]), float(normalised[i])) for i in order]
         best = order[0]
-        return {"tokens": sequences[best], "score": float(normalised[best]), "attention": attentions[best], "beams": beams}
+        return {
+            "tokens": sequences[best],
+            "score": float(normalised[best]),
+            "attention": attentions[best],
+            "beams": beams,
+        }
 
-    def caption_files(self, paths: Sequence[str], decode: DecodeConfig, attention_out: str | None = None) -> list[dict[str, Any]]:
+    def caption_files(
+        self, paths: Sequence[str], decode: DecodeConfig, attention_out: str | None = None
+    ) -> list[dict[str, Any]]:
         """As `captioner.tasks.caption.caption_files`, one image at a time."""
         check_decode(decode)
         if attention_out is not None and not self.attention:
@@ -262,7 +298,7 @@ class LiteCaptioner:
             found = self.search(image, decode)
             result.update(width=width, height=height, caption=self.vocab.decode(found["tokens"]), score=found["score"])
             if decode.num_captions > 1:
-                result["candidates"] = [{"caption": c, "score": s} for c, s in found["beams"][:decode.num_captions]]
+                result["candidates"] = [{"caption": c, "score": s} for c, s in found["beams"][: decode.num_captions]]
             if attention_out is not None:
                 from captioner.viz import attention_figure, attention_path
 
@@ -298,7 +334,9 @@ class LiteAnswerer:
         if norm == "layer":
             x = _layer_norm(pooled, h["image_norm/gamma"], h["image_norm/beta"])
         elif norm == "batch":
-            x = (pooled - h["image_norm/moving_mean"]) / np.sqrt(h["image_norm/moving_variance"] + LAYER_NORM_EPSILON) * h["image_norm/gamma"] + h["image_norm/beta"]
+            x = (pooled - h["image_norm/moving_mean"]) / np.sqrt(
+                h["image_norm/moving_variance"] + LAYER_NORM_EPSILON
+            ) * h["image_norm/gamma"] + h["image_norm/beta"]
         else:
             x = pooled / (np.linalg.norm(pooled) + 1e-6)
         if "image_hidden/kernel" in h:
@@ -331,14 +369,18 @@ class LiteAnswerer:
             words = tokenize(question)
             ids = self.vocab.encode(question, self.max_question_length)
             if not ids:
-                result["error"] = f"question {question!r} has no words; ask something, e.g. \"is there a dog ?\""
+                result["error"] = f'question {question!r} has no words; ask something, e.g. "is there a dog ?"'
                 continue
             unknown = [w for w, i in zip(words, ids) if i == self.vocab.unk_id]
             if len(words) > self.max_question_length:
-                result["warning"] = (f"question of {len(words):,} words; this model reads the first {self.max_question_length} "
-                                     f"(its longest training question)")
+                result["warning"] = (
+                    f"question of {len(words):,} words; this model reads the first {self.max_question_length} "
+                    f"(its longest training question)"
+                )
             elif unknown and len(unknown) == len(ids):
-                result["warning"] = f"no word of {question!r} is known to this model; the answer rests on the image alone"
+                result["warning"] = (
+                    f"no word of {question!r} is known to this model; the answer rests on the image alone"
+                )
             elif unknown:
                 result["warning"] = f"word(s) of {question!r} this model never saw, read as <unk>: {', '.join(unknown)}"
             distribution = self.probabilities(pooled, ids)

@@ -54,8 +54,15 @@ def _not_done(max_length: int):
 def _loop(rows, start_id: int, state, max_length: int, num_pixels: int, *carried):
     """A search's first loop values: step 0, `<start>` for every row, the state, nothing finished, the search's
     own values (`carried`: scores, lengths...), empty sequences (rows, max_length) and attention (rows, max_length, num_pixels)."""
-    return (ops.convert_to_tensor(0, "int32"), ops.full((rows,), start_id, "int32"), state, ops.zeros((rows,), "bool"), *carried,
-            ops.zeros((rows, max_length), "int32"), ops.zeros((rows, max_length, num_pixels), "float32"))
+    return (
+        ops.convert_to_tensor(0, "int32"),
+        ops.full((rows,), start_id, "int32"),
+        state,
+        ops.zeros((rows,), "bool"),
+        *carried,
+        ops.zeros((rows, max_length), "int32"),
+        ops.zeros((rows, max_length, num_pixels), "float32"),
+    )
 
 
 def _identity(logits, sequences, t):
@@ -69,8 +76,17 @@ class Sampler:
     rows_per_image = 1
     needs_noise = False
 
-    def search(self, step_fn: StepFn, state, start_id: int, end_id: int, max_length: int, num_pixels: int = 0,
-               process: Process | None = None, noise=None):
+    def search(
+        self,
+        step_fn: StepFn,
+        state,
+        start_id: int,
+        end_id: int,
+        max_length: int,
+        num_pixels: int = 0,
+        process: Process | None = None,
+        noise=None,
+    ):
         raise NotImplementedError
 
     def noise(self, batch: int, max_length: int, seed: int) -> np.ndarray | None:
@@ -107,17 +123,38 @@ class BeamSampler(Sampler):
         if int(beam_size) < 1:
             raise CaptionerError(f"beam size must be at least 1 (got {beam_size})")
         if not 1 <= int(num_captions) <= int(beam_size):
-            raise CaptionerError(f"--num-captions {num_captions} is more than the beam holds ({beam_size}); "
-                                 f"raise --beam-size or ask for fewer")
-        self.beam_size, self.length_penalty, self.num_captions = int(beam_size), float(length_penalty), int(num_captions)
+            raise CaptionerError(
+                f"--num-captions {num_captions} is more than the beam holds ({beam_size}); "
+                f"raise --beam-size or ask for fewer"
+            )
+        self.beam_size, self.length_penalty, self.num_captions = (
+            int(beam_size),
+            float(length_penalty),
+            int(num_captions),
+        )
         self.rows_per_image = self.beam_size
 
     def search(self, step_fn, state, start_id, end_id, max_length, num_pixels=0, process=None, noise=None):
-        return beam_search(step_fn, state, start_id, end_id, max_length, self.beam_size, self.length_penalty, num_pixels,
-                           n_best=True, process=process)
+        return beam_search(
+            step_fn,
+            state,
+            start_id,
+            end_id,
+            max_length,
+            self.beam_size,
+            self.length_penalty,
+            num_pixels,
+            n_best=True,
+            process=process,
+        )
 
     def get_config(self) -> dict:
-        return {"name": self.name, "beam_size": self.beam_size, "length_penalty": self.length_penalty, "num_captions": self.num_captions}
+        return {
+            "name": self.name,
+            "beam_size": self.beam_size,
+            "length_penalty": self.length_penalty,
+            "num_captions": self.num_captions,
+        }
 
 
 class RandomSampler(Sampler):
@@ -136,8 +173,14 @@ class RandomSampler(Sampler):
     name = "sampling"
     needs_noise = True
 
-    def __init__(self, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                 num_captions: int = 1, length_penalty: float = 1.0):
+    def __init__(
+        self,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        num_captions: int = 1,
+        length_penalty: float = 1.0,
+    ):
         temperature = float(temperature)
         if temperature < 0:
             raise CaptionerError(f"--temperature must be 0 or more (got {temperature:g})")
@@ -146,7 +189,9 @@ class RandomSampler(Sampler):
         if top_p is not None and not 0.0 < float(top_p) <= 1.0:
             raise CaptionerError(f"--top-p must be in (0, 1] (got {top_p:g})")
         if temperature == 0 and (top_k is not None or top_p is not None):
-            raise CaptionerError("--temperature 0 always takes the most likely word: --top-k/--top-p would change nothing; drop one")
+            raise CaptionerError(
+                "--temperature 0 always takes the most likely word: --top-k/--top-p would change nothing; drop one"
+            )
         if int(num_captions) < 1:
             raise CaptionerError(f"--num-captions must be at least 1 (got {num_captions})")
         self.temperature, self.num_captions, self.length_penalty = temperature, int(num_captions), float(length_penalty)
@@ -160,8 +205,19 @@ class RandomSampler(Sampler):
     def search(self, step_fn, state, start_id, end_id, max_length, num_pixels=0, process=None, noise=None):
         if noise is None:
             raise ValueError("RandomSampler.search needs the noise of RandomSampler.noise")
-        return sample_search(step_fn, state, start_id, end_id, max_length, ops.reshape(noise, (-1, max_length)),
-                             self.truncate, self.num_captions, self.length_penalty, num_pixels, process)
+        return sample_search(
+            step_fn,
+            state,
+            start_id,
+            end_id,
+            max_length,
+            ops.reshape(noise, (-1, max_length)),
+            self.truncate,
+            self.num_captions,
+            self.length_penalty,
+            num_pixels,
+            process,
+        )
 
     def truncate(self, logits):
         """Probabilities (n, vocab) to sample from: tempered, then cut to the top k and to the top-p nucleus."""
@@ -181,8 +237,14 @@ class RandomSampler(Sampler):
         return probs
 
     def get_config(self) -> dict:
-        return {"name": self.name, "temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
-                "num_captions": self.num_captions, "length_penalty": self.length_penalty}
+        return {
+            "name": self.name,
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "num_captions": self.num_captions,
+            "length_penalty": self.length_penalty,
+        }
 
 
 SAMPLERS: dict[str, type[Sampler]] = {"greedy": GreedySampler, "beam": BeamSampler, "sampling": RandomSampler}
@@ -199,8 +261,15 @@ def get_sampler(spec: str | dict | Sampler) -> Sampler:
     return SAMPLERS[name](**config)
 
 
-def greedy_search(step_fn: StepFn, state, start_id: int, end_id: int, max_length: int, num_pixels: int = 0,
-                  process: Process | None = None):
+def greedy_search(
+    step_fn: StepFn,
+    state,
+    start_id: int,
+    end_id: int,
+    max_length: int,
+    num_pixels: int = 0,
+    process: Process | None = None,
+):
     """Most likely next word at every step, for a whole batch at once.
 
     Returns:
@@ -264,7 +333,9 @@ def beam_search(
     def body(t, tokens, state, finished, beam_scores, lengths, sequences, attentions):
         logits, state, attention = step_fn(tokens, state)  # (batch*k, vocab), ..., (batch*k, num_pixels)
         vocab = logits.shape[-1]
-        log_probs = ops.reshape(ops.log_softmax(process(logits, sequences, t), axis=-1), (batch, k, vocab))  # (batch, k, vocab)
+        log_probs = ops.reshape(
+            ops.log_softmax(process(logits, sequences, t), axis=-1), (batch, k, vocab)
+        )  # (batch, k, vocab)
         # A finished beam may only emit <pad> at no cost, so its score is carried unchanged.
         pad_only = ops.convert_to_tensor(np.array([0.0] + [-1e9] * (vocab - 1), np.float32))  # (vocab,)
         log_probs = ops.where(ops.reshape(finished, (batch, k, 1)), pad_only[None, None, :], log_probs)
@@ -278,15 +349,27 @@ def beam_search(
         lengths = ops.take(lengths, rows, axis=0) + ops.cast(ops.logical_not(was_finished), "float32")
         sequences = ops.take(sequences, rows, axis=0) + token[:, None] * _at(t, max_length, "int32")[None, :]
         attention = ops.where(was_finished[:, None], 0.0, ops.take(attention, rows, axis=0))  # (batch*k, num_pixels)
-        attentions = ops.take(attentions, rows, axis=0) + attention[:, None, :] * _at(t, max_length, "float32")[None, :, None]
+        attentions = (
+            ops.take(attentions, rows, axis=0) + attention[:, None, :] * _at(t, max_length, "float32")[None, :, None]
+        )
         finished = ops.logical_or(was_finished, ops.equal(token, end_id))
         return t + 1, token, state, finished, beam_scores, lengths, sequences, attentions
 
-    loop = _loop(flat, start_id, state, max_length, num_pixels, ops.zeros((batch, k), "float32") + first[None, :], ops.zeros((flat,), "float32"))
+    loop = _loop(
+        flat,
+        start_id,
+        state,
+        max_length,
+        num_pixels,
+        ops.zeros((batch, k), "float32") + first[None, :],
+        ops.zeros((flat,), "float32"),
+    )
     *_, beam_scores, lengths, sequences, attentions = ops.while_loop(
         _not_done(max_length), body, loop, maximum_iterations=max_length
     )
-    normalised = beam_scores / ops.power(ops.maximum(ops.reshape(lengths, (batch, k)), 1.0), length_penalty)  # (batch, k)
+    normalised = beam_scores / ops.power(
+        ops.maximum(ops.reshape(lengths, (batch, k)), 1.0), length_penalty
+    )  # (batch, k)
     return _best_first(normalised, sequences, attentions, batch, k, max_length, n_best)
 
 
@@ -305,8 +388,19 @@ def _best_first(normalised, sequences, attentions, batch: int, k: int, max_lengt
     return (*found, rows, ops.take_along_axis(normalised, order, axis=1))
 
 
-def sample_search(step_fn: StepFn, state, start_id: int, end_id: int, max_length: int, noise, truncate: Callable,
-                  num_captions: int, length_penalty: float = 1.0, num_pixels: int = 0, process: Process | None = None):
+def sample_search(
+    step_fn: StepFn,
+    state,
+    start_id: int,
+    end_id: int,
+    max_length: int,
+    noise,
+    truncate: Callable,
+    num_captions: int,
+    length_penalty: float = 1.0,
+    num_pixels: int = 0,
+    process: Process | None = None,
+):
     """`num_captions` sampled captions per image; the state is repeated `num_captions` times per image (row b*n + j).
 
     At step t row r takes the first word whose cumulative probability (under `truncate(logits)`, renormalised)
@@ -335,8 +429,12 @@ def sample_search(step_fn: StepFn, state, start_id: int, end_id: int, max_length
         finished = ops.logical_or(finished, ops.equal(next_tokens, end_id))
         return t + 1, next_tokens, state, finished, scores, lengths, sequences, attentions
 
-    loop = _loop(flat, start_id, state, max_length, num_pixels, ops.zeros((flat,), "float32"), ops.zeros((flat,), "float32"))
-    *_, scores, lengths, sequences, attentions = ops.while_loop(_not_done(max_length), body, loop, maximum_iterations=max_length)
+    loop = _loop(
+        flat, start_id, state, max_length, num_pixels, ops.zeros((flat,), "float32"), ops.zeros((flat,), "float32")
+    )
+    *_, scores, lengths, sequences, attentions = ops.while_loop(
+        _not_done(max_length), body, loop, maximum_iterations=max_length
+    )
     normalised = ops.reshape(scores / ops.power(ops.maximum(lengths, 1.0), length_penalty), (batch, num_captions))
     return _best_first(normalised, sequences, attentions, batch, num_captions, max_length, True)
 
@@ -352,7 +450,7 @@ def ngram_ban(sequences, t, n: int, vocab: int):
     match = ops.reshape(ops.arange(starts, dtype="int32") + n - 1 < t, (1, starts))  # (1, starts): complete n-grams
     for j in range(n - 1):
         prefix = ops.take(sequences, ops.maximum(t - (n - 1) + j, 0), axis=1)  # (rows,) word j of the prefix
-        match = ops.logical_and(match, ops.equal(sequences[:, j:j + starts], prefix[:, None]))  # (rows, starts)
-    followers = ops.one_hot(sequences[:, n - 1:n - 1 + starts], vocab, dtype="float32")  # (rows, starts, vocab)
+        match = ops.logical_and(match, ops.equal(sequences[:, j : j + starts], prefix[:, None]))  # (rows, starts)
+    followers = ops.one_hot(sequences[:, n - 1 : n - 1 + starts], vocab, dtype="float32")  # (rows, starts, vocab)
     banned = ops.max(followers * ops.cast(match, "float32")[:, :, None], axis=1)  # (rows, vocab)
     return banned * -1e9

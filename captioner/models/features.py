@@ -66,15 +66,23 @@ class FeatureCache:
     def _read_index(self) -> dict:
         path = self.folder / INDEX_FILE
         if not path.exists():
-            return {"encoder": self.encoder.encoder, "image_size": self.encoder.image_size, "key": self.key,
-                    "shape": list(self.shape), "dtype": self.dtype.name, "rows": {}}
+            return {
+                "encoder": self.encoder.encoder,
+                "image_size": self.encoder.image_size,
+                "key": self.key,
+                "shape": list(self.shape),
+                "dtype": self.dtype.name,
+                "rows": {},
+            }
         try:
             index = json.loads(path.read_text(encoding="utf-8"))
             if index["key"] != self.key or tuple(index["shape"]) != self.shape or index["dtype"] != self.dtype.name:
                 raise ValueError("written for another encoder")
             return index
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-            raise CaptionerError(f"feature cache {path} is damaged or foreign ({exc}); delete {self.folder} to rebuild it") from None
+            raise CaptionerError(
+                f"feature cache {path} is damaged or foreign ({exc}); delete {self.folder} to rebuild it"
+            ) from None
 
     def digests(self, paths: Sequence[str]) -> list[str | None]:
         """The content digest of every file; None for a file that cannot be read (gone, no permission)."""
@@ -111,7 +119,9 @@ class FeatureCache:
         paths = list(paths)
         digests = self.digests(paths)
         todo = [(p, d) for p, d in dict(zip(paths, digests)).items() if d not in self._index["rows"]]
-        for path, _ in [item for item in todo if item[1] is None]:  # cannot even be read: no row, reported like a bad decode
+        for path, _ in [
+            item for item in todo if item[1] is None
+        ]:  # cannot even be read: no row, reported like a bad decode
             message = try_load_image(path, self.encoder.image_size)[1] or f"{path}: cannot read"
             if on_error is None:
                 raise CaptionerError(message)
@@ -120,7 +130,9 @@ class FeatureCache:
         if not todo:
             return 0
         size = self.encoder.image_size
-        progress = keras.utils.Progbar(len(todo), unit_name="image", verbose=int(verbose)) if verbose else None  # 2: one line at the end
+        progress = (
+            keras.utils.Progbar(len(todo), unit_name="image", verbose=int(verbose)) if verbose else None
+        )  # 2: one line at the end
         rows: list[np.ndarray] = []  # computed, not stored yet
         names: list[str] = []  # digests of every computed row
         computed = 0  # rows already stored
@@ -130,8 +142,11 @@ class FeatureCache:
 
         # Compiled once for every batch size (a tf.function, or jax.jit): 1.2x the images/s of calling the Keras
         # model eagerly batch by batch, and 2.3 GB less memory (BENCHMARKS.md, "Feature extraction").
-        encode = CompiledFunction(lambda images: (self.encoder.cache_features(images),), self.encoder.variables,
-                                  [((None, size, size, 3), "uint8")])
+        encode = CompiledFunction(
+            lambda images: (self.encoder.cache_features(images),),
+            self.encoder.variables,
+            [((None, size, size, 3), "uint8")],
+        )
 
         with ThreadPoolExecutor(max_workers=2) as pool:
             pending = pool.map(read, todo[:batch_size])  # submitted now: the next batch decodes while this one computes
@@ -145,7 +160,7 @@ class FeatureCache:
                             raise CaptionerError(error)
                         on_error(item[0], error)
                 if good:
-                    grid, = encode(np.stack([image for _, image in good]))  # (batch, num_pixels, encoder_dim)
+                    (grid,) = encode(np.stack([image for _, image in good]))  # (batch, num_pixels, encoder_dim)
                     rows.append(grid.astype(self.dtype))
                     names += [digest for (_, digest), _ in good]
                 if len(names) - computed >= shard_images:
@@ -169,7 +184,10 @@ class FeatureCache:
         # `features` worker, a training) may have added rows since this one read it, and they are kept.
         with update_lock(self.folder / INDEX_FILE):
             current = self._read_index()
-            index = {**current, "rows": {**current["rows"], **{digest: [shard, row] for row, digest in enumerate(digests)}}}
+            index = {
+                **current,
+                "rows": {**current["rows"], **{digest: [shard, row] for row, digest in enumerate(digests)}},
+            }
             try:
                 write_json(self.folder / INDEX_FILE, index)
             except BaseException:  # the index on disk is the old one: the new shard is unreferenced, remove it
@@ -190,7 +208,9 @@ class FeatureCache:
                 raise CaptionerError(f"no cached features for {path}; run `captioner features` first")
             shard, row = rows[digest]
             if shard not in self._shards:
-                self._shards[shard] = np.load(self.folder / shard, mmap_mode="r")  # (shard_images, num_pixels, encoder_dim)
+                self._shards[shard] = np.load(
+                    self.folder / shard, mmap_mode="r"
+                )  # (shard_images, num_pixels, encoder_dim)
             locations.append((shard, row))
         return CachedRows(self._shards, locations, self.shape, self.dtype)
 
@@ -203,7 +223,13 @@ class CachedRows:
     """Cached features of a list of images, indexed like an array of shape (images, num_pixels, encoder_dim):
     `rows[indices]` gathers those images' grids from the shards (memory maps), in the order asked."""
 
-    def __init__(self, shards: dict[str, np.ndarray], locations: Sequence[tuple[str, int]], grid: tuple[int, int], dtype: np.dtype):
+    def __init__(
+        self,
+        shards: dict[str, np.ndarray],
+        locations: Sequence[tuple[str, int]],
+        grid: tuple[int, int],
+        dtype: np.dtype,
+    ):
         self.shards = shards
         self.shard_of = np.array([shard for shard, _ in locations], dtype=object)
         self.row_of = np.array([row for _, row in locations], dtype=np.int64)

@@ -30,7 +30,9 @@ class TokenCrossentropy(keras.losses.Loss):
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, "int32")  # (batch, ...)
         valid = ops.cast(ops.not_equal(y_true, self.ignore_class), "float32")  # (batch, ...)
-        losses = ops.sparse_categorical_crossentropy(ops.where(valid > 0, y_true, 0), ops.cast(y_pred, "float32"), from_logits=True)
+        losses = ops.sparse_categorical_crossentropy(
+            ops.where(valid > 0, y_true, 0), ops.cast(y_pred, "float32"), from_logits=True
+        )
         return losses * valid / ops.maximum(global_sum(ops.sum(valid)), 1.0)  # (batch, ...): sums to the global mean
 
     def get_config(self):

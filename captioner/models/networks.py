@@ -56,12 +56,18 @@ class CaptionModel(keras.Model):
     def call(self, inputs, training=None):
         tokens = inputs["tokens"]
         if "features" in inputs:  # cached CNN output: only the pooling runs
-            grid, pooled = self.encoder.from_cached(inputs["features"])  # (batch, num_pixels, encoder_dim), (batch, pooled_dim)
+            grid, pooled = self.encoder.from_cached(
+                inputs["features"]
+            )  # (batch, num_pixels, encoder_dim), (batch, pooled_dim)
         else:
-            grid, pooled = self.encoder(inputs["images"], training=training)  # (batch, num_pixels, encoder_dim), (batch, pooled_dim)
+            grid, pooled = self.encoder(
+                inputs["images"], training=training
+            )  # (batch, num_pixels, encoder_dim), (batch, pooled_dim)
         captions, steps = tokens.shape[1], tokens.shape[2]
         flat_tokens = ops.reshape(tokens, (-1, steps))  # (batch * captions, steps)
-        logits = self.decoder(flat_tokens, pooled, grid, training=training, captions_per_image=captions)  # (batch * captions, steps, vocab)
+        logits = self.decoder(
+            flat_tokens, pooled, grid, training=training, captions_per_image=captions
+        )  # (batch * captions, steps, vocab)
         return ops.reshape(logits, (-1, captions, steps, self.decoder.vocab_size))  # (batch, captions, steps, vocab)
 
     def encode(self, images):
@@ -94,9 +100,13 @@ def resolve_auto(run_config):
     init_from = model.init_from or ("grid_mean" if attention and run_config.task == "caption" else "pooled")
     pooling = model.encoder_pooling
     if pooling is None and not (run_config.task == "vqa" and run_config.vqa.encoder_from):
-        grid_only = init_from == "grid_mean" if run_config.task == "caption" else attention  # nothing reads the pooled vector
+        grid_only = (
+            init_from == "grid_mean" if run_config.task == "caption" else attention
+        )  # nothing reads the pooled vector
         pooling = "avg" if grid_only or model.encoder != "small_cnn" else "flatten"
-    resolved = dataclasses.replace(model, encoder_trainable=encoder_is_trainable(model), init_from=init_from, encoder_pooling=pooling)
+    resolved = dataclasses.replace(
+        model, encoder_trainable=encoder_is_trainable(model), init_from=init_from, encoder_pooling=pooling
+    )
     return dataclasses.replace(run_config, model=resolved)
 
 
@@ -140,7 +150,9 @@ def build_caption_model(model_config, vocab_size: int, image_size: int) -> Capti
     """A built CaptionModel from a ModelConfig (captioner.config)."""
     attention = model_config.decoder == "attention"
     if model_config.attention == "hard" and not attention:
-        raise CaptionerError(f"hard attention needs the attention decoder, not {model_config.decoder}: add --decoder attention")
+        raise CaptionerError(
+            f"hard attention needs the attention decoder, not {model_config.decoder}: add --decoder attention"
+        )
     init_from = model_config.init_from or ("grid_mean" if attention else "pooled")
     # A decoder that starts from the grid mean never reads the pooled vector: skip the flatten projection
     # (2M unused weights that would get no gradient).
@@ -183,8 +195,15 @@ class VQAModel(keras.Model):
         returns logits (batch, questions, num_answers).
     """
 
-    def __init__(self, encoder: ImageEncoder, question_encoder: QuestionEncoder, head: VQAHead, use_image: bool = True,
-                 use_question: bool = True, **kwargs):
+    def __init__(
+        self,
+        encoder: ImageEncoder,
+        question_encoder: QuestionEncoder,
+        head: VQAHead,
+        use_image: bool = True,
+        use_question: bool = True,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if not (use_image or use_question):
             raise ValueError("a VQA model needs the image, the question or both")
@@ -212,7 +231,9 @@ class VQAModel(keras.Model):
 
     def call(self, inputs, training=None):
         cached = "features" in inputs
-        logits, _ = self.answer(inputs["features"] if cached else inputs["images"], inputs["questions"], training=training, cached=cached)
+        logits, _ = self.answer(
+            inputs["features"] if cached else inputs["images"], inputs["questions"], training=training, cached=cached
+        )
         return logits
 
     def answer(self, images, questions, training=None, cached=False):
@@ -224,16 +245,26 @@ class VQAModel(keras.Model):
             encoded = self.question_encoder(flat_questions, training=training)  # (batch * questions, question_dim)
             logits = self.head.question_only(encoded, training=training)  # (batch * questions, num_answers)
             alpha = ops.zeros((ops.shape(encoded)[0], self.encoder.num_pixels))  # (batch * questions, num_pixels)
-            return ops.reshape(logits, (-1, count, self.head.num_answers)), ops.reshape(alpha, (-1, count, self.encoder.num_pixels))
-        grid, pooled = self.encoder.from_cached(images) if cached else self.encoder(images, training=training)  # (batch, num_pixels, encoder_dim), (batch, pooled_dim)
+            return ops.reshape(logits, (-1, count, self.head.num_answers)), ops.reshape(
+                alpha, (-1, count, self.encoder.num_pixels)
+            )
+        grid, pooled = (
+            self.encoder.from_cached(images) if cached else self.encoder(images, training=training)
+        )  # (batch, num_pixels, encoder_dim), (batch, pooled_dim)
         flat_pooled = ops.repeat(pooled, count, axis=0)  # (batch * questions, pooled_dim)
         if not self.use_question:  # the image-only ablation: the same answer to every question about a photo
             logits = self.head.image_only(flat_pooled, training=training)  # (batch * questions, num_answers)
-            alpha = ops.ones((ops.shape(flat_pooled)[0], self.encoder.num_pixels)) / self.encoder.num_pixels  # (batch * questions, num_pixels)
-            return ops.reshape(logits, (-1, count, self.head.num_answers)), ops.reshape(alpha, (-1, count, self.encoder.num_pixels))
+            alpha = (
+                ops.ones((ops.shape(flat_pooled)[0], self.encoder.num_pixels)) / self.encoder.num_pixels
+            )  # (batch * questions, num_pixels)
+            return ops.reshape(logits, (-1, count, self.head.num_answers)), ops.reshape(
+                alpha, (-1, count, self.encoder.num_pixels)
+            )
         encoded = self.question_encoder(flat_questions, training=training)  # (batch * questions, question_dim)
         flat_grid = ops.repeat(grid, count, axis=0)  # (batch * questions, num_pixels, encoder_dim)
-        logits, alpha = self.head(encoded, flat_pooled, flat_grid, training=training)  # (batch * questions, num_answers)
+        logits, alpha = self.head(
+            encoded, flat_pooled, flat_grid, training=training
+        )  # (batch * questions, num_answers)
         logits = ops.reshape(logits, (-1, count, self.head.num_answers))  # (batch, questions, num_answers)
         return logits, ops.reshape(alpha, (-1, count, self.encoder.num_pixels))  # (batch, questions, num_pixels)
 
@@ -252,11 +283,16 @@ class VQAModel(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        parts = {name: keras.saving.deserialize_keras_object(config.pop(name)) for name in ("encoder", "question_encoder", "head")}
+        parts = {
+            name: keras.saving.deserialize_keras_object(config.pop(name))
+            for name in ("encoder", "question_encoder", "head")
+        }
         return cls(**parts, **config)
 
 
-def build_vqa_model(run_config, question_vocab_size: int, num_answers: int, image_size: int, encoder: ImageEncoder | None = None) -> VQAModel:
+def build_vqa_model(
+    run_config, question_vocab_size: int, num_answers: int, image_size: int, encoder: ImageEncoder | None = None
+) -> VQAModel:
     """A built VQAModel from a RunConfig's `model` and `vqa` sections.
 
     Args:
@@ -270,7 +306,9 @@ def build_vqa_model(run_config, question_vocab_size: int, num_answers: int, imag
         encoder.trainable = False
     if not vqa.use_image:
         encoder.trainable = False  # it receives no gradient
-    question_encoder = QuestionEncoder(question_vocab_size, vqa.question_embedding_dim, vqa.question_hidden_dim, name="question_encoder")
+    question_encoder = QuestionEncoder(
+        question_vocab_size, vqa.question_embedding_dim, vqa.question_hidden_dim, name="question_encoder"
+    )
     head = VQAHead(
         num_answers,
         fusion=vqa.fusion,
@@ -283,7 +321,9 @@ def build_vqa_model(run_config, question_vocab_size: int, num_answers: int, imag
         image_hidden_dim=vqa.image_hidden_dim,
         name="vqa_head",
     )
-    model = VQAModel(encoder, question_encoder, head, use_image=vqa.use_image, use_question=vqa.use_question, name="vqa_model")
+    model = VQAModel(
+        encoder, question_encoder, head, use_image=vqa.use_image, use_question=vqa.use_question, name="vqa_model"
+    )
     model.build()
     if not vqa.use_image:  # the image branch of the head gets no gradient in the blind ablation
         for layer in (head.image_projection, head.image_batch_norm, head.image_hidden, head.soft_attention):
@@ -306,8 +346,14 @@ def copy_weights(source: keras.Model, target: keras.Model) -> None:
     config that may differ in what trains or in dropout)."""
     key = weight_key
     by_path = {key(source, v): v for v in source.weights}
-    missing = [key(target, v) for v in target.weights if by_path.get(key(target, v)) is None or tuple(by_path[key(target, v)].shape) != tuple(v.shape)]
+    missing = [
+        key(target, v)
+        for v in target.weights
+        if by_path.get(key(target, v)) is None or tuple(by_path[key(target, v)].shape) != tuple(v.shape)
+    ]
     if missing or len(by_path) != len(target.weights):
-        raise CaptionerError(f"the --init-from model and this one differ ({(missing or ['variable count'])[0]}); start from a run of the same network")
+        raise CaptionerError(
+            f"the --init-from model and this one differ ({(missing or ['variable count'])[0]}); start from a run of the same network"
+        )
     for variable in target.weights:
         variable.assign(by_path[key(target, variable)])

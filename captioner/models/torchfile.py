@@ -25,9 +25,16 @@ from captioner.errors import CaptionerError
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER
 
 _STORAGE_DTYPES = {
-    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16, "BFloat16Storage": None,
-    "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16, "CharStorage": np.int8,
-    "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "BFloat16Storage": None,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
 }
 
 
@@ -65,7 +72,9 @@ class _StateDictUnpickler(pickle.Unpickler):
             return _rebuild_tensor
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(name)
-        raise CaptionerError(f"{self.path} is not a plain PyTorch state dict: it asks for {module}.{name}, which is not read")
+        raise CaptionerError(
+            f"{self.path} is not a plain PyTorch state dict: it asks for {module}.{name}, which is not read"
+        )
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and pid and pid[0] in ("storage", b"storage") and len(pid) >= 5):
@@ -80,7 +89,8 @@ class _StateDictUnpickler(pickle.Unpickler):
 def _view(ref: _TensorRef, flat: np.ndarray) -> np.ndarray:
     itemsize = flat.dtype.itemsize
     view = np.lib.stride_tricks.as_strided(
-        flat[ref.offset:], shape=ref.shape, strides=tuple(s * itemsize for s in ref.stride), writeable=False)
+        flat[ref.offset :], shape=ref.shape, strides=tuple(s * itemsize for s in ref.stride), writeable=False
+    )
     return np.array(view)  # a contiguous copy; no view into the file buffer survives
 
 
@@ -103,10 +113,21 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
         return _load_legacy(data, path)
     except CaptionerError:
         raise
-    except (pickle.UnpicklingError, EOFError, struct.error, ValueError, KeyError, IndexError, TypeError,
-            AttributeError, zipfile.BadZipFile) as exc:
-        raise CaptionerError(f"{path} is damaged or not a PyTorch state dict ({exc.__class__.__name__}); "
-                             f"reinstall the package it came from") from None
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        struct.error,
+        ValueError,
+        KeyError,
+        IndexError,
+        TypeError,
+        AttributeError,
+        zipfile.BadZipFile,
+    ) as exc:
+        raise CaptionerError(
+            f"{path} is damaged or not a PyTorch state dict ({exc.__class__.__name__}); "
+            f"reinstall the package it came from"
+        ) from None
 
 
 def _check(result, path: Path) -> dict:
@@ -148,5 +169,7 @@ def _load_zip(data: bytes, path: Path) -> dict[str, np.ndarray]:
             raise CaptionerError(f"{path} is a zip archive without data.pkl; not a PyTorch state dict")
         prefix = pkl[: -len("data.pkl")]
         refs = _check(_StateDictUnpickler(io.BytesIO(archive.read(pkl)), path).load(), path)
-        storages = {ref.key: np.frombuffer(archive.read(f"{prefix}data/{ref.key}"), dtype=ref.dtype) for ref in refs.values()}
+        storages = {
+            ref.key: np.frombuffer(archive.read(f"{prefix}data/{ref.key}"), dtype=ref.dtype) for ref in refs.values()
+        }
     return {name: _view(ref, storages[ref.key]) for name, ref in refs.items()}

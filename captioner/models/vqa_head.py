@@ -115,14 +115,21 @@ class VQAHead(layers.Layer):
         self.attention = bool(attention)
         self.attention_dim = int(attention_dim)
         self.image_hidden_dim = int(image_hidden_dim)
-        self.image_hidden = layers.Dense(self.image_hidden_dim, activation="relu", name="image_hidden") if self.image_hidden_dim else None
+        self.image_hidden = (
+            layers.Dense(self.image_hidden_dim, activation="relu", name="image_hidden")
+            if self.image_hidden_dim
+            else None
+        )
         self.image_projection = layers.Dense(self.fusion_dim, activation="tanh", name="image_projection")
         self.question_projection = layers.Dense(self.fusion_dim, activation="tanh", name="question_projection")
         self.hidden = layers.Dense(self.mlp_dim, activation="relu", name="hidden")
         self.classifier = layers.Dense(self.num_answers, name="classifier")
         self.dropout = layers.Dropout(self.dropout_rate)
         self.soft_attention = SoftAttention(self.attention_dim, name="attention") if self.attention else None
-        norms = {"batch": lambda: layers.BatchNormalization(momentum=0.9, synchronized=sync_batch_norm(), name="image_norm"), "layer": lambda: layers.LayerNormalization(name="image_norm")}
+        norms = {
+            "batch": lambda: layers.BatchNormalization(momentum=0.9, synchronized=sync_batch_norm(), name="image_norm"),
+            "layer": lambda: layers.LayerNormalization(name="image_norm"),
+        }
         self.image_batch_norm = norms[image_norm]() if image_norm in norms else None
 
     def build(self, question_shape, pooled_shape, grid_shape):
@@ -146,12 +153,16 @@ class VQAHead(layers.Layer):
     def call(self, question, pooled, grid, training=None):
         query = self.question_projection(question)  # (batch, fusion_dim)
         if self.soft_attention is not None:
-            image, alpha = self.soft_attention(grid, self.soft_attention.project(grid), query)  # (batch, encoder_dim), (batch, num_pixels)
+            image, alpha = self.soft_attention(
+                grid, self.soft_attention.project(grid), query
+            )  # (batch, encoder_dim), (batch, num_pixels)
         else:
             image = pooled  # (batch, pooled_dim)
             alpha = ops.ones_like(grid[..., 0]) / ops.cast(ops.shape(grid)[1], grid.dtype)  # (batch, num_pixels)
         image = self._image_vector(image, training)  # (batch, fusion_dim)
-        fused = query * image if self.fusion == "multiply" else ops.concatenate([query, image], axis=-1)  # (batch, fused_dim)
+        fused = (
+            query * image if self.fusion == "multiply" else ops.concatenate([query, image], axis=-1)
+        )  # (batch, fused_dim)
         return self._classify(fused, training), alpha  # (batch, num_answers), (batch, num_pixels)
 
     def _image_vector(self, image, training=None):
@@ -172,14 +183,18 @@ class VQAHead(layers.Layer):
         """Logits from the question alone: the image factor of the fusion is 1 (multiply) or 0 (concat), so the
         blind model is the same classifier with the image taken out, not a product stuck at zero."""
         query = self.question_projection(question)  # (batch, fusion_dim)
-        fused = query if self.fusion == "multiply" else ops.concatenate([query, ops.zeros_like(query)], axis=-1)  # (batch, fused_dim)
+        fused = (
+            query if self.fusion == "multiply" else ops.concatenate([query, ops.zeros_like(query)], axis=-1)
+        )  # (batch, fused_dim)
         return self._classify(fused, training)  # (batch, num_answers)
 
     def image_only(self, pooled, training=None):
         """Logits from the pooled image vector alone (the question factor is 1 or 0 as in `question_only`): the
         "I" baseline of Antol et al., which can only learn which photos tend to get which answer."""
         image = self._image_vector(pooled, training)  # (batch, fusion_dim)
-        fused = image if self.fusion == "multiply" else ops.concatenate([ops.zeros_like(image), image], axis=-1)  # (batch, fused_dim)
+        fused = (
+            image if self.fusion == "multiply" else ops.concatenate([ops.zeros_like(image), image], axis=-1)
+        )  # (batch, fused_dim)
         return self._classify(fused, training)  # (batch, num_answers)
 
     def get_config(self):

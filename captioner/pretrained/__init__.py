@@ -26,10 +26,16 @@ from captioner.errors import CaptionerError
 
 FOLDER = Path(__file__).resolve().parent
 FOLDER_ENV = "CAPTIONER_PRETRAINED_DIR"  # another folder of the same layout (tests; a user's own packed models)
-NAMES = {"pretrained": None, "pretrained-vqa": "vqa"}  # what `--run` takes to name the shipped models (no --run means the
+NAMES = {
+    "pretrained": None,
+    "pretrained-vqa": "vqa",
+}  # what `--run` takes to name the shipped models (no --run means the
 # first); "pretrained" is the model of the command's task, "pretrained-vqa" the VQA model where a command takes either
 ENCODER_FILE, WEIGHTS_FILE, MANIFEST = "encoder.tflite", "weights.npz", "manifest.json"
-TASK_FILES = {"caption": ("config.json", "vocab.json", WEIGHTS_FILE), "vqa": ("config.json", "vocab.json", "answers.json", WEIGHTS_FILE)}
+TASK_FILES = {
+    "caption": ("config.json", "vocab.json", WEIGHTS_FILE),
+    "vqa": ("config.json", "vocab.json", "answers.json", WEIGHTS_FILE),
+}
 RESTORE = "reinstall captioner (pip install --force-reinstall captioner) or rebuild the models with `make pretrained`"
 
 
@@ -69,5 +75,7 @@ def verified(task: str) -> Path:
         if not path.is_file():
             raise CaptionerError(f"the shipped model file {path} is missing; {RESTORE}")
         if name not in listed or hashlib.sha256(path.read_bytes()).hexdigest() != listed[name]:
-            raise CaptionerError(f"the shipped model file {path} is damaged (its SHA-256 is not manifest.json's); {RESTORE}")
+            raise CaptionerError(
+                f"the shipped model file {path} is damaged (its SHA-256 is not manifest.json's); {RESTORE}"
+            )
     return root / task

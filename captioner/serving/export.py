@@ -56,9 +56,13 @@ def caption_signature(run: Run, decode: DecodeConfig | None = None):
     def serve(images):
         pixels = _decoded(images, size)  # (batch, size, size, 3)
         tokens, scores, *_ = generator.search(pixels)  # (batch, max_length), (batch,)
-        before_end = tf.equal(tf.cumsum(tf.cast(tf.equal(tokens, vocab.end_id), tf.int32), axis=1), 0)  # (batch, max_length)
+        before_end = tf.equal(
+            tf.cumsum(tf.cast(tf.equal(tokens, vocab.end_id), tf.int32), axis=1), 0
+        )  # (batch, max_length)
         shown = before_end & tf.not_equal(tokens, vocab.pad_id) & tf.not_equal(tokens, vocab.start_id)
-        captions = tf.strings.reduce_join(tf.ragged.boolean_mask(tf.gather(words, tokens), shown), axis=1, separator=" ")
+        captions = tf.strings.reduce_join(
+            tf.ragged.boolean_mask(tf.gather(words, tokens), shown), axis=1, separator=" "
+        )
         return {"captions": captions, "tokens": tokens, "scores": scores}
 
     return serve
@@ -80,22 +84,31 @@ def vqa_signature(run: Run, top: int = 5):
     steps = run.config.vqa.max_question_length
     vocab, answers = run.vocab, run.answers
     table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(tf.constant(vocab.words[1:]), tf.constant(list(range(1, len(vocab.words))), tf.int32)),
-        default_value=vocab.unk_id)
+        tf.lookup.KeyValueTensorInitializer(
+            tf.constant(vocab.words[1:]), tf.constant(list(range(1, len(vocab.words))), tf.int32)
+        ),
+        default_value=vocab.unk_id,
+    )
     names = tf.constant(np.array(answers.answers, dtype=object))  # (num_answers,) string
     never_other = np.zeros(len(answers), np.float32)
     never_other[AnswerVocabulary.other_id] = -1e9
 
     def serve(images, questions):
         pixels = _decoded(images, size)  # (batch, size, size, 3)
-        words = tf.strings.split(tf.strings.strip(tf.strings.regex_replace(tf.strings.lower(questions), "[^a-z0-9]+", " ")))
+        words = tf.strings.split(
+            tf.strings.strip(tf.strings.regex_replace(tf.strings.lower(questions), "[^a-z0-9]+", " "))
+        )
         ids = table.lookup(words[:, :steps]).to_tensor(default_value=0, shape=(None, steps))  # (batch, steps)
         empty = tf.equal(ids[:, :1], 0)  # (batch, 1) a question with no words
         ids = tf.concat([tf.where(empty, vocab.unk_id, ids[:, :1]), ids[:, 1:]], axis=1)
         logits, _ = run.model.answer(pixels, ids[:, None, :], training=False)  # (batch, 1, num_answers)
         probabilities = tf.nn.softmax(tf.cast(logits[:, 0], tf.float32) + never_other)  # (batch, num_answers)
         best, index = tf.math.top_k(probabilities, k=min(top, len(answers)))  # (batch, top)
-        return {"answers": tf.gather(names, index[:, 0]), "top_answers": tf.gather(names, index), "top_probabilities": best}
+        return {
+            "answers": tf.gather(names, index[:, 0]),
+            "top_answers": tf.gather(names, index),
+            "top_probabilities": best,
+        }
 
     return serve, table
 
@@ -107,8 +120,10 @@ def export_run(run: Run, out: str | Path, decode: DecodeConfig | None = None) ->
     TensorFlow backend (the run itself may come from either).
     """
     if keras.backend.backend() != "tensorflow":
-        raise CaptionerError("export writes a TensorFlow SavedModel: run it with KERAS_BACKEND=tensorflow "
-                             "(a run trained under JAX loads there as it is)")
+        raise CaptionerError(
+            "export writes a TensorFlow SavedModel: run it with KERAS_BACKEND=tensorflow "
+            "(a run trained under JAX loads there as it is)"
+        )
     if run.config.task not in ("caption", "vqa"):
         raise CaptionerError(f"{run.path} is a {run.config.task} run; export handles caption and vqa runs")
     import tensorflow as tf
@@ -123,7 +138,9 @@ def export_run(run: Run, out: str | Path, decode: DecodeConfig | None = None) ->
     else:
         serve, table = vqa_signature(run)
         archive.track(table)
-        archive.add_endpoint("serving_default", serve, input_signature=[images, tf.TensorSpec((None,), tf.string, name="questions")])
+        archive.add_endpoint(
+            "serving_default", serve, input_signature=[images, tf.TensorSpec((None,), tf.string, name="questions")]
+        )
     out = Path(out)
     try:
         with atomic_directory(out) as tmp:
@@ -150,14 +167,22 @@ def tflite_models(run: Run, hard_context: str = "expectation") -> dict[str, byte
     @tf.function(input_signature=[tf.TensorSpec((1, size, size, 3), tf.uint8)])
     def encode(images):
         grid, pooled = model.encode(images)
-        return (tf.stack(decoder.initial_state(pooled, grid), axis=1), *decoder.memory(grid))  # state (1, count, hidden)
+        return (
+            tf.stack(decoder.initial_state(pooled, grid), axis=1),
+            *decoder.memory(grid),
+        )  # state (1, count, hidden)
 
     specs = [tf.TensorSpec((1,), tf.int32), tf.TensorSpec((1, count, hidden), tf.float32)]
     if decoder.uses_attention:
         pixels, channels = model.encoder.num_pixels, model.encoder.encoder_dim
 
-        @tf.function(input_signature=specs + [tf.TensorSpec((1, pixels, channels), tf.float32),
-                                              tf.TensorSpec((1, pixels, decoder.attention_dim), tf.float32)])
+        @tf.function(
+            input_signature=specs
+            + [
+                tf.TensorSpec((1, pixels, channels), tf.float32),
+                tf.TensorSpec((1, pixels, decoder.attention_dim), tf.float32),
+            ]
+        )
         def step(tokens, state, grid, projected):
             logits, state, _ = decoder.step(tokens, tuple(tf.unstack(state, axis=1)), (grid, projected), hard_context)
             return logits, tf.stack(state, axis=1)
@@ -173,9 +198,13 @@ def tflite_models(run: Run, hard_context: str = "expectation") -> dict[str, byte
         try:
             return tf.lite.TFLiteConverter.from_concrete_functions([frozen], model).convert()
         except Exception as exc:  # the converter's errors are multi-line MLIR dumps: one line, and what to do
-            first = next((line.strip() for line in str(exc).splitlines() if "error" in line.lower()), type(exc).__name__)
-            raise CaptionerError(f"TFLite cannot convert {run.path} computed in {model.compute_dtype} ({first[:200]}); "
-                                 f"load the run at float32 (captioner export does)") from None
+            first = next(
+                (line.strip() for line in str(exc).splitlines() if "error" in line.lower()), type(exc).__name__
+            )
+            raise CaptionerError(
+                f"TFLite cannot convert {run.path} computed in {model.compute_dtype} ({first[:200]}); "
+                f"load the run at float32 (captioner export does)"
+            ) from None
 
     return {"encoder.tflite": convert(encode), "step.tflite": convert(step)}
 
@@ -193,9 +222,16 @@ def export_tflite(run: Run, out: str | Path, hard_context: str = "expectation") 
         raise CaptionerError(f"--hard-context {hard_context} is for hard-attention runs; {run.path} has none")
     models = tflite_models(run, hard_context)
     vocab = run.vocab
-    spec = {"image_size": run.model.encoder.image_size, "max_length": run.config.decode.max_length,
-            "attention": run.model.decoder.uses_attention, "hard_context": hard_context if run.model.decoder.hard else None, "start_id": vocab.start_id, "end_id": vocab.end_id,
-            "never": [vocab.pad_id, vocab.start_id, vocab.unk_id], "words": vocab.words}
+    spec = {
+        "image_size": run.model.encoder.image_size,
+        "max_length": run.config.decode.max_length,
+        "attention": run.model.decoder.uses_attention,
+        "hard_context": hard_context if run.model.decoder.hard else None,
+        "start_id": vocab.start_id,
+        "end_id": vocab.end_id,
+        "never": [vocab.pad_id, vocab.start_id, vocab.unk_id],
+        "words": vocab.words,
+    }
     out = Path(out)
     try:
         with atomic_directory(out) as tmp:
@@ -255,7 +291,9 @@ def tflite_encoder(run: Run) -> bytes:
     return tf.lite.TFLiteConverter.from_concrete_functions([frozen], model).convert()
 
 
-def export_pretrained(caption: Run, vqa: Run, out: str | Path, decode: DecodeConfig | None = None, sources: dict | None = None) -> Path:
+def export_pretrained(
+    caption: Run, vqa: Run, out: str | Path, decode: DecodeConfig | None = None, sources: dict | None = None
+) -> Path:
     """Write the folder `captioner/pretrained` ships (its docstring): one encoder.tflite for both runs, each run's settings,
     vocabularies and float16 weights, manifest.json. The two runs must share their encoder (the same network and
     input, the same weights); `decode` replaces the caption run's decode settings; `sources` goes into the manifest."""
@@ -272,27 +310,39 @@ def export_pretrained(caption: Run, vqa: Run, out: str | Path, decode: DecodeCon
         raise CaptionerError(f"{caption.path} and {vqa.path} have different encoders; the shipped models share one")
     for a, b in zip(caption.model.encoder.weights, vqa.model.encoder.weights):
         if not np.array_equal(np.asarray(a), np.asarray(b)):
-            raise CaptionerError(f"{caption.path} and {vqa.path} hold different encoder weights ({a.path}); the shipped models share one")
+            raise CaptionerError(
+                f"{caption.path} and {vqa.path} hold different encoder weights ({a.path}); the shipped models share one"
+            )
     out = Path(out)
     files: dict[str, bytes] = {pretrained.ENCODER_FILE: tflite_encoder(caption)}
     for run, task in ((caption, "caption"), (vqa, "vqa")):
         config = run.config if task == "vqa" or decode is None else dataclasses.replace(run.config, decode=decode)
-        files[f"{task}/config.json"] = (json.dumps({"captioner_version": __version__, **config.to_dict()}, indent=2) + "\n").encode()
+        files[f"{task}/config.json"] = (
+            json.dumps({"captioner_version": __version__, **config.to_dict()}, indent=2) + "\n"
+        ).encode()
         files[f"{task}/vocab.json"] = (run.path / "vocab.json").read_bytes()
         if task == "vqa":
             files[f"{task}/answers.json"] = (run.path / "answers.json").read_bytes()
         packed = encoder_from_package(run.config.model)
-        arrays = {name: np.asarray(v).astype(np.float16) if np.issubdtype(np.asarray(v).dtype, np.floating) else np.asarray(v)
-                  for name, v in shipped_variables(run.model).items() if not (packed and name.startswith("encoder/"))}
+        arrays = {
+            name: np.asarray(v).astype(np.float16) if np.issubdtype(np.asarray(v).dtype, np.floating) else np.asarray(v)
+            for name, v in shipped_variables(run.model).items()
+            if not (packed and name.startswith("encoder/"))
+        }
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         files[f"{task}/{pretrained.WEIGHTS_FILE}"] = buffer.getvalue()
-    manifest = {"sha256": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
-                "sources": sources or {"caption": str(caption.path), "vqa": str(vqa.path)}}
+    manifest = {
+        "sha256": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
+        "sources": sources or {"caption": str(caption.path), "vqa": str(vqa.path)},
+    }
     files[pretrained.MANIFEST] = (json.dumps(manifest, indent=2) + "\n").encode()
     out.mkdir(parents=True, exist_ok=True)
     try:
-        for name, data in files.items():  # each file atomically; the manifest last, so a half-written folder does not verify
+        for (
+            name,
+            data,
+        ) in files.items():  # each file atomically; the manifest last, so a half-written folder does not verify
             path = out / name
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:

@@ -59,8 +59,12 @@ class BatchStats:
 
     def summary(self) -> dict[str, Any]:
         sizes = self.sizes
-        return {"batches": len(sizes), "images": int(sum(sizes)), "mean_batch": float(np.mean(sizes)) if sizes else 0.0,
-                "largest_batch": max(sizes, default=0)}
+        return {
+            "batches": len(sizes),
+            "images": int(sum(sizes)),
+            "mean_batch": float(np.mean(sizes)) if sizes else 0.0,
+            "largest_batch": max(sizes, default=0),
+        }
 
 
 class Batcher:
@@ -93,7 +97,9 @@ class Batcher:
             while len(batch) < self.max_batch:
                 timeout = deadline - loop.time()
                 try:
-                    batch.append(self._queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(self._queue.get(), timeout))
+                    batch.append(
+                        self._queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(self._queue.get(), timeout)
+                    )
                 except (asyncio.QueueEmpty, asyncio.TimeoutError):
                     break
             live = [(item, future) for item, future in batch if not future.cancelled()]  # a client that left
@@ -125,13 +131,17 @@ class Service:
         self.caption_run = caption_run
         self.vqa_run = vqa_run
         self.config = config
-        self.generator = CaptionTask().generator(caption_run, decode)  # every beam (or sample) comes back: the page lists them
+        self.generator = CaptionTask().generator(
+            caption_run, decode
+        )  # every beam (or sample) comes back: the page lists them
         self.size = caption_run.model.encoder.image_size
         grid = caption_run.model.encoder.grid_shape
         self.grid = [int(grid[0]), int(grid[1])]
         self.attention = bool(caption_run.model.decoder.uses_attention)
         self.batcher = Batcher(self.caption_batch, config.max_batch, config.max_wait_ms)
-        self.vqa_batcher = Batcher(self.answer_batch, config.max_batch, config.max_wait_ms)  # questions from many requests, one call
+        self.vqa_batcher = Batcher(
+            self.answer_batch, config.max_batch, config.max_wait_ms
+        )  # questions from many requests, one call
         if vqa_run is not None:
             from captioner.tasks.vqa import VQATask
 
@@ -167,10 +177,17 @@ class Service:
             "attention_grid": self.grid if self.attention else None,
             "beam_size": self.generator.beam_size,
             "sampler": self.generator.sampler.get_config(),
-            "batching": {"max_batch": self.config.max_batch, "max_wait_ms": self.config.max_wait_ms, **self.batcher.stats.summary()},
+            "batching": {
+                "max_batch": self.config.max_batch,
+                "max_wait_ms": self.config.max_wait_ms,
+                **self.batcher.stats.summary(),
+            },
             "vqa_batching": self.vqa_batcher.stats.summary(),
-            "limits": {"max_bytes": self.config.max_bytes, "max_images": self.config.max_images,
-                       "max_question_chars": self.config.max_question_chars},
+            "limits": {
+                "max_bytes": self.config.max_bytes,
+                "max_images": self.config.max_images,
+                "max_question_chars": self.config.max_question_chars,
+            },
             "vqa_run": str(self.vqa_run.path) if self.vqa_run is not None else None,
         }
         return info
@@ -179,7 +196,7 @@ class Service:
         """The question's word ids, or a CaptionerError for one with no words (before it joins a batch)."""
         encoded = self.answerer.encode(question)
         if not encoded.ids:
-            raise CaptionerError(f"question {question!r} has no words; ask something, e.g. \"what color is the circle?\"")
+            raise CaptionerError(f'question {question!r} has no words; ask something, e.g. "what color is the circle?"')
         return encoded
 
     def answer_batch(self, items: list[tuple[np.ndarray, Any, str]]) -> list[dict[str, Any]]:
@@ -190,7 +207,11 @@ class Service:
         results = []
         for row, (_, encoded, question) in enumerate(items):
             top = self.answerer.top(probabilities[row, 0], 5)
-            result = {"question": question, "answer": top[0][0], "top": [{"answer": a, "probability": p} for a, p in top]}
+            result = {
+                "question": question,
+                "answer": top[0][0],
+                "top": [{"answer": a, "probability": p} for a, p in top],
+            }
             if encoded.unknown_words:
                 result["warning"] = f"word(s) this model never saw: {', '.join(encoded.unknown_words)}"
             results.append(result)
@@ -219,7 +240,9 @@ def create_app(service: Service):
     async def body_of(request: Request) -> bytes:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > config.max_bytes:
-            raise BadRequest(413, f"request body of {int(declared):,} bytes is over the {config.max_bytes:,}-byte limit")
+            raise BadRequest(
+                413, f"request body of {int(declared):,} bytes is over the {config.max_bytes:,}-byte limit"
+            )
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
@@ -255,7 +278,10 @@ def create_app(service: Service):
             raise BadRequest(415, str(exc)) from None
 
     def wants_attention(request: Request, payload: dict) -> bool:
-        return request.query_params.get("attention", "").lower() in ("1", "true", "yes") or payload.get("attention") is True
+        return (
+            request.query_params.get("attention", "").lower() in ("1", "true", "yes")
+            or payload.get("attention") is True
+        )
 
     async def caption(request: Request):
         body = await body_of(request)
@@ -270,7 +296,9 @@ def create_app(service: Service):
             blobs = [decoded(item, f"images[{i}]") for i, item in enumerate(images)]
         else:
             blobs = [body]
-        arrays = [image_of(blob, f"image {i}" if len(blobs) > 1 else "image", service.size) for i, blob in enumerate(blobs)]
+        arrays = [
+            image_of(blob, f"image {i}" if len(blobs) > 1 else "image", service.size) for i, blob in enumerate(blobs)
+        ]
         started = time.perf_counter()
         results = await asyncio.gather(*(service.batcher.submit(a) for a in arrays))
         attention = wants_attention(request, payload)
@@ -324,6 +352,7 @@ def create_app(service: Service):
         Route("/api/ask", ask, methods=["POST"]),
     ]
     handlers = {BadRequest: bad_request, ClientDisconnect: disconnected, Exception: server_error}
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
@@ -339,25 +368,38 @@ def listening_socket(host: str, port: int) -> socket.socket:
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     except socket.gaierror as exc:
-        raise CaptionerError(f"cannot listen on {host}:{port}: {exc.strerror}; pass --host 127.0.0.1 or this machine's address") from None
+        raise CaptionerError(
+            f"cannot listen on {host}:{port}: {exc.strerror}; pass --host 127.0.0.1 or this machine's address"
+        ) from None
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart need not wait for TIME_WAIT
     try:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise CaptionerError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port or stop what uses it") from None
+        raise CaptionerError(
+            f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port or stop what uses it"
+        ) from None
     return sock
 
 
-def serve(caption_run: Run, vqa_run: Run | None, host: str, port: int, config: ServeConfig, decode: DecodeConfig | None = None,
-          announce: Callable[[str], None] = print) -> None:
+def serve(
+    caption_run: Run,
+    vqa_run: Run | None,
+    host: str,
+    port: int,
+    config: ServeConfig,
+    decode: DecodeConfig | None = None,
+    announce: Callable[[str], None] = print,
+) -> None:
     """Bind, load, warm up, and serve until interrupted."""
     import uvicorn
 
     sock = listening_socket(host, port)
     service = Service(caption_run, vqa_run, config, decode)
     service.warm_up()
-    announce(f"serving {caption_run.path} on http://{host}:{port}/ (batches of up to {config.max_batch}, "
-             f"waiting up to {config.max_wait_ms:g} ms); Ctrl-C stops")
+    announce(
+        f"serving {caption_run.path} on http://{host}:{port}/ (batches of up to {config.max_batch}, "
+        f"waiting up to {config.max_wait_ms:g} ms); Ctrl-C stops"
+    )
     uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning")).run(sockets=[sock])

@@ -52,7 +52,9 @@ class EvalOptions:
     max_images: int | None = None
     decode: DecodeConfig | None = None  # caption runs: how to generate (None: the run's decode settings)
     meteor: bool = False
-    dataset: str | None = None  # the loader of data_dir (default: the run's source of that folder, else its first source's)
+    dataset: str | None = (
+        None  # the loader of data_dir (default: the run's source of that folder, else its first source's)
+    )
     black_images: bool = False  # VQA runs: also answer with every image black (what the image is worth)
 
 
@@ -63,8 +65,16 @@ class Task:
     item_name = ""  # what is counted per image in training: "captions", "questions"
     skipped_item = "entries"  # what a skipped dataset entry is called in the evaluation report
 
-    def setup(self, config: RunConfig, run_dir: Path, resuming: bool, verbose: int | str, skipped: Skipped,
-              source: keras.Model | None = None, shard: InputShard = InputShard()) -> Setup:
+    def setup(
+        self,
+        config: RunConfig,
+        run_dir: Path,
+        resuming: bool,
+        verbose: int | str,
+        skipped: Skipped,
+        source: keras.Model | None = None,
+        shard: InputShard = InputShard(),
+    ) -> Setup:
         """Load the splits, build (or, resuming, load) the vocabularies, write them with config.json into
         `run_dir`, and return the model, loss, metrics and datasets to fit. `source`: the model of the run the new
         one starts from (`train.init_from`), whose weights the new model takes before any feature is cached (a frozen
@@ -96,12 +106,15 @@ def on_disk(records: list, split: str, skipped: Skipped) -> list:
             skipped.add("unreadable image", f"{record.image}: {exc.strerror}")
             first_problem = first_problem or f"{record.image}: {exc.strerror}"
     if not kept:
-        raise CaptionerError(f"none of the {len(records)} images of the {split} split can be read (first: {first_problem})")
+        raise CaptionerError(
+            f"none of the {len(records)} images of the {split} split can be read (first: {first_problem})"
+        )
     return kept
 
 
-def source_records(load: Callable[..., list], data: DataConfig, split: str, limit: Callable[[list], list], skipped: Skipped,
-                   **options) -> list[list]:
+def source_records(
+    load: Callable[..., list], data: DataConfig, split: str, limit: Callable[[list], list], skipped: Skipped, **options
+) -> list[list]:
     """Each source's usable records of `split` (`data.dataset` in `data.data_dir`, then `data.more_sources`): read by
     `load` (`load_split`, `load_qa_split`), cut by `limit`, kept where the image is on disk. An error names its source."""
 
@@ -119,14 +132,24 @@ def mixed(parts: list[list], config: RunConfig, validation: bool = False) -> lis
     return mix(parts, config.data.source_weights, config.train.seed)
 
 
-def source_stats(data: DataConfig, train_parts: list[list], train_records: list, val_parts: list[list]) -> list[dict[str, Any]]:
+def source_stats(
+    data: DataConfig, train_parts: list[list], train_records: list, val_parts: list[list]
+) -> list[dict[str, Any]]:
     """metrics.json's line per source: its records, and how many the mixed training list holds (the weights' doing)."""
     pairs = sources(data.dataset, data.data_dir, data.more_sources)
     used: dict[int, int] = {}
     for record in train_records:
         used[id(record)] = used.get(id(record), 0) + 1
-    return [{"dataset": name, "data_dir": folder, "train_records": len(train), "train_records_mixed": sum(used.get(id(r), 0) for r in train),
-             "val_records": len(val)} for (name, folder), train, val in zip(pairs, train_parts, val_parts)]
+    return [
+        {
+            "dataset": name,
+            "data_dir": folder,
+            "train_records": len(train),
+            "train_records_mixed": sum(used.get(id(r), 0) for r in train),
+            "val_records": len(val),
+        }
+        for (name, folder), train, val in zip(pairs, train_parts, val_parts)
+    ]
 
 
 def scored_source(data: DataConfig, dataset: str | None, data_dir: str | None) -> tuple[str, str]:
@@ -138,8 +161,10 @@ def scored_source(data: DataConfig, dataset: str | None, data_dir: str | None) -
     if dataset:
         folders = [folder for name, folder in pairs if name == dataset]
         if not folders:
-            raise CaptionerError(f"the run was trained on {', '.join(name for name, _ in pairs)}, not {dataset}: "
-                                 f"give the folder of its {dataset} copy with --data-dir")
+            raise CaptionerError(
+                f"the run was trained on {', '.join(name for name, _ in pairs)}, not {dataset}: "
+                f"give the folder of its {dataset} copy with --data-dir"
+            )
         return dataset, folders[0]
     if data_dir:
         names = [name for name, folder in pairs if Path(folder).resolve() == Path(data_dir).resolve()]
@@ -149,7 +174,10 @@ def scored_source(data: DataConfig, dataset: str | None, data_dir: str | None) -
 
 def resolved_folders(data: DataConfig) -> DataConfig:
     """`data` with every source's folder absolute (what config.json stores: a run is evaluated from anywhere)."""
-    more = [f"{name}={Path(folder).resolve()}" for name, folder in sources(data.dataset, data.data_dir, data.more_sources)[1:]]
+    more = [
+        f"{name}={Path(folder).resolve()}"
+        for name, folder in sources(data.dataset, data.data_dir, data.more_sources)[1:]
+    ]
     return replace(data, data_dir=str(Path(data.data_dir).resolve()) if data.data_dir else "", more_sources=more)
 
 
@@ -165,15 +193,23 @@ def cache_encoder(encoder, config: RunConfig):
     return copy
 
 
-def filled_cache(config: RunConfig, encoder, splits: dict[str, list], verbose: int | str, skipped: Skipped,
-                 shard: InputShard = InputShard()) -> tuple[FeatureCache, dict[str, list], int]:
+def filled_cache(
+    config: RunConfig,
+    encoder,
+    splits: dict[str, list],
+    verbose: int | str,
+    skipped: Skipped,
+    shard: InputShard = InputShard(),
+) -> tuple[FeatureCache, dict[str, list], int]:
     """The feature cache of a frozen backbone with every image of `splits` ({split name: records}) in it: the CNN
     runs once per image not cached yet. Returns the cache, the records whose image could be read, and how many
     images were computed; a split left with none is an error. With several processes each first computes its
     share (as `features --shard I/N`) and waits for the others; then each fills what its cache still lacks (nothing,
     where the hosts share the cache folder)."""
     data = config.data
-    cache = FeatureCache(data.feature_cache_dir or str(Path(data.data_dir) / "features"), cache_encoder(encoder, config))
+    cache = FeatureCache(
+        data.feature_cache_dir or str(Path(data.data_dir) / "features"), cache_encoder(encoder, config)
+    )
     unreadable: set[str] = set()
 
     def unusable(path: str, message: str) -> None:
@@ -189,7 +225,9 @@ def filled_cache(config: RunConfig, encoder, splits: dict[str, list], verbose: i
     kept = {split: [r for r in records if r.image not in unreadable] for split, records in splits.items()}
     for split, records in kept.items():
         if not records:
-            raise CaptionerError(f"none of the images of the {split} split could be read ({skipped.summary('entries')})")
+            raise CaptionerError(
+                f"none of the images of the {split} split could be read ({skipped.summary('entries')})"
+            )
     return cache, kept, computed
 
 

@@ -32,7 +32,9 @@ from captioner.viz import attention_figure, attention_path
 from captioner.data.vocab import Vocabulary
 
 
-MAX_UNKNOWN_FROM_SOURCE = 0.25  # --init-from: a source vocabulary missing more of the training words was trained on other captions
+MAX_UNKNOWN_FROM_SOURCE = (
+    0.25  # --init-from: a source vocabulary missing more of the training words was trained on other captions
+)
 
 
 class CaptionTask(Task):
@@ -45,21 +47,45 @@ class CaptionTask(Task):
 
     def evaluate(self, run: Run, options: EvalOptions, skipped: Skipped) -> dict[str, Any]:
         dataset, data_dir = base.scored_source(run.config.data, options.dataset, options.data_dir)
-        return evaluate(run, options.split, data_dir, options.decode, options.batch_size, options.out,
-                        options.max_images, meteor=options.meteor, skipped=skipped, dataset=dataset)
+        return evaluate(
+            run,
+            options.split,
+            data_dir,
+            options.decode,
+            options.batch_size,
+            options.out,
+            options.max_images,
+            meteor=options.meteor,
+            skipped=skipped,
+            dataset=dataset,
+        )
 
     def summary_lines(self, result: dict[str, Any]) -> list[str]:
         return summary_lines(result)
 
-    def setup(self, config: RunConfig, run_dir: Path, resuming: bool, verbose: int | str, skipped: Skipped,
-              source: keras.Model | None = None, shard: InputShard = InputShard()) -> Setup:
+    def setup(
+        self,
+        config: RunConfig,
+        run_dir: Path,
+        resuming: bool,
+        verbose: int | str,
+        skipped: Skipped,
+        source: keras.Model | None = None,
+        shard: InputShard = InputShard(),
+    ) -> Setup:
         from captioner.data.preprocessing import caption_dataset, feature_caption_dataset  # tf.data: training only
 
         data, train_cfg = config.data, config.train
-        train_parts = base.source_records(load_split, data, train_cfg.train_split, lambda r: r[: train_cfg.max_train_images], skipped)
-        val_parts = base.source_records(load_split, data, train_cfg.val_split, lambda r: r[: train_cfg.max_val_images], skipped)
+        train_parts = base.source_records(
+            load_split, data, train_cfg.train_split, lambda r: r[: train_cfg.max_train_images], skipped
+        )
+        val_parts = base.source_records(
+            load_split, data, train_cfg.val_split, lambda r: r[: train_cfg.max_val_images], skipped
+        )
         train_records, val_records = base.mixed(train_parts, config), base.mixed(val_parts, config, validation=True)
-        distinct_train = [r for part in train_parts for r in part]  # the vocabulary counts each caption once, whatever the weights
+        distinct_train = [
+            r for part in train_parts for r in part
+        ]  # the vocabulary counts each caption once, whatever the weights
         image_size = default_image_size(config.model.encoder, data.image_size)
         init_from = config.train.init_from
         if resuming:  # the same command again: continue with the vocabulary the run started with
@@ -68,8 +94,10 @@ class CaptionTask(Task):
             vocab = Vocabulary.load(Path(init_from) / VOCAB_FILE)
             unknown = vocab.unknown_rate(c for r in distinct_train for c in r.captions)
             if unknown > MAX_UNKNOWN_FROM_SOURCE:
-                raise CaptionerError(f"--init-from {init_from}: its vocabulary misses {unknown:.0%} of the words of these training captions; "
-                                     f"it was trained on other captions: start from a run of this dataset, or train without --init-from")
+                raise CaptionerError(
+                    f"--init-from {init_from}: its vocabulary misses {unknown:.0%} of the words of these training captions; "
+                    f"it was trained on other captions: start from a run of this dataset, or train without --init-from"
+                )
             image_size = data.image_size
             config = replace(config, data=base.resolved_folders(data))
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -86,7 +114,10 @@ class CaptionTask(Task):
         model = build_caption_model(config.model, len(vocab), image_size)
         if source is not None:
             copy_weights(source, model)
-        stats: dict[str, Any] = {"vocab_size": len(vocab), "unknown_word_rate_val": vocab.unknown_rate(c for r in val_records for c in r.captions)}
+        stats: dict[str, Any] = {
+            "vocab_size": len(vocab),
+            "unknown_word_rate_val": vocab.unknown_rate(c for r in val_records for c in r.captions),
+        }
         if len(train_parts) > 1:
             stats["sources"] = base.source_stats(config.data, train_parts, train_records, val_parts)
 
@@ -94,14 +125,31 @@ class CaptionTask(Task):
             return self._scst_setup(config, model, vocab, train_records, val_records, verbose, skipped, stats)
         if training_work(config) == "train_cached":
             # A frozen pretrained CNN: run it once per image (cached on disk), then train on its features.
-            cache, kept, computed = base.filled_cache(config, model.encoder, {train_cfg.train_split: train_records, train_cfg.val_split: val_records},
-                                                      verbose, skipped, shard)
+            cache, kept, computed = base.filled_cache(
+                config,
+                model.encoder,
+                {train_cfg.train_split: train_records, train_cfg.val_split: val_records},
+                verbose,
+                skipped,
+                shard,
+            )
             train_records, val_records = kept[train_cfg.train_split], kept[train_cfg.val_split]
 
             def batches(records, shuffle):
-                features = cache.rows([r.image for r in records])  # (images, num_pixels, encoder_dim) float16, read per batch
-                return feature_caption_dataset(features, records, vocab, data.captions_per_image, data.max_caption_length,
-                                               train_cfg.batch_size, shuffle=shuffle, seed=train_cfg.seed, shard=shard)
+                features = cache.rows(
+                    [r.image for r in records]
+                )  # (images, num_pixels, encoder_dim) float16, read per batch
+                return feature_caption_dataset(
+                    features,
+                    records,
+                    vocab,
+                    data.captions_per_image,
+                    data.max_caption_length,
+                    train_cfg.batch_size,
+                    shuffle=shuffle,
+                    seed=train_cfg.seed,
+                    shard=shard,
+                )
 
             stats.update(feature_cache=str(cache.folder), features_computed=computed)
         else:
@@ -109,9 +157,18 @@ class CaptionTask(Task):
             def batches(records, shuffle):
                 split = train_cfg.train_split if shuffle else train_cfg.val_split
                 return caption_dataset(
-                    records, vocab, image_size, data.captions_per_image, data.max_caption_length,
-                    train_cfg.batch_size, shuffle=shuffle, seed=train_cfg.seed, cache=data.cache_images,
-                    on_error=skipped.unreadable, what=f"images of the {split} split", shard=shard,
+                    records,
+                    vocab,
+                    image_size,
+                    data.captions_per_image,
+                    data.max_caption_length,
+                    train_cfg.batch_size,
+                    shuffle=shuffle,
+                    seed=train_cfg.seed,
+                    cache=data.cache_images,
+                    on_error=skipped.unreadable,
+                    what=f"images of the {split} split",
+                    shard=shard,
                 )
 
         return Setup(
@@ -127,29 +184,50 @@ class CaptionTask(Task):
             vocab=vocab,
         )
 
-    def _scst_setup(self, config: RunConfig, model, vocab: Vocabulary, train_records, val_records, verbose, skipped: Skipped,
-                    stats: dict[str, Any]) -> Setup:
+    def _scst_setup(
+        self,
+        config: RunConfig,
+        model,
+        vocab: Vocabulary,
+        train_records,
+        val_records,
+        verbose,
+        skipped: Skipped,
+        stats: dict[str, Any],
+    ) -> Setup:
         """Self-critical training reads images (or their cached features) and references, not teacher-forcing batches:
         the captions it learns from are sampled at every step (`captioner.generation.self_critical`)."""
         train_cfg = config.train
         if training_work(config) == "train_cached":
-            cache, kept, computed = base.filled_cache(config, model.encoder, {train_cfg.train_split: train_records, train_cfg.val_split: val_records},
-                                                      verbose, skipped)
+            cache, kept, computed = base.filled_cache(
+                config,
+                model.encoder,
+                {train_cfg.train_split: train_records, train_cfg.val_split: val_records},
+                verbose,
+                skipped,
+            )
             train_records, val_records = kept[train_cfg.train_split], kept[train_cfg.val_split]
             stats.update(feature_cache=str(cache.folder), features_computed=computed)
 
             def source(records) -> CaptionSource:
                 features = cache.rows([r.image for r in records])  # (images, positions, channels), read per batch
-                return CaptionSource(lambda indices: {"features": features[indices]}, reference_ids([r.captions for r in records], vocab),
-                                     ("features", model.encoder.cached_shape, np.dtype(features.dtype).name))
+                return CaptionSource(
+                    lambda indices: {"features": features[indices]},
+                    reference_ids([r.captions for r in records], vocab),
+                    ("features", model.encoder.cached_shape, np.dtype(features.dtype).name),
+                )
         else:
             size = model.encoder.image_size
 
             def source(records) -> CaptionSource:
                 def images(indices):
-                    return {"images": np.stack([_image_or_blank(records[i].image, size, skipped) for i in indices])}  # (n, size, size, 3)
+                    return {
+                        "images": np.stack([_image_or_blank(records[i].image, size, skipped) for i in indices])
+                    }  # (n, size, size, 3)
 
-                return CaptionSource(images, reference_ids([r.captions for r in records], vocab), ("images", (size, size, 3), "uint8"))
+                return CaptionSource(
+                    images, reference_ids([r.captions for r in records], vocab), ("images", (size, size, 3), "uint8")
+                )
 
         return Setup(
             config=config,
@@ -177,7 +255,11 @@ def _image_or_blank(path: str, size: int, skipped: Skipped) -> np.ndarray:
 
 
 def caption_files(
-    run: Run, paths: Sequence[str], decode: DecodeConfig | None = None, batch_size: int = 64, attention_out: str | None = None,
+    run: Run,
+    paths: Sequence[str],
+    decode: DecodeConfig | None = None,
+    batch_size: int = 64,
+    attention_out: str | None = None,
 ) -> list[dict[str, Any]]:
     """Caption image files in batches: one dict per path, in order, with "caption", "score", "width", "height"
     (upright: EXIF orientation applied) and, with `attention_out`, "attention_map" (a PNG per image:
@@ -186,7 +268,9 @@ def caption_files(
     as {"caption", "score"}. Only `batch_size` decoded images are in memory at a time.
     """
     if attention_out is not None and not run.model.decoder.uses_attention:
-        raise CaptionerError(f"{run.path} is a {run.config.model.decoder} run: it has no attention weights; train one with --decoder attention")
+        raise CaptionerError(
+            f"{run.path} is a {run.config.model.decoder} run: it has no attention weights; train one with --decoder attention"
+        )
     generator = CaptionTask().generator(run, decode)
     wanted = generator.decode.num_captions
     size = run.model.encoder.image_size
@@ -223,9 +307,19 @@ def draw_attention(run: Run, image: np.ndarray, tokens: np.ndarray, attention: n
 
 
 def extract_features(
-    dataset: str, data_dir: str, splits: Sequence[str], encoder: str, weights: str | None, cache_dir: str | None = None,
-    batch_size: int = 32, precision: str = "auto", seed: int = 0, skipped: Skipped | None = None, fine_tune_blocks: int = 0,
-    shard: tuple[int, int] = (1, 1), verbose: int = 1,
+    dataset: str,
+    data_dir: str,
+    splits: Sequence[str],
+    encoder: str,
+    weights: str | None,
+    cache_dir: str | None = None,
+    batch_size: int = 32,
+    precision: str = "auto",
+    seed: int = 0,
+    skipped: Skipped | None = None,
+    fine_tune_blocks: int = 0,
+    shard: tuple[int, int] = (1, 1),
+    verbose: int = 1,
 ) -> dict[str, Any]:
     """Run a frozen pretrained backbone once over the images of `splits` and store their grids in the
     feature cache that `train` reads (`cache_dir`, default DATA_DIR/features); images already there are not
@@ -240,12 +334,19 @@ def extract_features(
         when none can be read it is a CaptionerError. `verbose`: the progress bar's Keras verbosity (0, 1 or 2).
     """
     if encoder not in BACKBONES:
-        raise CaptionerError(f"--encoder must be a pretrained backbone ({', '.join(BACKBONES)}); the small CNN trains with the decoder")
+        raise CaptionerError(
+            f"--encoder must be a pretrained backbone ({', '.join(BACKBONES)}); the small CNN trains with the decoder"
+        )
     skipped = skipped if skipped is not None else Skipped()
     keras.utils.set_random_seed(seed)  # as train does before building the model, for weights None
     precision = resolve_precision(precision, "features")  # "auto" as train resolves data.feature_precision
-    model_config = ModelConfig(encoder=encoder, encoder_weights=weights, encoder_trainable=False, precision=precision,
-                               fine_tune_blocks=fine_tune_blocks)
+    model_config = ModelConfig(
+        encoder=encoder,
+        encoder_weights=weights,
+        encoder_trainable=False,
+        precision=precision,
+        fine_tune_blocks=fine_tune_blocks,
+    )
     with precision_scope(precision):  # the CNN computes at this precision (part of the cache key unless float32)
         image_encoder = build_image_encoder(model_config, default_image_size(encoder, 224))
     load = load_split if dataset in DATASETS else load_qa_split  # caption datasets, or question ones (VQA's photos)
@@ -258,4 +359,9 @@ def extract_features(
     images = len(paths)
     if images and skipped.count("unreadable image") >= images:
         raise CaptionerError(f"none of the {images} images could be read ({skipped.reasons['unreadable image'][0]})")
-    return {"computed": computed, "images": images, "seconds": time.perf_counter() - started, "folder": str(cache.folder)}
+    return {
+        "computed": computed,
+        "images": images,
+        "seconds": time.perf_counter() - started,
+        "folder": str(cache.folder),
+    }

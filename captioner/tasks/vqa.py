@@ -70,7 +70,9 @@ def _trained_on(run: Run) -> list[QARecord] | None:
     `evaluate` counts the train split beside the scored one)."""
     data, vqa = run.config.data, run.config.vqa
     try:
-        parts = base.source_records(load_qa_split, data, run.config.train.train_split, lambda r: r, Skipped(), answer_type=vqa.answer_type)
+        parts = base.source_records(
+            load_qa_split, data, run.config.train.train_split, lambda r: r, Skipped(), answer_type=vqa.answer_type
+        )
     except CaptionerError:
         return None
     return [r for part in parts for r in part]
@@ -79,11 +81,15 @@ def _trained_on(run: Run) -> list[QARecord] | None:
 def _check_answer_types(data, parts: list[list[QARecord]]) -> None:
     """Sources mixed in one run ask the same types of question: one that brings another type is named."""
     first = {r.answer_type for r in parts[0]}
-    for number, ((name, folder), part) in enumerate(zip(sources(data.dataset, data.data_dir, data.more_sources), parts), 1):
+    for number, ((name, folder), part) in enumerate(
+        zip(sources(data.dataset, data.data_dir, data.more_sources), parts), 1
+    ):
         types = {r.answer_type for r in part}
         if number > 1 and types != first:
-            raise CaptionerError(f"source {number} ({name} in {folder}) has {', '.join(sorted(types))} answers where source 1 has "
-                                 f"{', '.join(sorted(first))}: pass --answer-type to keep one type, or train on sources of the same kind")
+            raise CaptionerError(
+                f"source {number} ({name} in {folder}) has {', '.join(sorted(types))} answers where source 1 has "
+                f"{', '.join(sorted(first))}: pass --answer-type to keep one type, or train on sources of the same kind"
+            )
 
 
 def _shared_encoder(source: str, fine_tune: bool) -> ImageEncoder:
@@ -108,26 +114,60 @@ class VQATask(Task):
 
     def evaluate(self, run: Run, options: EvalOptions, skipped: Skipped) -> dict[str, Any]:
         dataset, data_dir = base.scored_source(run.config.data, options.dataset, options.data_dir)
-        return evaluate_vqa(run, options.split, data_dir, options.batch_size, options.out, options.max_images, skipped=skipped,
-                            dataset=dataset, train_records=_trained_on(run), black_images=options.black_images)
+        return evaluate_vqa(
+            run,
+            options.split,
+            data_dir,
+            options.batch_size,
+            options.out,
+            options.max_images,
+            skipped=skipped,
+            dataset=dataset,
+            train_records=_trained_on(run),
+            black_images=options.black_images,
+        )
 
     def summary_lines(self, result: dict[str, Any]) -> list[str]:
         return vqa_summary_lines(result)
 
-    def setup(self, config: RunConfig, run_dir: Path, resuming: bool, verbose: int | str, skipped: Skipped,
-              source: keras.Model | None = None, shard: InputShard = InputShard()) -> Setup:
+    def setup(
+        self,
+        config: RunConfig,
+        run_dir: Path,
+        resuming: bool,
+        verbose: int | str,
+        skipped: Skipped,
+        source: keras.Model | None = None,
+        shard: InputShard = InputShard(),
+    ) -> Setup:
         from captioner.data.preprocessing import feature_vqa_dataset, vqa_dataset  # tf.data: training only
 
         data, train_cfg, vqa = config.data, config.train, config.vqa
-        train_parts = base.source_records(load_qa_split, data, train_cfg.train_split, lambda r: _first_images(r, train_cfg.max_train_images),
-                                          skipped, answer_type=vqa.answer_type)
-        val_parts = base.source_records(load_qa_split, data, train_cfg.val_split, lambda r: _first_images(r, train_cfg.max_val_images),
-                                        skipped, answer_type=vqa.answer_type)
+        train_parts = base.source_records(
+            load_qa_split,
+            data,
+            train_cfg.train_split,
+            lambda r: _first_images(r, train_cfg.max_train_images),
+            skipped,
+            answer_type=vqa.answer_type,
+        )
+        val_parts = base.source_records(
+            load_qa_split,
+            data,
+            train_cfg.val_split,
+            lambda r: _first_images(r, train_cfg.max_val_images),
+            skipped,
+            answer_type=vqa.answer_type,
+        )
         _check_answer_types(data, train_parts)
         train_records, val_records = base.mixed(train_parts, config), base.mixed(val_parts, config, validation=True)
-        distinct_train = [r for part in train_parts for r in part]  # the vocabularies count each question once, whatever the weights
+        distinct_train = [
+            r for part in train_parts for r in part
+        ]  # the vocabularies count each question once, whatever the weights
         encoder = _shared_encoder(vqa.encoder_from, vqa.fine_tune_encoder) if vqa.encoder_from else None
-        image_size = encoder.image_size if encoder is not None else default_image_size(config.model.encoder, data.image_size)
+        image_size = (
+            encoder.image_size if encoder is not None else default_image_size(config.model.encoder, data.image_size)
+        )
         if resuming:
             vocab = Vocabulary.load(run_dir / VOCAB_FILE)
             answers = AnswerVocabulary.load(run_dir / ANSWERS_FILE)
@@ -141,8 +181,11 @@ class VQATask(Task):
                 answers = AnswerVocabulary.build((r.answer for r in distinct_train), max_size=vqa.num_answers)
                 longest = max(len(tokenize(r.question)) for r in distinct_train)
                 data = replace(data, image_size=image_size)
-                vqa = replace(vqa, max_question_length=min(vqa.max_question_length, longest),
-                              encoder_from=str(Path(vqa.encoder_from).resolve()) if vqa.encoder_from else None)
+                vqa = replace(
+                    vqa,
+                    max_question_length=min(vqa.max_question_length, longest),
+                    encoder_from=str(Path(vqa.encoder_from).resolve()) if vqa.encoder_from else None,
+                )
             config = replace(config, data=data, vqa=vqa)
             run_dir.mkdir(parents=True, exist_ok=True)
             vocab.save(run_dir / VOCAB_FILE)
@@ -152,27 +195,59 @@ class VQATask(Task):
         model = build_vqa_model(config, len(vocab), len(answers), image_size, encoder)
         if source is not None:
             copy_weights(source, model)
-        stats: dict[str, Any] = {"sources": base.source_stats(config.data, train_parts, train_records, val_parts)} if len(train_parts) > 1 else {}
+        stats: dict[str, Any] = (
+            {"sources": base.source_stats(config.data, train_parts, train_records, val_parts)}
+            if len(train_parts) > 1
+            else {}
+        )
         cache = None
         if training_work(config) == "train_cached":
             # A frozen pretrained CNN: run it once per photo (the cache captioning uses), then train on its features.
-            cache, kept, computed = base.filled_cache(config, model.encoder, {train_cfg.train_split: train_records, train_cfg.val_split: val_records},
-                                                      verbose, skipped, shard)
+            cache, kept, computed = base.filled_cache(
+                config,
+                model.encoder,
+                {train_cfg.train_split: train_records, train_cfg.val_split: val_records},
+                verbose,
+                skipped,
+                shard,
+            )
             train_records, val_records = kept[train_cfg.train_split], kept[train_cfg.val_split]
             stats.update(feature_cache=str(cache.folder), features_computed=computed)
 
         def batches(records, shuffle):
             groups = group_questions(records, vqa.questions_per_image)
             if cache is not None:
-                features = cache.rows([image for image, _ in groups])  # (groups, num_pixels, encoder_dim), read per batch
-                dataset = feature_vqa_dataset(features, groups, vocab, answers, vqa.questions_per_image, vqa.max_question_length,
-                                              train_cfg.batch_size, shuffle=shuffle, seed=train_cfg.seed, shard=shard)
+                features = cache.rows(
+                    [image for image, _ in groups]
+                )  # (groups, num_pixels, encoder_dim), read per batch
+                dataset = feature_vqa_dataset(
+                    features,
+                    groups,
+                    vocab,
+                    answers,
+                    vqa.questions_per_image,
+                    vqa.max_question_length,
+                    train_cfg.batch_size,
+                    shuffle=shuffle,
+                    seed=train_cfg.seed,
+                    shard=shard,
+                )
             else:
                 split = train_cfg.train_split if shuffle else train_cfg.val_split
                 dataset = vqa_dataset(
-                    groups, vocab, answers, image_size, vqa.questions_per_image, vqa.max_question_length,
-                    train_cfg.batch_size, shuffle=shuffle, seed=train_cfg.seed, cache=data.cache_images,
-                    on_error=skipped.unreadable, what=f"images of the {split} split", shard=shard,
+                    groups,
+                    vocab,
+                    answers,
+                    image_size,
+                    vqa.questions_per_image,
+                    vqa.max_question_length,
+                    train_cfg.batch_size,
+                    shuffle=shuffle,
+                    seed=train_cfg.seed,
+                    cache=data.cache_images,
+                    on_error=skipped.unreadable,
+                    what=f"images of the {split} split",
+                    shard=shard,
                 )
             return dataset, len(groups)
 
@@ -212,17 +287,23 @@ def ask(run: Run, image_path: str, questions: Sequence[str], top: int = 5) -> di
         result: dict[str, Any] = {"question": question}
         words = answerer.encode(question)
         if not words.ids:
-            result["error"] = f"question {question!r} has no words; ask something, e.g. \"what color is the circle?\""
+            result["error"] = f'question {question!r} has no words; ask something, e.g. "what color is the circle?"'
         else:
             encoded.append(words)
             length = len(tokenize(question))
             if length > answerer.max_question_length:
-                result["warning"] = (f"question of {length:,} words; this model reads the first {answerer.max_question_length} "
-                                     f"(its longest training question)")
+                result["warning"] = (
+                    f"question of {length:,} words; this model reads the first {answerer.max_question_length} "
+                    f"(its longest training question)"
+                )
             elif words.all_unknown:
-                result["warning"] = f"no word of {question!r} is known to this model; the answer rests on the image alone"
+                result["warning"] = (
+                    f"no word of {question!r} is known to this model; the answer rests on the image alone"
+                )
             elif words.unknown_words:
-                result["warning"] = f"word(s) of {question!r} this model never saw, read as <unk>: {', '.join(words.unknown_words)}"
+                result["warning"] = (
+                    f"word(s) of {question!r} this model never saw, read as <unk>: {', '.join(words.unknown_words)}"
+                )
         results.append(result)
     if encoded:
         probabilities, _ = answerer(image[None], answerer.question_array([encoded]))  # (1, questions, answers)
