@@ -6,7 +6,7 @@ DATA := data/shapes
 RUN := runs/demo
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test test-slow install data train evaluate caption shipped clean flickr8k coco vqa-coco encoders pretrained
+.PHONY: demo test test-slow lint install data train evaluate caption shipped clean flickr8k coco vqa-coco encoders pretrained
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -114,7 +114,12 @@ pretrained: install
 
 # Every test on TensorFlow, then the model, decoding, save/load and CLI tests (marked `backends`) on JAX; each session
 # ends with its 25 slowest tests (BENCHMARKS.md, "Test suite").
-test: install
+# ruff pinned in the test extras: a newer ruff may format differently
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: install lint
 	$(BIN)/python -m pytest -q --durations=25
 	KERAS_BACKEND=jax $(BIN)/python -m pytest -q --durations=25 -m "backends and not slow"
 

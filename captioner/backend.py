@@ -3,7 +3,8 @@ network whose weights come from a file, and importing TensorFlow without its sta
 
 Model code, generation and answering are written in `keras.ops`; only this module (and the `tf.data` input
 pipeline, which feeds every backend) imports TensorFlow or JAX. The backend is Keras's: `KERAS_BACKEND`
-or `~/.keras/keras.json`, read when Keras is first imported. Keras is imported inside the functions, so the CLI can import this module
+or `~/.keras/keras.json`, read when Keras is first imported. Keras is imported inside the functions, so the CLI can
+import this module
 before Keras (and TensorFlow) are loaded.
 """
 
@@ -13,7 +14,7 @@ import contextlib
 import os
 import re
 import sys
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -67,7 +68,8 @@ def weights_from_file() -> Iterator[None]:
     every weight is loaded from a file next (a backbone's ImageNet weights, a saved run).
 
     On JAX each random initialiser of a new shape compiles an XLA program of its own: building MobileNetV2 compiled
-    42 of them, 17 of the 18 s the build took (BENCHMARKS.md, "Building a network to load on JAX, every path"). Zeros cost
+    42 of them, 17 of the 18 s the build took (BENCHMARKS.md, "Building a network to load on JAX, every path"). Zeros
+    cost
     nothing on any backend. The loaders that follow fail loudly when they leave a weight unfilled
     (`encoder.load_backbone_weights`, `keras.saving.load_model`), so a zero never survives into a model. Initialisers
     given by name are replaced (every layer this project builds, keras.applications and saved runs name them so);

@@ -17,7 +17,7 @@ Tokens are integer ids (a `Vocabulary`'s) below 2**15; `words_to_ids` maps strin
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 

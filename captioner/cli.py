@@ -1,4 +1,5 @@
-"""`captioner data | features | classify | train | train-vqa | caption | ask | plot-history | evaluate | score`: the only
+"""`captioner data | features | classify | train | train-vqa | caption | ask | plot-history | evaluate | score`: the
+only
 module that reads argv or prints.
 
 Errors the user can fix print one line (`captioner: error: ...`) and exit 2; `caption` exits 1 when some
@@ -15,8 +16,9 @@ import json
 import os
 import re
 import sys
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from captioner.config import PRECISIONS  # plain dataclasses: no TensorFlow at parse time
 from captioner.distribute import ADDRESSES_ENV, PROCESS_ID_ENV, PROCESSES_ENV  # no Keras at import
@@ -86,13 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="N",
-        help="store the activations below the top N blocks, what train --fine-tune-blocks N reads (default 0: the grid)",
+        help="store the activations below the top N blocks, read by train --fine-tune-blocks N (default 0: the grid)",
     )
     features.add_argument(
         "--precision",
         default="auto",
         choices=PRECISION_CHOICES,
-        help="compute precision of the CNN (default auto, as train's data.feature_precision, so train reads these features)",
+        help="compute precision of the CNN (default auto, as train's data.feature_precision, so train reads these "
+        "features)",
     )
     features.add_argument("--verbose", action="store_true", help="list every entry the dataset loader skipped")
 
@@ -302,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--tokenization",
         choices=["words", "whitespace"],
         default="words",
-        help="words: lower-case alphanumeric words (default, as evaluate); whitespace: lower-case, ' .' removed, split on spaces",
+        help="words: lower-case alphanumeric words (default, as evaluate); whitespace: lower-case, ' .' removed, split "
+        "on spaces",
     )
     score.add_argument("--no-meteor", action="store_true", help="skip METEOR (it starts a Java program)")
     score.add_argument("--json", action="store_true", help="print the scores as JSON")
@@ -376,7 +380,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--attention",
         default=None,
         choices=["soft", "hard"],
-        help="with --decoder attention: soft (default) or hard (one sampled grid cell per word, trained with REINFORCE); "
+        help="with --decoder attention: soft (default) or hard (one sampled grid cell per word, trained with "
+        "REINFORCE); "
         "--attention alone implies --decoder attention",
     )
     parser.add_argument("--cell", default=None, help="the decoder's recurrent cell: lstm (default) or gru")
@@ -508,7 +513,8 @@ def add_train_vqa_arguments(parser: argparse.ArgumentParser) -> None:
         "--dataset",
         default=None,
         choices=["shapes", "easy-vqa", "vqa", "vqa-lines"],
-        help="shapes (default), easy-vqa (the PyPI package), vqa (VQA v2 JSON) or vqa-lines (NAME#N<TAB>question ? answer "
+        help="shapes (default), easy-vqa (the PyPI package), vqa (VQA v2 JSON) or vqa-lines (NAME#N<TAB>question ? "
+        "answer "
         "files with Images/, e.g. the VQA v2 yes/no subset on COCO photos)",
     )
     parser.add_argument(
@@ -960,8 +966,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from captioner.serving.export import export_run
     from captioner.run import load_run, stored_task
+    from captioner.serving.export import export_run
 
     # float32 whatever the run trained at (its variables are float32): what TFLite converts and every server runs
     run = load_run(args.run, task=stored_task(args.run), precision="float32")
@@ -980,13 +986,15 @@ def run_export(args: argparse.Namespace) -> int:
 
         out = export_tflite(run, args.out, args.hard_context or run.config.decode.hard_context)
         print(
-            f"wrote {out}: encoder.tflite, step.tflite and tflite.json (greedy decoding; captioner.serving.export.tflite_greedy is the loop)"
+            f"wrote {out}: encoder.tflite, step.tflite and tflite.json (greedy decoding; "
+            f"captioner.serving.export.tflite_greedy is the loop)"
         )
         return EXIT_OK
     out = export_run(run, args.out, decode_from_args(run.config.decode, args))
     if run.config.task == "vqa":
         print(
-            f"wrote {out}: signature serving_default, images (encoded bytes) + questions -> answers, top_answers, top_probabilities"
+            f"wrote {out}: signature serving_default, images (encoded bytes) + questions -> answers, top_answers, "
+            f"top_probabilities"
         )
     else:
         print(f"wrote {out}: signature serving_default, images (encoded bytes) -> captions, tokens, scores")
@@ -996,9 +1004,9 @@ def run_export(args: argparse.Namespace) -> int:
 def run_classify(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from captioner.models.encoder import build_classifier, read_class_index
-    from captioner.errors import CaptionerError
     from captioner.data.images import read_image
+    from captioner.errors import CaptionerError
+    from captioner.models.encoder import build_classifier, read_class_index
 
     paths = expand_image_arguments(args.images)
     beside = Path(args.weights).with_name("imagenet_class_index.json")
@@ -1158,7 +1166,8 @@ def run_features(args: argparse.Namespace) -> int:
     rate = f" ({done['computed'] / done['seconds']:.1f} images/s)" if done["computed"] else ""
     share = f" (shard {args.shard})" if args.shard else ""
     print(
-        f"{done['computed']} of {done['images']} images{share} computed in {done['seconds']:.0f}s{rate}, the rest were cached; "
+        f"{done['computed']} of {done['images']} images{share} computed in {done['seconds']:.0f}s{rate}, the rest were "
+        f"cached; "
         f"features in {done['folder']}"
     )
     return EXIT_OK if "unreadable image" not in skipped.reasons else EXIT_PARTIAL
@@ -1252,7 +1261,8 @@ def run_questions(args: argparse.Namespace) -> int:
         write_text(path, vqa_lines(generated.questions))
         counts = ", ".join(f"{n} {what}" for what, n in generated.counts().items())
         print(
-            f"{split}: {len(generated.questions)} questions about {len({q.image for q in generated.questions})} photos ({counts}) -> {path}"
+            f"{split}: {len(generated.questions)} questions about {len({q.image for q in generated.questions})} photos "
+            f"({counts}) -> {path}"
         )
     print(f"train on them: captioner train-vqa --dataset vqa-lines --data-dir {out} ...")
     return EXIT_OK
@@ -1409,7 +1419,7 @@ def supervise(argv: Sequence[str], config) -> int:
             with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C while it goes
                 child.wait()
         print(
-            "captioner: interrupted; the last backup is kept: start every process again with the same command to resume",
+            "captioner: interrupted; the last backup is kept: start every process again, same command, to resume",
             file=sys.stderr,
         )
         return 130
@@ -1419,7 +1429,8 @@ def supervise(argv: Sequence[str], config) -> int:
     if not joined:
         print(
             f"captioner: error: {who} could not form the job with the coordinator at {config.coordinator} within "
-            f"{config.join_timeout} s; check {ADDRESSES_ENV} (process 0's HOST:PORT, reachable from every host), that all "
+            f"{config.join_timeout} s; check {ADDRESSES_ENV} (process 0's HOST:PORT, reachable from every host), that "
+            f"all "
             f"{config.num_processes} processes were started, or a longer --join-timeout",
             file=sys.stderr,
         )

@@ -78,7 +78,8 @@ class ModelConfig:
     attention_dim: int = 128  # width of the additive attention (decoder "attention")
     attention_regularization: float = 1.0  # lambda of the doubly stochastic attention penalty
     init_from: str | None = None  # LSTM state from "pooled" or "grid_mean"; None: grid_mean with attention
-    precision: str = "auto"  # float32, mixed_bfloat16 or mixed_float16; auto: what measured faster at equal quality (captioner.precision)
+    # float32, mixed_bfloat16 or mixed_float16; auto: what measured faster at equal quality (captioner.precision)
+    precision: str = "auto"
     precision_reason: str = ""  # why "auto" became `precision` (written when a run starts; "" when it was asked for)
 
 
@@ -99,13 +100,15 @@ class TrainConfig:
     backup_every_steps: int = 100  # mid-epoch backup of weights and optimizer state, for resuming after a kill
     lr_reduce_factor: float = 1.0  # multiply the learning rate by this when validation loss stalls (1.0: never)
     lr_reduce_patience: int = 1  # epochs without validation-loss improvement before the learning rate is reduced
-    monitor: str = "val_loss"  # what picks the best epoch, stops early and reduces the rate: "val_loss", "val_accuracy" (VQA), "val_cider" (SCST)
+    # what picks the best epoch, stops early and reduces the rate: "val_loss", "val_accuracy" (VQA), "val_cider" (SCST)
+    monitor: str = "val_loss"
     init_from: str | None = None  # start from this finished caption run's weights, vocabulary and model settings
     objective: str = (
         "xe"  # "xe": cross-entropy with teacher forcing; "scst": self-critical training on CIDEr-D (needs init_from)
     )
     scst_samples: int = 5  # scst: captions sampled per image per step
-    scst_baseline: str = "greedy"  # scst: the reward subtracted: the greedy caption's CIDEr-D ("greedy") or the other samples' mean ("mean")
+    # scst: the reward subtracted: the greedy caption's CIDEr-D ("greedy") or the other samples' mean ("mean")
+    scst_baseline: str = "greedy"
 
 
 @dataclass
@@ -117,7 +120,8 @@ class DecodeConfig:
     length_penalty: float = (
         1.0  # beams (and samples) are ranked by log-probability / length**length_penalty (0: raw log-probability)
     )
-    sampler: str = "auto"  # "greedy", "beam", "sampling" (captioner.generation.samplers); "auto": beam if beam_size > 1, else greedy
+    # "greedy", "beam", "sampling" (captioner.generation.samplers); "auto": beam if beam_size > 1, else greedy
+    sampler: str = "auto"
     temperature: float = 1.0  # sampling: logits divided by it (0: the most likely word)
     top_k: int | None = None  # sampling: among the k most likely words only
     top_p: float | None = None  # sampling: among the smallest set of most likely words whose probability reaches p
@@ -173,7 +177,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
         """Rebuild from `to_dict` output; unknown keys are an error, missing keys take defaults."""
         sections = {f.name: f for f in dataclasses.fields(cls)}
         unknown = set(values) - set(sections)
@@ -214,7 +218,8 @@ def preset(name: str) -> RunConfig:
       on COCO photos) with a frozen ImageNet MobileNetV2 and cached features.
     """
     if name == "shapes":
-        # 12 epochs: with a He-initialised CNN (convolutions and projection) and centered pixels the demo's Show-and-Tell
+        # 12 epochs: with a He-initialised CNN (convolutions and projection) and centered pixels the demo's
+        # Show-and-Tell
         # leaves its plateau in the first epochs in all 6 seed x precision runs measured (test BLEU-4 0.67-0.71).
         # BENCHMARKS.md, "The demo's plateau".
         return RunConfig(train=TrainConfig(epochs=12), preset="shapes")
@@ -293,7 +298,8 @@ def preset(name: str) -> RunConfig:
             data=DataConfig(dataset="vqa-lines", data_dir="data/vqa_coco_yesno", cache_images=False),
             model=ModelConfig(encoder="mobilenet_v2", encoder_weights="imagenet", encoder_pooling="avg"),
             train=TrainConfig(epochs=30, batch_size=64, learning_rate=5e-4, patience=5, monitor="val_accuracy"),
-            # One question per row: a photo here has 1.17 questions on average, so groups of 16 were 93% padding (an epoch
+            # One question per row: a photo here has 1.17 questions on average, so groups of 16 were 93% padding (an
+            # epoch
             # 116 s instead of ~10); with cached features a photo's grid costs nothing to repeat.
             vqa=VQAConfig(
                 answer_type="yes/no",
@@ -319,7 +325,8 @@ PRESETS = ("shapes", "tiny", "flickr8k", "shapes-vqa", "easy-vqa", "vqa-coco")
 RESUMABLE = ("train.epochs", "train.patience", "train.backup_every_steps", "data.feature_cache_dir")
 RESUMABLE_SECTIONS = ("decode",)
 # What a run started with --init-from takes from the command rather than from its source run: how it trains, and the
-# model settings that change no weight (dropout, the attention penalty, precision) or only which weights train (fine_tune_blocks).
+# model settings that change no weight (dropout, the attention penalty, precision) or only which weights train
+# (fine_tune_blocks).
 INIT_FROM_MODEL_CHANGES = (
     "model.fine_tune_blocks",
     "model.dropout_rate",
@@ -332,7 +339,8 @@ INIT_FROM_MODEL_CHANGES = (
 )
 # VQA head settings that change no weight: what `train-vqa --init-from` may change besides those above.
 INIT_FROM_VQA_CHANGES = ("vqa.dropout_rate", "vqa.questions_per_image", "vqa.fine_tune_encoder")
-# Self-critical training's own defaults (Rennie et al. 2017; self-critical.pytorch): Adam at 5e-5 without decay, the best
+# Self-critical training's own defaults (Rennie et al. 2017; self-critical.pytorch): Adam at 5e-5 without decay, the
+# best
 # epoch by validation CIDEr. Dropout off: the captions sampled are then exactly the policy trained (keeping the source's
 # 0.5 measured no better on Flickr8k: BENCHMARKS.md, "Self-critical sequence training").
 SCST_DEFAULTS = {

@@ -16,8 +16,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 from captioner.errors import CaptionerError
 
@@ -86,12 +86,14 @@ def resolve(
     if processes == 1:
         if pid not in (None, 0):
             raise CaptionerError(
-                f"{id_name}={pid} is outside 0..0: the job has one process; set {processes_name} to the number of processes"
+                f"{id_name}={pid} is outside 0..0: the job has one process; set {processes_name} to the number of "
+                f"processes"
             )
         return ParallelConfig(devices=devices or 1, join_timeout=join_timeout)
     if pid is None:
         raise CaptionerError(
-            f"{processes_name}={processes} needs this process's id: set {PROCESS_ID_ENV} (or --process-id) to 0..{processes - 1}"
+            f"{processes_name}={processes} needs this process's id: set {PROCESS_ID_ENV} (or --process-id) to "
+            f"0..{processes - 1}"
         )
     if not 0 <= pid < processes:
         raise CaptionerError(
@@ -106,7 +108,8 @@ def resolve(
     found = ADDRESS.match(address)
     if not found or not 0 < int(found.group(1)) < 65536:
         raise CaptionerError(
-            f"{address_name} '{address}' is not HOST:PORT (expected process 0's address and a free port, e.g. 10.0.0.1:1234)"
+            f"{address_name} '{address}' is not HOST:PORT (expected process 0's address and a free port, e.g. "
+            f"10.0.0.1:1234)"
         )
     return ParallelConfig(
         devices=devices or 1, coordinator=address, num_processes=processes, process_id=pid, join_timeout=join_timeout
@@ -123,7 +126,8 @@ def prepare(config: ParallelConfig, environ: dict | None = None) -> None:
 
 
 def share(paths, index: int, count: int) -> list[str]:
-    """The `index`-th (from 0) of `count` shares of the distinct `paths`: every count-th of the sorted list. One rule for
+    """The `index`-th (from 0) of `count` shares of the distinct `paths`: every count-th of the sorted list. One rule
+    for
     `features --shard I/N` workers and for training processes filling a cache, so they split its images alike."""
     return sorted(set(paths))[index::count]
 
@@ -214,7 +218,8 @@ class Parallel:
         if batch_size % self.replicas:
             raise CaptionerError(
                 f"--batch-size {batch_size} does not split over {self.replicas} devices; the batch size is the "
-                f"global batch: use a multiple of {self.replicas}, e.g. {batch_size + self.replicas - batch_size % self.replicas}"
+                f"global batch: use a multiple of {self.replicas}, e.g. "
+                f"{batch_size + self.replicas - batch_size % self.replicas}"
             )
 
     def describe(self) -> dict:
@@ -251,7 +256,8 @@ def _start_jax(config: ParallelConfig) -> Parallel:
             first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
             raise CaptionerError(
                 f"process {config.process_id} of {config.num_processes} could not form the job with the coordinator at "
-                f"{config.coordinator} within {config.join_timeout} s ({first[:160]}); check {ADDRESSES_ENV} (process 0's "
+                f"{config.coordinator} within {config.join_timeout} s ({first[:160]}); check {ADDRESSES_ENV} (process "
+                f"0's "
                 f"HOST:PORT, reachable from every host) and that all {config.num_processes} processes were started"
             ) from None
     local = jax.local_devices()

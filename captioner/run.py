@@ -16,15 +16,14 @@ from typing import Any
 
 import keras
 
-from captioner import __version__
+from captioner import __version__, pretrained
 from captioner.backend import weights_from_file
 from captioner.config import FORMAT_VERSION, RunConfig
+from captioner.data.vocab import AnswerVocabulary, Vocabulary
 from captioner.errors import CaptionerError
 from captioner.fileio import atomic_path, file_sha256, update_lock, write_json, write_text
 from captioner.models.networks import CaptionModel, VQAModel, build_caption_model, build_vqa_model, weight_key
-from captioner import pretrained
 from captioner.precision import precision_scope
-from captioner.data.vocab import AnswerVocabulary, Vocabulary
 
 MODEL_FILE, VOCAB_FILE, CONFIG_FILE = "model.keras", "vocab.json", "config.json"
 HISTORY_FILE, METRICS_FILE, MANIFEST_FILE = "history.json", "metrics.json", "manifest.json"
@@ -237,7 +236,8 @@ def load_shipped(folder: Path, task: str, precision: str | None = None) -> Run:
             value = stored[name]
             if tuple(value.shape) != tuple(variable.shape):
                 raise CaptionerError(
-                    f"{folder / pretrained.WEIGHTS_FILE}: {name} is {value.shape}, not {tuple(variable.shape)}; {pretrained.RESTORE}"
+                    f"{folder / pretrained.WEIGHTS_FILE}: {name} is {value.shape}, not {tuple(variable.shape)}; "
+                    f"{pretrained.RESTORE}"
                 )
             variable.assign(value.astype(variable.dtype))
     return Run(folder, config, vocab, model, answers, shipped=True)
@@ -253,7 +253,8 @@ def load_run(run_dir: str | Path | None, task: str = "caption", precision: str |
     if pretrained.is_pretrained(run_dir):
         if pretrained.task_of(run_dir, task) != task:
             raise CaptionerError(
-                f"{run_dir} is the shipped {pretrained.task_of(run_dir)} model, not a {task} model; use `--run pretrained`"
+                f"{run_dir} is the shipped {pretrained.task_of(run_dir)} model, not a {task} model; use `--run "
+                f"pretrained`"
             )
         return load_shipped(pretrained.verified(task), task, precision)
     path = Path(run_dir)

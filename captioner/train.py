@@ -1,4 +1,5 @@
-"""Training: one fit loop for every task (captioner.tasks: records -> vocabulary -> tf.data -> model) -> a run directory.
+"""Training: one fit loop for every task (captioner.tasks: records -> vocabulary -> tf.data -> model) -> a run
+directory.
 
 Adam with global-norm clipping, validation loss every epoch, the best epoch kept as model.keras (written
 atomically), early stopping, and history/metrics written as JSON after every epoch.
@@ -11,8 +12,9 @@ import resource
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import keras
 import numpy as np
@@ -29,13 +31,13 @@ from captioner.config import (
     with_settings,
 )
 from captioner.data import Skipped
+from captioner.data.preprocessing import PipelineFailure, pipeline_error
 from captioner.distribute import Parallel, ParallelConfig
 from captioner.errors import CaptionerError
 from captioner.fileio import atomic_path, directory_lock, is_disk_full, remove_stale_temporaries, write_json
+from captioner.generation.self_critical import BASELINES, SelfCritic
 from captioner.models.networks import resolve_auto, training_work
 from captioner.precision import choose_auto, precision_scope, resolve_precision
-from captioner.data.preprocessing import PipelineFailure, pipeline_error
-from captioner.generation.self_critical import BASELINES, SelfCritic
 from captioner.run import (
     ANSWERS_FILE,
     CONFIG_FILE,
@@ -67,7 +69,8 @@ class FinalBackup(keras.callbacks.BackupAndRestore):
     whole), and which also saves the state training ends with, and keeps it: a finished run can be trained
     further (a larger `--epochs`) from exactly where it stopped."""
 
-    steps_done = 0  # steps of the current epoch done (Keras's "batch" cannot tell "none" from "the first"); read back on a resume
+    # steps of the current epoch done (Keras's "batch" cannot tell "none" from "the first"); read back on a resume
+    steps_done = 0
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
@@ -171,7 +174,8 @@ def init_source(config: RunConfig, run_dir: Path) -> Run:
     before, now = flatten(source.config), flatten(config)
     if before["data.dataset"] != now["data.dataset"]:
         raise CaptionerError(
-            f"--init-from {path} was trained on the {before['data.dataset']} dataset's vocabulary, not {now['data.dataset']}'s; "
+            f"--init-from {path} was trained on the {before['data.dataset']} dataset's vocabulary, not "
+            f"{now['data.dataset']}'s; "
             f"start from a run of this dataset, or train without --init-from"
         )
     fixed = [
@@ -197,7 +201,7 @@ def best_epoch(values: list[float], mode: str) -> int:
 
 
 class BestCheckpoint(keras.callbacks.Callback):
-    """Save the model atomically whenever the monitored validation value improves ("min": val_loss, "max": val_accuracy)."""
+    """Save the model atomically whenever the monitored value improves ("min": val_loss, "max": val_accuracy)."""
 
     def __init__(self, path: Path, monitor: str = "val_loss", mode: str = "min"):
         super().__init__()

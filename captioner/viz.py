@@ -6,8 +6,8 @@ Uses matplotlib's object API (Figure + Agg canvas), so nothing touches pyplot's 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -55,7 +55,8 @@ def attention_figure(
         grid_shape: (grid_h, grid_w) of the encoder's feature grid.
         path: PNG file to write.
         columns: panels per row. Defaults to 6.
-        title: str. A line above the panels (wrapped), e.g. the question and the answer of a VQA model. Defaults to none.
+        title: str. A line above the panels (wrapped), e.g. the question and the answer of a VQA model. Defaults to
+        none.
     """
     panels = 1 + len(words)
     rows = math.ceil(panels / columns)

@@ -83,7 +83,8 @@ def main() -> None:
         result = json.loads(run([captioner, "evaluate", "--run", str(run_dir), "--split", "test", "--json"], backend))
         train = json.loads((run_dir / "metrics.json").read_text())["train"]
         print(
-            f"| {backend} | {args.epochs} | {wall:.0f} | {train['images_per_second']:.0f} | {train['captions_per_second']:.0f} "
+            f"| {backend} | {args.epochs} | {wall:.0f} | {train['images_per_second']:.0f} | "
+            f"{train['captions_per_second']:.0f} "
             f"| {result['bleu4']:.4f} |",
             flush=True,
         )

@@ -4,11 +4,15 @@
 python scripts/bench_batch_cost.py RUN 'IMAGES_GLOB'
 """
 
-import sys, time, glob
+import glob
+import sys
+import time
+
 import numpy as np
+
+from captioner.data.images import load_image
 from captioner.run import load_run
 from captioner.tasks.caption import CaptionTask
-from captioner.data.images import load_image
 
 run = load_run(sys.argv[1])
 paths = sorted(glob.glob(sys.argv[2]))[:16]

@@ -7,7 +7,8 @@ distinct bytes, and the feature cache is filled with random float16 grids of the
 (MobileNetV2 at 224: 7x7x1280) under the key `train` computes. `train` then runs exactly as it would on the
 real dataset after `captioner features`: it finds every image cached and reads features, not pixels.
 
-    python scripts/bench_cached_epoch.py --text ../shared/datasets/flickr8k_text --work /tmp/f8k-bench [--epochs 2] [--decoder attention]
+    python scripts/bench_cached_epoch.py --text ../shared/datasets/flickr8k_text --work /tmp/f8k-bench [--epochs 2]
+    [--decoder attention]
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ import time
 
 import numpy as np
 
-from captioner.data import Skipped, load_split
-from captioner.data.vocab import Vocabulary, tokenize
 from captioner.cider import CiderD
+from captioner.data import Skipped, load_split
+from captioner.data.vocab import Vocabulary
 from captioner.generation.self_critical import reference_ids
 
 
@@ -36,7 +36,7 @@ def main() -> None:
         # Stand-ins for sampled captions: other images' references, shuffled word order half of the time.
         hypotheses = []
         for _ in range(args.samples + 1):
-            for i in images:
+            for _ in images:
                 words = list(references[rng.integers(len(records))][0])
                 if rng.random() < 0.5:
                     rng.shuffle(words)

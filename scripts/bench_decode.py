@@ -21,8 +21,8 @@ import numpy as np
 
 from captioner.config import DecodeConfig
 from captioner.data import load_split
-from captioner.generation.decoding import CaptionGenerator
 from captioner.data.images import load_image
+from captioner.generation.decoding import CaptionGenerator
 from captioner.run import load_run
 
 
@@ -53,7 +53,8 @@ def main() -> None:
     images = np.stack([load_image(r.image, size) for r in records])  # (images, size, size, 3)
     max_length = run.config.decode.max_length
     print(
-        f"run {args.run} ({run.config.model.decoder}), {len(images)} test images of {size}x{size}, max length {max_length}"
+        f"run {args.run} ({run.config.model.decoder}), {len(images)} test images of {size}x{size}, max length "
+        f"{max_length}"
     )
 
     rates = {}
@@ -73,7 +74,8 @@ def main() -> None:
         name = "greedy" if beam == 1 else f"beam {beam}"
         print(
             f"{name:7s} first call {first:6.2f} s (tracing), steady {steady:6.3f} s/batch "
-            f"= {rates[beam]:7.0f} captions/s; traces for batch sizes {len(images)}, {len(images)}, 100: {generator.trace_count}"
+            f"= {rates[beam]:7.0f} captions/s; traces for batch sizes {len(images)}, {len(images)}, 100: "
+            f"{generator.trace_count}"
         )
 
     naive = images[: args.naive_images]
@@ -88,7 +90,8 @@ def main() -> None:
         f"(eager, one image and one word per call; {same}/{len(naive)} captions equal to batched greedy)"
     )
     print(
-        f"speed-up of batched greedy over naive: {rates[1] * per_caption:.0f}x; beam 5 over naive greedy: {rates[5] * per_caption:.0f}x"
+        f"speed-up of batched greedy over naive: {rates[1] * per_caption:.0f}x; beam 5 over naive greedy: "
+        f"{rates[5] * per_caption:.0f}x"
     )
 
 

@@ -5,7 +5,8 @@ Every variant trains on the same random cached grids (MobileNetV2's 7x7x1280 by 
 batches (32 images x 5 captions of 20 tokens, the preset's step); the variants take turns in rounds of `--steps`
 steps, so a machine whose speed drifts (another job) costs them alike. Only the decoder differs.
 
-    python scripts/bench_decoder_step.py --variants lstm:1,gru:1,lstm:2,gru:2,lstm:1:hard [--decoder attention] [--rounds 3 --steps 8]
+    python scripts/bench_decoder_step.py --variants lstm:1,gru:1,lstm:2,gru:2,lstm:1:hard [--decoder attention]
+    [--rounds 3 --steps 8]
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import numpy as np
+from interleaved import median_step_seconds
 
 from captioner.config import preset
 from captioner.models.networks import build_caption_model
 from captioner.precision import precision_scope, resolve_precision
-from interleaved import median_step_seconds
 
 VOCAB, LENGTH, CAPTIONS = 2539, 20, 5  # the Flickr8k preset's vocabulary, padded caption length and captions per image
 
@@ -75,7 +76,8 @@ def main() -> None:
     )
     base = medians[next(iter(models))]
     print(
-        f"{args.decoder}, precision {precision}, batch {batch} images x {CAPTIONS} captions, grid {positions}x{channels}, "
+        f"{args.decoder}, precision {precision}, batch {batch} images x {CAPTIONS} captions, grid "
+        f"{positions}x{channels}, "
         f"{args.rounds} rounds x {args.steps} steps per variant"
     )
     for variant, median in medians.items():

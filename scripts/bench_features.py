@@ -35,7 +35,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.batch_size, args.image_size, args.image_size, 3), dtype=np.uint8)
     print(
-        f"| encoder | input | grid | first batch (s) | images/s | Flickr8k ({FLICKR8K_IMAGES:,}) | Flickr30k | COCO 2014 |"
+        f"| encoder | input | grid | first batch (s) | images/s | Flickr8k ({FLICKR8K_IMAGES:,}) | Flickr30k | COCO "
+        f"2014 |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for name in args.encoders.split(","):
@@ -51,9 +52,8 @@ def main() -> None:
         side = encoder.grid_shape
         projected = [f"{n / rate / 60:.0f} min" for n in (FLICKR8K_IMAGES, FLICKR30K_IMAGES, COCO_IMAGES)]
         print(
-            f"| {name} | {args.image_size}x{args.image_size} | {side[0]}x{side[1]}x{side[2]} | {first:.1f} | {rate:.1f} | "
-            + " | ".join(projected)
-            + " |"
+            f"| {name} | {args.image_size}x{args.image_size} | {side[0]}x{side[1]}x{side[2]} | {first:.1f} | "
+            f"{rate:.1f} | " + " | ".join(projected) + " |"
         )
 
 

@@ -20,12 +20,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import numpy as np
+from interleaved import median_step_seconds
 
 from captioner.config import preset
 from captioner.models.encoder import default_image_size
 from captioner.models.networks import build_caption_model
 from captioner.precision import precision_scope, resolve_precision
-from interleaved import median_step_seconds
 
 VOCAB, LENGTH, CAPTIONS = 2539, 20, 5  # the Flickr8k preset's vocabulary, padded caption length and captions per image
 
@@ -75,7 +75,8 @@ def main() -> None:
     for n, median in medians.items():
         trained = sum(int(np.prod(w.shape)) for w in models[n].encoder.trainable_weights)
         print(
-            f"fine-tune-blocks {n}: cached rows {models[n].encoder.cached_shape}, {trained:,} backbone weights trained, "
+            f"fine-tune-blocks {n}: cached rows {models[n].encoder.cached_shape}, {trained:,} backbone weights "
+            f"trained, "
             f"{median * 1000:.0f} ms/step (x{median / base:.2f}), {188 * median:.0f} s per 188-step epoch"
         )
 

@@ -24,10 +24,10 @@ import keras
 
 from captioner.config import ModelConfig
 from captioner.data import load_split
-from captioner.models.features import FeatureCache
-from captioner.models.networks import build_image_encoder
 from captioner.data.preprocessing import caption_dataset, feature_caption_dataset
 from captioner.data.vocab import Vocabulary
+from captioner.models.features import FeatureCache
+from captioner.models.networks import build_image_encoder
 
 
 def timed_pass(dataset) -> tuple[float, int]:
@@ -80,7 +80,8 @@ def main() -> None:
                     feature_caption_dataset(features, records, vocab, 5, 18, 32, shuffle=True)
                 )
                 print(
-                    f"flickr8k cached features, {label}: {prepared:.2f} s to prepare, {seconds:.2f} s for {batches} batches, "
+                    f"flickr8k cached features, {label}: {prepared:.2f} s to prepare, {seconds:.2f} s for {batches} "
+                    f"batches, "
                     f"{1000 * seconds / batches:.1f} ms/batch",
                     flush=True,
                 )

@@ -20,7 +20,8 @@ the compiled forward pass; TensorFlow is then not needed (the GPU machine has no
 float32 matmuls with TensorFloat-32 by default: the peak is measured both ways ("float32" = the default,
 "float32 highest" = jnp.matmul(precision="highest")), and the float32 rows run with the default.
 
-    python scripts/bench_precision.py [--steps 10] [--precisions float32,mixed_bfloat16] [--skip decode] [--peak-size 2048]
+    python scripts/bench_precision.py [--steps 10] [--precisions float32,mixed_bfloat16] [--skip decode] [--peak-size
+    2048]
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ import numpy as np
 
 from captioner.backend import CompiledFunction
 from captioner.config import DecodeConfig, ModelConfig, preset
+from captioner.data.vocab import Vocabulary
 from captioner.generation.decoding import CaptionGenerator
 from captioner.models.networks import build_caption_model, build_image_encoder
 from captioner.precision import precision_scope
-from captioner.data.vocab import Vocabulary
 
 
 def matmul_peak(dtype: str, n: int = 2048, reps: int = 20, highest: bool = False) -> float:
@@ -211,9 +212,11 @@ def rows_for(precision: str, reps: int, skip: set[str]):
                 )
                 batch = rng.integers(0, 255, (32, 224, 224, 3)).astype("uint8")
                 run = CompiledFunction(
-                    lambda x: encoder(x, training=False), encoder.variables, [((None, 224, 224, 3), "uint8")]
+                    lambda x, encoder=encoder: encoder(x, training=False),
+                    encoder.variables,
+                    [((None, 224, 224, 3), "uint8")],
                 )
-                seconds = time_calls(lambda: run(batch), max(2, reps // 2))
+                seconds = time_calls(lambda run=run, batch=batch: run(batch), max(2, reps // 2))
                 flops = cnn_flops(encoder.cnn, 224)
                 yield {
                     "name": f"features {backbone}, batch 32",
@@ -232,7 +235,7 @@ def rows_for(precision: str, reps: int, skip: set[str]):
                     model, vocab, DecodeConfig(max_length=shapes.decode.max_length, beam_size=beam)
                 )
                 generator(batch)  # trace
-                seconds = time_calls(lambda: generator(batch), 2)
+                seconds = time_calls(lambda generator=generator: generator(batch), 2)
                 yield {
                     "name": f"decode shapes Show-and-Tell, batch 512, {'greedy' if beam == 1 else f'beam {beam}'}",
                     "seconds": seconds,

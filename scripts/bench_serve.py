@@ -7,8 +7,10 @@ Each setting gets its own server (uvicorn in a thread, the model warmed up first
 bytes from IMAGES (cycled) as fast as answers come back. Reported: requests/s, latency p50/p95/p99, and the
 batch sizes the server formed.
 
-    python scripts/bench_serve.py --run runs/demo --images 'data/shapes/images/test_*.png' [--requests 500] [--clients 16]
-    python scripts/bench_serve.py --run runs/demo --vqa-run runs/vqa-coco --images 'photos/*.jpg' --question "is there a dog ?"
+    python scripts/bench_serve.py --run runs/demo --images 'data/shapes/images/test_*.png' [--requests 500] [--clients
+    16]
+    python scripts/bench_serve.py --run runs/demo --vqa-run runs/vqa-coco --images 'photos/*.jpg' --question "is there
+    a dog ?"
 """
 
 from __future__ import annotations

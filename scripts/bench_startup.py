@@ -70,7 +70,8 @@ def main() -> int:
         results[name] = measure(command, args.repeats)
         r = results[name]
         print(
-            f"{name:40s} best {r['best_s']:6.2f} s  median {r['median_s']:6.2f} s  peak {r['peak_mib']:7.0f} MiB  | {r['output']}",
+            f"{name:40s} best {r['best_s']:6.2f} s  median {r['median_s']:6.2f} s  peak {r['peak_mib']:7.0f} MiB  | "
+            f"{r['output']}",
             flush=True,
         )
     if args.out:

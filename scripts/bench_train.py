@@ -20,10 +20,10 @@ import numpy as np
 
 from captioner.config import preset
 from captioner.data import load_split
-from captioner.data.images import load_image
-from captioner.models.networks import build_caption_model
 from captioner.data.arrays import caption_arrays
+from captioner.data.images import load_image
 from captioner.data.vocab import Vocabulary
+from captioner.models.networks import build_caption_model
 
 
 def measure(model, images, tokens, targets, steps: int) -> float:
@@ -64,7 +64,8 @@ def main() -> None:
         seconds = measure(model, *batch, steps=args.steps)
         results[name] = seconds
         print(
-            f"{name:42s} {seconds * 1000:7.1f} ms/step  {160 / seconds:7.0f} captions/s  {32 / seconds:6.0f} distinct images/s"
+            f"{name:42s} {seconds * 1000:7.1f} ms/step  {160 / seconds:7.0f} captions/s  {32 / seconds:6.0f} distinct "
+            f"images/s"
         )
     once, repeated = results.values()
     print(f"speed-up of encoding once: {repeated / once:.2f}x")

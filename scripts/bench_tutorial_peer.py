@@ -134,7 +134,8 @@ def main() -> None:
         results[key].append(seconds)
         print(f"{name:40s} {seconds * 1000:7.0f} ms/step  {captions / seconds:6.0f} captions/s", flush=True)
     print(
-        f"captioner / peer, captions per second (best of two each): {min(results['peer']) / min(results['captioner']):.2f}x"
+        f"captioner / peer, captions per second (best of two each): "
+        f"{min(results['peer']) / min(results['captioner']):.2f}x"
     )
 
 

@@ -12,7 +12,8 @@ the script runs where TensorFlow is not installed (the lent GPU machine has JAX 
 vocabulary, padding, model, loss and optimiser as `captioner train`, a different shuffling stream. It is a
 comparison between precisions under one recipe, not a reproduction of a `captioner train` run's numbers.
 
-    KERAS_BACKEND=jax python scripts/precision_quality.py --data-dir /tmp/shapes --precisions float32,mixed_bfloat16 [--vqa]
+    KERAS_BACKEND=jax python scripts/precision_quality.py --data-dir /tmp/shapes --precisions float32,mixed_bfloat16
+    [--vqa]
 """
 
 from __future__ import annotations
@@ -27,17 +28,17 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from captioner.generation.answering import Answerer
-from captioner.data.arrays import caption_arrays, group_questions, padded_caption_length, question_arrays
 from captioner.config import DecodeConfig, preset
 from captioner.data import load_qa_split, load_split
-from captioner.data.shapes import generate
-from captioner.generation.decoding import CaptionGenerator
+from captioner.data.arrays import caption_arrays, group_questions, padded_caption_length, question_arrays
 from captioner.data.images import load_image
+from captioner.data.shapes import generate
+from captioner.data.vocab import AnswerVocabulary, Vocabulary, tokenize
 from captioner.evaluation.metrics import bleu_scores, vqa_accuracy
+from captioner.generation.answering import Answerer
+from captioner.generation.decoding import CaptionGenerator
 from captioner.models.networks import build_caption_model, build_vqa_model, resolve_auto
 from captioner.precision import precision_scope
-from captioner.data.vocab import AnswerVocabulary, Vocabulary, tokenize
 
 
 class EpochTimer(keras.callbacks.Callback):

@@ -24,9 +24,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import tensorflow as tf
-from tensorflow.tsl.profiler.protobuf import xplane_pb2
-
 from bench_precision import compiled_caption_model, train_row_inputs  # the same rows, beside this script
+from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 
 def op_times(trace_dir: Path) -> collections.Counter:
@@ -70,7 +69,8 @@ def main() -> None:
             totals = op_times(Path(trace_dir))
         summed = sum(totals.values())
         print(
-            f"\n{name}: {wall * 1000:.0f} ms/step wall (traced); op time summed over threads {summed / args.steps / 1000:.0f} ms/step"
+            f"\n{name}: {wall * 1000:.0f} ms/step wall (traced); op time summed over threads "
+            f"{summed / args.steps / 1000:.0f} ms/step"
         )
         print("| op type | ms/step | share of op time |\n|---|---|---|")
         for op, micros in totals.most_common(args.top):

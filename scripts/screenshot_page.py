@@ -3,7 +3,8 @@
 attention map of one word, taken with headless Chromium (Debian's chromium + chromium-driver) via Selenium.
 
     python scripts/screenshot_page.py --run runs/f8k-sat --image photo.jpg --word 1 --out docs/serve_page.png
-    python scripts/screenshot_page.py --run runs/f8k-sat --vqa-run runs/vqa-coco --question "is there a dog ?" --image photo.jpg --out docs/serve_vqa.png
+    python scripts/screenshot_page.py --run runs/f8k-sat --vqa-run runs/vqa-coco --question "is there a dog ?" --image
+    photo.jpg --out docs/serve_vqa.png
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from conftest import serving  # noqa: E402
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service as DriverService  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
@@ -25,7 +27,6 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from captioner.run import load_run  # noqa: E402
 from captioner.serving.serve import ServeConfig, Service  # noqa: E402
-from conftest import serving  # noqa: E402
 
 
 def main() -> None:
@@ -62,7 +63,8 @@ def main() -> None:
                 print("answers: " + "; ".join(li.text for li in browser.find_elements(By.CSS_SELECTOR, "#answers li")))
             browser.save_screenshot(args.out)
             print(
-                f"wrote {args.out}: {' '.join(s.text for s in browser.find_elements(By.CSS_SELECTOR, '#caption span.word'))}"
+                f"wrote {args.out}: "
+                f"{' '.join(s.text for s in browser.find_elements(By.CSS_SELECTOR, '#caption span.word'))}"
             )
         finally:
             browser.quit()

@@ -4,7 +4,8 @@ decoder step, the usual way around the converter's trouble with LSTM loops), gre
 exported files (`captioner.serving.export.tflite_greedy`, one image at a time) compared with CaptionGenerator's greedy
 captions of the same images. Prints sizes, conversion time, identical captions and ms per image.
 
-    python scripts/try_tflite.py --run runs/demo --images 'data/shapes/images/test_*.png' [--count 50] [--work /tmp/tflite]
+    python scripts/try_tflite.py --run runs/demo --images 'data/shapes/images/test_*.png' [--count 50] [--work
+    /tmp/tflite]
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 
 from captioner.config import DecodeConfig
-from captioner.generation.decoding import CaptionGenerator
-from captioner.serving.export import export_tflite, tflite_greedy
 from captioner.data.images import load_image
+from captioner.generation.decoding import CaptionGenerator
 from captioner.run import load_run
+from captioner.serving.export import export_tflite, tflite_greedy
 
 
 def main() -> None:

@@ -2,7 +2,8 @@
 (from `captioner evaluate --out FILE` of a VQA run), some of them mistakes; with --attention-out, where an attention
 model looked for the first few.
 
-    python scripts/vqa_grid.py --run runs/vqa-coco --answers runs/vqa-coco/test_answers.json --out docs/vqa_coco_test.png \
+    python scripts/vqa_grid.py --run runs/vqa-coco --answers runs/vqa-coco/test_answers.json --out
+    docs/vqa_coco_test.png \
         [--count 8] [--mistakes 2] [--seed 0] [--attention-out docs/vqa_coco_attention.png --attention-count 2]
     python scripts/vqa_grid.py --run runs/vqa-coco --answers runs/vqa-coco/test_answers.json \
         --more-answers runs/vqa-coco/captionqa_answers.json --out docs/vqa_byphoto_test.png
@@ -97,7 +98,8 @@ def main() -> None:
         for row in range(min(args.attention_count, len(chosen))):
             out = Path(args.attention_out)
             path = out.with_name(f"{out.stem}_{Path(chosen[row]['image']).stem}{out.suffix or '.png'}")
-            label = f"{chosen[row]['question']} model: {titles[row][1].split(',')[0].removeprefix('model: ')}; truth: {chosen[row]['answers'][0]}"
+            said = titles[row][1].split(",")[0].removeprefix("model: ")
+            label = f"{chosen[row]['question']} model: {said}; truth: {chosen[row]['answers'][0]}"
             attention_figure(
                 images[row], ["where it looked"], attention[row, :1], (grid[0], grid[1]), path, title=label
             )

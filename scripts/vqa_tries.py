@@ -1,13 +1,15 @@
 """Experiment harness (not the product): tries at yes/no VQA on photographs, each a small change to the vqa-coco
 recipe rebuilt in plain Keras on the cached MobileNetV2 grids, trained and scored the same way (Adam 5e-4, batch 64,
-early stopping on dev accuracy, patience 5, at most 30 epochs: `--patience`, `--epochs`), several seeds each. Prints one JSON line per arm
+early stopping on dev accuracy, patience 5, at most 30 epochs: `--patience`, `--epochs`), several seeds each. Prints
+one JSON line per arm
 and seed, then per arm the mean over seeds: dev and test accuracy overall, on photos seen in train and on unseen ones,
 answering "yes" where P(yes) > 0.5 and where P(yes) is above the threshold most accurate on dev; and test's
 unseen-photo questions split in two: those whose exact text was asked in train (twins; VQA v2 pairs each question
 with a similar photo whose answer differs, so the train answer is usually wrong there) and the rest (new).
 
 Arms (`--arms`, comma-separated):
-  plain     the recipe: grid mean, LayerNorm, Dense 512 ReLU, tanh projections multiplied; question: embedding 256, LSTM 512
+  plain     the recipe: grid mean, LayerNorm, Dense 512 ReLU, tanh projections multiplied; question: embedding 256,
+  LSTM 512
   gru       the question read by a GRU instead of the LSTM
   bilstm    by a bidirectional LSTM (256 each way)
   balanced  class weights that make "yes" and "no" weigh the same in the loss
@@ -45,7 +47,8 @@ Arms (`--arms`, comma-separated):
 Needs the photos' MobileNetV2 grids in the feature cache (`captioner features --dataset vqa-lines ...`; for `detector`
 also `--dataset flickr8k ...` with the same --cache-dir). BENCHMARKS.md, "VQA on photographs", has the numbers.
 
-    python scripts/vqa_tries.py --cache-dir C --weights W --vqa VQA_DIR [--flickr8k F8K_DIR] [--seeds 0,1,2] [--arms plain,gru]
+    python scripts/vqa_tries.py --cache-dir C --weights W --vqa VQA_DIR [--flickr8k F8K_DIR] [--seeds 0,1,2] [--arms
+    plain,gru]
 """
 
 import argparse
@@ -54,17 +57,17 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
 import keras
+import numpy as np
 from keras import layers
 
 from captioner.config import ModelConfig
 from captioner.data import load_qa_split, load_split
-from captioner.models.features import FeatureCache
-from captioner.models.networks import build_image_encoder
 from captioner.data.images import read_image
 from captioner.data.vocab import tokenize
 from captioner.fileio import atomic_path
+from captioner.models.features import FeatureCache
+from captioner.models.networks import build_image_encoder
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--cache-dir", required=True)
@@ -180,7 +183,7 @@ f8k_words = caption_words() if "multitask" in ARMS else None  # (words -> column
 
 
 def arrays(records):
-    """The inputs (pooled grids, word ids, per-word detector logit and flag), the answers (1 = yes), and which photos train saw."""
+    """The inputs (pooled grids, word ids, per-word detector logit and flag), the answers (1 = yes), train's photos."""
     x = pooled([r.image for r in records])  # (n, 2560)
     q = np.zeros((len(records), L), np.int32)
     s = np.zeros((len(records), L, 2), np.float32)

@@ -68,7 +68,7 @@ def step_probabilities(model, vocab, images: np.ndarray, tokens: np.ndarray) -> 
 
 
 def step_margins(model, vocab, images: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-    """The margin of each greedy decision of a caption model on its own captions (`step_probabilities`): (batch, steps)."""
+    """The margin of each greedy decision of a caption model on its captions (`step_probabilities`): (batch, steps)."""
     return margins(step_probabilities(model, vocab, images, tokens))
 
 

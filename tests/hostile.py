@@ -55,7 +55,7 @@ def write_hostile_folder(folder: Path) -> dict[str, bool]:
     palette.info["transparency"] = 0
     palette.save(folder / "palette_transparency.png", transparency=0)
     scene.convert("CMYK").save(folder / "cmyk.jpg")
-    Image.fromarray((np.asarray(scene.convert("L"), np.uint16) * 257)).save(folder / "sixteen_bit.png")
+    Image.fromarray(np.asarray(scene.convert("L"), np.uint16) * 257).save(folder / "sixteen_bit.png")
     scene.convert("1").save(folder / "one_bit.png")
     frames = [scene, scene.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
     frames[0].save(folder / "animated.gif", save_all=True, append_images=frames[1:])

@@ -31,21 +31,23 @@ run = load_run(caption_dir)
 images = np.stack([load_image(p, run.model.encoder.image_size) for p in paths])
 out = {"backend": keras.backend.backend()}
 for beam in (1, 3):
-    out[f"beam{beam}"] = CaptionGenerator(run.model, run.vocab, DecodeConfig(max_length=20, beam_size=beam, length_penalty=0.5))(images).tokens.tolist()
+    decode = DecodeConfig(max_length=20, beam_size=beam, length_penalty=0.5)
+    out[f"beam{beam}"] = CaptionGenerator(run.model, run.vocab, decode)(images).tokens.tolist()
 out["sampling"] = CaptionGenerator(run.model, run.vocab, SAMPLING)(images).beams
 vqa = load_run(vqa_dir, task="vqa")
 answerer = Answerer(vqa.model, vqa.vocab, vqa.answers, vqa.config.vqa.max_question_length)
-questions = answerer.question_array([[answerer.encode("what color is the circle"), answerer.encode("how many shapes")]] * len(paths))
+asked = [answerer.encode("what color is the circle"), answerer.encode("how many shapes")]
+questions = answerer.question_array([asked] * len(paths))
 out["answers"] = answerer(images, questions)[0].tolist()
 print(json.dumps(out))
 """
 
 
 def test_a_run_saved_under_one_backend_generates_the_same_tokens_under_the_other(overfit_run, vqa_run, tiny_data):
-    from captioner.generation.answering import Answerer
     from captioner.config import DecodeConfig
-    from captioner.generation.decoding import CaptionGenerator
     from captioner.data.images import load_image
+    from captioner.generation.answering import Answerer
+    from captioner.generation.decoding import CaptionGenerator
     from captioner.run import load_run
 
     paths = [str(p) for p in sorted((tiny_data / "images").glob("test_*.png"))[:9]]

@@ -62,8 +62,10 @@ def test_upload_caption_and_attention_map_in_chromium(page_url, tiny_data, tmp_p
         wait.until(lambda b: b.find_element(By.ID, "overlay").get_attribute("data-word") == "0")
         # The overlay now holds the map: some of its pixels are painted, with varying strength.
         alphas = browser.execute_script(
-            "const c = document.getElementById('overlay'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
-            "const a = []; for (let i = 3; i < d.length; i += 4) a.push(d[i]); return [Math.max(...a), a.filter(x => x > 0).length, a.length];"
+            "const c = document.getElementById('overlay'); const d = c.getContext('2d').getImageData(0, 0, c.width, "
+            "c.height).data;"
+            "const a = []; for (let i = 3; i < d.length; i += 4) a.push(d[i]); return [Math.max(...a), a.filter(x => x "
+            "> 0).length, a.length];"
         )
         assert alphas[0] > 0 and 0 < alphas[1] <= alphas[2]
         browser.save_screenshot(str(tmp_path / "page.png"))

@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from captioner.cli import expand_image_arguments, main
 from conftest import FULL
 from hostile import write_hostile_folder
+
+from captioner.cli import expand_image_arguments, main
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,12 +5,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from conftest import SHARED
 
 from captioner.data import Skipped, load_split
 from captioner.errors import CaptionerError
-
-from conftest import SHARED
 
 FLICKR8K = SHARED / "datasets" / "flickr8k"  # the real photos and the original caption and split files
 needs_shared = pytest.mark.skipif(not (FLICKR8K / "Images").is_dir(), reason="../shared/datasets/flickr8k is absent")
@@ -89,7 +87,7 @@ def test_flickr8k_images_missing_on_disk_are_counted(flickr8k, tmp_path):
 
 @needs_shared
 def test_official_flickr8k_test_captions_reproduce_the_human_bleu(flickr8k):
-    from captioner.evaluation.metrics import bleu_scores, human_agreement
+    from captioner.evaluation.metrics import human_agreement
 
     records = [r for r in load_split("flickr8k", flickr8k, "test") if not r.image_id.startswith("e")]
     scores = human_agreement([r.captions for r in records], tokenization="whitespace")

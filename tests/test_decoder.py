@@ -2,9 +2,9 @@ import keras
 import numpy as np
 import pytest
 
+from captioner.errors import CaptionerError
 from captioner.models.attention import SoftAttention
 from captioner.models.decoder import LSTMDecoder, RNNDecoder
-from captioner.errors import CaptionerError
 
 pytestmark = pytest.mark.backends  # also run under KERAS_BACKEND=jax by `make test`
 

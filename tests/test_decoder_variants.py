@@ -5,14 +5,13 @@ import json
 
 import numpy as np
 import pytest
+from conftest import FULL, tiny_config
 
 from captioner.cli import main
 from captioner.config import DecodeConfig
-from captioner.generation.decoding import CaptionGenerator
 from captioner.data.images import load_image
+from captioner.generation.decoding import CaptionGenerator
 from captioner.run import load_run
-
-from conftest import FULL, tiny_config
 
 
 def _gru_stack(tiny_data, folder, epochs: int):
@@ -204,7 +203,8 @@ def test_hard_attention_reloads_beams_and_exports_with_the_same_captions(hard_ru
 @pytest.mark.backends
 def test_the_reinforce_term_is_the_hand_computed_estimator():
     """Two captions, two words each, two cells: the location loss equals
-    -reinforce_weight * sum_caption (R - b) sum_t log alpha_t[s_t] / words - entropy_weight * mean_t H(alpha_t), with R the caption's
+    -reinforce_weight * sum_caption (R - b) sum_t log alpha_t[s_t] / words - entropy_weight * mean_t H(alpha_t), with
+    R the caption's
     log-likelihood, b the first batch's mean reward; captions read through the expectation take no REINFORCE part."""
     from captioner.models.decoder import RNNDecoder
 

@@ -4,11 +4,11 @@ import pytest
 from keras import ops
 
 from captioner.config import DecodeConfig, preset
-from captioner.generation.decoding import EAGER_BELOW, CaptionGenerator
+from captioner.data.vocab import Vocabulary
 from captioner.errors import CaptionerError
+from captioner.generation.decoding import EAGER_BELOW, CaptionGenerator
 from captioner.generation.samplers import beam_search, greedy_search
 from captioner.models.networks import build_caption_model
-from captioner.data.vocab import Vocabulary
 
 pytestmark = pytest.mark.backends  # also run under KERAS_BACKEND=jax by `make test`
 

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from decisions import assert_same_captions_where_clear, margins, step_probabilities
 
 from captioner.distribute import HOST_DEVICES_FLAG, ParallelConfig, prepare, resolve
 from captioner.errors import CaptionerError
-
-from decisions import assert_same_captions_where_clear, margins, step_probabilities
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,7 +103,7 @@ def _processes(
     """`count` training processes of one job on 127.0.0.1, started together; their results, process 0 first."""
     children = _start_job(backend, data, run, *extra, count=count, env=env)
     results = []
-    for i, child in enumerate(children):
+    for child in children:
         try:
             out, err = child.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -288,7 +287,8 @@ def test_a_job_process_whose_collective_breaks_says_one_line_and_leaves_at_once(
     assert exits == [2]
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines == [
-        "captioner: error: process 1 of 2 stopped: another process of the job ended or could not be reached (UNKNOWN: Gloo "
+        "captioner: error: process 1 of 2 stopped: another process of the job ended or could not be reached (UNKNOWN: "
+        "Gloo "
         "AllGather failed: [pair.cc:538] Read error: Connection reset by peer); the last backup is kept: start every "
         "process again with the same command to resume"
     ]
@@ -349,7 +349,8 @@ def test_a_process_whose_partner_never_joins_stops_within_60_seconds(tiny_data, 
 @pytest.mark.parametrize(
     "backend, command",
     [
-        # all slow: 26 s each, the default suite's time (BENCHMARKS.md, "Test suite"); JAX layouts are compared in the slow tests below too
+        # all slow: 26 s each, the default suite's time (BENCHMARKS.md, "Test suite"); JAX layouts are compared in the
+        # slow tests below too
         pytest.param("tensorflow", "train", marks=pytest.mark.slow),
         pytest.param("jax", "train", marks=pytest.mark.slow),
         # the VQA head's batch norm: one statistic over both devices' rows (synchronized on TensorFlow)

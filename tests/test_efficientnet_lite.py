@@ -15,15 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from captioner.models import efficientnet_lite as lite
-from captioner.cli import main
-from captioner.models.encoder import ImageEncoder, build_classifier, read_class_index
-from captioner.errors import CaptionerError
-from captioner.data.images import load_image
-from captioner.models.torchfile import LEGACY_MAGIC, load_state_dict
-
 from conftest import SHARED
+
+from captioner.cli import main
+from captioner.data.images import load_image
+from captioner.errors import CaptionerError
+from captioner.models import efficientnet_lite as lite
+from captioner.models.encoder import ImageEncoder, build_classifier, read_class_index
+from captioner.models.torchfile import LEGACY_MAGIC, load_state_dict
 
 HAVE = {v: importlib.util.find_spec(lite.package_name(v).replace("-", "_")) is not None for v in lite.VARIANTS}
 needs_lite2 = pytest.mark.skipif(
@@ -96,7 +95,7 @@ def _write_state_dict(path: Path, arrays: dict[str, np.ndarray], layout: str) ->
     if layout == "zip":
         with zipfile.ZipFile(path, "w") as archive:
             archive.writestr("archive/data.pkl", buffer.getvalue())
-            for storage, base in storages:
+            for _, base in storages:
                 archive.writestr(f"archive/data/{storage.key}", base.tobytes())
         return
     with open(path, "wb") as handle:
@@ -104,7 +103,7 @@ def _write_state_dict(path: Path, arrays: dict[str, np.ndarray], layout: str) ->
             pickle.dump(header, handle, protocol=2)
         handle.write(buffer.getvalue())
         pickle.dump([s.key for s, _ in storages], handle, protocol=2)
-        for storage, base in storages:
+        for _, base in storages:
             handle.write(struct.pack("<q", base.size) + base.tobytes())
 
 
@@ -190,7 +189,7 @@ def _numpy_port(state: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
 
     relu6 = lambda t: np.clip(t, 0, 6)  # noqa: E731
     x = relu6(bn(conv(x, state["_conv_stem.weight"], 2), "_bn0"))
-    stage_strides, stage = iter((1, 2, 2, 2, 1, 2, 1)), 0
+    stage_strides = iter((1, 2, 2, 2, 1, 2, 1))
     i = 0
     while f"_blocks.{i}._depthwise_conv.weight" in state:
         p = f"_blocks.{i}"
@@ -213,7 +212,8 @@ def _numpy_port(state: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     return relu6(bn(conv(x, state["_conv_head.weight"]), "_bn1"))  # (n, 1280, h/32, w/32)
 
 
-@pytest.mark.backends  # Keras's "same" padding is TensorFlow's on both backends: the extra row and column go bottom-right
+# Keras's "same" padding is TensorFlow's on both backends: the extra row and column go bottom-right
+@pytest.mark.backends
 @needs_lite2
 def test_the_converted_network_equals_the_pytorch_port_on_a_fixed_input():
     state = load_state_dict(lite.package_file("efficientnet_lite2"))

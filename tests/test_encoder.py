@@ -2,8 +2,8 @@ import keras
 import numpy as np
 import pytest
 
-from captioner.models.encoder import ImageEncoder
 from captioner.errors import CaptionerError
+from captioner.models.encoder import ImageEncoder
 
 
 def test_small_cnn_shapes():

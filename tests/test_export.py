@@ -9,8 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from captioner.config import DecodeConfig
 from captioner.cli import main
+from captioner.config import DecodeConfig
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="export writes a TensorFlow SavedModel")
 
@@ -60,7 +60,8 @@ import tensorflow as tf
 serve = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
 images = [open(path, "rb").read() for path in sys.argv[2::2]]
 out = serve(images=tf.constant(images), questions=tf.constant(sys.argv[3::2]))
-print(json.dumps({"answers": [a.decode() for a in out["answers"].numpy()], "top": out["top_probabilities"].numpy().tolist()}))
+answers = [a.decode() for a in out["answers"].numpy()]
+print(json.dumps({"answers": answers, "top": out["top_probabilities"].numpy().tolist()}))
 """
 
 
@@ -101,10 +102,10 @@ def test_an_export_that_cannot_be_written_is_one_line(overfit_run, tmp_path, cap
 
 
 def test_the_tflite_export_gives_the_greedy_captions(overfit_run, tiny_data, tmp_path, capsys):
-    from captioner.generation.decoding import CaptionGenerator
-    from captioner.serving.export import tflite_greedy
     from captioner.data.images import load_image
+    from captioner.generation.decoding import CaptionGenerator
     from captioner.run import load_run
+    from captioner.serving.export import tflite_greedy
 
     assert main(["export", "--run", str(overfit_run), "--out", str(tmp_path / "lite"), "--format", "tflite"]) == 0
     run = load_run(overfit_run)

@@ -152,9 +152,8 @@ def test_a_full_disk_while_saving_the_model_keeps_the_previous_one(data, tmp_pat
     assert main(_train(data, run, "--epochs", "3")) == 2  # extend: the next best epoch's save fails
     err = capsys.readouterr().err.strip().splitlines()
     assert (
-        err[-1]
-        == f"captioner: error: no space left on device while saving {run / 'model.keras'}; the previous version is kept; "
-        "free some space and run the same command again"
+        err[-1] == f"captioner: error: no space left on device while saving {run / 'model.keras'}; "
+        "the previous version is kept; free some space and run the same command again"
     )
     assert (run / "model.keras").read_bytes() == saved and not list(run.glob(".*.tmp*"))
     monkeypatch.setattr(keras.Model, "save", real_save)
@@ -277,8 +276,10 @@ from captioner.backend import filter_native_logs
 filter_native_logs()
 os.write(2, b"a native line that is not logging\n")
 os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
-os.write(2, b"E0000 00:00:1796013327.777158    1862 util.cc:131] oneDNN supports DT_INT32 only on platforms with AVX-512.\n")
-os.write(2, b"I0000 00:00:1796013595.436440    8233 cpu_feature_guard.cc:210] This TensorFlow binary is optimized\nTo enable the following instructions: AVX512F, in other operations, rebuild TensorFlow.\n")
+os.write(2, b"E0000 00:00:1796013327.777158    1862 util.cc:131] oneDNN supports DT_INT32 only on platforms with "
+            b"AVX-512.\n")
+os.write(2, b"I0000 00:00:1796013595.436440    8233 cpu_feature_guard.cc:210] This TensorFlow binary is optimized\n"
+            b"To enable the following instructions: AVX512F, in other operations, rebuild TensorFlow.\n")
 os.write(2, b"W1130 04:34:17.000001  77 some_new_file.cc:9] a message nobody has seen before\n")
 print("captioner: error: the one line", file=sys.stderr)
 os.write(2, b"F0000 00:00:1.0 1 fatal.cc:1] a fatal error passes\n")

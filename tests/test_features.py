@@ -1,19 +1,17 @@
 """FeatureCache: computed once per image content and encoder identity; training on cached features."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 from PIL import Image
 
-from captioner.models.encoder import ImageEncoder
 from captioner.errors import CaptionerError
+from captioner.models.encoder import ImageEncoder
 from captioner.models.features import FeatureCache
 from captioner.tasks.base import cache_encoder
 from captioner.train import train
-
-from conftest import tiny_config
 
 
 @pytest.fixture(scope="module")

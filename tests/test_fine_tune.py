@@ -6,16 +6,15 @@ import json
 import keras
 import numpy as np
 import pytest
+from decisions import assert_same_answers_where_clear, record_probabilities
 
 from captioner.cli import main
-from captioner.models.encoder import ImageEncoder, backbone_blocks
-from captioner.errors import CaptionerError
-from captioner.models.features import FeatureCache
 from captioner.data.images import load_image
+from captioner.errors import CaptionerError
+from captioner.models.encoder import ImageEncoder, backbone_blocks
+from captioner.models.features import FeatureCache
 from captioner.run import load_run
 from captioner.tasks.base import cache_encoder
-
-from decisions import assert_same_answers_where_clear, record_probabilities
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +129,8 @@ def test_training_moves_the_top_only_and_the_run_reloads_identically(tiny_data, 
     assert main(["train", *common, "--run", str(tmp_path / "run2"), "--fine-tune-blocks", "2"]) == 0
     assert json.loads((tmp_path / "run2" / "metrics.json").read_text())["train"]["features_computed"] == 0
 
-    # The run frozen whole (`--init-from` it with `--fine-tune-blocks 0`, learning rate 0): its cached grids are those of
+    # The run frozen whole (`--init-from` it with `--fine-tune-blocks 0`, learning rate 0): its cached grids are those
+    # of
     # the fine-tuned top blocks, not ImageNet's, so it captions exactly as the run it started from.
     frozen = tmp_path / "frozen"
     assert (

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioner.errors import CaptionerError
 from captioner.data.images import load_image, open_image
+from captioner.errors import CaptionerError
 
 
 def test_exif_orientation_is_applied(tmp_path):

@@ -29,7 +29,7 @@ BY_MODULE = {"data", "models", "generation", "evaluation", "serving", "tasks"}
 
 
 def _key(parts: list[str]) -> str:
-    """The rank-table name of a module given its path parts under captioner/: `cli`, `tasks/base`, `data/vocab`, `data`."""
+    """The rank-table name of a module from its parts under captioner/: `cli`, `tasks/base`, `data/vocab`, `data`."""
     if parts and parts[-1] == "__init__":
         parts = parts[:-1]
     if not parts:
@@ -84,7 +84,8 @@ def test_imports_point_back_up_the_pipeline():
 
 def test_the_rank_check_sees_an_arrow_that_runs_up():
     """What the check above must refuse: a rank-0 module importing another (the gap that once let
-    `generation/self_critical.py` import `evaluation/cider.py` unseen), a module importing one of its own rank or a later stage."""
+    `generation/self_critical.py` import `evaluation/cider.py` unseen), a module importing one of its own rank or a
+    later stage."""
     assert len(_violations("config", "from captioner import backend\n")) == 1
     assert len(_violations("generation/self_critical", "from captioner.evaluation.evaluate import evaluate\n")) == 1
     assert len(_violations("data/vocab", "import captioner.cli\nfrom captioner.errors import CaptionerError\n")) == 1
@@ -94,7 +95,8 @@ def test_the_rank_check_sees_an_arrow_that_runs_up():
 
 def test_no_pickle_anywhere_but_the_restricted_pth_reader():
     """The project never writes or loads a pickle. The one exception reads PyTorch `.pth` weights (a pickle format):
-    `torchfile.py` may use only an `Unpickler` subclass that overrides `find_class`, never `pickle.load(s)`/`dump(s)`."""
+    `torchfile.py` may use only an `Unpickler` subclass that overrides `find_class`, never
+    `pickle.load(s)`/`dump(s)`."""
     for path in PACKAGE.rglob("*.py"):
         tree = ast.parse(path.read_text())
         imports_pickle = any(

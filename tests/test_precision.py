@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from captioner.config import DecodeConfig
 from captioner.cli import main
+from captioner.config import DecodeConfig
 from captioner.precision import (
     AUTO_ENV,
     AUTO_RULES,
@@ -179,9 +179,9 @@ def test_every_decoder_takes_a_training_step_under_mixed_precision(decoder, prec
 def test_a_mixed_precision_run_exports_in_float32_to_savedmodel_and_tflite(bf16_run, tiny_data, tmp_path, capsys):
     """On every CPU: the export computes in float32 (TFLite has no bfloat16 convolutions), so a bfloat16 run
     exports, and its greedy captions are those of `caption --precision float32`."""
+    from captioner.data.images import load_image
     from captioner.generation.decoding import CaptionGenerator
     from captioner.serving.export import tflite_greedy
-    from captioner.data.images import load_image
 
     assert main(["export", "--run", str(bf16_run), "--out", str(tmp_path / "lite"), "--format", "tflite"]) == 0
     assert main(["export", "--run", str(bf16_run), "--out", str(tmp_path / "saved")]) == 0
@@ -224,8 +224,7 @@ def test_a_conversion_that_cannot_work_is_one_line(bf16_run, tmp_path):
 )
 def test_a_run_is_resolved_for_its_kind_of_training(monkeypatch, preset_name, settings, work):
     from captioner.config import preset, with_settings
-    from captioner.models.networks import resolve_auto
-    from captioner.models.networks import training_work
+    from captioner.models.networks import resolve_auto, training_work
     from captioner.train import resolve_precisions
 
     monkeypatch.delenv(AUTO_ENV, raising=False)

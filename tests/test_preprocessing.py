@@ -74,8 +74,8 @@ def test_image_dataset_raises_one_line_only_when_every_image_fails(tmp_path):
     import pytest
     import tensorflow as tf
 
-    from captioner.errors import CaptionerError
     from captioner.data.preprocessing import image_dataset, pipeline_error
+    from captioner.errors import CaptionerError
 
     paths = [str(tmp_path / f"missing{i}.png") for i in range(3)]
     failures: list[str] = []

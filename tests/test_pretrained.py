@@ -15,7 +15,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from captioner import pretrained
@@ -31,7 +30,7 @@ SHIPPED = (pretrained.FOLDER / pretrained.MANIFEST).is_file()
 
 @pytest.fixture(scope="module")
 def packed(attention_run, vqa_run, tmp_path_factory):
-    """The tiny attention run and the tiny VQA run's head on the caption run's encoder, packed as captioner ships them."""
+    """The tiny attention run and the tiny VQA run's head on the caption run's encoder, packed as shipped."""
     from captioner.models.networks import build_vqa_model
     from captioner.run import Run, load_run
     from captioner.serving.export import export_pretrained
@@ -116,7 +115,8 @@ def test_no_run_means_the_shipped_model_and_no_tensorflow(shipped_here, tiny_dat
     picture = tmp_path / "maps.png"
     script = (
         "import sys, json; from captioner.cli import main; "
-        f"codes = [main(['caption', {image!r}, '--attention', {str(picture)!r}]), main(['ask', {image!r}, 'what shape is it ?'])]; "
+        f"codes = [main(['caption', {image!r}, '--attention', {str(picture)!r}]), main(['ask', {image!r}, 'what shape "
+        f"is it ?'])]; "
         "print(json.dumps([codes, sorted(m for m in ('tensorflow', 'keras', 'jax') if m in sys.modules)]))"
     )
     done = subprocess.run(

@@ -4,13 +4,12 @@ import json
 
 import numpy as np
 import pytest
+from conftest import SHARED
 
 from captioner.cli import main
+from captioner.data.images import load_image
 from captioner.models.encoder import ImageEncoder, build_classifier, read_class_index
 from captioner.models.features import FeatureCache
-from captioner.data.images import load_image
-
-from conftest import SHARED
 
 WEIGHTS = SHARED / "weights"
 WITH_TOP = WEIGHTS / "mobilenet_v2_1.0_224_imagenet.weights.h5"
@@ -20,7 +19,8 @@ pytestmark = pytest.mark.skipif(
     not (NO_TOP.is_file() and PHOTOS.is_dir()), reason="../shared/weights or the Flickr8k photos are absent"
 )
 
-# Checked by eye: a border collie catching a frisbee, a football player in a helmet, a pug, two children on a tyre swing.
+# Checked by eye: a border collie catching a frisbee, a football player in a helmet, a pug, two children on a tyre
+# swing.
 EXPECTED = {
     "1067180831_a59dc64344.jpg": "Border_collie",
     "241347760_d44c8d3a01.jpg": "football_helmet",

@@ -5,7 +5,6 @@ import shutil
 
 import h5py
 import keras
-import numpy as np
 import pytest
 
 from captioner.errors import CaptionerError
@@ -76,7 +75,6 @@ def test_manifest_lists_every_loaded_file(overfit_run):
 
 def test_a_kill_during_a_model_save_leaves_a_loadable_run(overfit_run, tmp_path):
     """The moment between the manifest write and the rename: old model, both hashes accepted."""
-    from captioner.fileio import file_sha256 as sha256
     from captioner.run import write_manifest
 
     run = _copy(overfit_run, tmp_path, "killed")

@@ -9,9 +9,9 @@ from keras import ops
 
 from captioner.cli import main
 from captioner.config import DecodeConfig, preset
-from captioner.generation.decoding import CaptionGenerator, make_sampler
+from captioner.data.vocab import Vocabulary
 from captioner.errors import CaptionerError
-from captioner.models.networks import build_caption_model
+from captioner.generation.decoding import CaptionGenerator, make_sampler
 from captioner.generation.samplers import (
     BeamSampler,
     GreedySampler,
@@ -20,7 +20,7 @@ from captioner.generation.samplers import (
     greedy_search,
     ngram_ban,
 )
-from captioner.data.vocab import Vocabulary
+from captioner.models.networks import build_caption_model
 
 pytestmark = pytest.mark.backends  # also run under KERAS_BACKEND=jax by `make test`
 

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from captioner.cli import main
-from captioner.cider import CiderD, words_to_ids
-from captioner.run import load_run
-
 from conftest import tiny_config
+
+from captioner.cider import CiderD, words_to_ids
+from captioner.cli import main
+from captioner.run import load_run
 
 
 def _pycocoevalcap_cider(references, hypotheses):
@@ -55,7 +54,8 @@ def test_cider_d_by_hand_with_document_frequencies_from_another_corpus():
 
 def test_the_scst_loss_is_the_log_probability_among_the_words_the_sampler_may_draw():
     """Banned ids leave the softmax: the loss is -log of the word's probability renormalised over the others, and the
-    banned logits get no gradient whatever the weight's sign (they would otherwise drift, never sampled to correct it)."""
+    banned logits get no gradient whatever the weight's sign (they would otherwise drift, never sampled to correct
+    it)."""
     import keras
 
     from captioner.generation.self_critical import BannedCrossentropy
@@ -200,7 +200,8 @@ def test_the_mean_baseline_trains_and_a_fault_resumes_to_the_same_result(xe_run,
     config = started_from(load_config(xe_run), str(xe_run), "scst")
     config.train.epochs, config.train.batch_size, config.train.learning_rate = 2, 16, 0.0005
     config.train.scst_baseline, config.train.scst_samples = "mean", 3
-    config.train.backup_every_steps = 5  # 240 images / 16 = 15 steps an epoch: the fault at the eighth step of epoch 2 follows the backup after its fifth
+    # 240 images / 16 = 15 steps an epoch: the fault at the eighth step of epoch 2 follows the backup after its fifth
+    config.train.backup_every_steps = 5
     train(config, tmp_path / "whole", verbose=0)
 
     real = SelfCritic.step_arrays

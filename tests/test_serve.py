@@ -12,10 +12,11 @@ import pytest
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
+from conftest import serving  # noqa: E402
+
 from captioner.run import load_run  # noqa: E402
 from captioner.serving.serve import Batcher, ServeConfig, Service  # noqa: E402
 from captioner.tasks.caption import caption_files  # noqa: E402
-from conftest import serving  # noqa: E402
 
 
 @pytest.fixture(scope="module")

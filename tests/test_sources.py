@@ -7,14 +7,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from test_vqa_lines import write_lines_dataset
 
 from captioner.cli import main
-from captioner.data import CaptionRecord, Skipped, load_split, mix, sources
+from captioner.data import CaptionRecord, load_split, mix, sources
 from captioner.data.shapes import ShapesSpec, generate
 from captioner.data.vocab import tokenize
 from captioner.errors import CaptionerError
-
-from test_vqa_lines import write_lines_dataset
 
 
 def _records(prefix: str, count: int) -> list[CaptionRecord]:

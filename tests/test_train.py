@@ -4,13 +4,12 @@ import json
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 
 from captioner.config import DecodeConfig
-from captioner.generation.decoding import CaptionGenerator
 from captioner.evaluation.evaluate import evaluate, generate_captions
+from captioner.generation.decoding import CaptionGenerator
 from captioner.run import load_run
-
-from conftest import tiny_config
 
 
 def test_run_directory_describes_itself(overfit_run):

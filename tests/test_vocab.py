@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from captioner.errors import CaptionerError
 from captioner.data.vocab import SPECIAL_TOKENS, Vocabulary, tokenize
+from captioner.errors import CaptionerError
 
 
 def test_tokenize_lowercases_and_drops_punctuation():

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from captioner.data import QARecord, Skipped, answer_type, load_qa_split
-from captioner.errors import CaptionerError
 from captioner.data.arrays import group_questions, question_arrays
 from captioner.data.vocab import AnswerVocabulary, Vocabulary, normalize_answer
+from captioner.errors import CaptionerError
 
 
 def test_shapes_questions_come_from_the_split_files(tiny_data):
@@ -51,7 +51,10 @@ def _write_vqa(root, with_images=(1, 2)):
             {"image_id": 2, "question_id": 50},  # malformed
         ]
     }
-    answers = lambda *xs: [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(xs)]
+
+    def answers(*xs):
+        return [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(xs)]
+
     annotations = {
         "annotations": [
             {

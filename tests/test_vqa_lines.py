@@ -5,12 +5,11 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import FULL, SHARED, tiny_config
 from PIL import Image
 
 from captioner.data import Skipped, load_qa_split
 from captioner.errors import CaptionerError
-
-from conftest import FULL, SHARED, tiny_config
 
 NO_TOP = SHARED / "weights" / "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
 # photo number -> split; photos 0 and 1 have questions in train and in test (the split is by question)

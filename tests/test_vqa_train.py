@@ -4,15 +4,14 @@ import json
 
 import numpy as np
 import pytest
-
-from captioner.generation.answering import Answerer
-from captioner.data import load_qa_split
-from captioner.evaluation.evaluate import answer_records, evaluate_vqa
-from captioner.run import load_run
-from captioner.train import train
-
 from conftest import tiny_config
 from decisions import assert_same_answers_where_clear, record_probabilities
+
+from captioner.data import load_qa_split
+from captioner.evaluation.evaluate import answer_records, evaluate_vqa
+from captioner.generation.answering import Answerer
+from captioner.run import load_run
+from captioner.train import train
 
 
 def test_vqa_run_directory_describes_itself(vqa_run):

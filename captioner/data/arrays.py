@@ -4,7 +4,7 @@ grouped per image with their answers. `preprocessing` turns these into `tf.data`
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -63,7 +63,8 @@ def question_arrays(
     """Question word ids and answer ids, zero-padded; padding questions and `<other>` answers have target 0 (ignored).
 
     Returns:
-        questions: int32 (num_groups, questions_per_image, max_question_length); targets: int32 (num_groups, questions_per_image).
+        questions: int32 (num_groups, questions_per_image, max_question_length); targets: int32 (num_groups,
+        questions_per_image).
     """
     questions = np.zeros((len(groups), questions_per_image, max_question_length), np.int32)
     targets = np.zeros((len(groups), questions_per_image), np.int32)

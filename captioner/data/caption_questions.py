@@ -7,9 +7,10 @@ Rules, per photo, from its own captions only (each split's questions from that s
   plural or a synonym (person: man, woman, boy, people, player ...; plane: airplane, jet; road: street).
 - **yes**: most of the photo's captions name it (3 of 5). At most `per_photo` yes questions a photo, the concepts its
   captions name most.
-- **no**, one per yes (a yes without a no to match is dropped): a concept no caption of the photo names. Half of them (rounded up) are *hard*: named by most
-  captions of one of the photo's `neighbours` nearest photos of the split (the photos whose named concepts overlap its
-  own most), so similar photos have it; the others are drawn by how often the concept is named in the split.
+- **no**, one per yes (a yes without a no to match is dropped): a concept no caption of the photo names. Half of
+  them (rounded up) are *hard*: named by most captions of one of the photo's `neighbours` nearest photos of the split
+  (the photos whose named concepts overlap its own most), so similar photos have it; the others are drawn by how often
+  the concept is named in the split.
 
 Failure cases, by design of the rules: captions do not name everything a photo shows (a "no" can be wrong: a
 background car nobody mentioned); synonyms are a fixed list (a "puppy" is a dog, a "kitten" a cat, "automobile" is not
@@ -21,22 +22,27 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from captioner.data.records import CaptionRecord, Skipped
-from captioner.errors import CaptionerError
 from captioner.data.vocab import tokenize
+from captioner.errors import CaptionerError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 KINDS = ("presence", "scene")
 
 # concept -> (kind, the words that name it: singular first). A mass noun's question has no article.
 _OBJECTS = """person man men woman women boy boys girl girls people child children kid kids player players guy guys lady
  ladies person persons skier skiers surfer surfers skateboarder skateboarders
-dog dogs puppy puppies|cat cats kitten kittens|horse horses|sheep|cow cows cattle|elephant elephants|bear bears|zebra zebras
-giraffe giraffes|bird birds|car cars|bus buses|truck trucks|train trains|motorcycle motorcycles motorbike|bicycle bicycles
- bike bikes|airplane airplanes plane planes jet jets|boat boats|skateboard skateboards|surfboard surfboards
-snowboard snowboards|kite kites|frisbee frisbees|ball balls|bat bats|racket rackets racquet|umbrella umbrellas
+dog dogs puppy puppies|cat cats kitten kittens|horse horses|sheep|cow cows cattle|elephant elephants|bear bears
+zebra zebras|giraffe giraffes|bird birds|car cars|bus buses|truck trucks|train trains|motorcycle motorcycles motorbike
+bicycle bicycles bike bikes|airplane airplanes plane planes jet jets|boat boats|skateboard skateboards
+surfboard surfboards|snowboard snowboards|kite kites|frisbee frisbees|ball balls|bat bats|racket rackets racquet
+umbrella umbrellas
 table tables|chair chairs|couch couches sofa sofas|bed beds|bench benches|desk desks|toilet toilets|sink sinks
 oven ovens|stove stoves|refrigerator refrigerators fridge fridges|television televisions tv tvs|laptop laptops
 computer computers|keyboard keyboards|phone phones cellphone cellphones|remote remotes|clock clocks|vase vases
@@ -219,7 +225,7 @@ def questions_from_captions(
 
 def _nearest(
     majority: list[set[str]], votes: list[Counter], common: list[str], k: int, chunk: int = 1024
-) -> "np.ndarray":
+) -> np.ndarray:
     """For each photo, the `k` other photos whose majority concepts overlap its named concepts most: (photos, k)."""
     import numpy as np
 

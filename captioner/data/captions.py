@@ -179,7 +179,8 @@ def load_coco(data_dir: Path, split: str, skipped: Skipped) -> list[CaptionRecor
     """The official `annotations/captions_{train,val}2014.json`; images in `{train,val}2014/` (or `images/...`)."""
     if split not in COCO_SUBTYPES:
         raise CaptionerError(
-            f"coco captions have the splits train and val; for a test split use --dataset karpathy with dataset_coco.json"
+            "coco captions have the splits train and val; for a test split use --dataset karpathy with "
+            "dataset_coco.json"
         )
     subtype = COCO_SUBTYPES[split]
     path = _find(data_dir, f"captions_{subtype}.json") or _find(data_dir / "annotations", f"captions_{subtype}.json")
@@ -201,7 +202,7 @@ def load_coco(data_dir: Path, split: str, skipped: Skipped) -> list[CaptionRecor
         if caption:
             captions.setdefault(name, []).append(caption)
     image_dir = next((d for d in (data_dir / subtype, data_dir / "images" / subtype) if d.is_dir()), data_dir / subtype)
-    for image_id, name in sorted(files.items()):
+    for _, name in sorted(files.items()):
         if name not in captions:
             skipped.add("split entry without captions", name)
     return _records(captions, [name for _, name in sorted(files.items()) if name in captions], image_dir, skipped)

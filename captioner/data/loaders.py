@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
 from captioner.data.captions import load_coco, load_flickr8k, load_karpathy
-from captioner.data.records import CaptionRecord, QAPair, QARecord, Skipped, read_split_file
 from captioner.data.questions import (
     ANSWER_TYPES,
     answer_type,
@@ -17,6 +16,7 @@ from captioner.data.questions import (
     load_vqa_lines,
     load_vqa_v2,
 )
+from captioner.data.records import CaptionRecord, QAPair, QARecord, Skipped, read_split_file
 from captioner.errors import CaptionerError
 
 DATASETS = ("shapes", "flickr8k", "karpathy", "coco")
@@ -57,7 +57,8 @@ def load_split(dataset: str, data_dir: str | Path, split: str, skipped: Skipped 
     empty = [r.image_id for r in records if not any(c.strip() for c in r.captions)]
     if empty:
         raise CaptionerError(
-            f"{len(empty)} image(s) in the {split} split have only empty captions (first: {empty[0]}); fix or remove them"
+            f"{len(empty)} image(s) in the {split} split have only empty captions (first: {empty[0]}); fix or remove "
+            f"them"
         )
     return records
 
@@ -146,7 +147,8 @@ def mix(parts: Sequence[list], weights: Sequence[float], seed: int) -> list:
         return [record for part in parts for record in part]
     if len(weights) != len(parts):
         raise CaptionerError(
-            f"{len(weights)} source weight(s) for {len(parts)} sources: give one weight per source, the first source first"
+            f"{len(weights)} source weight(s) for {len(parts)} sources: give one weight per source, the first source "
+            f"first"
         )
     if any(w < 0 for w in weights) or not sum(weights) > 0:
         raise CaptionerError(f"source weights {list(weights)} must be at least 0 and not all 0")

@@ -1,20 +1,20 @@
-"""Records to `tf.data`: decode images (Pillow, in parallel), tokenise and pad captions or questions, batch, prefetch."""
+"""Records to `tf.data`: decode images (Pillow, in parallel), tokenise and pad captions or questions, batch."""
 
 from __future__ import annotations
 
 import re
 import threading
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from captioner.data.arrays import caption_arrays, question_arrays
 from captioner.data import CaptionRecord, QARecord
-from captioner.distribute import EpochClock, InputShard
-from captioner.errors import CaptionerError
+from captioner.data.arrays import caption_arrays, question_arrays
 from captioner.data.images import try_load_image
 from captioner.data.vocab import AnswerVocabulary, Vocabulary
+from captioner.distribute import EpochClock, InputShard
+from captioner.errors import CaptionerError
 
 
 class _Images:
@@ -64,7 +64,8 @@ class _Images:
 def image_dataset(
     paths: Sequence[str], image_size: int, on_error: Callable[[str, str], None], what: str = "images"
 ) -> tf.data.Dataset:
-    """`(image, readable)` elements in order, decoded in parallel: image uint8 (image_size, image_size, 3), readable bool.
+    """`(image, readable)` elements in order, decoded in parallel: image uint8 (image_size, image_size, 3), readable
+    bool.
 
     An image that cannot be read comes out as zeros with readable False, after `on_error(path, message)`; the caller
     drops it. Only when every image of `paths` has failed does the pipeline raise (see `_Images`).
@@ -137,7 +138,8 @@ def _image_and_text_dataset(
     An unreadable image stays in place as a blank image whose targets are all 0 (padding / `<other>`), which the
     loss and the metrics ignore: it is skipped without changing the number of batches (so the progress bar and
     a mid-epoch resume see the same epoch) and reported once. Each process decodes only its rows of every batch.
-    image: (batch, image_size, image_size, 3) uint8; text: (rows, ...) int32 arrays (targets (rows, n, steps) or (rows, n)).
+    image: (batch, image_size, image_size, 3) uint8; text: (rows, ...) int32 arrays (targets (rows, n, steps) or
+    (rows, n)).
     """
     images = _Images(paths, image_size, on_error, what, cache)
     inputs, targets = text

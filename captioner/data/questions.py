@@ -29,7 +29,8 @@ def answer_type(answer: str) -> str:
     return "other"
 
 
-# "is there a dog in the picture ?", "are there skis ?", "is this a kitchen ?": what a presence or scene question asks about
+# "is there a dog in the picture ?", "are there skis ?", "is this a kitchen ?": what a presence or scene question asks
+# about
 _SUBJECT = re.compile(
     r"^(?:is there|are there|is this|are these|is it)\s+(?:a |an |any |some )?(.+?)"
     r"(?:\s+in (?:the|this) (?:picture|photo|image))?\s*\??$"
@@ -60,7 +61,8 @@ def load_shapes_qa(data_dir: Path, split: str) -> list[QARecord]:
             )
     if not records:
         raise CaptionerError(
-            f"{data_dir / f'{split}.json'} has no questions; regenerate it with `captioner data shapes --out {data_dir}`"
+            f"{data_dir / f'{split}.json'} has no questions; regenerate it with `captioner data shapes --out "
+            f"{data_dir}`"
         )
     return records
 

@@ -10,8 +10,8 @@ question/answer pairs cover colour, shape, size, count, existence and relation.
 from __future__ import annotations
 
 import dataclasses
-import os
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path

@@ -5,8 +5,8 @@ from __future__ import annotations
 import collections
 import json
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from captioner.errors import CaptionerError
 from captioner.fileio import write_json
@@ -73,8 +73,8 @@ class Vocabulary(_StoredList):
     pad_id, start_id, end_id, unk_id = 0, 1, 2, 3
 
     @classmethod
-    def build(cls, texts: Iterable[str], min_count: int = 1, max_size: int | None = None) -> "Vocabulary":
-        """Words seen at least `min_count` times, most frequent first (ties alphabetical, so the result is deterministic)."""
+    def build(cls, texts: Iterable[str], min_count: int = 1, max_size: int | None = None) -> Vocabulary:
+        """Words seen at least `min_count` times, most frequent first (ties alphabetical: deterministic)."""
         counts = collections.Counter(word for text in texts for word in tokenize(text))
         kept = sorted(
             (w for w, n in counts.items() if n >= min_count and w not in SPECIAL_TOKENS), key=lambda w: (-counts[w], w)
@@ -155,7 +155,7 @@ class AnswerVocabulary(_StoredList):
         self.index = {a: i for i, a in enumerate(answers)}
 
     @classmethod
-    def build(cls, answers: Iterable[str], max_size: int = 1000) -> "AnswerVocabulary":
+    def build(cls, answers: Iterable[str], max_size: int = 1000) -> AnswerVocabulary:
         """The `max_size` most frequent answers (ties alphabetical), after `normalize_answer`."""
         counts = collections.Counter(normalize_answer(a) for a in answers)
         counts.pop(OTHER_ANSWER, None)

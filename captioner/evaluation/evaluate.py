@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from captioner.generation.answering import Answerer
 from captioner.config import DecodeConfig
 from captioner.data import CaptionRecord, QARecord, Skipped, load_qa_split, load_split
+from captioner.data.arrays import group_questions, question_arrays
 from captioner.data.questions import question_subject
-from captioner.generation.decoding import CaptionGenerator
+from captioner.data.vocab import tokenize
 from captioner.errors import CaptionerError
-from captioner.fileio import write_json
 from captioner.evaluation.metrics import (
     TOKENIZATIONS,
     accuracy_table,
@@ -29,22 +29,24 @@ from captioner.evaluation.metrics import (
     text_scores,
     train_overlap,
 )
-from captioner.data.arrays import group_questions, question_arrays
+from captioner.fileio import write_json
+from captioner.generation.answering import Answerer
+from captioner.generation.decoding import CaptionGenerator
 from captioner.run import Run, update_metrics
-from captioner.data.vocab import tokenize
 
 
 def _readable_batches(
     paths: Sequence[str], image_size: int, batch_size: int, on_error: Callable[[str, str], None] | None, what: str
 ):
-    """(start, images, readable) for consecutive batches of `paths`: images uint8 (batch, size, size, 3), readable bool (batch,).
+    """(start, images, readable) for consecutive batches of `paths`: images uint8 (batch, size, size, 3), readable
+    bool (batch,).
 
     An unreadable image is reported through `on_error` (or raises CaptionerError when it is None); an error
     inside the pipeline becomes one CaptionerError line.
     """
     from captioner.data.preprocessing import (
-        image_dataset,
         PipelineFailure,
+        image_dataset,
         pipeline_error,
     )  # tf.data: not for ask/caption
 
@@ -244,8 +246,10 @@ def _decoding_name(result: dict[str, Any]) -> str:
 
 def _diversity_line(what: str, figures: dict[str, Any]) -> str:
     return (
-        f"{what}: distinct captions {figures['distinct_captions']:.1%} of images, distinct words {figures['distinct_words']}, "
-        f"the 10 most common captions cover {figures['top10_share']:.1%} of images, mean length {figures['mean_length']:.1f} words, "
+        f"{what}: distinct captions {figures['distinct_captions']:.1%} of images, distinct words "
+        f"{figures['distinct_words']}, "
+        f"the 10 most common captions cover {figures['top10_share']:.1%} of images, mean length "
+        f"{figures['mean_length']:.1f} words, "
         f"a word pair repeated in {figures['repeated_bigram_share']:.1%}"
     )
 
@@ -341,7 +345,8 @@ def evaluate_vqa(
             answer_type=vqa.answer_type,
         )
     result = {
-        # a split by question shares photos with train; the truth and the thing asked about show where a yes/no model errs
+        # a split by question shares photos with train; the truth and the thing asked about show where a yes/no model
+        # errs
         **accuracy_table(
             records,
             predictions,
@@ -399,7 +404,8 @@ def vqa_summary_lines(result: dict[str, Any]) -> list[str]:
         (True, False): " (image-only model: the question takes no part)",
     }[result["use_image"], result.get("use_question", True)]
     lines = [
-        f"{result['split']} ({result['questions']} questions on {result['images']} images): VQA accuracy {result['accuracy']:.2%}"
+        f"{result['split']} ({result['questions']} questions on {result['images']} images): VQA accuracy "
+        f"{result['accuracy']:.2%}"
         f" +- {result.get('interval_95', 0.0):.2%} (95%)" + ablation,
         f"answers in the answer vocabulary: {result['answer_coverage']:.1%} (the ceiling)",
     ]
@@ -426,7 +432,8 @@ def vqa_summary_lines(result: dict[str, Any]) -> list[str]:
     if "black_image_accuracy" in result:
         black = result["black_image_accuracy"]
         lines.append(
-            f"the same model with every image black: {black:.2%} (the image is worth {100 * (result['accuracy'] - black):.1f} points)"
+            f"the same model with every image black: {black:.2%} (the image is worth "
+            f"{100 * (result['accuracy'] - black):.1f} points)"
         )
     blind = result["blind_baselines"]
     lines.append(

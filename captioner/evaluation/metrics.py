@@ -11,7 +11,8 @@ from __future__ import annotations
 import collections
 import math
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from nltk.translate.bleu_score import corpus_bleu
 
@@ -194,7 +195,7 @@ def photo_key(image: str) -> str:
 
 
 def _question_key(question: str) -> str:
-    """A question's text as the model reads it: its words (`tokenize`), so "Is it red?" and "is it red ?" are one text."""
+    """A question's text as the model reads it: its words (`tokenize`), "Is it red?" = "is it red ?"."""
     return " ".join(tokenize(question))
 
 

@@ -13,8 +13,8 @@ import numpy as np
 from keras import ops
 
 from captioner import backend
-from captioner.models.networks import VQAModel
 from captioner.data.vocab import AnswerVocabulary, Vocabulary, tokenize
+from captioner.models.networks import VQAModel
 
 
 @dataclass

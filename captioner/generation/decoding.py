@@ -11,18 +11,19 @@ numpy from `decode.seed`. Decoding stops on the `<end>` id, never on strings.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import keras
 import numpy as np
 from keras import ops
 
 from captioner import backend
 from captioner.config import DecodeConfig
+from captioner.data.vocab import Vocabulary
 from captioner.errors import CaptionerError
-from captioner.models.decoder import HARD_CONTEXTS
-from captioner.models.networks import CaptionModel
 from captioner.generation.lite import check_limits
 from captioner.generation.samplers import BeamSampler, GreedySampler, RandomSampler, Sampler, ngram_ban
-from captioner.data.vocab import Vocabulary
+from captioner.models.decoder import HARD_CONTEXTS
+from captioner.models.networks import CaptionModel
 
 EAGER_BELOW = 8  # TensorFlow: batches this small skip tracing while nothing is traced yet (CaptionGenerator.__call__)
 
@@ -154,7 +155,8 @@ class CaptionGenerator:
         """Captions for a uint8 batch (batch, size, size, 3).
 
         On TensorFlow, until the search has been traced, a batch of fewer than EAGER_BELOW images is searched
-        eagerly: tracing costs about a second, more than an eager search of a few images (`captioner caption photo.jpg`).
+        eagerly: tracing costs about a second, more than an eager search of a few images (`captioner caption
+        photo.jpg`).
         The same operations run either way (a test checks the captions are equal).
         """
         images = np.asarray(images, np.uint8)  # (batch, size, size, 3)

@@ -18,8 +18,9 @@ import dataclasses
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -76,7 +77,8 @@ def _weights(folder: Path, prefix: str) -> dict[str, np.ndarray]:
 @contextlib.contextmanager
 def _native_stderr_muted():
     """LiteRT's C++ side prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on file descriptor 2 when an
-    interpreter is made: muted there, so a caption is the only line a user sees. Python errors still come through (raised)."""
+    interpreter is made: muted there, so a caption is the only line a user sees. Python errors still come through
+    (raised)."""
     sys.stderr.flush()
     saved = os.dup(2)
     try:

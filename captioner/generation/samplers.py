@@ -23,7 +23,7 @@ max_length), scores (batch,), attention (batch, max_length, num_pixels), and eve
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -53,7 +53,8 @@ def _not_done(max_length: int):
 
 def _loop(rows, start_id: int, state, max_length: int, num_pixels: int, *carried):
     """A search's first loop values: step 0, `<start>` for every row, the state, nothing finished, the search's
-    own values (`carried`: scores, lengths...), empty sequences (rows, max_length) and attention (rows, max_length, num_pixels)."""
+    own values (`carried`: scores, lengths...), empty sequences (rows, max_length) and attention (rows, max_length,
+    num_pixels)."""
     return (
         ops.convert_to_tensor(0, "int32"),
         ops.full((rows,), start_id, "int32"),

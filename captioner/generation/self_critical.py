@@ -17,17 +17,17 @@ from that split's references, which is pycocoevalcap's CIDEr: the number early s
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import keras
 import numpy as np
 from keras import ops
 
 from captioner import backend
+from captioner.cider import CiderD, words_to_ids
 from captioner.config import DecodeConfig
 from captioner.data.vocab import Vocabulary, tokenize
-from captioner.cider import CiderD, words_to_ids
 from captioner.generation.decoding import CaptionGenerator
 from captioner.models.networks import CaptionModel
 

@@ -37,10 +37,9 @@ import keras
 from keras import layers, ops
 
 from captioner.data.vocab import Vocabulary
-from captioner.models.attention import SoftAttention
 from captioner.errors import CaptionerError
+from captioner.models.attention import SoftAttention
 from captioner.precision import lstm_use_cudnn
-
 
 CELLS = ("lstm", "gru")
 MAX_LAYERS = 4

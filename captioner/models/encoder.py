@@ -10,17 +10,17 @@ import contextlib
 import json
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import keras
 from keras import layers, ops
 
 from captioner.backend import weights_from_file
 from captioner.distribute import sync_batch_norm
-from captioner.models import efficientnet_lite
 from captioner.errors import CaptionerError
+from captioner.models import efficientnet_lite
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,8 @@ class ImageEncoder(layers.Layer):
     Args:
         encoder: str. "small_cnn" or a key of BACKBONES. Defaults to "small_cnn".
         image_size: int. Input side in pixels; images arrive as 0-255 values. Defaults to 64.
-        filters: list[int]. small_cnn channels per stage; every stage but the last halves the grid. Defaults to [32, 64, 128, 128].
+        filters: list[int]. small_cnn channels per stage; every stage but the last halves the grid. Defaults to [32,
+        64, 128, 128].
         feature_dim: int. Width of the pooled vector when `pooling="flatten"`. Defaults to 256.
         pooling: str. "flatten" (a dense layer over the whole grid, which keeps where things are, like the fc
             layers of VGG in Show-and-Tell) or "avg" (global average, the usual choice for backbones).
@@ -154,7 +155,8 @@ class ImageEncoder(layers.Layer):
         if self.fine_tune_blocks:
             self._split_for_fine_tuning()
         # He-initialised for the same reason as the convolutions: a Glorot ReLU projection halved the pooled vector's
-        # scale, and one demo run (bfloat16, seed 2) sat on the plateau for 11 epochs (BENCHMARKS.md, "The demo's plateau").
+        # scale, and one demo run (bfloat16, seed 2) sat on the plateau for 11 epochs (BENCHMARKS.md, "The demo's
+        # plateau").
         self.projection = (
             layers.Dense(self.feature_dim, activation="relu", kernel_initializer="he_normal", name="pooled_projection")
             if self.pooling == "flatten"
@@ -171,7 +173,8 @@ class ImageEncoder(layers.Layer):
             raise CaptionerError("--fine-tune-blocks is for pretrained backbones; the small CNN trains whole")
         if self.encoder_trainable:
             raise CaptionerError(
-                "--fine-tune-blocks trains the top blocks of a frozen backbone; do not also make the whole encoder trainable"
+                "--fine-tune-blocks trains the top blocks of a frozen backbone; do not also make the whole encoder "
+                "trainable"
             )
         blocks = backbone_blocks(self.cnn)
         if not 0 < self.fine_tune_blocks <= len(blocks):
@@ -204,7 +207,8 @@ class ImageEncoder(layers.Layer):
 
     def cache_features(self, images):
         """What a feature cache stores for `images` (batch, size, size, 3) 0-255: the grid (batch, num_pixels,
-        encoder_dim), or with `fine_tune_blocks` the activations below the trained blocks (batch, positions, channels)."""
+        encoder_dim), or with `fine_tune_blocks` the activations below the trained blocks (batch, positions,
+        channels)."""
         x = self._preprocess(ops.cast(images, "float32"))  # (batch, size, size, 3)
         out = self.frozen_cnn(x, training=False)  # (batch, h, w, c)
         return ops.reshape(out, (-1, out.shape[1] * out.shape[2], out.shape[3]))
@@ -302,7 +306,8 @@ class ImageEncoder(layers.Layer):
 
 def backbone_blocks(cnn: keras.Model) -> list[list[layers.Layer]]:
     """The layers of a backbone grouped by block, in order: names such as `block3_...` (EfficientNet-Lite),
-    `block_3_...` (MobileNetV2) or `block3a_...` (EfficientNetB0); the stem and head layers around them belong to none."""
+    `block_3_...` (MobileNetV2) or `block3a_...` (EfficientNetB0); the stem and head layers around them belong to
+    none."""
     groups: dict[str, list[layers.Layer]] = {}
     for layer in cnn.layers:
         match = re.match(r"^(block_?\d+)_", layer.name)
@@ -382,7 +387,7 @@ def build_classifier(name: str, weights: str) -> tuple[keras.Model, Callable, in
 
 
 def read_class_index(path: str | Path) -> list[str]:
-    """Class names in id order from Keras's `imagenet_class_index.json` ({"207": ["n02099601", "golden_retriever"], ...})."""
+    """Class names by id from Keras's `imagenet_class_index.json` ({"207": ["n02099601", "golden_retriever"]})."""
     try:
         payload = json.loads(Path(path).read_text(encoding="utf-8"))
         names = [str(payload[str(i)][1]) for i in range(len(payload))]

@@ -15,18 +15,18 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Sequence
 
 import keras
 import numpy as np
 
 from captioner.backend import CompiledFunction
-from captioner.models.encoder import ImageEncoder
+from captioner.data.images import try_load_image
 from captioner.errors import CaptionerError
 from captioner.fileio import atomic_path, file_sha256, update_lock, write_json
-from captioner.data.images import try_load_image
+from captioner.models.encoder import ImageEncoder
 
 INDEX_FILE = "index.json"
 
@@ -195,7 +195,7 @@ class FeatureCache:
                 raise
         self._index = index
 
-    def rows(self, paths: Sequence[str], digests: Sequence[str] | None = None) -> "CachedRows":
+    def rows(self, paths: Sequence[str], digests: Sequence[str] | None = None) -> CachedRows:
         """The features of `paths` as an array-like read on demand from the memory-mapped shards (what training
         indexes batch by batch): memory stays at the batches read, whatever the number of images."""
         digests = digests or self.digests(paths)

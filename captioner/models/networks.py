@@ -353,7 +353,8 @@ def copy_weights(source: keras.Model, target: keras.Model) -> None:
     ]
     if missing or len(by_path) != len(target.weights):
         raise CaptionerError(
-            f"the --init-from model and this one differ ({(missing or ['variable count'])[0]}); start from a run of the same network"
+            f"the --init-from model and this one differ ({(missing or ['variable count'])[0]}); start from a run of "
+            f"the same network"
         )
     for variable in target.weights:
         variable.assign(by_path[key(target, variable)])

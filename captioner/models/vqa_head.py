@@ -166,7 +166,7 @@ class VQAHead(layers.Layer):
         return self._classify(fused, training), alpha  # (batch, num_answers), (batch, num_pixels)
 
     def _image_vector(self, image, training=None):
-        """Normalised, (optionally) through the hidden ReLU layer, projected: (batch, image_dim) -> (batch, fusion_dim)."""
+        """Normalised, through the hidden ReLU layer if any, projected: (batch, image_dim) -> (batch, fusion_dim)."""
         if self.image_batch_norm is not None:
             image = self.image_batch_norm(image, training=training)  # (batch, image_dim)
         else:

@@ -23,7 +23,6 @@ from pathlib import Path
 
 from captioner.errors import CaptionerError
 
-
 FOLDER = Path(__file__).resolve().parent
 FOLDER_ENV = "CAPTIONER_PRETRAINED_DIR"  # another folder of the same layout (tests; a user's own packed models)
 NAMES = {
@@ -40,7 +39,7 @@ RESTORE = "reinstall captioner (pip install --force-reinstall captioner) or rebu
 
 
 def is_pretrained(run) -> bool:
-    """True for no run at all or `--run pretrained` / `pretrained-vqa` (a folder of that name in the working directory wins)."""
+    """True for no run at all or `--run pretrained` / `pretrained-vqa` (a folder of that name here wins)."""
     return run is None or (str(run) in NAMES and not Path(run).is_dir())
 
 

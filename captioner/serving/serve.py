@@ -25,16 +25,17 @@ import contextlib
 import json
 import socket
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from captioner.config import DecodeConfig
-from captioner.errors import CaptionerError
 from captioner.data.images import read_image_bytes
+from captioner.errors import CaptionerError
 from captioner.run import Run
 
 PAGE = Path(__file__).with_name("web") / "index.html"
@@ -100,7 +101,7 @@ class Batcher:
                     batch.append(
                         self._queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(self._queue.get(), timeout)
                     )
-                except (asyncio.QueueEmpty, asyncio.TimeoutError):
+                except (TimeoutError, asyncio.QueueEmpty):
                     break
             live = [(item, future) for item, future in batch if not future.cancelled()]  # a client that left
             if not live:

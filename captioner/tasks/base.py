@@ -9,9 +9,10 @@ name a run's config.json stores.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import keras
 
@@ -116,7 +117,8 @@ def source_records(
     load: Callable[..., list], data: DataConfig, split: str, limit: Callable[[list], list], skipped: Skipped, **options
 ) -> list[list]:
     """Each source's usable records of `split` (`data.dataset` in `data.data_dir`, then `data.more_sources`): read by
-    `load` (`load_split`, `load_qa_split`), cut by `limit`, kept where the image is on disk. An error names its source."""
+    `load` (`load_split`, `load_qa_split`), cut by `limit`, kept where the image is on disk. An error names its
+    source."""
 
     def usable(dataset: str, folder: str, split: str, skipped: Skipped, **options) -> list:
         return on_disk(limit(load(dataset, folder, split, skipped, **options)), split, skipped)

@@ -4,33 +4,33 @@ CaptionModel, cross-entropy over real words, beam search, BLEU and the COCO metr
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import keras
 import numpy as np
 
-from captioner.data.arrays import padded_caption_length
 from captioner.config import DecodeConfig, ModelConfig, RunConfig
 from captioner.data import DATASETS, Skipped, load_qa_split, load_split
+from captioner.data.arrays import padded_caption_length
+from captioner.data.images import read_image
+from captioner.data.vocab import Vocabulary
+from captioner.distribute import InputShard, share
+from captioner.errors import CaptionerError
+from captioner.evaluation.evaluate import evaluate, summary_lines
 from captioner.generation.decoding import CaptionGenerator
 from captioner.generation.self_critical import BannedCrossentropy, CaptionSource, reference_ids
 from captioner.models.encoder import BACKBONES, default_image_size
-from captioner.errors import CaptionerError
-from captioner.evaluation.evaluate import evaluate, summary_lines
 from captioner.models.features import FeatureCache
-from captioner.data.images import read_image
+from captioner.models.losses import TokenCrossentropy
 from captioner.models.networks import build_caption_model, build_image_encoder, copy_weights, training_work
 from captioner.precision import precision_scope, resolve_precision
-from captioner.distribute import InputShard, share
-from captioner.models.losses import TokenCrossentropy
 from captioner.run import VOCAB_FILE, Run, save_config
 from captioner.tasks import base
 from captioner.tasks.base import EvalOptions, Setup, Task
 from captioner.viz import attention_figure, attention_path
-from captioner.data.vocab import Vocabulary
-
 
 MAX_UNKNOWN_FROM_SOURCE = (
     0.25  # --init-from: a source vocabulary missing more of the training words was trained on other captions
@@ -95,7 +95,8 @@ class CaptionTask(Task):
             unknown = vocab.unknown_rate(c for r in distinct_train for c in r.captions)
             if unknown > MAX_UNKNOWN_FROM_SOURCE:
                 raise CaptionerError(
-                    f"--init-from {init_from}: its vocabulary misses {unknown:.0%} of the words of these training captions; "
+                    f"--init-from {init_from}: its vocabulary misses {unknown:.0%} of the words of these training "
+                    f"captions; "
                     f"it was trained on other captions: start from a run of this dataset, or train without --init-from"
                 )
             image_size = data.image_size
@@ -232,7 +233,8 @@ class CaptionTask(Task):
         return Setup(
             config=config,
             model=model,
-            # The advantages are the weights; they already divide by the tokens of the batch. The words the sampler never
+            # The advantages are the weights; they already divide by the tokens of the batch. The words the sampler
+            # never
             # draws are out of the softmax, as they were when sampling.
             loss=BannedCrossentropy([vocab.pad_id, vocab.start_id, vocab.unk_id], len(vocab)),
             metrics=[],
@@ -269,7 +271,8 @@ def caption_files(
     """
     if attention_out is not None and not run.model.decoder.uses_attention:
         raise CaptionerError(
-            f"{run.path} is a {run.config.model.decoder} run: it has no attention weights; train one with --decoder attention"
+            f"{run.path} is a {run.config.model.decoder} run: it has no attention weights; train one with --decoder "
+            f"attention"
         )
     generator = CaptionTask().generator(run, decode)
     wanted = generator.decode.num_captions

@@ -3,28 +3,29 @@ VQAModel (optionally on a captioning run's encoder), cross-entropy over known an
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import keras
 from keras import ops
 
-from captioner.generation.answering import Answerer
 from captioner.config import RunConfig
 from captioner.data import QARecord, Skipped, load_qa_split, sources
-from captioner.models.encoder import ImageEncoder, default_image_size
-from captioner.evaluation.evaluate import evaluate_vqa, vqa_summary_lines
-from captioner.data.images import read_image
-from captioner.models.networks import build_vqa_model, copy_weights, training_work
 from captioner.data.arrays import group_questions
+from captioner.data.images import read_image
+from captioner.data.vocab import AnswerVocabulary, Vocabulary, tokenize
 from captioner.distribute import InputShard
 from captioner.errors import CaptionerError
+from captioner.evaluation.evaluate import evaluate_vqa, vqa_summary_lines
+from captioner.generation.answering import Answerer
+from captioner.models.encoder import ImageEncoder, default_image_size
 from captioner.models.losses import TokenCrossentropy
+from captioner.models.networks import build_vqa_model, copy_weights, training_work
 from captioner.run import ANSWERS_FILE, VOCAB_FILE, Run, load_run, save_config
 from captioner.tasks import base
 from captioner.tasks.base import EvalOptions, Setup, Task
-from captioner.data.vocab import AnswerVocabulary, Vocabulary, tokenize
 
 
 class AnsweredAccuracy(keras.metrics.Metric):
