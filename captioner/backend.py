@@ -4,8 +4,7 @@ network whose weights come from a file, and importing TensorFlow without its sta
 Model code, generation and answering are written in `keras.ops`; only this module (and the `tf.data` input
 pipeline, which feeds every backend) imports TensorFlow or JAX. The backend is Keras's: `KERAS_BACKEND`
 or `~/.keras/keras.json`, read when Keras is first imported. Keras is imported inside the functions, so the CLI can
-import this module
-before Keras (and TensorFlow) are loaded.
+import this module before Keras (and TensorFlow) are loaded.
 """
 
 from __future__ import annotations
@@ -69,8 +68,7 @@ def weights_from_file() -> Iterator[None]:
 
     On JAX each random initialiser of a new shape compiles an XLA program of its own: building MobileNetV2 compiled
     42 of them, 17 of the 18 s the build took (BENCHMARKS.md, "Building a network to load on JAX, every path"). Zeros
-    cost
-    nothing on any backend. The loaders that follow fail loudly when they leave a weight unfilled
+    cost nothing on any backend. The loaders that follow fail loudly when they leave a weight unfilled
     (`encoder.load_backbone_weights`, `keras.saving.load_model`), so a zero never survives into a model. Initialisers
     given by name are replaced (every layer this project builds, keras.applications and saved runs name them so);
     an initialiser object passed in is left alone.

@@ -1,6 +1,5 @@
 """`captioner data | features | classify | train | train-vqa | caption | ask | plot-history | evaluate | score`: the
-only
-module that reads argv or prints.
+only module that reads argv or prints.
 
 Errors the user can fix print one line (`captioner: error: ...`) and exit 2; `caption` exits 1 when some
 images failed and the rest were captioned.

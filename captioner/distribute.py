@@ -127,8 +127,7 @@ def prepare(config: ParallelConfig, environ: dict | None = None) -> None:
 
 def share(paths, index: int, count: int) -> list[str]:
     """The `index`-th (from 0) of `count` shares of the distinct `paths`: every count-th of the sorted list. One rule
-    for
-    `features --shard I/N` workers and for training processes filling a cache, so they split its images alike."""
+    for `features --shard I/N` workers and for training processes filling a cache, so they split its images alike."""
     return sorted(set(paths))[index::count]
 
 

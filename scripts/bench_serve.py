@@ -8,8 +8,8 @@ bytes from IMAGES (cycled) as fast as answers come back. Reported: requests/s, l
 batch sizes the server formed.
 
     python scripts/bench_serve.py --run runs/demo --images 'data/shapes/images/test_*.png' [--requests 500] [--clients
-    16]
-    python scripts/bench_serve.py --run runs/demo --vqa-run runs/vqa-coco --images 'photos/*.jpg' --question "is there
+    16] python scripts/bench_serve.py --run runs/demo --vqa-run runs/vqa-coco --images 'photos/*.jpg' --question "is
+    there
     a dog ?"
 """
 

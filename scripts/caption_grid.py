@@ -3,8 +3,8 @@ its generated caption (bold) and two of its references; with several `--captions
 model's caption in turn, named by `--labels` (e.g. the same photos before and after self-critical training).
 
     python scripts/caption_grid.py --captions runs/f8k/test_captions.json --out docs/flickr8k_test_captions.png
-    [--count 10] [--seed 0]
-    python scripts/caption_grid.py --captions xe.json --captions scst.json --labels "cross-entropy,SCST" --count 6
+    [--count 10] [--seed 0] python scripts/caption_grid.py --captions xe.json --captions scst.json --labels
+    "cross-entropy,SCST" --count 6
     --out docs/f8k_scst.png
 """
 

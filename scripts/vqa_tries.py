@@ -1,16 +1,15 @@
 """Experiment harness (not the product): tries at yes/no VQA on photographs, each a small change to the vqa-coco
 recipe rebuilt in plain Keras on the cached MobileNetV2 grids, trained and scored the same way (Adam 5e-4, batch 64,
 early stopping on dev accuracy, patience 5, at most 30 epochs: `--patience`, `--epochs`), several seeds each. Prints
-one JSON line per arm
-and seed, then per arm the mean over seeds: dev and test accuracy overall, on photos seen in train and on unseen ones,
+one JSON line per arm and seed, then per arm the mean over seeds: dev and test accuracy overall, on photos seen in
+train and on unseen ones,
 answering "yes" where P(yes) > 0.5 and where P(yes) is above the threshold most accurate on dev; and test's
 unseen-photo questions split in two: those whose exact text was asked in train (twins; VQA v2 pairs each question
 with a similar photo whose answer differs, so the train answer is usually wrong there) and the rest (new).
 
 Arms (`--arms`, comma-separated):
   plain     the recipe: grid mean, LayerNorm, Dense 512 ReLU, tanh projections multiplied; question: embedding 256,
-  LSTM 512
-  gru       the question read by a GRU instead of the LSTM
+  LSTM 512 gru       the question read by a GRU instead of the LSTM
   bilstm    by a bidirectional LSTM (256 each way)
   balanced  class weights that make "yes" and "no" weigh the same in the loss
   smooth    label smoothing 0.1

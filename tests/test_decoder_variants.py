@@ -204,8 +204,8 @@ def test_hard_attention_reloads_beams_and_exports_with_the_same_captions(hard_ru
 def test_the_reinforce_term_is_the_hand_computed_estimator():
     """Two captions, two words each, two cells: the location loss equals
     -reinforce_weight * sum_caption (R - b) sum_t log alpha_t[s_t] / words - entropy_weight * mean_t H(alpha_t), with
-    R the caption's
-    log-likelihood, b the first batch's mean reward; captions read through the expectation take no REINFORCE part."""
+    R the caption's log-likelihood, b the first batch's mean reward; captions read through the expectation take no
+    REINFORCE part."""
     from captioner.models.decoder import RNNDecoder
 
     decoder = RNNDecoder(

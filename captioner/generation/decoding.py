@@ -156,8 +156,7 @@ class CaptionGenerator:
 
         On TensorFlow, until the search has been traced, a batch of fewer than EAGER_BELOW images is searched
         eagerly: tracing costs about a second, more than an eager search of a few images (`captioner caption
-        photo.jpg`).
-        The same operations run either way (a test checks the captions are equal).
+        photo.jpg`). The same operations run either way (a test checks the captions are equal).
         """
         images = np.asarray(images, np.uint8)  # (batch, size, size, 3)
         inputs = [images]

@@ -74,8 +74,7 @@ class ImageEncoder(layers.Layer):
         encoder: str. "small_cnn" or a key of BACKBONES. Defaults to "small_cnn".
         image_size: int. Input side in pixels; images arrive as 0-255 values. Defaults to 64.
         filters: list[int]. small_cnn channels per stage; every stage but the last halves the grid. Defaults to [32,
-        64, 128, 128].
-        feature_dim: int. Width of the pooled vector when `pooling="flatten"`. Defaults to 256.
+        64, 128, 128]. feature_dim: int. Width of the pooled vector when `pooling="flatten"`. Defaults to 256.
         pooling: str. "flatten" (a dense layer over the whole grid, which keeps where things are, like the fc
             layers of VGG in Show-and-Tell) or "avg" (global average, the usual choice for backbones).
             Defaults to "flatten" for small_cnn, "avg" for backbones.

@@ -295,8 +295,8 @@ def export_pretrained(
     caption: Run, vqa: Run, out: str | Path, decode: DecodeConfig | None = None, sources: dict | None = None
 ) -> Path:
     """Write the folder `captioner/pretrained` ships (its docstring): one encoder.tflite for both runs, each run's
-    settings,
-    vocabularies and float16 weights, manifest.json. The two runs must share their encoder (the same network and
+    settings, vocabularies and float16 weights, manifest.json. The two runs must share their encoder (the same network
+    and
     input, the same weights); `decode` replaces the caption run's decode settings; `sources` goes into the manifest."""
     import dataclasses
     import hashlib
