@@ -95,7 +95,7 @@ def _write_state_dict(path: Path, arrays: dict[str, np.ndarray], layout: str) ->
     if layout == "zip":
         with zipfile.ZipFile(path, "w") as archive:
             archive.writestr("archive/data.pkl", buffer.getvalue())
-            for _, base in storages:
+            for storage, base in storages:
                 archive.writestr(f"archive/data/{storage.key}", base.tobytes())
         return
     with open(path, "wb") as handle:

@@ -25,7 +25,7 @@ RANKS = _ranks()
 
 
 # Sub-packages, whose modules are ranked one by one (`data/vocab.py`); a package's `__init__` has a rank of its own.
-BY_MODULE = {"data", "models", "generation", "evaluation", "serving", "tasks"}
+BY_MODULE = {"data", "models", "generation", "evaluation", "serving", "tasks", "cli"}
 
 
 def _key(parts: list[str]) -> str:
