@@ -48,7 +48,7 @@ class ModelConfig:
 
     decoder: str = "show-tell"  # "show-tell" (Vinyals et al. 2015) or "attention" (Xu et al. 2015)
     attention: str = (
-        "soft"  # decoder "attention": "soft" or "hard" (one sampled cell per word, REINFORCE; Xu et al. 2015)
+        "soft"  # decoder "attention": "soft" or "hard" (one sampled grid position per word, REINFORCE; Xu et al. 2015)
     )
     hard_entropy_weight: float = 0.002  # hard attention: weight of the entropy bonus on the attention weights
     hard_reinforce_weight: float = (
@@ -77,7 +77,8 @@ class ModelConfig:
     dropout_rate: float = 0.2  # dropout on the LSTM output before the vocabulary projection
     attention_dim: int = 128  # width of the additive attention (decoder "attention")
     attention_regularization: float = 1.0  # lambda of the doubly stochastic attention penalty
-    init_from: str | None = None  # LSTM state from "pooled" or "grid_mean"; None: grid_mean with attention
+    # the recurrent state initialised from "pooled" or "grid_mean" (the grid's mean); None: grid_mean with attention
+    state_init: str | None = None
     # float32, mixed_bfloat16 or mixed_float16; auto: what measured faster at equal quality (captioner.precision)
     precision: str = "auto"
     precision_reason: str = ""  # why "auto" became `precision` (written when a run starts; "" when it was asked for)
@@ -129,7 +130,9 @@ class DecodeConfig:
     seed: int = 0  # sampling: the same seed gives the same captions, on every backend
     no_repeat_ngram: int = 0  # never repeat an n-gram of this length within a caption (3: no repeated trigram; 0: off)
     min_length: int = 0  # <end> only after this many words
-    hard_context: str = "expectation"  # hard-attention runs: read the "expectation" (soft context) or the "argmax" cell
+    hard_context: str = (
+        "expectation"  # hard-attention runs: read the "expectation" (soft context) or the "argmax" grid position
+    )
 
 
 @dataclass
@@ -156,8 +159,8 @@ class VQAConfig:
     attention_dim: int = 128  # width of that attention
     use_image: bool = True  # False: the image takes no part, a question-only (blind, "LSTM Q") model, for ablations
     use_question: bool = True  # False: the question takes no part, an image-only ("I") model, for ablations
-    encoder_from: str | None = None  # caption run whose trained ImageEncoder starts this model
-    fine_tune_encoder: bool = False  # train an encoder taken from encoder_from (frozen otherwise)
+    # caption run whose trained ImageEncoder starts this model (frozen unless model.encoder_trainable)
+    encoder_from: str | None = None
 
 
 @dataclass
@@ -178,7 +181,9 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
-        """Rebuild from `to_dict` output; unknown keys are an error, missing keys take defaults."""
+        """Rebuild from `to_dict` output (old names mapped: `upgraded`); unknown keys are an error, missing keys take
+        defaults."""
+        values = upgraded(values)
         sections = {f.name: f for f in dataclasses.fields(cls)}
         unknown = set(values) - set(sections)
         if unknown:
@@ -195,6 +200,29 @@ class RunConfig:
                 raise ValueError(f"unknown keys in config section '{name}': {sorted(bad)}")
             kwargs[name] = section_type(**value)
         return cls(**kwargs)
+
+
+# Settings renamed since runs were first written (one name, one meaning): old "section.field" -> new. Old config.json
+# and request.json files load (`upgraded`), and `--set` takes the old name too (`apply_overrides`).
+RENAMED = {"model.init_from": "model.state_init"}
+
+
+def upgraded(values: dict[str, Any]) -> dict[str, Any]:
+    """A `to_dict` payload with old setting names mapped to today's: `RENAMED`, and `vqa.fine_tune_encoder` (until
+    2026-12-06 the VQA meaning of --fine-tune-encoder) as `model.encoder_trainable` where an encoder was taken from a
+    caption run, the one case it acted on."""
+    values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+    for old, new in RENAMED.items():
+        (section, name), (new_section, new_name) = old.split("."), new.split(".")
+        if isinstance(values.get(section), dict) and name in values[section]:
+            value = values[section].pop(name)
+            values.setdefault(new_section, {}).setdefault(new_name, value)
+    vqa, model = values.get("vqa"), values.get("model")
+    if isinstance(vqa, dict) and "fine_tune_encoder" in vqa:
+        fine_tune = vqa.pop("fine_tune_encoder")
+        if vqa.get("encoder_from") and isinstance(model, dict):
+            model["encoder_trainable"] = bool(fine_tune)
+    return values
 
 
 _SECTION_TYPES = {
@@ -338,7 +366,7 @@ INIT_FROM_MODEL_CHANGES = (
     "model.hard_reinforce_weight",
 )
 # VQA head settings that change no weight: what `train-vqa --init-from` may change besides those above.
-INIT_FROM_VQA_CHANGES = ("vqa.dropout_rate", "vqa.questions_per_image", "vqa.fine_tune_encoder")
+INIT_FROM_VQA_CHANGES = ("vqa.dropout_rate", "vqa.questions_per_image", "model.encoder_trainable")
 # Self-critical training's own defaults (Rennie et al. 2017; self-critical.pytorch): Adam at 5e-5 without decay, the
 # best
 # epoch by validation CIDEr. Dropout off: the captions sampled are then exactly the policy trained (keeping the source's
@@ -407,6 +435,9 @@ def apply_overrides(config: RunConfig, overrides: dict[str, str]) -> RunConfig:
         overrides: dict[str, str]. e.g. {"train.epochs": "3", "model.encoder_weights": "none"}.
     """
     for key, raw in overrides.items():
+        key = RENAMED.get(key, key)
+        if key == "vqa.fine_tune_encoder":
+            key = "model.encoder_trainable"
         section_name, _, field_name = key.partition(".")
         section = getattr(config, section_name, None)
         if section is None or not dataclasses.is_dataclass(section) or not field_name:

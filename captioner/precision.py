@@ -98,8 +98,8 @@ def resolve_precision(name: str, work: str = "decode") -> str:
     return name
 
 
-def lstm_use_cudnn(compute_dtype: str) -> str | bool:
-    """`use_cudnn` for a keras.layers.LSTM computing in `compute_dtype`: "auto" (cuDNN where Keras can) for
+def rnn_use_cudnn(compute_dtype: str) -> str | bool:
+    """`use_cudnn` for a keras.layers.LSTM or GRU computing in `compute_dtype`: "auto" (cuDNN where Keras can) for
     float32, False otherwise. Under JAX on a GPU, Keras's cuDNN LSTM (jax.experimental.rnn) fails to compile
     for bfloat16 ("ValueError: Unknown output type bfloat16"; Keras 3.15.1, jax 0.11.2, an H200, 2026-11-26),
     and it fails after Keras's own fall-back check, so "auto" does not catch it; the generic loop works."""

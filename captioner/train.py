@@ -501,7 +501,8 @@ def train(
     ):
         raise CaptionerError(
             "--attention hard trains on several devices on the JAX backend only (under TensorFlow's MirroredStrategy "
-            "its sampled cells and reward baseline would be per device); set KERAS_BACKEND=jax or drop --devices"
+            "its sampled grid positions and reward baseline would be per device); set KERAS_BACKEND=jax or drop "
+            "--devices"
         )
     parallel.check_batch(config.train.batch_size)
     source = (

@@ -112,7 +112,7 @@ def decoder_flops(model, images: int, captions: int, steps: int, with_cnn: bool)
     encoder, decoder = model.encoder, model.decoder
     hidden, vocab, embed = decoder.hidden_dim, decoder.vocab_size, decoder.embedding_dim
     pixels, channels = encoder.num_pixels, encoder.encoder_dim
-    image_dim = channels if decoder.init_from == "grid_mean" else encoder.pooled_dim
+    image_dim = channels if decoder.state_init == "grid_mean" else encoder.pooled_dim
     per_image = 2 * 2 * image_dim * hidden  # init_h, init_c
     if encoder.projection is not None:
         per_image += 2 * pixels * channels * encoder.pooled_dim

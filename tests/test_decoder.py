@@ -68,7 +68,7 @@ def test_doubly_stochastic_penalty_only_in_training():
 
 
 def test_state_from_the_grid_mean_ignores_the_pooled_vector():
-    decoder = _decoder(attention_dim=7, init_from="grid_mean")
+    decoder = _decoder(attention_dim=7, state_init="grid_mean")
     h_a, _ = decoder.initial_state(POOLED, GRID)
     h_b, _ = decoder.initial_state(POOLED * 5, GRID)
     assert decoder.state_count == 2

@@ -18,7 +18,11 @@ def test_run_directory_describes_itself(overfit_run):
     config = json.loads((overfit_run / "config.json").read_text())
     assert config["model"]["decoder"] == "show-tell" and config["data"]["dataset"] == "shapes"
     # Every "auto" setting is written out as what was built, not left as null.
-    assert (config["model"]["encoder_trainable"], config["model"]["init_from"], config["model"]["encoder_pooling"]) == (
+    assert (
+        config["model"]["encoder_trainable"],
+        config["model"]["state_init"],
+        config["model"]["encoder_pooling"],
+    ) == (
         True,
         "pooled",
         "flatten",

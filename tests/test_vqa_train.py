@@ -140,7 +140,7 @@ def test_encoder_from_a_caption_run_is_copied_and_frozen(overfit_run, tiny_data,
     assert not vqa.model.encoder.trainable
     for mine, theirs in zip(vqa.model.encoder.get_weights(), caption.model.encoder.get_weights()):
         np.testing.assert_array_equal(mine, theirs)
-    config = _vqa_config(tiny_data, **{"vqa.encoder_from": str(overfit_run), "vqa.fine_tune_encoder": "true"})
+    config = _vqa_config(tiny_data, **{"vqa.encoder_from": str(overfit_run), "model.encoder_trainable": "true"})
     train(config, tmp_path / "tuned", verbose=0)
     tuned = load_run(tmp_path / "tuned", task="vqa")
     assert tuned.model.encoder.trainable

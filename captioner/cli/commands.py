@@ -142,12 +142,7 @@ def run_train(args: argparse.Namespace) -> int:
         raise CaptionerError("--init-from takes its settings from that run; drop --preset")
     if args.attention and args.decoder is None and not args.init_from:
         args.decoder = "attention"
-    config = _configure(
-        args,
-        args.preset or "shapes",
-        config_keys(CAPTION),
-        {"model.encoder_trainable": "true"} if args.fine_tune_encoder else {},
-    )
+    config = _configure(args, args.preset or "shapes", config_keys(CAPTION), {})
     config.task = "caption"  # also where --init-from names a VQA run: train then says it cannot start from one
     parallel = _start(args.parallel)
     skipped = Skipped()
@@ -174,10 +169,6 @@ def run_train_vqa(args: argparse.Namespace) -> int:
 
     if args.init_from and args.preset:
         raise CaptionerError("--init-from takes its settings from that run; drop --preset")
-    if args.fine_tune_encoder and not args.encoder_from:
-        raise CaptionerError(
-            "--fine-tune-encoder needs --encoder-from RUN (an encoder trained from scratch is always trained)"
-        )
     if args.encoder_from and (args.encoder or args.encoder_weights):
         raise CaptionerError("--encoder-from takes the encoder from that run; drop --encoder/--encoder-weights")
     if args.question_only and args.image_only:
@@ -190,8 +181,6 @@ def run_train_vqa(args: argparse.Namespace) -> int:
         fixed["vqa.use_image"] = "false"
     if args.image_only:
         fixed["vqa.use_question"] = "false"
-    if args.fine_tune_encoder:
-        fixed["vqa.fine_tune_encoder"] = "true"
     config = _configure(args, name, config_keys(VQA), {k: v for k, v in fixed.items() if k != "task"})
     config.task = "vqa"
     parallel = _start(args.parallel)

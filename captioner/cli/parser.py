@@ -156,8 +156,8 @@ TRAINING_FLAGS = (
         "--attention",
         "model.attention",
         (CAPTION,),
-        "with --decoder attention: soft (default) or hard (one sampled grid cell per word, trained with REINFORCE); "
-        "--attention alone implies --decoder attention",
+        "with --decoder attention: soft (default) or hard (one sampled grid position per word, trained with "
+        "REINFORCE); --attention alone implies --decoder attention",
         {"choices": ["soft", "hard"]},
     ),
     TrainingFlag("--cell", "model.cell", (CAPTION,), "the decoder's recurrent cell: lstm (default) or gru"),
@@ -206,13 +206,11 @@ TRAINING_FLAGS = (
     TrainingFlag("--fine-tune-blocks", "model.fine_tune_blocks", BOTH, _BLOCKS, {"type": int, "metavar": "N"}),
     TrainingFlag(
         "--fine-tune-encoder",
-        None,
+        "model.encoder_trainable",
         BOTH,
-        {
-            CAPTION: "train a pretrained backbone too (no feature cache; slow on a CPU)",
-            VQA: "train the encoder taken with --encoder-from",
-        },
-        {"action": "store_true"},
+        "train the encoder's weights too: a pretrained backbone (no feature cache; slow on a CPU) or the encoder "
+        "taken with --encoder-from (default: the small CNN trains, both of those stay frozen)",
+        {"action": "store_const", "const": True},
     ),
     TrainingFlag("--epochs", "train.epochs", BOTH, "", {"type": _positive_int}),
     TrainingFlag(
@@ -662,5 +660,5 @@ def add_decode_arguments(parser: argparse.ArgumentParser, prefix: str = "", samp
         "--hard-context",
         default=None,
         choices=["expectation", "argmax"],
-        help="hard-attention runs: read the expected context (default) or the most attended grid cell",
+        help="hard-attention runs: read the expected context (default) or the most attended grid position",
     )

@@ -232,7 +232,7 @@ def _decoding_parts(result: dict[str, Any]) -> list[tuple[str, str]]:
         parts += [] if penalty == 1.0 else [(f"_lp{penalty:g}", f", length penalty {penalty:g}")]
     parts += [(f"_{k}{v}", f", {k.replace('_', ' ')} {v}") for k, v in result.get("constraints", {}).items() if v]
     return parts + (
-        [(f"_{result['hard_context']}", f", {result['hard_context']} cell")] if "hard_context" in result else []
+        [(f"_{result['hard_context']}", f", {result['hard_context']} position")] if "hard_context" in result else []
     )
 
 

@@ -178,7 +178,7 @@ class LiteCaptioner:
         self.embedding = w["embedding/embeddings"]  # (vocab, embedding_dim)
         self.output = w["output_projection/kernel"], w["output_projection/bias"]
         self.attention = model.decoder == "attention"
-        self.grid_mean = model.init_from == "grid_mean"
+        self.grid_mean = model.state_init == "grid_mean"
         if self.attention:
             self.project = w["attention/encoder_projection/kernel"], w["attention/encoder_projection/bias"]
             self.query = w["attention/decoder_projection/kernel"], w["attention/decoder_projection/bias"]

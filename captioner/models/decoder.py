@@ -19,16 +19,16 @@ the first layer's cell; the doubly stochastic
 penalty lambda * mean_i (1 - sum_t alpha_ti)^2 is added to the loss in training. `step` serves generation
 for both, so decoding is written once.
 
-Hard attention (Xu et al. 2015, section 4.1): in training each word's context is one grid cell s_t sampled from
+Hard attention (Xu et al. 2015, section 4.1): in training each word's context is one grid position s_t sampled from
 alpha_t, not the weighted mean; the teacher-forced cross-entropy is then -log p(y | s, a), and the locations are
 trained by REINFORCE on the caption's log-likelihood R = log p(y | s, a) with a moving-average baseline b
 (b <- 0.9 b + 0.1 mean R, the paper's) and an entropy bonus: the loss adds
 -reinforce_weight * sum_caption sg(R - b) sum_t log alpha_t[s_t] / words - entropy_weight * mean_t H(alpha_t),
 an unbiased estimate of the gradient of the paper's lower bound per word. As in the paper, a share of the
 captions (`hard_expected_share`, 0.5) uses the expected context instead of a sample, which lowers the variance
-and trains the decoder on the context it sees at inference. The uniforms that pick the cells are drawn before
+and trains the decoder on the context it sees at inference. The uniforms that pick the positions are drawn before
 the scan over words (no random state inside a scan: JAX forbids it). At inference the context is the expectation
-(the soft one, deterministic; the default) or the argmax cell (`step(..., hard_context="argmax")`).
+(the soft one, deterministic; the default) or the argmax position (`step(..., hard_context="argmax")`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from keras import layers, ops
 from captioner.data.vocab import Vocabulary
 from captioner.errors import CaptionerError
 from captioner.models.attention import SoftAttention
-from captioner.precision import lstm_use_cudnn
+from captioner.precision import rnn_use_cudnn
 
 CELLS = ("lstm", "gru")
 MAX_LAYERS = 4
@@ -60,7 +60,7 @@ class RNNDecoder(layers.Layer):
             stacked layers in training (one mask per sequence, the same at every step). Defaults to 0.2.
         attention_dim: int | None. Soft-attention width; None is Show-and-Tell. Defaults to None.
         attention_regularization: float. lambda of the doubly stochastic penalty. Defaults to 1.0.
-        init_from: str. "pooled" (the encoder's pooled vector) or "grid_mean" (the mean of the grid, as in
+        state_init: str. "pooled" (the encoder's pooled vector) or "grid_mean" (the mean of the grid, as in
             Show-Attend-Tell). Defaults to "pooled".
         cell: str. "lstm" or "gru". Defaults to "lstm".
         num_layers: int. Stacked recurrent layers, 1 to 4. Defaults to 1.
@@ -69,13 +69,13 @@ class RNNDecoder(layers.Layer):
         reinforce_weight: float. Hard attention: weight of the REINFORCE term (the paper's lambda_r). Defaults to 0.1
             (measured on Flickr8k: at 1.0 the term swamped the cross-entropy; BENCHMARKS.md).
         hard_expected_share: float. Hard attention: share of captions trained on the expected context instead of
-            a sampled cell. Defaults to 0.5.
+            a sampled grid position. Defaults to 0.5.
         seed: int | None. Hard attention: seed of the location sampling. Defaults to None.
 
     Call:
         tokens: (batch, steps) int ids, `<start> w1 ... wn` padded with 0.
         pooled: (images, pooled_dim) image vectors, images = batch / captions_per_image.
-        grid: (images, num_pixels, encoder_dim) feature grid (used with attention or init_from="grid_mean").
+        grid: (images, num_pixels, encoder_dim) feature grid (used with attention or state_init="grid_mean").
         captions_per_image: int. Consecutive token rows that share one image. Defaults to 1.
         returns logits (batch, steps, vocab_size) predicting `w1 ... wn <end>`.
     """
@@ -88,7 +88,7 @@ class RNNDecoder(layers.Layer):
         dropout_rate: float = 0.2,
         attention_dim: int | None = None,
         attention_regularization: float = 1.0,
-        init_from: str = "pooled",
+        state_init: str = "pooled",
         cell: str = "lstm",
         num_layers: int = 1,
         attention: str = "soft",
@@ -99,8 +99,8 @@ class RNNDecoder(layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if init_from not in ("pooled", "grid_mean"):
-            raise ValueError(f"init_from must be 'pooled' or 'grid_mean', got '{init_from}'")
+        if state_init not in ("pooled", "grid_mean"):
+            raise ValueError(f"state_init must be 'pooled' or 'grid_mean', got '{state_init}'")
         if cell not in CELLS:
             raise CaptionerError(f"unknown cell '{cell}'; choose lstm or gru")
         if not 1 <= int(num_layers) <= MAX_LAYERS:
@@ -124,7 +124,7 @@ class RNNDecoder(layers.Layer):
         self.dropout_rate = float(dropout_rate)
         self.attention_dim = None if attention_dim is None else int(attention_dim)
         self.attention_regularization = float(attention_regularization)
-        self.init_from = init_from
+        self.state_init = state_init
         self.embedding = layers.Embedding(self.vocab_size, self.embedding_dim, name="embedding")
         self.pooled_norm = layers.LayerNormalization(name="pooled_norm")  # normalises the grid mean too
         # Layer i's recurrent layer and its state projections. Attribute names are what a saved file's weights are
@@ -140,7 +140,7 @@ class RNNDecoder(layers.Layer):
                 self.hidden_dim,
                 return_sequences=True,
                 name=f"{cell}{suffix}",
-                use_cudnn=lstm_use_cudnn(self.compute_dtype),
+                use_cudnn=rnn_use_cudnn(self.compute_dtype),
             )
             inits = [
                 layers.Dense(self.hidden_dim, name=f"init_{part}{suffix}")
@@ -178,7 +178,7 @@ class RNNDecoder(layers.Layer):
         if self.built:
             return
         self.embedding.build(tokens_shape)
-        image_dim = grid_shape[-1] if self.init_from == "grid_mean" else pooled_shape[-1]
+        image_dim = grid_shape[-1] if self.state_init == "grid_mean" else pooled_shape[-1]
         self.pooled_norm.build((None, image_dim))
         for dense in (d for inits in self._inits for d in inits):
             dense.build((None, image_dim))
@@ -202,7 +202,7 @@ class RNNDecoder(layers.Layer):
     def initial_state(self, pooled, grid=None):
         """The state, a tuple of `state_count` (batch, hidden_dim) tensors, from the pooled vector or the mean of
         the grid: every layer's own projection of the same normalised image vector."""
-        image = ops.mean(grid, axis=1) if self.init_from == "grid_mean" else pooled  # (batch, image_dim)
+        image = ops.mean(grid, axis=1) if self.state_init == "grid_mean" else pooled  # (batch, image_dim)
         image = self.pooled_norm(image)
         return tuple(dense(image) for inits in self._inits for dense in inits)
 
@@ -270,16 +270,16 @@ class RNNDecoder(layers.Layer):
                 )  # (batch,)
                 xs = (xs, keras.random.uniform((steps, batch), seed=self.seed_generator))  # + (steps, batch) uniforms
 
-            def step(carry, inputs):  # one word for the whole batch: carry (state..., output, alpha[, cell])
+            def step(carry, inputs):  # one word for the whole batch: carry (state..., output, alpha[, position])
                 word, choice = (
                     (inputs[0], (inputs[1], expected)) if sampling else (inputs, None)
                 )  # (batch, embedding_dim)
-                output, new_state, alpha, cell = self._attend_and_step(word, carry[:count], memory, masks, choice)
+                output, new_state, alpha, position = self._attend_and_step(word, carry[:count], memory, masks, choice)
                 carry = (
                     *new_state,
                     output,
                     ops.cast(alpha, carry[count + 1].dtype),
-                    *(() if cell is None else (cell,)),
+                    *(() if position is None else (position,)),
                 )
                 return (
                     carry,
@@ -288,9 +288,11 @@ class RNNDecoder(layers.Layer):
 
             # A scan over time, not a Python loop unrolled into the graph: one step body to trace and differentiate.
             pixels = ops.zeros_like(memory[1][..., 0])  # (batch, num_pixels)
-            cells = (ops.zeros((ops.shape(pixels)[0],), dtype="int32"),) if sampling else ()  # (batch,) sampled cell
+            positions = (
+                (ops.zeros((ops.shape(pixels)[0],), dtype="int32"),) if sampling else ()
+            )  # (batch,) sampled position
             _, stacked = ops.scan(
-                step, (*state, ops.zeros_like(state[0]), pixels, *cells), xs
+                step, (*state, ops.zeros_like(state[0]), pixels, *positions), xs
             )  # (steps, batch, ...) each
             outputs = ops.moveaxis(stacked[count], 0, 1)  # (batch, steps, hidden_dim): the top layer's output
             alphas = ops.moveaxis(stacked[count + 1], 0, 1)  # (batch, steps, num_pixels)
@@ -301,7 +303,11 @@ class RNNDecoder(layers.Layer):
                 )  # (batch, num_pixels); the penalty in float32
                 self.add_loss(self.attention_regularization * ops.mean(ops.square(1.0 - coverage)))
             if sampling:
-                reinforce = (alphas, ops.moveaxis(stacked[count + 2], 0, 1), expected)  # + (batch, steps) sampled cells
+                reinforce = (
+                    alphas,
+                    ops.moveaxis(stacked[count + 2], 0, 1),
+                    expected,
+                )  # + (batch, steps) sampled positions
         logits = self.output_projection(self.dropout(outputs, training=training))  # (batch, steps, vocab_size)
         if reinforce is not None:
             self.add_loss(self._reinforce_loss(tokens, logits, *reinforce))
@@ -309,21 +315,21 @@ class RNNDecoder(layers.Layer):
 
     def _attend_and_step(self, embedded, state, memory, masks=(), choice=None, hard_context="expectation"):
         """One word with attention. `choice`: hard attention in training, (uniform (batch,), expected (batch,) bool):
-        each row reads the cell its uniform picks from alpha, or the expected context where `expected`. Returns
-        the top output, the new state, alpha (batch, num_pixels) and the sampled cells (batch,) int32 or None."""
+        each row reads the position its uniform picks from alpha, or the expected context where `expected`. Returns
+        the top output, the new state, alpha (batch, num_pixels) and the sampled positions (batch,) int32 or None."""
         h = self._per_layer(state)[-1][0]  # (batch, hidden_dim): the top layer's previous hidden state asks
         features, projected = memory
         context, alpha = self.attention(features, projected, h)  # (batch, encoder_dim), (batch, num_pixels)
-        cell = None
+        position = None
         if choice is not None:
             uniform, expected = choice
             below = ops.cumsum(ops.cast(alpha, "float32"), axis=-1) < uniform[:, None]  # (batch, num_pixels)
-            cell = ops.minimum(
+            position = ops.minimum(
                 ops.sum(ops.cast(below, "int32"), axis=-1), ops.shape(alpha)[-1] - 1
             )  # (batch,) inverse CDF
-            picked = ops.matmul(ops.one_hot(cell, ops.shape(alpha)[-1], dtype=features.dtype)[:, None, :], features)[
-                :, 0, :
-            ]  # (batch, encoder_dim)
+            picked = ops.matmul(
+                ops.one_hot(position, ops.shape(alpha)[-1], dtype=features.dtype)[:, None, :], features
+            )[:, 0, :]  # (batch, encoder_dim)
             context = ops.where(expected[:, None], context, picked)  # (batch, encoder_dim)
         elif self.hard and hard_context == "argmax":
             best = ops.one_hot(
@@ -332,9 +338,9 @@ class RNNDecoder(layers.Layer):
             context = ops.matmul(best[:, None, :], features)[:, 0, :]  # (batch, encoder_dim)
         context = self.gate(h) * context  # (batch, encoder_dim)
         output, state = self._cells(ops.concatenate([embedded, context], axis=-1), state, masks)  # (batch, hidden_dim)
-        return output, state, alpha, cell
+        return output, state, alpha, position
 
-    def _reinforce_loss(self, tokens, logits, alphas, cells, expected):
+    def _reinforce_loss(self, tokens, logits, alphas, positions, expected):
         """The location part of the hard-attention loss (module docstring): REINFORCE on each sampled caption's
         log-likelihood against the moving-average baseline, minus the entropy bonus; a scalar per word. Updates the
         baseline."""
@@ -349,10 +355,10 @@ class RNNDecoder(layers.Layer):
             ops.take_along_axis(log_probs, ops.expand_dims(targets, -1), axis=-1)[..., 0] * words
         )  # (batch, steps)
         reward = ops.stop_gradient(ops.sum(word_ll, axis=1))  # (batch,) log p(y | s, a)
-        sampled = 1.0 - ops.cast(expected, "float32")  # (batch,) captions that read sampled cells
+        sampled = 1.0 - ops.cast(expected, "float32")  # (batch,) captions that read sampled positions
         alphas = ops.cast(alphas, "float32")  # (batch, steps, num_pixels)
         location_ll = ops.log(
-            ops.take_along_axis(alphas, ops.expand_dims(cells, -1), axis=-1)[..., 0] + 1e-8
+            ops.take_along_axis(alphas, ops.expand_dims(positions, -1), axis=-1)[..., 0] + 1e-8
         )  # (batch, steps)
         mean_reward = ops.sum(reward * sampled) / ops.maximum(ops.sum(sampled), 1.0)
         updates, previous = ops.convert_to_tensor(self.baseline_updates), ops.convert_to_tensor(self.reward_baseline)
@@ -372,7 +378,7 @@ class RNNDecoder(layers.Layer):
             tokens: (batch,) int ids of the previous word.
             state: the tuple `initial_state` (or the last step) gave, `state_count` tensors (batch, hidden_dim).
             memory: tuple from `memory(grid)`, rows aligned with `tokens`.
-            hard_context: hard attention: read the "expectation" (soft context) or the "argmax" cell.
+            hard_context: hard attention: read the "expectation" (soft context) or the "argmax" position.
 
         Returns:
             logits (batch, vocab_size), the new state, attention weights (batch, num_pixels) - (batch, 0)
@@ -396,7 +402,7 @@ class RNNDecoder(layers.Layer):
             dropout_rate=self.dropout_rate,
             attention_dim=self.attention_dim,
             attention_regularization=self.attention_regularization,
-            init_from=self.init_from,
+            state_init=self.state_init,
             cell=self.cell,
             num_layers=self.num_layers,
             attention=self.attention_type,
@@ -406,6 +412,13 @@ class RNNDecoder(layers.Layer):
             seed=self.seed,
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if "init_from" in config:  # files saved before 2026-12-06 name the state initialisation so
+            config["state_init"] = config.pop("init_from")
+        return cls(**config)
 
 
 @keras.saving.register_keras_serializable(package="captioner")

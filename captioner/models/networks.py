@@ -93,20 +93,20 @@ class CaptionModel(keras.Model):
 
 def resolve_auto(run_config):
     """The run config with every "auto" (None) model field written out as what the builders make of it:
-    `encoder_trainable`, `init_from` and `encoder_pooling`. Called once when a run starts, so its config.json
+    `encoder_trainable`, `state_init` and `encoder_pooling`. Called once when a run starts, so its config.json
     says what was built. An encoder taken from another run (`vqa.encoder_from`) keeps that run's pooling."""
     model = run_config.model
     attention = model.decoder == "attention" if run_config.task == "caption" else run_config.vqa.attention
-    init_from = model.init_from or ("grid_mean" if attention and run_config.task == "caption" else "pooled")
+    state_init = model.state_init or ("grid_mean" if attention and run_config.task == "caption" else "pooled")
     pooling = model.encoder_pooling
     if pooling is None and not (run_config.task == "vqa" and run_config.vqa.encoder_from):
         grid_only = (
-            init_from == "grid_mean" if run_config.task == "caption" else attention
+            state_init == "grid_mean" if run_config.task == "caption" else attention
         )  # nothing reads the pooled vector
         pooling = "avg" if grid_only or model.encoder != "small_cnn" else "flatten"
-    resolved = dataclasses.replace(
-        model, encoder_trainable=encoder_is_trainable(model), init_from=init_from, encoder_pooling=pooling
-    )
+    taken = run_config.task == "vqa" and run_config.vqa.encoder_from  # a caption run's encoder: frozen by default
+    trainable = bool(model.encoder_trainable) if taken else encoder_is_trainable(model)
+    resolved = dataclasses.replace(model, encoder_trainable=trainable, state_init=state_init, encoder_pooling=pooling)
     return dataclasses.replace(run_config, model=resolved)
 
 
@@ -153,10 +153,10 @@ def build_caption_model(model_config, vocab_size: int, image_size: int) -> Capti
         raise CaptionerError(
             f"hard attention needs the attention decoder, not {model_config.decoder}: add --decoder attention"
         )
-    init_from = model_config.init_from or ("grid_mean" if attention else "pooled")
+    state_init = model_config.state_init or ("grid_mean" if attention else "pooled")
     # A decoder that starts from the grid mean never reads the pooled vector: skip the flatten projection
     # (2M unused weights that would get no gradient).
-    encoder = build_image_encoder(model_config, image_size, "avg" if init_from == "grid_mean" else None)
+    encoder = build_image_encoder(model_config, image_size, "avg" if state_init == "grid_mean" else None)
     decoder = RNNDecoder(
         vocab_size=vocab_size,
         embedding_dim=model_config.embedding_dim,
@@ -164,7 +164,7 @@ def build_caption_model(model_config, vocab_size: int, image_size: int) -> Capti
         dropout_rate=model_config.dropout_rate,
         attention_dim=model_config.attention_dim if attention else None,
         attention_regularization=model_config.attention_regularization,
-        init_from=init_from,
+        state_init=state_init,
         cell=model_config.cell,
         num_layers=model_config.num_layers,
         attention=model_config.attention,
@@ -297,12 +297,12 @@ def build_vqa_model(
 
     Args:
         encoder: ImageEncoder. A trained encoder to start from (`--encoder-from`); frozen unless
-            `vqa.fine_tune_encoder`. Defaults to a new one built from `model`.
+            `model.encoder_trainable`. Defaults to a new one built from `model`.
     """
     vqa = run_config.vqa
     if encoder is None:  # attention reads the grid only: no flatten projection that would get no gradient
         encoder = build_image_encoder(run_config.model, image_size, "avg" if vqa.attention else None)
-    elif not vqa.fine_tune_encoder:
+    elif not run_config.model.encoder_trainable:
         encoder.trainable = False
     if not vqa.use_image:
         encoder.trainable = False  # it receives no gradient

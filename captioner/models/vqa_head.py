@@ -14,7 +14,7 @@ from keras import layers, ops
 
 from captioner.distribute import sync_batch_norm
 from captioner.models.attention import SoftAttention
-from captioner.precision import lstm_use_cudnn
+from captioner.precision import rnn_use_cudnn
 
 
 @keras.saving.register_keras_serializable(package="captioner")
@@ -37,7 +37,7 @@ class QuestionEncoder(layers.Layer):
         self.embedding_dim = int(embedding_dim)
         self.hidden_dim = int(hidden_dim)
         self.embedding = layers.Embedding(self.vocab_size, self.embedding_dim, mask_zero=True, name="embedding")
-        self.lstm = layers.LSTM(self.hidden_dim, name="lstm", use_cudnn=lstm_use_cudnn(self.compute_dtype))
+        self.lstm = layers.LSTM(self.hidden_dim, name="lstm", use_cudnn=rnn_use_cudnn(self.compute_dtype))
 
     def build(self, tokens_shape):
         if self.built:

@@ -165,7 +165,7 @@ class VQATask(Task):
         distinct_train = [
             r for part in train_parts for r in part
         ]  # the vocabularies count each question once, whatever the weights
-        encoder = _shared_encoder(vqa.encoder_from, vqa.fine_tune_encoder) if vqa.encoder_from else None
+        encoder = _shared_encoder(vqa.encoder_from, bool(config.model.encoder_trainable)) if vqa.encoder_from else None
         image_size = (
             encoder.image_size if encoder is not None else default_image_size(config.model.encoder, data.image_size)
         )
