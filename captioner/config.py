@@ -225,6 +225,24 @@ def upgraded(values: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+def upgraded_flat(flat: dict[str, Any]) -> dict[str, Any]:
+    """`upgraded` for a `flatten`ed payload ({"section.field": value}, as request.json holds)."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        section, dot, name = key.partition(".")
+        if dot:
+            nested.setdefault(section, {})[name] = value
+        else:
+            nested[key] = value
+    out: dict[str, Any] = {}
+    for section, value in upgraded(nested).items():
+        if isinstance(value, dict):
+            out.update({f"{section}.{name}": v for name, v in value.items()})
+        else:
+            out[section] = value
+    return out
+
+
 _SECTION_TYPES = {
     "data": DataConfig,
     "model": ModelConfig,

@@ -28,6 +28,7 @@ from captioner.config import (
     RunConfig,
     flatten,
     resume_changes,
+    upgraded_flat,
     with_settings,
 )
 from captioner.data import Skipped
@@ -336,6 +337,8 @@ def _resumed_config(run_dir: Path, requested: RunConfig, finished: dict | None) 
     """
     stored = load_config(run_dir)
     asked = read_json(run_dir / REQUEST_FILE)
+    if asked is not None:
+        asked = upgraded_flat(asked)  # written before a setting was renamed
     if asked is None:  # a run started before request.json was written: compare with what it stored
         asked = {k: v for k, v in _as_requested(stored).items() if k not in DERIVED}
         now = {k: v for k, v in _as_requested(requested).items() if k not in DERIVED}

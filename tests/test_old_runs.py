@@ -68,3 +68,22 @@ def test_fine_tune_encoder_means_one_thing_in_both_commands(command, tmp_path):
         args = build_parser().parse_args(base + extra)
         config = _configure(args, "tiny", config_keys(task), {})
         assert config.model.encoder_trainable is expected
+
+
+@pytest.mark.parametrize("task", ["caption", "vqa"])
+def test_a_request_saved_before_the_renames_resumes_with_no_change(task):
+    """request.json of a run started by 480c246, compared the way a resume compares it with the same command today."""
+    from captioner.config import resume_changes, upgraded_flat
+    from captioner.train import _as_requested
+
+    asked = json.loads((OLD / task / "request.json").read_text())
+    assert "model.init_from" in asked  # written before the rename
+    nested: dict = {}
+    for key, value in asked.items():
+        section, dot, name = key.partition(".")
+        nested.setdefault(section, {})[name] = value if dot else None
+    today = RunConfig.from_dict(
+        {k: (v if k in ("data", "model", "train", "decode", "vqa") else asked[k]) for k, v in nested.items()}
+    )
+    allowed, refused = resume_changes(upgraded_flat(asked), _as_requested(today))
+    assert not refused and not allowed
