@@ -385,31 +385,18 @@ INIT_FROM_MODEL_CHANGES = (
 )
 # VQA head settings that change no weight: what `train-vqa --init-from` may change besides those above.
 INIT_FROM_VQA_CHANGES = ("vqa.dropout_rate", "vqa.questions_per_image", "model.encoder_trainable")
-# Self-critical training's own defaults (Rennie et al. 2017; self-critical.pytorch): Adam at 5e-5 without decay, the
-# best
-# epoch by validation CIDEr. Dropout off: the captions sampled are then exactly the policy trained (keeping the source's
-# 0.5 measured no better on Flickr8k: BENCHMARKS.md, "Self-critical sequence training").
-SCST_DEFAULTS = {
-    "train.learning_rate": 5e-5,
-    "train.lr_reduce_factor": 1.0,
-    "train.monitor": "val_cider",
-    "train.epochs": 10,
-    "train.patience": 2,
-    "model.dropout_rate": 0.0,
-}
 # Filled in from the data when a run starts (the command asks for a cap, the run stores what it used).
 DERIVED = ("data.image_size", "data.max_caption_length", "vqa.max_question_length")
 
 
 def started_from(source: RunConfig, init_from: str, objective: str = "xe") -> RunConfig:
-    """The settings of a run that starts from `source` (`--init-from`): the source's, then SCST's own training defaults
-    for `objective` "scst" (Rennie et al.'s Adam at 5e-5 without decay, the best epoch by validation CIDEr, dropout
-    off so the captions sampled are the policy trained), or for "xe" the source's training settings monitored by
-    validation loss. Command-line flags go on top."""
+    """The settings of a run that starts from `source` (`--init-from`): the source's, with its training settings
+    monitored by validation loss for "xe" (an SCST source monitored CIDEr); "scst" takes its own defaults on top
+    (`captioner.scst.started_from`). Command-line flags go on top."""
     config = with_settings(source, {"train.init_from": init_from, "train.objective": objective})
-    if objective == "scst":
-        return with_settings(config, SCST_DEFAULTS)
-    return with_settings(config, {"train.monitor": "val_loss"} if source.train.monitor == "val_cider" else {})
+    if objective == "xe" and source.train.monitor == "val_cider":
+        return with_settings(config, {"train.monitor": "val_loss"})
+    return config
 
 
 def flatten(config: RunConfig) -> dict[str, Any]:

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
 from keras import ops
 
+from captioner import scst
 from captioner.config import (
     DERIVED,
     INIT_FROM_MODEL_CHANGES,
@@ -36,7 +36,6 @@ from captioner.data.preprocessing import PipelineFailure, pipeline_error
 from captioner.distribute import Parallel, ParallelConfig
 from captioner.errors import CaptionerError
 from captioner.fileio import atomic_path, directory_lock, is_disk_full, remove_stale_temporaries, write_json
-from captioner.generation.self_critical import BASELINES, SelfCritic
 from captioner.models.networks import resolve_auto, training_work
 from captioner.precision import choose_auto, precision_scope, resolve_precision
 from captioner.run import (
@@ -58,7 +57,6 @@ from captioner.run import (
     write_manifest,
 )
 from captioner.tasks import get_task
-from captioner.tasks.base import Setup
 from captioner.viz import history_figure
 
 BACKUP_DIR = "backup"  # keras.callbacks.BackupAndRestore state (weights, optimizer, epoch); kept when training ends
@@ -133,18 +131,7 @@ def check_objective(config: RunConfig) -> None:
             f"--objective {train_cfg.objective} is for captioning; a {config.task} run trains with cross-entropy (xe)"
         )
     if train_cfg.objective == "scst":
-        if not train_cfg.init_from:
-            raise CaptionerError(
-                "--objective scst fine-tunes a trained captioner: add --init-from RUN (a finished cross-entropy run)"
-            )
-        if train_cfg.scst_samples < 1:
-            raise CaptionerError(f"--scst-samples must be at least 1 (got {train_cfg.scst_samples})")
-        if train_cfg.scst_baseline not in BASELINES:
-            raise CaptionerError(f"unknown --scst-baseline '{train_cfg.scst_baseline}'; use greedy or mean")
-        if train_cfg.scst_baseline == "mean" and train_cfg.scst_samples < 2:
-            raise CaptionerError(
-                "--scst-baseline mean compares each sample with the others: --scst-samples must be at least 2"
-            )
+        scst.check(config)
 
 
 def init_source(config: RunConfig, run_dir: Path) -> Run:
@@ -365,82 +352,6 @@ def _resumed_config(run_dir: Path, requested: RunConfig, finished: dict | None) 
     return config, changes
 
 
-def _fit_scst(
-    setup: Setup,
-    callbacks: list,
-    log: RunLog,
-    backup: FinalBackup,
-    checkpoint: BestCheckpoint,
-    early_stopping: ResumableEarlyStopping,
-    verbose: int | str,
-) -> dict[str, Any]:
-    """`Model.fit`'s epoch loop for self-critical training, driving the same callbacks (backup and resume, best
-    checkpoint, early stopping, history, progress bar): each step samples with the weights as they are
-    (`train_on_batch` leaves them in the model's variables on every backend, so the sampler never lags), and each
-    epoch ends with the greedy CIDEr of the validation split ("val_cider"). A resume continues at the step after
-    the backup (`fit` restarts the epoch): the order and the noise of a step depend on (seed, epoch, step) only, so
-    a resumed run takes the steps an uninterrupted one takes. The starting weights count as epoch 0: model.keras is
-    never worse on validation than the run it started from, and patience counts from them."""
-    config, model = setup.config, setup.model
-    train_cfg = config.train
-    critic = SelfCritic(
-        model,
-        setup.vocab,
-        setup.train_data,
-        train_cfg.scst_samples,
-        train_cfg.scst_baseline,
-        config.decode.max_length,
-        train_cfg.seed,
-    )
-    images = len(setup.train_data)
-    steps = -(-images // train_cfg.batch_size)
-    hooks = keras.callbacks.CallbackList(
-        callbacks,
-        add_progbar=verbose != 0,
-        verbose=1 if verbose == "auto" else verbose,
-        epochs=train_cfg.epochs,
-        steps=steps,
-        model=model,
-    )
-    start_cider = critic.greedy_cider(setup.val_data)  # the source's weights: a resume restores its backup after this
-    if start_cider > checkpoint.best:  # a new run, or a resumed one whose epochs have not beaten the start
-        save_model(model, checkpoint.path)
-        checkpoint.best, checkpoint.best_epoch, checkpoint.start_is_best = start_cider, -1, True
-        early_stopping.resume_best, early_stopping.resume_wait = start_cider, len(log.history.get("val_cider", []))
-    model.stop_training = False
-    hooks.on_train_begin()
-    scoring = 0.0
-    first_step = backup.steps_done
-    for epoch in range(model._initial_epoch or 0, train_cfg.epochs):
-        hooks.on_epoch_begin(epoch)
-        order = np.random.default_rng([train_cfg.seed, epoch]).permutation(images)
-        sums: dict[str, float] = {}
-        for step in range(first_step, steps):
-            hooks.on_train_batch_begin(step)
-            indices = np.sort(
-                order[step * train_cfg.batch_size : (step + 1) * train_cfg.batch_size]
-            )  # sequential cache reads
-            inputs, targets, weights, stats = critic.step_arrays(indices, epoch, step)
-            scoring += stats.pop("scoring_seconds")
-            logs = model.train_on_batch(inputs, targets, sample_weight=weights, return_dict=True)
-            for key, value in {**logs, **stats}.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
-            hooks.on_train_batch_end(step, {key: value / (step + 1 - first_step) for key, value in sums.items()})
-            if model.stop_training:
-                break
-        log.on_test_begin()  # the epoch's training time ends here
-        epoch_logs = {
-            key: value / max(steps - first_step, 1) for key, value in sums.items()
-        }  # a resumed epoch: its steps since
-        first_step = 0
-        epoch_logs["val_cider"] = critic.greedy_cider(setup.val_data)
-        hooks.on_epoch_end(epoch, epoch_logs)
-        if model.stop_training:
-            break
-    hooks.on_train_end()
-    return {"start_val_cider": start_cider, "scst_scoring_seconds": scoring}
-
-
 def resolve_precisions(config: RunConfig) -> RunConfig:
     """`model.precision` and `data.feature_precision` as concrete precisions; an "auto" model precision leaves
     its reason in `model.precision_reason` (config.json and the training log say it)."""
@@ -614,9 +525,15 @@ def _train(
     checkpoint = BestCheckpoint(run_dir / MODEL_FILE, monitor, mode)
     log = RunLog(run_dir / HISTORY_FILE, setup.train_images, setup.train_items, task.item_name)
     early_stopping = ResumableEarlyStopping(monitor=monitor, mode=mode, patience=train_cfg.patience)
-    backup = FinalBackup(
-        run_dir / BACKUP_DIR, save_freq=train_cfg.backup_every_steps, double_checkpoint=True, delete_checkpoint=False
-    )
+    if train_cfg.objective == "scst":  # its own loop, with its own backup of the same files
+        backup = scst.StepBackup(run_dir / BACKUP_DIR, train_cfg.backup_every_steps)
+    else:
+        backup = FinalBackup(
+            run_dir / BACKUP_DIR,
+            save_freq=train_cfg.backup_every_steps,
+            double_checkpoint=True,
+            delete_checkpoint=False,
+        )
     if resuming:
         _restore_progress(run_dir, log, checkpoint, early_stopping)
     # The log writes history.json before the backup records the epoch as done, so a kill in between leaves an
@@ -624,7 +541,9 @@ def _train(
     clock = keras.callbacks.LambdaCallback(
         on_epoch_begin=lambda epoch, logs: setattr(shard.clock, "epoch", epoch)
     )  # orders the epoch
-    callbacks = [clock, log, backup, checkpoint, early_stopping]
+    callbacks = [clock, log, checkpoint, early_stopping]
+    if train_cfg.objective != "scst":  # SCST's loop saves its own backup
+        callbacks.insert(2, backup)
     if train_cfg.lr_reduce_factor < 1.0:  # the rate itself is an optimizer variable, so a resume restores it
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(
@@ -638,7 +557,7 @@ def _train(
     started = time.perf_counter()
     try:
         if train_cfg.objective == "scst":
-            setup.stats.update(_fit_scst(setup, callbacks, log, backup, checkpoint, early_stopping, verbose))
+            setup.stats.update(scst.fit(setup, callbacks, log, backup, checkpoint, early_stopping, verbose))
         else:
             model.fit(
                 setup.train_data,

@@ -13,7 +13,7 @@ import numpy as np
 from captioner.cider import CiderD
 from captioner.data import Skipped, load_split
 from captioner.data.vocab import Vocabulary
-from captioner.generation.self_critical import reference_ids
+from captioner.scst import reference_ids
 
 
 def main() -> None:

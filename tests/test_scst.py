@@ -58,7 +58,7 @@ def test_the_scst_loss_is_the_log_probability_among_the_words_the_sampler_may_dr
     it)."""
     import keras
 
-    from captioner.generation.self_critical import BannedCrossentropy
+    from captioner.scst import BannedCrossentropy
 
     logits = np.array([[[2.0, 1.0, 0.5, -1.0, 3.0]]], np.float32)  # (1, 1, vocab 5)
     allowed = [1, 2, 4]
@@ -192,12 +192,11 @@ def test_the_mean_baseline_trains_and_a_fault_resumes_to_the_same_result(xe_run,
     """A fault in epoch 2 (after a backup mid-epoch), then the same command: it continues at the step after the
     backup, and the validation CIDEr and the weights equal those of an uninterrupted run (each step's images and
     sampling noise come from the seed, the epoch and the step)."""
-    from captioner.config import started_from
-    from captioner.generation.self_critical import SelfCritic
     from captioner.run import load_config
+    from captioner.scst import SelfCritic, started_from
     from captioner.train import train
 
-    config = started_from(load_config(xe_run), str(xe_run), "scst")
+    config = started_from(load_config(xe_run), str(xe_run))
     config.train.epochs, config.train.batch_size, config.train.learning_rate = 2, 16, 0.0005
     config.train.scst_baseline, config.train.scst_samples = "mean", 3
     # 240 images / 16 = 15 steps an epoch: the fault at the eighth step of epoch 2 follows the backup after its fifth
@@ -273,3 +272,38 @@ def test_bad_scst_and_init_from_inputs_are_one_line_and_write_nothing(xe_run, vq
     vocab.write_text(vocab.read_text().replace("<unk>", "<unK>"))
     _refused(_scst(damaged, run), capsys, "does not match manifest.json")
     assert not run.exists()
+
+
+def test_the_step_backup_restores_weights_optimizer_and_step_and_falls_back_when_damaged(tmp_path):
+    """SCST's own backup: what it saved comes back (weights, Adam's moments, the step); a damaged latest pair falls
+    back to the one before; no backup is (0, 0)."""
+    import keras
+
+    from captioner.scst import StepBackup
+
+    def model():
+        keras.utils.set_random_seed(0)
+        m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        m.compile(optimizer=keras.optimizers.Adam(0.1), loss="mse")
+        m.optimizer.build(m.trainable_variables)
+        return m
+
+    backup = StepBackup(tmp_path / "backup", every=5)
+    trained = model()
+    assert backup.restore(trained) == (0, 0)
+    x, y = np.ones((4, 3), np.float32), np.zeros((4, 2), np.float32)
+    trained.train_on_batch(x, y)
+    backup.save(trained, 1, 5)
+    first = [np.array(v) for v in trained.variables + trained.optimizer.variables]
+    trained.train_on_batch(x, y)
+    backup.save(trained, 2, 0)
+    second = [np.array(v) for v in trained.variables + trained.optimizer.variables]
+    fresh = model()
+    assert backup.restore(fresh) == (2, 0)
+    for a, b in zip(second, fresh.variables + fresh.optimizer.variables):
+        np.testing.assert_array_equal(a, np.array(b))
+    (tmp_path / "backup" / StepBackup.WEIGHTS).write_bytes(b"damaged")
+    fresh = model()
+    assert backup.restore(fresh) == (1, 5)
+    for a, b in zip(first, fresh.variables + fresh.optimizer.variables):
+        np.testing.assert_array_equal(a, np.array(b))

@@ -53,11 +53,13 @@ def _configure(args: argparse.Namespace, preset_name: str, flags: dict[str, str]
 
     try:
         if getattr(args, "init_from", None):
-            config = started_from(
-                load_config(args.init_from),
-                str(Path(args.init_from).resolve()),
-                getattr(args, "objective", None) or "xe",
-            )
+            source, path = load_config(args.init_from), str(Path(args.init_from).resolve())
+            if getattr(args, "objective", None) == "scst":
+                from captioner import scst
+
+                config = scst.started_from(source, path)
+            else:
+                config = started_from(source, path)
         else:
             config = preset(preset_name)
         overrides = {key: str(getattr(args, flag)) for flag, key in flags.items() if getattr(args, flag) is not None}

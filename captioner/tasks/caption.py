@@ -12,6 +12,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from captioner import scst
 from captioner.config import DecodeConfig, ModelConfig, RunConfig
 from captioner.data import DATASETS, Skipped, load_qa_split, load_split
 from captioner.data.arrays import padded_caption_length
@@ -21,7 +22,6 @@ from captioner.distribute import InputShard, share
 from captioner.errors import CaptionerError
 from captioner.evaluation.evaluate import evaluate, summary_lines
 from captioner.generation.decoding import CaptionGenerator
-from captioner.generation.self_critical import BannedCrossentropy, CaptionSource, reference_ids
 from captioner.models.encoder import BACKBONES, default_image_size
 from captioner.models.features import FeatureCache
 from captioner.models.losses import TokenCrossentropy
@@ -123,7 +123,7 @@ class CaptionTask(Task):
             stats["sources"] = base.source_stats(config.data, train_parts, train_records, val_parts)
 
         if config.train.objective == "scst":
-            return self._scst_setup(config, model, vocab, train_records, val_records, verbose, skipped, stats)
+            return scst.setup(config, model, vocab, train_records, val_records, verbose, skipped, stats)
         if training_work(config) == "train_cached":
             # A frozen pretrained CNN: run it once per image (cached on disk), then train on its features.
             cache, kept, computed = base.filled_cache(
@@ -184,76 +184,6 @@ class CaptionTask(Task):
             stats={"train_images": len(train_records), "val_images": len(val_records), **stats},
             vocab=vocab,
         )
-
-    def _scst_setup(
-        self,
-        config: RunConfig,
-        model,
-        vocab: Vocabulary,
-        train_records,
-        val_records,
-        verbose,
-        skipped: Skipped,
-        stats: dict[str, Any],
-    ) -> Setup:
-        """Self-critical training reads images (or their cached features) and references, not teacher-forcing batches:
-        the captions it learns from are sampled at every step (`captioner.generation.self_critical`)."""
-        train_cfg = config.train
-        if training_work(config) == "train_cached":
-            cache, kept, computed = base.filled_cache(
-                config,
-                model.encoder,
-                {train_cfg.train_split: train_records, train_cfg.val_split: val_records},
-                verbose,
-                skipped,
-            )
-            train_records, val_records = kept[train_cfg.train_split], kept[train_cfg.val_split]
-            stats.update(feature_cache=str(cache.folder), features_computed=computed)
-
-            def source(records) -> CaptionSource:
-                features = cache.rows([r.image for r in records])  # (images, positions, channels), read per batch
-                return CaptionSource(
-                    lambda indices: {"features": features[indices]},
-                    reference_ids([r.captions for r in records], vocab),
-                    ("features", model.encoder.cached_shape, np.dtype(features.dtype).name),
-                )
-        else:
-            size = model.encoder.image_size
-
-            def source(records) -> CaptionSource:
-                def images(indices):
-                    return {
-                        "images": np.stack([_image_or_blank(records[i].image, size, skipped) for i in indices])
-                    }  # (n, size, size, 3)
-
-                return CaptionSource(
-                    images, reference_ids([r.captions for r in records], vocab), ("images", (size, size, 3), "uint8")
-                )
-
-        return Setup(
-            config=config,
-            model=model,
-            # The advantages are the weights; they already divide by the tokens of the batch. The words the sampler
-            # never
-            # draws are out of the softmax, as they were when sampling.
-            loss=BannedCrossentropy([vocab.pad_id, vocab.start_id, vocab.unk_id], len(vocab)),
-            metrics=[],
-            train_data=source(train_records),
-            val_data=source(val_records),
-            train_images=len(train_records),
-            train_items=len(train_records) * train_cfg.scst_samples,
-            stats={"train_images": len(train_records), "val_images": len(val_records), **stats},
-            vocab=vocab,
-        )
-
-
-def _image_or_blank(path: str, size: int, skipped: Skipped) -> np.ndarray:
-    """The image as (size, size, 3) uint8, or a blank one for a file that cannot be decoded (counted as skipped)."""
-    try:
-        return read_image(path, size)[0]
-    except CaptionerError as exc:
-        skipped.unreadable(path, str(exc))
-        return np.zeros((size, size, 3), np.uint8)
 
 
 def caption_files(

@@ -1,4 +1,7 @@
-"""Self-critical sequence training (Rennie et al. 2017): what one step needs besides the optimizer.
+"""Self-critical sequence training (Rennie et al. 2017), all of it in one place: its defaults (`DEFAULTS`,
+`started_from`), its checks (`check`), what a run reads (`setup`: images or cached features and references), the
+loop (`fit`, with its own backup of weights, optimizer state and step: `StepBackup`), the loss
+(`BannedCrossentropy`) and a step's samples, rewards and advantages (`SelfCritic`).
 
 For a batch of images `SelfCritic.step_arrays` samples K captions per image with the model as it is now
 (one compiled search, `RandomSampler` at temperature 1 with the same bans as decoding), scores them with
@@ -16,9 +19,12 @@ from that split's references, which is pycocoevalcap's CIDEr: the number early s
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -26,10 +32,54 @@ from keras import ops
 
 from captioner import backend
 from captioner.cider import CiderD, words_to_ids
-from captioner.config import DecodeConfig
+from captioner.config import DecodeConfig, RunConfig, with_settings
+from captioner.config import started_from as config_started_from
+from captioner.data import Skipped
+from captioner.data.images import read_image
 from captioner.data.vocab import Vocabulary, tokenize
+from captioner.errors import CaptionerError
+from captioner.fileio import atomic_path, write_json
 from captioner.generation.decoding import CaptionGenerator
-from captioner.models.networks import CaptionModel
+from captioner.models.networks import CaptionModel, training_work
+from captioner.run import read_json, save_model
+from captioner.tasks import base
+from captioner.tasks.base import Setup
+
+# SCST's own defaults (Rennie et al. 2017; self-critical.pytorch): Adam at 5e-5 without decay, the best epoch by
+# validation CIDEr. Dropout off: the captions sampled are then exactly the policy trained (keeping the source's 0.5
+# measured no better on Flickr8k: BENCHMARKS.md, "Self-critical sequence training").
+DEFAULTS = {
+    "train.learning_rate": 5e-5,
+    "train.lr_reduce_factor": 1.0,
+    "train.monitor": "val_cider",
+    "train.epochs": 10,
+    "train.patience": 2,
+    "model.dropout_rate": 0.0,
+}
+
+
+def started_from(source: RunConfig, init_from: str) -> RunConfig:
+    """The settings of an SCST run that starts from the run `source` (`--init-from ... --objective scst`): the
+    source's, then `DEFAULTS`. Command-line flags go on top."""
+    return with_settings(config_started_from(source, init_from, "scst"), DEFAULTS)
+
+
+def check(config: RunConfig) -> None:
+    """SCST's own settings, before anything is read or written: each problem one line."""
+    train_cfg = config.train
+    if not train_cfg.init_from:
+        raise CaptionerError(
+            "--objective scst fine-tunes a trained captioner: add --init-from RUN (a finished cross-entropy run)"
+        )
+    if train_cfg.scst_samples < 1:
+        raise CaptionerError(f"--scst-samples must be at least 1 (got {train_cfg.scst_samples})")
+    if train_cfg.scst_baseline not in BASELINES:
+        raise CaptionerError(f"unknown --scst-baseline '{train_cfg.scst_baseline}'; use greedy or mean")
+    if train_cfg.scst_baseline == "mean" and train_cfg.scst_samples < 2:
+        raise CaptionerError(
+            "--scst-baseline mean compares each sample with the others: --scst-samples must be at least 2"
+        )
+
 
 BASELINES = ("greedy", "mean")
 
@@ -241,3 +291,196 @@ class SelfCritic:
         if id(source) not in self._split_scorers:  # its document frequencies: computed once per split, not per epoch
             self._split_scorers[id(source)] = CiderD(source.references)
         return float(self._split_scorers[id(source)](captions, np.arange(len(source))).mean())
+
+
+def setup(
+    config: RunConfig,
+    model,
+    vocab: Vocabulary,
+    train_records,
+    val_records,
+    verbose,
+    skipped: Skipped,
+    stats: dict[str, Any],
+) -> Setup:
+    """Self-critical training reads images (or their cached features) and references, not teacher-forcing batches:
+    the captions it learns from are sampled at every step (`SelfCritic`)."""
+    train_cfg = config.train
+    if training_work(config) == "train_cached":
+        cache, kept, computed = base.filled_cache(
+            config,
+            model.encoder,
+            {train_cfg.train_split: train_records, train_cfg.val_split: val_records},
+            verbose,
+            skipped,
+        )
+        train_records, val_records = kept[train_cfg.train_split], kept[train_cfg.val_split]
+        stats.update(feature_cache=str(cache.folder), features_computed=computed)
+
+        def source(records) -> CaptionSource:
+            features = cache.rows([r.image for r in records])  # (images, positions, channels), read per batch
+            return CaptionSource(
+                lambda indices: {"features": features[indices]},
+                reference_ids([r.captions for r in records], vocab),
+                ("features", model.encoder.cached_shape, np.dtype(features.dtype).name),
+            )
+    else:
+        size = model.encoder.image_size
+
+        def source(records) -> CaptionSource:
+            def images(indices):
+                return {
+                    "images": np.stack([_image_or_blank(records[i].image, size, skipped) for i in indices])
+                }  # (n, size, size, 3)
+
+            return CaptionSource(
+                images, reference_ids([r.captions for r in records], vocab), ("images", (size, size, 3), "uint8")
+            )
+
+    return Setup(
+        config=config,
+        model=model,
+        # The advantages are the weights; they already divide by the tokens of the batch. The words the sampler
+        # never
+        # draws are out of the softmax, as they were when sampling.
+        loss=BannedCrossentropy([vocab.pad_id, vocab.start_id, vocab.unk_id], len(vocab)),
+        metrics=[],
+        train_data=source(train_records),
+        val_data=source(val_records),
+        train_images=len(train_records),
+        train_items=len(train_records) * train_cfg.scst_samples,
+        stats={"train_images": len(train_records), "val_images": len(val_records), **stats},
+        vocab=vocab,
+    )
+
+
+def _image_or_blank(path: str, size: int, skipped: Skipped) -> np.ndarray:
+    """The image as (size, size, 3) uint8, or a blank one for a file that cannot be decoded (counted as skipped)."""
+    try:
+        return read_image(path, size)[0]
+    except CaptionerError as exc:
+        skipped.unreadable(path, str(exc))
+        return np.zeros((size, size, 3), np.uint8)
+
+
+class StepBackup:
+    """SCST's backup, in the run's `backup/` folder: the weights and the optimizer's state (`Model.save_weights`)
+    and the step reached, written atomically every `every` steps and at each epoch's end, the previous pair kept
+    beside (a damaged latest falls back to it). The same files `keras.callbacks.BackupAndRestore` writes for a
+    cross-entropy run, and the same meaning ("epoch": epochs done; "steps_done": steps of the next one done), so
+    `train` cuts history back the same way; read and written here, not through Keras's private state."""
+
+    WEIGHTS, STATE = "latest.weights.h5", "training_metadata.json"  # BackupAndRestore's names
+
+    def __init__(self, folder: Path, every: int):
+        self.folder, self.every = Path(folder), max(int(every), 1)
+
+    def _pairs(self) -> list[tuple[Path, Path]]:
+        latest = (self.folder / self.WEIGHTS, self.folder / self.STATE)
+        return [latest, (self.folder / "previous.weights.h5", self.folder / "previous_metadata.json")]
+
+    def restore(self, model: keras.Model) -> tuple[int, int]:
+        """(epoch, step) to continue at: the weights and optimizer state of the latest whole backup loaded, or
+        (0, 0) with none."""
+        for weights, state in self._pairs():
+            values = read_json(state, None)
+            if values is None or not weights.exists():
+                continue
+            try:
+                model.load_weights(weights)
+            except (OSError, ValueError):
+                continue
+            return int(values.get("epoch", 0)), int(values.get("steps_done", 0))
+        return 0, 0
+
+    def save(self, model: keras.Model, epoch: int, steps_done: int) -> None:
+        """`epoch` epochs done and `steps_done` steps of the next; the previous backup becomes previous.*."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (weights, state), (prev_weights, prev_state) = self._pairs()
+        for latest, previous in ((weights, prev_weights), (state, prev_state)):
+            if latest.exists():
+                with atomic_path(previous) as tmp:
+                    shutil.copyfile(latest, tmp)
+        with atomic_path(weights, suffix=".weights.h5") as tmp:
+            model.save_weights(tmp, overwrite=True)
+        write_json(state, {"epoch": epoch, "batch": steps_done - 1, "steps_done": steps_done})
+
+
+def fit(
+    setup: Setup,
+    callbacks: list,
+    log,
+    backup: StepBackup,
+    checkpoint,
+    early_stopping,
+    verbose: int | str,
+) -> dict[str, Any]:
+    """`Model.fit`'s epoch loop for self-critical training, driving the same callbacks (backup and resume, best
+    checkpoint, early stopping, history, progress bar): each step samples with the weights as they are
+    (`train_on_batch` leaves them in the model's variables on every backend, so the sampler never lags), and each
+    epoch ends with the greedy CIDEr of the validation split ("val_cider"). A resume continues at the step after
+    the backup (`fit` restarts the epoch): the order and the noise of a step depend on (seed, epoch, step) only, so
+    a resumed run takes the steps an uninterrupted one takes. The starting weights count as epoch 0: model.keras is
+    never worse on validation than the run it started from, and patience counts from them."""
+    config, model = setup.config, setup.model
+    train_cfg = config.train
+    critic = SelfCritic(
+        model,
+        setup.vocab,
+        setup.train_data,
+        train_cfg.scst_samples,
+        train_cfg.scst_baseline,
+        config.decode.max_length,
+        train_cfg.seed,
+    )
+    images = len(setup.train_data)
+    steps = -(-images // train_cfg.batch_size)
+    hooks = keras.callbacks.CallbackList(
+        callbacks,
+        add_progbar=verbose != 0,
+        verbose=1 if verbose == "auto" else verbose,
+        epochs=train_cfg.epochs,
+        steps=steps,
+        model=model,
+    )
+    start_cider = critic.greedy_cider(setup.val_data)  # the source's weights: a resume restores its backup after this
+    if start_cider > checkpoint.best:  # a new run, or a resumed one whose epochs have not beaten the start
+        save_model(model, checkpoint.path)
+        checkpoint.best, checkpoint.best_epoch, checkpoint.start_is_best = start_cider, -1, True
+        early_stopping.resume_best, early_stopping.resume_wait = start_cider, len(log.history.get("val_cider", []))
+    model.stop_training = False
+    model.optimizer.build(model.trainable_variables)  # its state exists before a backup is loaded into it
+    first_epoch, first_step = backup.restore(model)
+    hooks.on_train_begin()
+    scoring = 0.0
+    for epoch in range(first_epoch, train_cfg.epochs):
+        hooks.on_epoch_begin(epoch)
+        order = np.random.default_rng([train_cfg.seed, epoch]).permutation(images)
+        sums: dict[str, float] = {}
+        for step in range(first_step, steps):
+            hooks.on_train_batch_begin(step)
+            indices = np.sort(
+                order[step * train_cfg.batch_size : (step + 1) * train_cfg.batch_size]
+            )  # sequential cache reads
+            inputs, targets, weights, stats = critic.step_arrays(indices, epoch, step)
+            scoring += stats.pop("scoring_seconds")
+            logs = model.train_on_batch(inputs, targets, sample_weight=weights, return_dict=True)
+            for key, value in {**logs, **stats}.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+            hooks.on_train_batch_end(step, {key: value / (step + 1 - first_step) for key, value in sums.items()})
+            if (step + 1) % backup.every == 0 and step + 1 < steps:
+                backup.save(model, epoch, step + 1)
+            if model.stop_training:
+                break
+        log.on_test_begin()  # the epoch's training time ends here
+        epoch_logs = {
+            key: value / max(steps - first_step, 1) for key, value in sums.items()
+        }  # a resumed epoch: its steps since
+        first_step = 0
+        epoch_logs["val_cider"] = critic.greedy_cider(setup.val_data)
+        hooks.on_epoch_end(epoch, epoch_logs)  # history first, then the best model: a kill between repeats the epoch
+        backup.save(model, epoch + 1, 0)
+        if model.stop_training:
+            break
+    hooks.on_train_end()
+    return {"start_val_cider": start_cider, "scst_scoring_seconds": scoring}
