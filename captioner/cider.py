@@ -35,9 +35,8 @@ def _keys(tokens: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarr
     for n in range(1, ORDERS + 1):
         if width < n:
             break
-        key = (
-            key[:, : width - n + 1] * BASE + digits[:, n - 1 :]
-        )  # (rows, width - n + 1): the n-gram starting at each position
+        # (rows, width - n + 1): the n-gram starting at each position
+        key = key[:, : width - n + 1] * BASE + digits[:, n - 1 :]
         valid = np.arange(width - n + 1)[None, :] + n <= lengths[:, None]  # (rows, width - n + 1)
         row_index, _ = np.nonzero(valid)
         out_rows.append(row_index)
@@ -124,14 +123,12 @@ class CiderD:
         norms = np.zeros((self.num_images, self.max_refs, ORDERS))  # (images, refs, orders)
         np.add.at(norms, (image_of[ref_rows], slot_of[ref_rows], orders), values**2)
         self.ref_norms = np.sqrt(norms)
-        self.ref_lengths = np.zeros(
-            (self.num_images, self.max_refs)
-        )  # bigrams per reference (pycocoevalcap's "length")
+        # bigrams per reference (pycocoevalcap's "length")
+        self.ref_lengths = np.zeros((self.num_images, self.max_refs))
         self.ref_lengths[image_of, slot_of] = np.maximum(lengths - 1, 0)
         # Sorted by (image, dense n-gram id), so one search finds an n-gram among all references of an image.
-        self.vocabulary = np.unique(
-            np.concatenate([self.known, keys])
-        )  # every n-gram key a reference or the corpus holds
+        # every n-gram key a reference or the corpus holds
+        self.vocabulary = np.unique(np.concatenate([self.known, keys]))
         combined = image_of[ref_rows] << DENSE_BITS | np.searchsorted(self.vocabulary, keys)
         order = np.argsort(combined, kind="stable")
         self.ref_combined, self.ref_slot, self.ref_count = combined[order], slot_of[ref_rows][order], counts[order]

@@ -27,19 +27,15 @@ class DataConfig:
     min_word_count: int = 1  # words seen fewer times in the training captions map to <unk>
     captions_per_image: int = 5  # references decoded per image per step (padded/truncated to this)
     cache_images: bool = True  # keep decoded images in memory after the first epoch (small datasets)
-    max_length_percentile: float = (
-        100.0  # pad captions to this percentile of training caption lengths (at most max_caption_length)
-    )
+    # pad captions to this percentile of training caption lengths (at most max_caption_length)
+    max_length_percentile: float = 100.0
     feature_cache_dir: str = ""  # frozen backbones: where grid features are cached ("" = DATA_DIR/features)
-    feature_precision: str = (
-        "auto"  # frozen backbones: precision of the CNN that fills the cache (auto: as `captioner features`)
-    )
-    more_sources: list[str] = field(
-        default_factory=list
-    )  # further datasets trained on with the first, each "DATASET=DIR" (one vocabulary)
-    source_weights: list[float] = field(
-        default_factory=list
-    )  # each source's share of the training records, first source first ([]: all records as they are)
+    # frozen backbones: precision of the CNN that fills the cache (auto: as `captioner features`)
+    feature_precision: str = "auto"
+    # further datasets trained on with the first, each "DATASET=DIR" (one vocabulary)
+    more_sources: list[str] = field(default_factory=list)
+    # each source's share of the training records, first source first ([]: all records as they are)
+    source_weights: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -47,29 +43,24 @@ class ModelConfig:
     """Architecture hyper-parameters of the encoder and decoder."""
 
     decoder: str = "show-tell"  # "show-tell" (Vinyals et al. 2015) or "attention" (Xu et al. 2015)
-    attention: str = (
-        "soft"  # decoder "attention": "soft" or "hard" (one sampled grid position per word, REINFORCE; Xu et al. 2015)
-    )
+    # decoder "attention": "soft" or "hard" (one sampled grid position per word, REINFORCE; Xu et al. 2015)
+    attention: str = "soft"
     hard_entropy_weight: float = 0.002  # hard attention: weight of the entropy bonus on the attention weights
-    hard_reinforce_weight: float = (
-        0.1  # hard attention: weight of the REINFORCE term (lambda_r of Xu et al.; 1.0 let it swamp the XE on Flickr8k)
-    )
-    hard_expected_share: float = (
-        0.5  # hard attention: share of captions trained on the expected context (Xu et al.: 0.5)
-    )
+    # hard attention: weight of the REINFORCE term (lambda_r of Xu et al.; 1.0 let it swamp the XE on Flickr8k)
+    hard_reinforce_weight: float = 0.1
+    # hard attention: share of captions trained on the expected context (Xu et al.: 0.5)
+    hard_expected_share: float = 0.5
     cell: str = "lstm"  # the decoder's recurrent cell: "lstm" or "gru"
     num_layers: int = 1  # stacked recurrent layers, 1-4 (dropout_rate between them; the image initialises each)
     encoder: str = "small_cnn"  # "small_cnn" or a keras.applications backbone name, e.g. "mobilenet_v2"
     encoder_weights: str | None = None  # None, "imagenet" or a path to a .weights.h5 file (backbones only)
     encoder_filters: list[int] = field(default_factory=lambda: [32, 64, 128, 128])  # small_cnn channels per stage
-    encoder_trainable: bool | None = (
-        None  # train the CNN with the decoder; None: small_cnn yes, backbones no (frozen, features cached)
-    )
+    # train the CNN with the decoder; None: small_cnn yes, backbones no (frozen, features cached)
+    encoder_trainable: bool | None = None
     fine_tune_blocks: int = 0  # backbones: train the top N blocks on cached activations below them (the rest frozen)
     encoder_norm: str = "none"  # small_cnn normalisation: "none", "group" or "batch" (see README: collapse)
-    encoder_input: str = (
-        "centered"  # small_cnn pixels scaled to [-1, 1] ("centered") or [0, 1] ("unit", runs before 2026-11-30)
-    )
+    # small_cnn pixels scaled to [-1, 1] ("centered") or [0, 1] ("unit", runs before 2026-11-30)
+    encoder_input: str = "centered"
     feature_dim: int = 256  # width of the pooled image vector when encoder_pooling is "flatten"
     encoder_pooling: str | None = None  # "flatten" or "avg"; None: flatten for small_cnn, avg for backbones
     embedding_dim: int = 128  # word-embedding width
@@ -104,9 +95,8 @@ class TrainConfig:
     # what picks the best epoch, stops early and reduces the rate: "val_loss", "val_accuracy" (VQA), "val_cider" (SCST)
     monitor: str = "val_loss"
     init_from: str | None = None  # start from this finished caption run's weights, vocabulary and model settings
-    objective: str = (
-        "xe"  # "xe": cross-entropy with teacher forcing; "scst": self-critical training on CIDEr-D (needs init_from)
-    )
+    # "xe": cross-entropy with teacher forcing; "scst": self-critical training on CIDEr-D (needs init_from)
+    objective: str = "xe"
     scst_samples: int = 5  # scst: captions sampled per image per step
     # scst: the reward subtracted: the greedy caption's CIDEr-D ("greedy") or the other samples' mean ("mean")
     scst_baseline: str = "greedy"
@@ -118,9 +108,8 @@ class DecodeConfig:
 
     max_length: int = 26  # generated tokens at most, <end> included
     beam_size: int = 3  # default beam width of caption and evaluate; 1 = greedy
-    length_penalty: float = (
-        1.0  # beams (and samples) are ranked by log-probability / length**length_penalty (0: raw log-probability)
-    )
+    # beams (and samples) are ranked by log-probability / length**length_penalty (0: raw log-probability)
+    length_penalty: float = 1.0
     # "greedy", "beam", "sampling" (captioner.generation.samplers); "auto": beam if beam_size > 1, else greedy
     sampler: str = "auto"
     temperature: float = 1.0  # sampling: logits divided by it (0: the most likely word)
@@ -130,9 +119,8 @@ class DecodeConfig:
     seed: int = 0  # sampling: the same seed gives the same captions, on every backend
     no_repeat_ngram: int = 0  # never repeat an n-gram of this length within a caption (3: no repeated trigram; 0: off)
     min_length: int = 0  # <end> only after this many words
-    hard_context: str = (
-        "expectation"  # hard-attention runs: read the "expectation" (soft context) or the "argmax" grid position
-    )
+    # hard-attention runs: read the "expectation" (soft context) or the "argmax" grid position
+    hard_context: str = "expectation"
 
 
 @dataclass
@@ -149,12 +137,10 @@ class VQAConfig:
     fusion_dim: int = 256  # width both inputs are projected to before fusion
     mlp_dim: int = 256  # hidden layer of the classifier
     dropout_rate: float = 0.3  # dropout before and after the classifier's hidden layer
-    image_norm: str = (
-        "batch"  # image features before fusion: "batch" (BatchNorm), "layer" (LayerNorm) or "l2" (Antol et al.)
-    )
-    image_hidden_dim: int = (
-        0  # a ReLU layer of this width on the normalised image vector before its projection (0: none)
-    )
+    # image features before fusion: "batch" (BatchNorm), "layer" (LayerNorm) or "l2" (Antol et al.)
+    image_norm: str = "batch"
+    # a ReLU layer of this width on the normalised image vector before its projection (0: none)
+    image_hidden_dim: int = 0
     attention: bool = False  # the question attends over the image grid (one stacked-attention hop)
     attention_dim: int = 128  # width of that attention
     use_image: bool = True  # False: the image takes no part, a question-only (blind, "LSTM Q") model, for ablations
@@ -265,9 +251,8 @@ def preset(name: str) -> RunConfig:
     """
     if name == "shapes":
         # 12 epochs: with a He-initialised CNN (convolutions and projection) and centered pixels the demo's
-        # Show-and-Tell
-        # leaves its plateau in the first epochs in all 6 seed x precision runs measured (test BLEU-4 0.67-0.71).
-        # BENCHMARKS.md, "The demo's plateau".
+        # Show-and-Tell leaves its plateau in the first epochs in all 6 seed x precision runs measured (test BLEU-4
+        # 0.67-0.71). BENCHMARKS.md, "The demo's plateau".
         return RunConfig(train=TrainConfig(epochs=12), preset="shapes")
     if name == "tiny":
         return RunConfig(
@@ -345,8 +330,7 @@ def preset(name: str) -> RunConfig:
             model=ModelConfig(encoder="mobilenet_v2", encoder_weights="imagenet", encoder_pooling="avg"),
             train=TrainConfig(epochs=30, batch_size=64, learning_rate=5e-4, patience=5, monitor="val_accuracy"),
             # One question per row: a photo here has 1.17 questions on average, so groups of 16 were 93% padding (an
-            # epoch
-            # 116 s instead of ~10); with cached features a photo's grid costs nothing to repeat.
+            # epoch 116 s instead of ~10); with cached features a photo's grid costs nothing to repeat.
             vqa=VQAConfig(
                 answer_type="yes/no",
                 questions_per_image=1,

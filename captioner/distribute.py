@@ -270,9 +270,8 @@ def _start_jax(config: ParallelConfig) -> Parallel:
         per_process.setdefault(device.process_index, []).append(device)
     chosen = [d for index in sorted(per_process) for d in per_process[index][: config.devices]]
     names = tuple(f"{d.platform}:{d.id}" for d in chosen)
-    distribution = keras.distribution.DataParallel(
-        devices=list(names), auto_shard_dataset=False
-    )  # each process reads its rows
+    # each process reads its rows
+    distribution = keras.distribution.DataParallel(devices=list(names), auto_shard_dataset=False)
     return Parallel(config, len(chosen), names, "jax", distribution)
 
 

@@ -242,9 +242,8 @@ class SelfCritic:
         """
         inputs = self.train.inputs(indices)
         image_input = inputs[self.input_key]
-        rows, greedy = self._sample(
-            image_input, self.noise(len(indices), epoch, step)
-        )  # (batch, samples, L), (batch, L)
+        # (batch, samples, L), (batch, L)
+        rows, greedy = self._sample(image_input, self.noise(len(indices), epoch, step))
         batch = len(indices)
         flat = rows.reshape(batch * self.samples, self.max_length)
         images = np.repeat(indices, self.samples)
@@ -260,9 +259,8 @@ class SelfCritic:
         scoring = time.perf_counter() - scoring
         advantage = rewards - baseline  # (batch, samples)
         lengths = np.array([len(r) for r in samples]).reshape(batch, self.samples)
-        mask = (
-            np.arange(self.max_length)[None, None, :] < lengths[:, :, None]
-        )  # (batch, samples, L): the sampled tokens
+        # (batch, samples, L): the sampled tokens
+        mask = np.arange(self.max_length)[None, None, :] < lengths[:, :, None]
         weights = (advantage[:, :, None] * mask / max(int(mask.sum()), 1)).astype(np.float32)
         targets = np.where(mask, rows, self.vocab.pad_id).astype(np.int32)
         tokens = np.concatenate(
@@ -341,8 +339,7 @@ def setup(
         config=config,
         model=model,
         # The advantages are the weights; they already divide by the tokens of the batch. The words the sampler
-        # never
-        # draws are out of the softmax, as they were when sampling.
+        # never draws are out of the softmax, as they were when sampling.
         loss=BannedCrossentropy([vocab.pad_id, vocab.start_id, vocab.unk_id], len(vocab)),
         metrics=[],
         train_data=source(train_records),
@@ -459,9 +456,8 @@ def fit(
         sums: dict[str, float] = {}
         for step in range(first_step, steps):
             hooks.on_train_batch_begin(step)
-            indices = np.sort(
-                order[step * train_cfg.batch_size : (step + 1) * train_cfg.batch_size]
-            )  # sequential cache reads
+            # sequential cache reads
+            indices = np.sort(order[step * train_cfg.batch_size : (step + 1) * train_cfg.batch_size])
             inputs, targets, weights, stats = critic.step_arrays(indices, epoch, step)
             scoring += stats.pop("scoring_seconds")
             logs = model.train_on_batch(inputs, targets, sample_weight=weights, return_dict=True)

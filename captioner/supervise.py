@@ -12,19 +12,16 @@ from collections.abc import Iterable, Iterator, Sequence
 from captioner.distribute import ADDRESSES_ENV
 from captioner.errors import EXIT_ERROR
 
-JOB_CHILD_ENV = (
-    "CAPTIONER_JOB_CHILD"  # the supervisor's pid, set in the training process it watches (several-process jobs)
-)
+# the supervisor's pid, set in the training process it watches (several-process jobs)
+JOB_CHILD_ENV = "CAPTIONER_JOB_CHILD"
 
 
-NATIVE_FATAL = re.compile(
-    r"^F\d{4} "
-)  # a fatal line of native (absl) logging: what comes after it is the dying process's stack
+# a fatal line of native (absl) logging: what comes after it is the dying process's stack
+NATIVE_FATAL = re.compile(r"^F\d{4} ")
 
 
-GLOO_NOTICE = re.compile(
-    rb"\[Gloo\][^\n]*\n"
-)  # "[Gloo] Rank 0 is connected to 1 peer ranks...", printed by JAX's CPU collectives
+# "[Gloo] Rank 0 is connected to 1 peer ranks...", printed by JAX's CPU collectives
+GLOO_NOTICE = re.compile(rb"\[Gloo\][^\n]*\n")
 
 
 JOINED = "captioner: joined"  # the line a job's process writes once every process has joined (`_start`)

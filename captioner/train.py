@@ -419,9 +419,8 @@ def train(
             "--devices"
         )
     parallel.check_batch(config.train.batch_size)
-    source = (
-        init_source(config, run_dir) if config.train.init_from else None
-    )  # before anything is written, the lock included
+    # before anything is written, the lock included
+    source = init_source(config, run_dir) if config.train.init_from else None
     with contextlib.ExitStack() as scope:
         if not parallel.writer:
             run_dir = _private_copy(run_dir, parallel.config.process_id, scope)
@@ -538,9 +537,8 @@ def _train(
         _restore_progress(run_dir, log, checkpoint, early_stopping)
     # The log writes history.json before the backup records the epoch as done, so a kill in between leaves an
     # extra history entry, which the next resume cuts off; never a missing one.
-    clock = keras.callbacks.LambdaCallback(
-        on_epoch_begin=lambda epoch, logs: setattr(shard.clock, "epoch", epoch)
-    )  # orders the epoch
+    # orders the epoch
+    clock = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: setattr(shard.clock, "epoch", epoch))
     callbacks = [clock, log, checkpoint, early_stopping]
     if train_cfg.objective != "scst":  # SCST's loop saves its own backup
         callbacks.insert(2, backup)

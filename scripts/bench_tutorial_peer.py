@@ -67,9 +67,8 @@ def peer_seconds(steps: int) -> float:
     optimizer = keras.optimizers.Adam()
     loss_object = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
     rng = np.random.default_rng(0)
-    grid = np.repeat(
-        rng.standard_normal((IMAGES, PIXELS, CHANNELS)).astype("float32"), CAPTIONS, axis=0
-    )  # (160, 49, 1280)
+    # (160, 49, 1280)
+    grid = np.repeat(rng.standard_normal((IMAGES, PIXELS, CHANNELS)).astype("float32"), CAPTIONS, axis=0)
     captions = rng.integers(1, VOCAB, (IMAGES * CAPTIONS, STEPS + 1)).astype("int32")  # <start> w1 .. wn <end>
 
     @tf.function

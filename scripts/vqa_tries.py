@@ -325,9 +325,8 @@ def build(arm):
     loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1 if arm == "smooth" else 0.0)
     if arm == "multitask":  # the same image tower also names a Flickr8k photo's caption words, trained together
         photo = layers.Input((1280,))  # a Flickr8k train photo's grid mean, paired with each VQA row
-        words = layers.Dense(len(f8k_words[0]), name="words")(
-            layers.Dropout(0.3)(relu(norm(photo)))
-        )  # (b, words) logits
+        # (b, words) logits
+        words = layers.Dense(len(f8k_words[0]), name="words")(layers.Dropout(0.3)(relu(norm(photo))))
         model = keras.Model([image, question, scores, bias, photo], {"answer": out, "words": words})
         model.compile(
             optimizer,

@@ -56,9 +56,8 @@ def step_probabilities(model, vocab, images: np.ndarray, tokens: np.ndarray) -> 
     size, 3) uint8, tokens (batch, steps) generated words (<end> then padding) -> (batch, steps, vocab), the words
     greedy search never takes (<pad>, <start>, <unk>) left out."""
     tokens = np.asarray(tokens, np.int32)
-    inputs = np.concatenate(
-        [np.full((len(tokens), 1), vocab.start_id, np.int32), tokens[:, :-1]], axis=1
-    )  # (batch, steps)
+    # (batch, steps)
+    inputs = np.concatenate([np.full((len(tokens), 1), vocab.start_id, np.int32), tokens[:, :-1]], axis=1)
     logits = ops.convert_to_numpy(
         ops.cast(model({"images": images, "tokens": inputs[:, None]}, training=False), "float32")
     )[:, 0]  # (batch, steps, vocab)

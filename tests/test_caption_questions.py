@@ -38,9 +38,8 @@ def test_yes_needs_most_captions_no_needs_none_and_they_are_balanced():
         )
         for i in range(6)
     ]
-    odd = _photo(
-        "odd", "a dog on a bed", "a dog in a kitchen", "a dog on the floor", "a cat", "a bed"
-    )  # kitchen: 1 of 5, not yes
+    # kitchen: 1 of 5, not yes
+    odd = _photo("odd", "a dog on a bed", "a dog in a kitchen", "a dog on the floor", "a cat", "a bed")
     made = questions_from_captions([*kitchens, odd], seed=0)
     about = {(q.image, q.concept): q.answer for q in made.questions}
     assert about[("/photos/odd.jpg", "dog")] == "yes" and ("/photos/odd.jpg", "kitchen") not in about
@@ -54,9 +53,8 @@ def test_yes_needs_most_captions_no_needs_none_and_they_are_balanced():
         q.image == "/photos/odd.jpg" and q.answer == "no" and q.hard and q.concept in {"oven", "sink"}
         for q in made.questions
     )
-    assert (
-        questions_from_captions([*kitchens, odd], seed=0).questions == made.questions
-    )  # the same seed, the same questions
+    # the same seed, the same questions
+    assert questions_from_captions([*kitchens, odd], seed=0).questions == made.questions
 
 
 def test_phrasings_ask_the_same_questions_in_several_ways():

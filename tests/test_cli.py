@@ -295,9 +295,8 @@ def test_ask_prints_the_answer_and_the_top_five(vqa_run, tiny_data, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 6 and lines[0].strip()
     probabilities = [float(line.split("%")[0]) for line in lines[1:]]
-    assert (
-        probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 100.25
-    )  # each printed to 0.1 point
+    # each printed to 0.1 point
+    assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 100.25
     assert lines[1].split()[-1] == lines[0]  # the answer is the most probable one
 
 

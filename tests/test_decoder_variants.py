@@ -76,9 +76,8 @@ def _reloads_beams_and_exports(run_dir, tiny_data, tmp_path):
     greedy = DecodeConfig(max_length=run.config.decode.max_length, beam_size=1)
     here = CaptionGenerator(run.model, run.vocab, greedy)(images)
     again = load_run(run_dir)
-    np.testing.assert_array_equal(
-        CaptionGenerator(again.model, again.vocab, greedy)(images).tokens, here.tokens
-    )  # save -> load
+    # save -> load
+    np.testing.assert_array_equal(CaptionGenerator(again.model, again.vocab, greedy)(images).tokens, here.tokens)
     beams = CaptionGenerator(run.model, run.vocab, DecodeConfig(max_length=20, beam_size=3, num_captions=3))(
         images
     ).beams
@@ -231,9 +230,8 @@ def test_the_reinforce_term_is_the_hand_computed_estimator():
     # a caption that read the expected context: no REINFORCE part, and the baseline is the sampled captions' alone
     decoder.baseline_updates.assign(0.0)
     loss = float(decoder._reinforce_loss(tokens, logits, alphas, cells, np.array([False, True])))
-    assert loss == pytest.approx(
-        -0.1 * (3 * entropy[0] + 2 * entropy[1]) / words, rel=1e-5
-    )  # caption 0 is its own baseline
+    # caption 0 is its own baseline
+    assert loss == pytest.approx(-0.1 * (3 * entropy[0] + 2 * entropy[1]) / words, rel=1e-5)
 
 
 @pytest.mark.slow  # 80 epochs

@@ -76,9 +76,8 @@ def _write_state_dict(path: Path, arrays: dict[str, np.ndarray], layout: str) ->
     storages, state = [], collections.OrderedDict()
     for i, (name, array) in enumerate(arrays.items()):
         kind = {"float32": "FloatStorage", "int64": "LongStorage"}[array.dtype.name]
-        base = np.ascontiguousarray(
-            array.T if array.ndim == 2 else array
-        )  # a 2-D tensor is stored transposed: strides matter
+        # a 2-D tensor is stored transposed: strides matter
+        base = np.ascontiguousarray(array.T if array.ndim == 2 else array)
         storage = _Storage(str(i), kind, base.size)
         stride = (
             (1, array.shape[0])

@@ -119,9 +119,8 @@ def test_a_network_whose_weights_come_from_a_file_is_built_from_zeros_and_anothe
         words = keras.Input((5,), dtype="int32")
         pixels = keras.Input((8, 8, 3))
         x = keras.layers.LSTM(4)(keras.layers.Embedding(10, 3)(words))  # (b, 4)
-        y = keras.layers.DepthwiseConv2D(3)(
-            keras.layers.Conv2D(4, 3, kernel_initializer="he_normal")(pixels)
-        )  # (b, 4, 4, 4)
+        # (b, 4, 4, 4)
+        y = keras.layers.DepthwiseConv2D(3)(keras.layers.Conv2D(4, 3, kernel_initializer="he_normal")(pixels))
         return keras.Model(
             [words, pixels], [keras.layers.Dense(2)(x), keras.layers.GRU(2)(keras.layers.Reshape((16, 4))(y))]
         )
@@ -131,6 +130,5 @@ def test_a_network_whose_weights_come_from_a_file_is_built_from_zeros_and_anothe
         assert all(not np.any(keras.ops.convert_to_numpy(w)) for w in drawn(network()))
         assert isinstance(keras.initializers.get("glorot_uniform"), keras.initializers.Zeros)
     assert all(np.any(keras.ops.convert_to_numpy(w)) for w in drawn(network()))
-    assert isinstance(
-        keras.initializers.get("glorot_uniform"), keras.initializers.GlorotUniform
-    )  # the scope ends with the block
+    # the scope ends with the block
+    assert isinstance(keras.initializers.get("glorot_uniform"), keras.initializers.GlorotUniform)

@@ -27,9 +27,8 @@ def split_encoder():
 def test_the_top_on_cached_activations_equals_the_whole_network(split_encoder):
     images = np.random.default_rng(0).integers(0, 255, size=(3, 64, 64, 3)).astype("uint8")
     below = split_encoder.cache_features(images)
-    assert (
-        tuple(below.shape) == (3, *split_encoder.cached_shape) == (3, 4, 192)
-    )  # the input of lite0's block 14: 2x2x192 at 64 px
+    # the input of lite0's block 14: 2x2x192 at 64 px
+    assert tuple(below.shape) == (3, *split_encoder.cached_shape) == (3, 4, 192)
     grid, pooled = split_encoder(images)
     grid_c, pooled_c = split_encoder.from_cached(below)
     np.testing.assert_allclose(np.asarray(grid_c), np.asarray(grid), atol=1e-5)
@@ -120,9 +119,8 @@ def test_training_moves_the_top_only_and_the_run_reloads_identically(tiny_data, 
     images = np.stack([load_image(p, encoder.image_size) for p in paths])
     tokens = np.ones((3, 1, 3), np.int32)
     from_pixels = np.asarray(loaded.model({"images": images, "tokens": tokens}))
-    rows = FeatureCache(cache, cache_encoder(encoder, loaded.config)).load(
-        paths
-    )  # the same key: only the frozen part (and the feature precision) decides it
+    # the same key: only the frozen part (and the feature precision) decides it
+    rows = FeatureCache(cache, cache_encoder(encoder, loaded.config)).load(paths)
     from_cache = np.asarray(loaded.model({"features": rows, "tokens": tokens}))
     np.testing.assert_allclose(from_pixels, from_cache, rtol=2e-2, atol=2e-2)  # the cache is float16
 
@@ -130,8 +128,7 @@ def test_training_moves_the_top_only_and_the_run_reloads_identically(tiny_data, 
     assert json.loads((tmp_path / "run2" / "metrics.json").read_text())["train"]["features_computed"] == 0
 
     # The run frozen whole (`--init-from` it with `--fine-tune-blocks 0`, learning rate 0): its cached grids are those
-    # of
-    # the fine-tuned top blocks, not ImageNet's, so it captions exactly as the run it started from.
+    # of the fine-tuned top blocks, not ImageNet's, so it captions exactly as the run it started from.
     frozen = tmp_path / "frozen"
     assert (
         main(
@@ -159,9 +156,8 @@ def test_training_moves_the_top_only_and_the_run_reloads_identically(tiny_data, 
         .load(paths)
         .astype(np.float32)
     )  # what the frozen run trained on
-    tuned, _ = cache_encoder(loaded.model.encoder, loaded.config)(
-        images
-    )  # (3, 49, 1280) the fine-tuned grids, at the cache's precision
+    # (3, 49, 1280) the fine-tuned grids, at the cache's precision
+    tuned, _ = cache_encoder(loaded.model.encoder, loaded.config)(images)
     imagenet, _ = ImageEncoder(
         "efficientnet_lite0", image_size=encoder.image_size, weights="imagenet", encoder_trainable=False, pooling="avg"
     )(images)
@@ -236,19 +232,16 @@ def test_a_vqa_run_started_from_a_fine_tuned_vqa_run_reads_the_fine_tuned_grids(
     )
     source, started = load_run(run, task="vqa"), load_run(frozen, task="vqa")
     assert source.config.model.fine_tune_blocks == 2 and started.config.model.fine_tune_blocks == 0
-    assert (
-        json.loads((frozen / "metrics.json").read_text())["train"]["features_computed"] > 0
-    )  # the grids below no cut: new rows
+    # the grids below no cut: new rows
+    assert json.loads((frozen / "metrics.json").read_text())["train"]["features_computed"] > 0
 
     records = load_qa_split("shapes", str(tiny_data), "val")[:24]  # photos the runs cached
     paths = sorted({r.image for r in records})
     images = np.stack([load_image(p, started.model.encoder.image_size) for p in paths])
-    grids = (
-        FeatureCache(cache, cache_encoder(started.model.encoder, started.config)).load(paths).astype(np.float32)
-    )  # what the frozen run trained on
-    tuned, _ = cache_encoder(source.model.encoder, started.config)(
-        images
-    )  # (n, 49, 1280) the fine-tuned grids, at the cache's precision
+    # what the frozen run trained on
+    grids = FeatureCache(cache, cache_encoder(started.model.encoder, started.config)).load(paths).astype(np.float32)
+    # (n, 49, 1280) the fine-tuned grids, at the cache's precision
+    tuned, _ = cache_encoder(source.model.encoder, started.config)(images)
     imagenet, _ = ImageEncoder(
         "efficientnet_lite0",
         image_size=started.model.encoder.image_size,

@@ -64,9 +64,8 @@ def test_a_damaged_image_loses_its_targets_and_is_reported_once(tiny_data, tmp_p
         got = np.concatenate([t.numpy() for _, t in dataset])
         assert got.shape == targets.shape  # as many batches as before: the damaged image stays, masked
     assert not got[3].any()  # all padding: the loss ignores it
-    np.testing.assert_array_equal(
-        np.delete(got, 3, axis=0), np.delete(targets, 3, axis=0)
-    )  # the others keep theirs, in order
+    # the others keep theirs, in order
+    np.testing.assert_array_equal(np.delete(got, 3, axis=0), np.delete(targets, 3, axis=0))
     assert [p for p, _ in failures] == [records[3].image] and "truncated" in failures[0][1]
 
 

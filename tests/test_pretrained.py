@@ -22,9 +22,8 @@ from captioner.cli import main
 from captioner.errors import CaptionerError
 
 REPO = Path(__file__).resolve().parents[1]
-PHOTO = (
-    Path(__file__).resolve().parent / "data" / "grace_hopper.jpg"
-)  # public domain (U.S. Navy), as matplotlib ships it
+# public domain (U.S. Navy), as matplotlib ships it
+PHOTO = Path(__file__).resolve().parent / "data" / "grace_hopper.jpg"
 SHIPPED = (pretrained.FOLDER / pretrained.MANIFEST).is_file()
 
 

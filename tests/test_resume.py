@@ -76,9 +76,8 @@ def test_kill_minus_nine_then_resume(tiny_data, tmp_path):
     planned = EPOCHS * STEPS_PER_EPOCH
     # Resumed from the backup's iteration count: at most one partial epoch is repeated.
     assert planned <= metrics["optimizer_iterations"] <= planned + STEPS_PER_EPOCH
-    assert (
-        json.loads((run / "backup" / "training_metadata.json").read_text())["epoch"] == EPOCHS
-    )  # kept: the run can be extended
+    # kept: the run can be extended
+    assert json.loads((run / "backup" / "training_metadata.json").read_text())["epoch"] == EPOCHS
     assert not list(run.glob(".*.tmp*"))  # temporaries of writes the kill interrupted are cleaned up
 
     uninterrupted = tmp_path / "uninterrupted"
@@ -116,14 +115,12 @@ def test_a_finished_run_is_extended_by_more_epochs_and_refuses_other_changes(tin
     err = capsys.readouterr().err
     assert "extending from 1 to 3 epochs" in err and "train.patience 5 -> 7" in err
     history = json.loads((run / "history.json").read_text())
-    assert (
-        len(history["loss"]) == 3 and history["loss"][2] < history["loss"][0]
-    )  # two more epochs, from where it stopped
+    # two more epochs, from where it stopped
+    assert len(history["loss"]) == 3 and history["loss"][2] < history["loss"][0]
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["epochs"] == 3 and config["train"]["patience"] == 7
-    assert (
-        main(["caption", "--run", str(run), str(next((tiny_data / "images").glob("test_*.png")))]) == 0
-    )  # still loads (manifest true)
+    # still loads (manifest true)
+    assert main(["caption", "--run", str(run), str(next((tiny_data / "images").glob("test_*.png")))]) == 0
     capsys.readouterr()
     assert main(_tiny(tiny_data, run, "--epochs", "3", "--set", "train.patience=7")) == 0
     assert "is finished (3 epochs" in capsys.readouterr().out

@@ -120,9 +120,8 @@ def test_a_banned_trigram_never_appears():
     table[A, C] = table[B, C] = table[C, A] = 0.5
     state = ops.zeros((2, 1))
     plain, _, _ = greedy_search(markov(table), state, START, END, max_length=9)
-    assert len(set(_trigrams(ops.convert_to_numpy(plain)[0]))) < len(
-        _trigrams(ops.convert_to_numpy(plain)[0])
-    )  # it does repeat
+    # it does repeat
+    assert len(set(_trigrams(ops.convert_to_numpy(plain)[0]))) < len(_trigrams(ops.convert_to_numpy(plain)[0]))
 
     def process(logits, sequences, t):
         return logits + ngram_ban(sequences, t, 3, 6)

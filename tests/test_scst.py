@@ -219,9 +219,8 @@ def test_the_mean_baseline_trains_and_a_fault_resumes_to_the_same_result(xe_run,
     whole, resumed = (json.loads((tmp_path / name / "history.json").read_text()) for name in ("whole", "resumed"))
     assert len(resumed["val_cider"]) == 2
     np.testing.assert_allclose(resumed["val_cider"], whole["val_cider"], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(
-        resumed["reward"][0], whole["reward"][0], rtol=1e-5
-    )  # epoch 2's is over the steps after the resume
+    # epoch 2's is over the steps after the resume
+    np.testing.assert_allclose(resumed["reward"][0], whole["reward"][0], rtol=1e-5)
     for a, b in zip(load_run(tmp_path / "whole").model.weights, load_run(tmp_path / "resumed").model.weights):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 

@@ -162,9 +162,8 @@ def test_with_imagenet_features_the_answer_comes_from_the_photo(tmp_path):
             verbose=0,
         )
     assert evaluate_vqa(load_run(tmp_path / "run", task="vqa"), split="test")["accuracy"] == 1.0
-    assert (
-        evaluate_vqa(load_run(tmp_path / "blind", task="vqa"), split="test")["accuracy"] == 0.5
-    )  # the question alone: a coin
+    # the question alone: a coin
+    assert evaluate_vqa(load_run(tmp_path / "blind", task="vqa"), split="test")["accuracy"] == 0.5
 
 
 @pytest.mark.slow  # over 7 s: the default suite stays under 10 minutes (BENCHMARKS.md, "Test suite")
@@ -275,9 +274,8 @@ def test_the_recipe_s_commands_features_then_train_vqa_then_evaluate(tmp_path, c
         )
         == 0
     )
-    assert (
-        "12 of 12 images computed" in capsys.readouterr().out
-    )  # train, dev and test photos (the broken lines counted apart)
+    # train, dev and test photos (the broken lines counted apart)
+    assert "12 of 12 images computed" in capsys.readouterr().out
     run = str(tmp_path / "run")
     assert (
         main(

@@ -93,15 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("captioner: interrupted", file=sys.stderr, flush=True)
         if os.environ.get(JOB_CHILD_ENV):
-            os._exit(
-                130
-            )  # as below: no jax.distributed shutdown, which would wait for the processes waiting for this one
+            # as below: no jax.distributed shutdown, which would wait for the processes waiting for this one
+            os._exit(130)
         return 130
     except Exception as exc:
         if not (os.environ.get(JOB_CHILD_ENV) and any(marker in str(exc) for marker in JOB_BROKEN)):
             raise
         detail = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         print(job_stopped(args.parallel, detail), file=sys.stderr, flush=True)
-        os._exit(
-            EXIT_ERROR
-        )  # not a normal exit: jax.distributed's shutdown would wait ~85 s for the process that is gone
+        # not a normal exit: jax.distributed's shutdown would wait ~85 s for the process that is gone
+        os._exit(EXIT_ERROR)

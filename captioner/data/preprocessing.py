@@ -98,9 +98,8 @@ def row_order(count: int, shuffle: bool, seed: int, clock: EpochClock) -> tf.dat
 
 def _process_rows(count: int, batch_size: int, shuffle: bool, seed: int, shard: InputShard) -> tf.data.Dataset:
     """(rows,) int64 batches: this process's rows of each global batch of `batch_size` (all of them in one process)."""
-    dataset = row_order(count, shuffle, seed, shard.clock).batch(
-        batch_size, drop_remainder=shard.drop_remainder
-    )  # (batch,)
+    # (batch,)
+    dataset = row_order(count, shuffle, seed, shard.clock).batch(batch_size, drop_remainder=shard.drop_remainder)
     if shard.count > 1:  # the same order in every process: each keeps its slice of the same global batch
         start, stop = shard.rows(batch_size)
         dataset = dataset.map(lambda rows: rows[start:stop])  # (batch / count,)
@@ -156,9 +155,8 @@ def _image_and_text_dataset(
     def load(rows):
         image, tokens, target = tf.numpy_function(read, [rows], [tf.uint8, tf.int32, tf.int32], stateful=False)
         image = tf.ensure_shape(image, (None, image_size, image_size, 3))  # (batch, size, size, 3) uint8
-        tokens = tf.ensure_shape(
-            tokens, (None, *inputs.shape[1:])
-        )  # (batch, captions, steps) or (batch, questions, steps)
+        # (batch, captions, steps) or (batch, questions, steps)
+        tokens = tf.ensure_shape(tokens, (None, *inputs.shape[1:]))
         return {"images": image, text_key: tokens}, tf.ensure_shape(target, (None, *targets.shape[1:]))
 
     # Batches are read in parallel (the first pass decodes with Pillow, which releases the GIL), in order.
@@ -302,9 +300,8 @@ def _feature_dataset(
             gather, [indices], [tf.as_dtype(features.dtype), tf.int32, tf.int32], stateful=False
         )
         grid = tf.ensure_shape(grid, (None, num_pixels, encoder_dim))  # (batch, num_pixels, encoder_dim)
-        tokens = tf.ensure_shape(
-            tokens, (None, *inputs.shape[1:])
-        )  # (batch, captions, steps) or (batch, questions, steps)
+        # (batch, captions, steps) or (batch, questions, steps)
+        tokens = tf.ensure_shape(tokens, (None, *inputs.shape[1:]))
         target = tf.ensure_shape(target, (None, *targets.shape[1:]))  # (batch, captions, steps) or (batch, questions)
         return {"features": grid, text_key: tokens}, target
 

@@ -49,9 +49,8 @@ class Answerer:
         never_other[AnswerVocabulary.other_id] = -1e9
 
         def probabilities(images, questions):
-            logits, alpha = model.answer(
-                images, questions, training=False
-            )  # (batch, questions, answers), (batch, questions, pixels)
+            # (batch, questions, answers), (batch, questions, pixels)
+            logits, alpha = model.answer(images, questions, training=False)
             return ops.softmax(ops.cast(logits, "float32") + never_other, axis=-1), ops.cast(alpha, "float32")
 
         specs = [((None, size, size, 3), "uint8"), ((None, None, self.max_question_length), "int32")]

@@ -56,9 +56,8 @@ class Generated:
     scores: np.ndarray  # (batch,)
     attention: np.ndarray  # (batch, max_length, num_pixels)
     captions: list[str]
-    beams: list[list[tuple[str, float]]] | None = (
-        None  # beam search or sampling: every row's caption and score, best first
-    )
+    # beam search or sampling: every row's caption and score, best first
+    beams: list[list[tuple[str, float]]] | None = None
 
     def candidates(self, count: int) -> list[list[tuple[str, float]]]:
         """The `count` best captions of each image with their scores (the best alone for greedy)."""
@@ -141,9 +140,8 @@ class CaptionGenerator:
             state, memory = keras.tree.map_structure(lambda s: ops.repeat(s, rows, axis=0), (state, memory))
 
         def step_fn(tokens, state):
-            logits, state, attention = decoder.step(
-                tokens, state, memory, self.decode.hard_context
-            )  # (n, vocab), ..., (n, num_pixels)
+            # (n, vocab), ..., (n, num_pixels)
+            logits, state, attention = decoder.step(tokens, state, memory, self.decode.hard_context)
             # Scores and softmax in float32 whatever the compute precision (captioner.precision).
             return ops.cast(logits, "float32"), state, ops.cast(attention, "float32")
 

@@ -268,9 +268,8 @@ class LiteCaptioner:
             attentions = attentions[rows]
             attentions[:, t] = np.where(was_finished[:, None], 0.0, alpha[rows])
             finished = was_finished | (tokens == self.vocab.end_id)
-        normalised = scores / np.maximum(lengths, 1.0) ** (
-            decode.length_penalty if name == "beam" else 0.0
-        )  # greedy: the sum
+        # greedy: the sum
+        normalised = scores / np.maximum(lengths, 1.0) ** (decode.length_penalty if name == "beam" else 0.0)
         order = np.argsort(-normalised, kind="stable")
         beams = [(self.vocab.decode(sequences[i]), float(normalised[i])) for i in order]
         best = order[0]

@@ -334,9 +334,8 @@ def beam_search(
     def body(t, tokens, state, finished, beam_scores, lengths, sequences, attentions):
         logits, state, attention = step_fn(tokens, state)  # (batch*k, vocab), ..., (batch*k, num_pixels)
         vocab = logits.shape[-1]
-        log_probs = ops.reshape(
-            ops.log_softmax(process(logits, sequences, t), axis=-1), (batch, k, vocab)
-        )  # (batch, k, vocab)
+        # (batch, k, vocab)
+        log_probs = ops.reshape(ops.log_softmax(process(logits, sequences, t), axis=-1), (batch, k, vocab))
         # A finished beam may only emit <pad> at no cost, so its score is carried unchanged.
         pad_only = ops.convert_to_tensor(np.array([0.0] + [-1e9] * (vocab - 1), np.float32))  # (vocab,)
         log_probs = ops.where(ops.reshape(finished, (batch, k, 1)), pad_only[None, None, :], log_probs)
@@ -368,9 +367,8 @@ def beam_search(
     *_, beam_scores, lengths, sequences, attentions = ops.while_loop(
         _not_done(max_length), body, loop, maximum_iterations=max_length
     )
-    normalised = beam_scores / ops.power(
-        ops.maximum(ops.reshape(lengths, (batch, k)), 1.0), length_penalty
-    )  # (batch, k)
+    # (batch, k)
+    normalised = beam_scores / ops.power(ops.maximum(ops.reshape(lengths, (batch, k)), 1.0), length_penalty)
     return _best_first(normalised, sequences, attentions, batch, k, max_length, n_best)
 
 

@@ -236,9 +236,8 @@ class RNNDecoder(layers.Layer):
         """What `step` attends over: (grid, projected grid), computed once per image; () without attention."""
         if not self.uses_attention:
             return ()
-        return grid, self.attention.project(
-            grid
-        )  # (batch, num_pixels, encoder_dim), (batch, num_pixels, attention_dim)
+        # (batch, num_pixels, encoder_dim), (batch, num_pixels, attention_dim)
+        return grid, self.attention.project(grid)
 
     def call(self, tokens, pooled, grid=None, training=None, captions_per_image=1):
         # What depends on the image alone (initial state, projected grid) is computed once per image, then
@@ -265,15 +264,13 @@ class RNNDecoder(layers.Layer):
             expected = None
             if sampling:  # drawn here, outside the scan: one uniform per word and caption, one coin per caption
                 batch, steps = ops.shape(tokens)[0], ops.shape(tokens)[1]
-                expected = (
-                    keras.random.uniform((batch,), seed=self.seed_generator) < self.hard_expected_share
-                )  # (batch,)
+                # (batch,)
+                expected = keras.random.uniform((batch,), seed=self.seed_generator) < self.hard_expected_share
                 xs = (xs, keras.random.uniform((steps, batch), seed=self.seed_generator))  # + (steps, batch) uniforms
 
             def step(carry, inputs):  # one word for the whole batch: carry (state..., output, alpha[, position])
-                word, choice = (
-                    (inputs[0], (inputs[1], expected)) if sampling else (inputs, None)
-                )  # (batch, embedding_dim)
+                # (batch, embedding_dim)
+                word, choice = (inputs[0], (inputs[1], expected)) if sampling else (inputs, None)
                 output, new_state, alpha, position = self._attend_and_step(word, carry[:count], memory, masks, choice)
                 carry = (
                     *new_state,
@@ -288,19 +285,16 @@ class RNNDecoder(layers.Layer):
 
             # A scan over time, not a Python loop unrolled into the graph: one step body to trace and differentiate.
             pixels = ops.zeros_like(memory[1][..., 0])  # (batch, num_pixels)
-            positions = (
-                (ops.zeros((ops.shape(pixels)[0],), dtype="int32"),) if sampling else ()
-            )  # (batch,) sampled position
-            _, stacked = ops.scan(
-                step, (*state, ops.zeros_like(state[0]), pixels, *positions), xs
-            )  # (steps, batch, ...) each
+            # (batch,) sampled position
+            positions = (ops.zeros((ops.shape(pixels)[0],), dtype="int32"),) if sampling else ()
+            # (steps, batch, ...) each
+            _, stacked = ops.scan(step, (*state, ops.zeros_like(state[0]), pixels, *positions), xs)
             outputs = ops.moveaxis(stacked[count], 0, 1)  # (batch, steps, hidden_dim): the top layer's output
             alphas = ops.moveaxis(stacked[count + 1], 0, 1)  # (batch, steps, num_pixels)
             if training and self.attention_regularization > 0:
                 mask = ops.cast(ops.not_equal(tokens, 0), "float32")[..., None]  # (batch, steps, 1)
-                coverage = ops.sum(
-                    ops.cast(alphas, "float32") * mask, axis=1
-                )  # (batch, num_pixels); the penalty in float32
+                # (batch, num_pixels); the penalty in float32
+                coverage = ops.sum(ops.cast(alphas, "float32") * mask, axis=1)
                 self.add_loss(self.attention_regularization * ops.mean(ops.square(1.0 - coverage)))
             if sampling:
                 reinforce = (
@@ -324,17 +318,15 @@ class RNNDecoder(layers.Layer):
         if choice is not None:
             uniform, expected = choice
             below = ops.cumsum(ops.cast(alpha, "float32"), axis=-1) < uniform[:, None]  # (batch, num_pixels)
-            position = ops.minimum(
-                ops.sum(ops.cast(below, "int32"), axis=-1), ops.shape(alpha)[-1] - 1
-            )  # (batch,) inverse CDF
+            # (batch,) inverse CDF
+            position = ops.minimum(ops.sum(ops.cast(below, "int32"), axis=-1), ops.shape(alpha)[-1] - 1)
             picked = ops.matmul(
                 ops.one_hot(position, ops.shape(alpha)[-1], dtype=features.dtype)[:, None, :], features
             )[:, 0, :]  # (batch, encoder_dim)
             context = ops.where(expected[:, None], context, picked)  # (batch, encoder_dim)
         elif self.hard and hard_context == "argmax":
-            best = ops.one_hot(
-                ops.argmax(alpha, axis=-1), ops.shape(alpha)[-1], dtype=features.dtype
-            )  # (batch, num_pixels)
+            # (batch, num_pixels)
+            best = ops.one_hot(ops.argmax(alpha, axis=-1), ops.shape(alpha)[-1], dtype=features.dtype)
             context = ops.matmul(best[:, None, :], features)[:, 0, :]  # (batch, encoder_dim)
         context = self.gate(h) * context  # (batch, encoder_dim)
         output, state = self._cells(ops.concatenate([embedded, context], axis=-1), state, masks)  # (batch, hidden_dim)
@@ -351,15 +343,13 @@ class RNNDecoder(layers.Layer):
             ops.not_equal(following, 0), following, ops.where(ops.not_equal(tokens, 0), Vocabulary.end_id, 0)
         )  # (batch, steps)
         log_probs = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)  # (batch, steps, vocab_size)
-        word_ll = (
-            ops.take_along_axis(log_probs, ops.expand_dims(targets, -1), axis=-1)[..., 0] * words
-        )  # (batch, steps)
+        # (batch, steps)
+        word_ll = ops.take_along_axis(log_probs, ops.expand_dims(targets, -1), axis=-1)[..., 0] * words
         reward = ops.stop_gradient(ops.sum(word_ll, axis=1))  # (batch,) log p(y | s, a)
         sampled = 1.0 - ops.cast(expected, "float32")  # (batch,) captions that read sampled positions
         alphas = ops.cast(alphas, "float32")  # (batch, steps, num_pixels)
-        location_ll = ops.log(
-            ops.take_along_axis(alphas, ops.expand_dims(positions, -1), axis=-1)[..., 0] + 1e-8
-        )  # (batch, steps)
+        # (batch, steps)
+        location_ll = ops.log(ops.take_along_axis(alphas, ops.expand_dims(positions, -1), axis=-1)[..., 0] + 1e-8)
         mean_reward = ops.sum(reward * sampled) / ops.maximum(ops.sum(sampled), 1.0)
         updates, previous = ops.convert_to_tensor(self.baseline_updates), ops.convert_to_tensor(self.reward_baseline)
         baseline = ops.where(updates > 0, previous, mean_reward)  # the first batch starts it

@@ -121,9 +121,8 @@ def build(
     shape = (size, size, 3) if include_top or input_shape is None else tuple(input_shape)
     with weights_from_file() if weights not in (None, "none") else contextlib.nullcontext():
         inputs = keras.Input(shape)
-        x = layers.Conv2D(STEM, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(
-            inputs
-        )  # (b, h/2, w/2, 32)
+        # (b, h/2, w/2, 32)
+        x = layers.Conv2D(STEM, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
         x = layers.ReLU(6.0, name="stem_relu")(_bn("stem_bn")(x))
         for i, block in enumerate(blocks(variant)):
             x = _block(x, block, f"block{i}")
@@ -145,9 +144,8 @@ def build(
 def _block(x, block: Block, name: str):
     shortcut = x
     if block.expand != 1:
-        x = layers.Conv2D(block.filters_in * block.expand, 1, use_bias=False, name=f"{name}_expand_conv")(
-            x
-        )  # (b, h, w, c*e)
+        # (b, h, w, c*e)
+        x = layers.Conv2D(block.filters_in * block.expand, 1, use_bias=False, name=f"{name}_expand_conv")(x)
         x = layers.ReLU(6.0, name=f"{name}_expand_relu")(_bn(f"{name}_expand_bn")(x))
     x = layers.DepthwiseConv2D(
         block.kernel, strides=block.stride, padding="same", use_bias=False, name=f"{name}_dw_conv"

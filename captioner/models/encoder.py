@@ -270,9 +270,8 @@ class ImageEncoder(layers.Layer):
         """(grid, pooled) from a grid (batch, num_pixels, encoder_dim) the CNN computed earlier (a feature cache)."""
         grid = ops.cast(grid, self.compute_dtype)  # (batch, num_pixels, encoder_dim); bfloat16 under mixed precision
         if self.projection is not None:
-            pooled = self.projection(
-                ops.reshape(grid, (-1, self.num_pixels * self.encoder_dim))
-            )  # (batch, feature_dim)
+            # (batch, feature_dim)
+            pooled = self.projection(ops.reshape(grid, (-1, self.num_pixels * self.encoder_dim)))
         else:
             pooled = ops.mean(grid, axis=1)  # (batch, encoder_dim)
         return grid, pooled

@@ -130,9 +130,8 @@ class FeatureCache:
         if not todo:
             return 0
         size = self.encoder.image_size
-        progress = (
-            keras.utils.Progbar(len(todo), unit_name="image", verbose=int(verbose)) if verbose else None
-        )  # 2: one line at the end
+        # 2: one line at the end
+        progress = keras.utils.Progbar(len(todo), unit_name="image", verbose=int(verbose)) if verbose else None
         rows: list[np.ndarray] = []  # computed, not stored yet
         names: list[str] = []  # digests of every computed row
         computed = 0  # rows already stored
@@ -208,9 +207,8 @@ class FeatureCache:
                 raise CaptionerError(f"no cached features for {path}; run `captioner features` first")
             shard, row = rows[digest]
             if shard not in self._shards:
-                self._shards[shard] = np.load(
-                    self.folder / shard, mmap_mode="r"
-                )  # (shard_images, num_pixels, encoder_dim)
+                # (shard_images, num_pixels, encoder_dim)
+                self._shards[shard] = np.load(self.folder / shard, mmap_mode="r")
             locations.append((shard, row))
         return CachedRows(self._shards, locations, self.shape, self.dtype)
 

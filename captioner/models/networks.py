@@ -56,18 +56,15 @@ class CaptionModel(keras.Model):
     def call(self, inputs, training=None):
         tokens = inputs["tokens"]
         if "features" in inputs:  # cached CNN output: only the pooling runs
-            grid, pooled = self.encoder.from_cached(
-                inputs["features"]
-            )  # (batch, num_pixels, encoder_dim), (batch, pooled_dim)
+            # (batch, num_pixels, encoder_dim), (batch, pooled_dim)
+            grid, pooled = self.encoder.from_cached(inputs["features"])
         else:
-            grid, pooled = self.encoder(
-                inputs["images"], training=training
-            )  # (batch, num_pixels, encoder_dim), (batch, pooled_dim)
+            # (batch, num_pixels, encoder_dim), (batch, pooled_dim)
+            grid, pooled = self.encoder(inputs["images"], training=training)
         captions, steps = tokens.shape[1], tokens.shape[2]
         flat_tokens = ops.reshape(tokens, (-1, steps))  # (batch * captions, steps)
-        logits = self.decoder(
-            flat_tokens, pooled, grid, training=training, captions_per_image=captions
-        )  # (batch * captions, steps, vocab)
+        # (batch * captions, steps, vocab)
+        logits = self.decoder(flat_tokens, pooled, grid, training=training, captions_per_image=captions)
         return ops.reshape(logits, (-1, captions, steps, self.decoder.vocab_size))  # (batch, captions, steps, vocab)
 
     def encode(self, images):
@@ -100,9 +97,8 @@ def resolve_auto(run_config):
     state_init = model.state_init or ("grid_mean" if attention and run_config.task == "caption" else "pooled")
     pooling = model.encoder_pooling
     if pooling is None and not (run_config.task == "vqa" and run_config.vqa.encoder_from):
-        grid_only = (
-            state_init == "grid_mean" if run_config.task == "caption" else attention
-        )  # nothing reads the pooled vector
+        # nothing reads the pooled vector
+        grid_only = state_init == "grid_mean" if run_config.task == "caption" else attention
         pooling = "avg" if grid_only or model.encoder != "small_cnn" else "flatten"
     taken = run_config.task == "vqa" and run_config.vqa.encoder_from  # a caption run's encoder: frozen by default
     trainable = bool(model.encoder_trainable) if taken else encoder_is_trainable(model)
@@ -248,23 +244,20 @@ class VQAModel(keras.Model):
             return ops.reshape(logits, (-1, count, self.head.num_answers)), ops.reshape(
                 alpha, (-1, count, self.encoder.num_pixels)
             )
-        grid, pooled = (
-            self.encoder.from_cached(images) if cached else self.encoder(images, training=training)
-        )  # (batch, num_pixels, encoder_dim), (batch, pooled_dim)
+        # (batch, num_pixels, encoder_dim), (batch, pooled_dim)
+        grid, pooled = self.encoder.from_cached(images) if cached else self.encoder(images, training=training)
         flat_pooled = ops.repeat(pooled, count, axis=0)  # (batch * questions, pooled_dim)
         if not self.use_question:  # the image-only ablation: the same answer to every question about a photo
             logits = self.head.image_only(flat_pooled, training=training)  # (batch * questions, num_answers)
-            alpha = (
-                ops.ones((ops.shape(flat_pooled)[0], self.encoder.num_pixels)) / self.encoder.num_pixels
-            )  # (batch * questions, num_pixels)
+            # (batch * questions, num_pixels)
+            alpha = ops.ones((ops.shape(flat_pooled)[0], self.encoder.num_pixels)) / self.encoder.num_pixels
             return ops.reshape(logits, (-1, count, self.head.num_answers)), ops.reshape(
                 alpha, (-1, count, self.encoder.num_pixels)
             )
         encoded = self.question_encoder(flat_questions, training=training)  # (batch * questions, question_dim)
         flat_grid = ops.repeat(grid, count, axis=0)  # (batch * questions, num_pixels, encoder_dim)
-        logits, alpha = self.head(
-            encoded, flat_pooled, flat_grid, training=training
-        )  # (batch * questions, num_answers)
+        # (batch * questions, num_answers)
+        logits, alpha = self.head(encoded, flat_pooled, flat_grid, training=training)
         logits = ops.reshape(logits, (-1, count, self.head.num_answers))  # (batch, questions, num_answers)
         return logits, ops.reshape(alpha, (-1, count, self.encoder.num_pixels))  # (batch, questions, num_pixels)
 

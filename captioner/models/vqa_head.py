@@ -153,16 +153,14 @@ class VQAHead(layers.Layer):
     def call(self, question, pooled, grid, training=None):
         query = self.question_projection(question)  # (batch, fusion_dim)
         if self.soft_attention is not None:
-            image, alpha = self.soft_attention(
-                grid, self.soft_attention.project(grid), query
-            )  # (batch, encoder_dim), (batch, num_pixels)
+            # (batch, encoder_dim), (batch, num_pixels)
+            image, alpha = self.soft_attention(grid, self.soft_attention.project(grid), query)
         else:
             image = pooled  # (batch, pooled_dim)
             alpha = ops.ones_like(grid[..., 0]) / ops.cast(ops.shape(grid)[1], grid.dtype)  # (batch, num_pixels)
         image = self._image_vector(image, training)  # (batch, fusion_dim)
-        fused = (
-            query * image if self.fusion == "multiply" else ops.concatenate([query, image], axis=-1)
-        )  # (batch, fused_dim)
+        # (batch, fused_dim)
+        fused = query * image if self.fusion == "multiply" else ops.concatenate([query, image], axis=-1)
         return self._classify(fused, training), alpha  # (batch, num_answers), (batch, num_pixels)
 
     def _image_vector(self, image, training=None):
@@ -183,18 +181,16 @@ class VQAHead(layers.Layer):
         """Logits from the question alone: the image factor of the fusion is 1 (multiply) or 0 (concat), so the
         blind model is the same classifier with the image taken out, not a product stuck at zero."""
         query = self.question_projection(question)  # (batch, fusion_dim)
-        fused = (
-            query if self.fusion == "multiply" else ops.concatenate([query, ops.zeros_like(query)], axis=-1)
-        )  # (batch, fused_dim)
+        # (batch, fused_dim)
+        fused = query if self.fusion == "multiply" else ops.concatenate([query, ops.zeros_like(query)], axis=-1)
         return self._classify(fused, training)  # (batch, num_answers)
 
     def image_only(self, pooled, training=None):
         """Logits from the pooled image vector alone (the question factor is 1 or 0 as in `question_only`): the
         "I" baseline of Antol et al., which can only learn which photos tend to get which answer."""
         image = self._image_vector(pooled, training)  # (batch, fusion_dim)
-        fused = (
-            image if self.fusion == "multiply" else ops.concatenate([ops.zeros_like(image), image], axis=-1)
-        )  # (batch, fused_dim)
+        # (batch, fused_dim)
+        fused = image if self.fusion == "multiply" else ops.concatenate([ops.zeros_like(image), image], axis=-1)
         return self._classify(fused, training)  # (batch, num_answers)
 
     def get_config(self):

@@ -56,9 +56,8 @@ def caption_signature(run: Run, decode: DecodeConfig | None = None):
     def serve(images):
         pixels = _decoded(images, size)  # (batch, size, size, 3)
         tokens, scores, *_ = generator.search(pixels)  # (batch, max_length), (batch,)
-        before_end = tf.equal(
-            tf.cumsum(tf.cast(tf.equal(tokens, vocab.end_id), tf.int32), axis=1), 0
-        )  # (batch, max_length)
+        # (batch, max_length)
+        before_end = tf.equal(tf.cumsum(tf.cast(tf.equal(tokens, vocab.end_id), tf.int32), axis=1), 0)
         shown = before_end & tf.not_equal(tokens, vocab.pad_id) & tf.not_equal(tokens, vocab.start_id)
         captions = tf.strings.reduce_join(
             tf.ragged.boolean_mask(tf.gather(words, tokens), shown), axis=1, separator=" "

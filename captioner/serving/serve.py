@@ -132,17 +132,15 @@ class Service:
         self.caption_run = caption_run
         self.vqa_run = vqa_run
         self.config = config
-        self.generator = CaptionTask().generator(
-            caption_run, decode
-        )  # every beam (or sample) comes back: the page lists them
+        # every beam (or sample) comes back: the page lists them
+        self.generator = CaptionTask().generator(caption_run, decode)
         self.size = caption_run.model.encoder.image_size
         grid = caption_run.model.encoder.grid_shape
         self.grid = [int(grid[0]), int(grid[1])]
         self.attention = bool(caption_run.model.decoder.uses_attention)
         self.batcher = Batcher(self.caption_batch, config.max_batch, config.max_wait_ms)
-        self.vqa_batcher = Batcher(
-            self.answer_batch, config.max_batch, config.max_wait_ms
-        )  # questions from many requests, one call
+        # questions from many requests, one call
+        self.vqa_batcher = Batcher(self.answer_batch, config.max_batch, config.max_wait_ms)
         if vqa_run is not None:
             from captioner.tasks.vqa import VQATask
 

@@ -53,9 +53,8 @@ class EvalOptions:
     max_images: int | None = None
     decode: DecodeConfig | None = None  # caption runs: how to generate (None: the run's decode settings)
     meteor: bool = False
-    dataset: str | None = (
-        None  # the loader of data_dir (default: the run's source of that folder, else its first source's)
-    )
+    # the loader of data_dir (default: the run's source of that folder, else its first source's)
+    dataset: str | None = None
     black_images: bool = False  # VQA runs: also answer with every image black (what the image is worth)
 
 

@@ -32,9 +32,8 @@ from captioner.tasks import base
 from captioner.tasks.base import EvalOptions, Setup, Task
 from captioner.viz import attention_figure, attention_path
 
-MAX_UNKNOWN_FROM_SOURCE = (
-    0.25  # --init-from: a source vocabulary missing more of the training words was trained on other captions
-)
+# --init-from: a source vocabulary missing more of the training words was trained on other captions
+MAX_UNKNOWN_FROM_SOURCE = 0.25
 
 
 class CaptionTask(Task):
@@ -137,9 +136,8 @@ class CaptionTask(Task):
             train_records, val_records = kept[train_cfg.train_split], kept[train_cfg.val_split]
 
             def batches(records, shuffle):
-                features = cache.rows(
-                    [r.image for r in records]
-                )  # (images, num_pixels, encoder_dim) float16, read per batch
+                # (images, num_pixels, encoder_dim) float16, read per batch
+                features = cache.rows([r.image for r in records])
                 return feature_caption_dataset(
                     features,
                     records,

@@ -218,9 +218,8 @@ class VQATask(Task):
         def batches(records, shuffle):
             groups = group_questions(records, vqa.questions_per_image)
             if cache is not None:
-                features = cache.rows(
-                    [image for image, _ in groups]
-                )  # (groups, num_pixels, encoder_dim), read per batch
+                # (groups, num_pixels, encoder_dim), read per batch
+                features = cache.rows([image for image, _ in groups])
                 dataset = feature_vqa_dataset(
                     features,
                     groups,
