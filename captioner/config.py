@@ -161,6 +161,8 @@ class RunConfig:
     preset: str = "shapes"  # the preset these values started from
     task: str = "caption"  # what the run's model does: "caption" or "vqa"
     format_version: int = FORMAT_VERSION  # layout version of the run directory
+    # what each "auto" setting became and why ({"model.precision": "auto -> float32 for ..."}; `resolve.resolve`)
+    reasons: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -387,6 +389,8 @@ def flatten(config: RunConfig) -> dict[str, Any]:
     """{"section.field": value} for every setting ("preset", "task" and "format_version" as themselves)."""
     flat: dict[str, Any] = {}
     for key, value in config.to_dict().items():
+        if key == "reasons":  # why settings are what they are: not a setting
+            continue
         if isinstance(value, dict):
             flat.update({f"{key}.{name}": item for name, item in value.items()})
         else:

@@ -73,8 +73,8 @@ def hardware() -> str:
     return "cpu"
 
 
-def choose_auto(work: str) -> Choice:
-    """What "auto" becomes for `work` (one of WORKS) on this machine, and why."""
+def choose_auto(work: str, kind: str | None = None) -> Choice:
+    """What "auto" becomes for `work` (one of WORKS) on this machine (or on hardware `kind`), and why."""
     if work not in WORKS:
         raise ValueError(f"unknown kind of work '{work}'; one of: {', '.join(WORKS)}")
     forced = os.environ.get(AUTO_ENV, "").strip()
@@ -82,7 +82,7 @@ def choose_auto(work: str) -> Choice:
         if forced not in PRECISIONS:
             raise ValueError(f"{AUTO_ENV}={forced} is not a precision; use one of: {', '.join(PRECISIONS)}")
         return Choice(forced, f"auto forced to {forced} by {AUTO_ENV}")
-    kind = hardware()
+    kind = kind or hardware()
     precision, why = AUTO_RULES.get(
         (kind, work), ("float32", "no measurement shows mixed precision faster at equal quality")
     )

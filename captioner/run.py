@@ -87,6 +87,21 @@ def verify_manifest(run_dir: Path) -> None:
             )
 
 
+def start_run(
+    run_dir: str | Path, config: RunConfig, vocab: Vocabulary, answers: AnswerVocabulary | None = None
+) -> None:
+    """What a new run holds before its first epoch: vocab.json (and answers.json), then config.json, the settings
+    as resolved and as the data decided them. `train` calls it once the task's setup has succeeded, so a request
+    that fails (a bad setting, unreadable data) leaves no run behind; the run's settings have this one writer
+    (and `save_config`, which a resume uses for the changes it may make)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    vocab.save(run_dir / VOCAB_FILE)
+    if answers is not None:
+        answers.save(run_dir / ANSWERS_FILE)
+    save_config(config, run_dir)
+
+
 def save_config(config: RunConfig, run_dir: str | Path) -> None:
     """config.json, atomically; where a manifest vouches for the old one, it is kept true at every instant."""
     run_dir = Path(run_dir)

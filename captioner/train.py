@@ -22,8 +22,6 @@ from keras import ops
 from captioner import scst
 from captioner.config import (
     DERIVED,
-    INIT_FROM_MODEL_CHANGES,
-    INIT_FROM_VQA_CHANGES,
     RESUMABLE,
     RunConfig,
     flatten,
@@ -36,8 +34,8 @@ from captioner.data.preprocessing import PipelineFailure, pipeline_error
 from captioner.distribute import Parallel, ParallelConfig
 from captioner.errors import CaptionerError
 from captioner.fileio import atomic_path, directory_lock, is_disk_full, remove_stale_temporaries, write_json
-from captioner.models.networks import resolve_auto, training_work
-from captioner.precision import choose_auto, precision_scope, resolve_precision
+from captioner.precision import precision_scope
+from captioner.resolve import MONITORS, Machine, resolve, source_run
 from captioner.run import (
     ANSWERS_FILE,
     CONFIG_FILE,
@@ -48,11 +46,10 @@ from captioner.run import (
     VOCAB_FILE,
     Run,
     load_config,
-    load_run,
     read_json,
     save_config,
     save_model,
-    stored_task,
+    start_run,
     update_metrics,
     write_manifest,
 )
@@ -99,87 +96,6 @@ class FinalBackup(keras.callbacks.BackupAndRestore):
     def on_train_end(self, logs=None):
         self._save_model()
         super().on_train_end(logs)
-
-
-MONITORS = {
-    "val_loss": "min",
-    "val_accuracy": "max",
-    "val_cider": "max",
-}  # train.monitor: what picks the best epoch, and which way is better
-OBJECTIVES = ("xe", "scst")
-
-
-def monitor_mode(monitor: str, task: str, objective: str = "xe") -> str:
-    """ "min" or "max" for a `train.monitor` the run logs (caption runs log no accuracy; only SCST runs log CIDEr, and
-    they log no validation loss)."""
-    if monitor not in MONITORS:
-        raise CaptionerError(f"unknown train.monitor '{monitor}'; use one of {', '.join(MONITORS)}")
-    if monitor == "val_accuracy" and task != "vqa":
-        raise CaptionerError("train.monitor=val_accuracy is for VQA runs; caption runs monitor val_loss")
-    if (monitor == "val_cider") != (objective == "scst"):
-        raise CaptionerError("train.monitor=val_cider goes with --objective scst, which monitors nothing else")
-    return MONITORS[monitor]
-
-
-def check_objective(config: RunConfig) -> None:
-    """The objective and its settings, before anything is read or written: each problem one line."""
-    train_cfg = config.train
-    if train_cfg.objective not in OBJECTIVES:
-        raise CaptionerError(f"unknown --objective '{train_cfg.objective}'; use xe or scst")
-    if train_cfg.objective != "xe" and config.task != "caption":
-        raise CaptionerError(
-            f"--objective {train_cfg.objective} is for captioning; a {config.task} run trains with cross-entropy (xe)"
-        )
-    if train_cfg.objective == "scst":
-        scst.check(config)
-
-
-def init_source(config: RunConfig, run_dir: Path) -> Run:
-    """The finished run of the same task `train.init_from` names, loaded, after checking that `config` keeps what its
-    weights and vocabularies fix (dataset, image size, caption or question length, every model setting but
-    `INIT_FROM_MODEL_CHANGES`, for VQA every head setting but `INIT_FROM_VQA_CHANGES`)."""
-    path = Path(config.train.init_from)
-    if path.resolve() == run_dir.resolve():
-        raise CaptionerError(
-            f"--init-from {path} is the run being trained; the source is only read: choose a new --run "
-            f"(to train {path} further, repeat its command with a larger --epochs)"
-        )
-    if (path / CONFIG_FILE).exists() and stored_task(path) != config.task:
-        raise CaptionerError(
-            f"--init-from {path} is a {stored_task(path)} run; a {config.task} run starts from a {config.task} run"
-            + (" (a VQA run takes a caption run's encoder with --encoder-from)" if config.task == "vqa" else "")
-        )
-    try:
-        source = load_run(path, task=config.task)
-    except CaptionerError as exc:
-        raise CaptionerError(f"--init-from: {exc}") from None
-    status = read_json(path / METRICS_FILE, {}).get("status")
-    if status != "finished":
-        raise CaptionerError(
-            f"--init-from {path} has not finished training (status '{status}'); finish it by repeating its train "
-            f"command, or start from a finished run"
-        )
-    before, now = flatten(source.config), flatten(config)
-    if before["data.dataset"] != now["data.dataset"]:
-        raise CaptionerError(
-            f"--init-from {path} was trained on the {before['data.dataset']} dataset's vocabulary, not "
-            f"{now['data.dataset']}'s; "
-            f"start from a run of this dataset, or train without --init-from"
-        )
-    fixed = [
-        key
-        for key in before
-        if (key.startswith("model.") and key not in INIT_FROM_MODEL_CHANGES)
-        or key in DERIVED
-        or (config.task == "vqa" and key.startswith("vqa.") and key not in INIT_FROM_VQA_CHANGES)
-    ]
-    changed = [f"{key} ({before[key]} -> {now.get(key)})" for key in fixed if before[key] != now.get(key)]
-    if changed:
-        raise CaptionerError(
-            f"--init-from {path} fixes {', '.join(changed[:3])}; drop those settings "
-            f"(a run started from another may change only {', '.join(INIT_FROM_MODEL_CHANGES[:3])} and how it trains)"
-        )
-    return source
 
 
 def best_epoch(values: list[float], mode: str) -> int:
@@ -352,20 +268,6 @@ def _resumed_config(run_dir: Path, requested: RunConfig, finished: dict | None) 
     return config, changes
 
 
-def resolve_precisions(config: RunConfig) -> RunConfig:
-    """`model.precision` and `data.feature_precision` as concrete precisions; an "auto" model precision leaves
-    its reason in `model.precision_reason` (config.json and the training log say it)."""
-    model_choice = choose_auto(training_work(config)) if config.model.precision == "auto" else None
-    return with_settings(
-        config,
-        {
-            "model.precision": model_choice.precision if model_choice else resolve_precision(config.model.precision),
-            "model.precision_reason": model_choice.reason if model_choice else "",
-            "data.feature_precision": resolve_precision(config.data.feature_precision, "features"),
-        },
-    )
-
-
 def train(
     config: RunConfig,
     run_dir: str | Path,
@@ -401,26 +303,10 @@ def train(
     """
     run_dir = Path(run_dir)
     parallel = parallel or Parallel(ParallelConfig())
-    check_objective(config)
-    if parallel.replicas > 1 and config.train.objective == "scst":
-        raise CaptionerError(
-            "--objective scst trains on one device (its sampling loop is not data-parallel); drop --devices and "
-            "the KERAS_DISTRIBUTION_* settings"
-        )
-    if (
-        parallel.replicas > 1
-        and parallel.backend == "tensorflow"
-        and config.task == "caption"
-        and config.model.attention == "hard"
-    ):
-        raise CaptionerError(
-            "--attention hard trains on several devices on the JAX backend only (under TensorFlow's MirroredStrategy "
-            "its sampled grid positions and reward baseline would be per device); set KERAS_BACKEND=jax or drop "
-            "--devices"
-        )
+    # before anything is read or written, the lock included: every value checked, every "auto" written out
+    resolved = resolve(config, Machine.of(parallel))
     parallel.check_batch(config.train.batch_size)
-    # before anything is written, the lock included
-    source = init_source(config, run_dir) if config.train.init_from else None
+    source = source_run(resolved, run_dir) if config.train.init_from else None
     with contextlib.ExitStack() as scope:
         if not parallel.writer:
             run_dir = _private_copy(run_dir, parallel.config.process_id, scope)
@@ -430,7 +316,7 @@ def train(
         parallel.barrier("run directory copied")
         scope.enter_context(directory_lock(run_dir))  # one writer per run directory
         scope.enter_context(parallel.scope())  # the model is built, compiled and fitted on every device
-        return _train(config, source, run_dir, verbose, restart, skipped, notify, log, scope, parallel)
+        return _train(config, resolved, source, run_dir, verbose, restart, skipped, notify, log, scope, parallel)
 
 
 def _private_copy(run_dir: Path, process_id: int, scope: contextlib.ExitStack) -> Path:
@@ -448,6 +334,7 @@ def _private_copy(run_dir: Path, process_id: int, scope: contextlib.ExitStack) -
 
 def _train(
     requested: RunConfig,
+    resolved: RunConfig,
     source: Run | None,
     run_dir: Path,
     verbose: int | str,
@@ -458,7 +345,7 @@ def _train(
     scope: contextlib.ExitStack,
     parallel: Parallel,
 ) -> dict[str, Any]:
-    config = requested
+    config = resolved  # a resumed run takes its stored settings instead, with the changes a resume may make
     previous = read_json(run_dir / METRICS_FILE, {}) if (run_dir / CONFIG_FILE).exists() else None
     if (
         run_dir.is_dir()
@@ -489,12 +376,8 @@ def _train(
         if finished is not None:
             update_metrics(run_dir, {"status": "training"})
     task = get_task(config.task)
-    monitor, mode = (
-        config.train.monitor,
-        monitor_mode(config.train.monitor, config.task, config.train.objective),
-    )  # a bad name fails before any work
-    if not resuming:  # every "auto" becomes what is built; config.json says which, and why for the precision
-        config = resolve_precisions(resolve_auto(config))
+    monitor, mode = config.train.monitor, MONITORS[config.train.monitor]
+    if not resuming:  # config.json says what each "auto" became, and why
         log(
             f"precision {config.model.precision}"
             + (f" ({config.model.precision_reason})" if config.model.precision_reason else "")
@@ -505,6 +388,7 @@ def _train(
     shard = parallel.shard()
     setup = task.setup(config, run_dir, resuming, verbose, skipped, source.model if source is not None else None, shard)
     if not resuming:
+        start_run(run_dir, setup.config, setup.vocab, setup.answers)
         write_json(run_dir / REQUEST_FILE, _as_requested(requested))  # what a later command is compared with
     train_cfg, model = setup.config.train, setup.model
     if source is not None:

@@ -37,8 +37,9 @@ from captioner.data.vocab import AnswerVocabulary, Vocabulary, tokenize
 from captioner.evaluation.metrics import bleu_scores, vqa_accuracy
 from captioner.generation.answering import Answerer
 from captioner.generation.decoding import CaptionGenerator
-from captioner.models.networks import build_caption_model, build_vqa_model, resolve_auto
+from captioner.models.networks import build_caption_model, build_vqa_model
 from captioner.precision import precision_scope
+from captioner.resolve import resolve
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -105,7 +106,7 @@ def caption_quality(
     config.model.decoder = decoder
     if epochs:
         config.train.epochs = epochs
-    config = resolve_auto(config)
+    config = resolve(config)
     splits = {name: load_split("shapes", data_dir, name)[:limit] for name in ("train", "val", "test")}
     vocab = Vocabulary.build((c for r in splits["train"] for c in r.captions), min_count=config.data.min_word_count)
     max_length = padded_caption_length(
@@ -156,7 +157,7 @@ def caption_quality(
 
 
 def vqa_quality(precisions: list[str], epochs: int | None, limit: int | None, verbose: int) -> list[dict]:
-    config = resolve_auto(preset("easy-vqa"))
+    config = resolve(preset("easy-vqa"))
     if epochs:
         config.train.epochs = epochs
     vqa = config.vqa

@@ -224,17 +224,18 @@ def test_a_conversion_that_cannot_work_is_one_line(bf16_run, tmp_path):
 )
 def test_a_run_is_resolved_for_its_kind_of_training(monkeypatch, preset_name, settings, work):
     from captioner.config import preset, with_settings
-    from captioner.models.networks import resolve_auto, training_work
-    from captioner.train import resolve_precisions
+    from captioner.models.networks import training_work
+    from captioner.resolve import resolve
 
     monkeypatch.delenv(AUTO_ENV, raising=False)
-    config = resolve_auto(with_settings(preset(preset_name), settings))
-    assert training_work(config) == work
-    resolved = resolve_precisions(config)
+    resolved = resolve(with_settings(preset(preset_name), settings))
+    assert training_work(resolved) == work
     assert resolved.model.precision == choose_auto(work).precision and work in resolved.model.precision_reason
+    assert resolved.reasons["model.precision"] == resolved.model.precision_reason
     assert resolved.data.feature_precision == choose_auto("features").precision
-    explicit = resolve_precisions(with_settings(config, {"model.precision": "float32"}))
+    explicit = resolve(with_settings(preset(preset_name), {**settings, "model.precision": "float32"}))
     assert explicit.model.precision == "float32" and explicit.model.precision_reason == ""  # asked for: no reason
+    assert "model.precision" not in explicit.reasons
 
 
 def test_a_bad_forced_precision_is_one_line_before_any_work(tiny_data, tmp_path, monkeypatch, capsys):

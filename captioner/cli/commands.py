@@ -232,10 +232,10 @@ def _given_decode(decode, args: argparse.Namespace):
 
 def decode_from_args(decode, args: argparse.Namespace):
     """`_given_decode`, checked now (a bad combination is one line, before any image is read)."""
-    from captioner.generation.decoding import make_sampler
+    from captioner.generation.decoding import sampler_name
 
     decode = _given_decode(decode, args)
-    make_sampler(decode)
+    sampler_name(decode)
     return decode
 
 

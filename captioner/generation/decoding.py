@@ -28,24 +28,34 @@ from captioner.models.networks import CaptionModel
 EAGER_BELOW = 8  # TensorFlow: batches this small skip tracing while nothing is traced yet (CaptionGenerator.__call__)
 
 
-def make_sampler(decode: DecodeConfig) -> Sampler:
-    """The sampler a DecodeConfig asks for ("auto": beam search when beam_size > 1, else greedy), after checking
-    every setting: a contradictory combination is one line."""
+def sampler_name(decode: DecodeConfig) -> str:
+    """The search a DecodeConfig asks for ("auto": "beam" when beam_size > 1, else "greedy"), after checking the
+    settings every search shares: a contradictory combination is one line. The samplers check their own values."""
     check_limits(decode)
     if decode.hard_context not in HARD_CONTEXTS:
         raise CaptionerError(f"unknown --hard-context '{decode.hard_context}'; choose expectation or argmax")
     name = decode.sampler if decode.sampler != "auto" else ("beam" if decode.beam_size > 1 else "greedy")
+    if name not in ("greedy", "beam", "sampling"):
+        raise CaptionerError(f"unknown sampler '{decode.sampler}'; choose greedy, beam or sampling")
     if name != "sampling" and (decode.temperature != 1.0 or decode.top_k is not None or decode.top_p is not None):
         raise CaptionerError("--temperature, --top-k and --top-p shape sampling: add --sampler sampling")
+    if name == "greedy" and decode.num_captions != 1:
+        raise CaptionerError("greedy decoding gives one caption: use --sampler beam or sampling for --num-captions")
+    if name == "beam":
+        BeamSampler.check(decode.beam_size, decode.num_captions)
+    if name == "sampling":
+        RandomSampler.check(decode.temperature, decode.top_k, decode.top_p, decode.num_captions)
+    return name
+
+
+def make_sampler(decode: DecodeConfig) -> Sampler:
+    """The sampler a DecodeConfig asks for (`sampler_name`), built: its own values checked too."""
+    name = sampler_name(decode)
     if name == "greedy":
-        if decode.num_captions != 1:
-            raise CaptionerError("greedy decoding gives one caption: use --sampler beam or sampling for --num-captions")
         return GreedySampler()
     if name == "beam":
         return BeamSampler(decode.beam_size, decode.length_penalty, decode.num_captions)
-    if name == "sampling":
-        return RandomSampler(decode.temperature, decode.top_k, decode.top_p, decode.num_captions, decode.length_penalty)
-    raise CaptionerError(f"unknown sampler '{decode.sampler}'; choose greedy, beam or sampling")
+    return RandomSampler(decode.temperature, decode.top_k, decode.top_p, decode.num_captions, decode.length_penalty)
 
 
 @dataclass

@@ -120,7 +120,9 @@ class BeamSampler(Sampler):
 
     name = "beam"
 
-    def __init__(self, beam_size: int = 3, length_penalty: float = 1.0, num_captions: int = 1):
+    @staticmethod
+    def check(beam_size: int, num_captions: int) -> None:
+        """The values the constructor refuses, one line each (also `decoding.sampler_name`, before any search)."""
         if int(beam_size) < 1:
             raise CaptionerError(f"beam size must be at least 1 (got {beam_size})")
         if not 1 <= int(num_captions) <= int(beam_size):
@@ -128,6 +130,9 @@ class BeamSampler(Sampler):
                 f"--num-captions {num_captions} is more than the beam holds ({beam_size}); "
                 f"raise --beam-size or ask for fewer"
             )
+
+    def __init__(self, beam_size: int = 3, length_penalty: float = 1.0, num_captions: int = 1):
+        self.check(beam_size, num_captions)
         self.beam_size, self.length_penalty, self.num_captions = (
             int(beam_size),
             float(length_penalty),
@@ -174,6 +179,22 @@ class RandomSampler(Sampler):
     name = "sampling"
     needs_noise = True
 
+    @staticmethod
+    def check(temperature: float, top_k: int | None, top_p: float | None, num_captions: int) -> None:
+        """The values the constructor refuses, one line each (also `decoding.sampler_name`, before any search)."""
+        if float(temperature) < 0:
+            raise CaptionerError(f"--temperature must be 0 or more (got {float(temperature):g})")
+        if top_k is not None and int(top_k) < 1:
+            raise CaptionerError(f"--top-k must be at least 1 (got {top_k}); leave it out to sample from every word")
+        if top_p is not None and not 0.0 < float(top_p) <= 1.0:
+            raise CaptionerError(f"--top-p must be in (0, 1] (got {top_p:g})")
+        if float(temperature) == 0 and (top_k is not None or top_p is not None):
+            raise CaptionerError(
+                "--temperature 0 always takes the most likely word: --top-k/--top-p would change nothing; drop one"
+            )
+        if int(num_captions) < 1:
+            raise CaptionerError(f"--num-captions must be at least 1 (got {num_captions})")
+
     def __init__(
         self,
         temperature: float = 1.0,
@@ -183,18 +204,7 @@ class RandomSampler(Sampler):
         length_penalty: float = 1.0,
     ):
         temperature = float(temperature)
-        if temperature < 0:
-            raise CaptionerError(f"--temperature must be 0 or more (got {temperature:g})")
-        if top_k is not None and int(top_k) < 1:
-            raise CaptionerError(f"--top-k must be at least 1 (got {top_k}); leave it out to sample from every word")
-        if top_p is not None and not 0.0 < float(top_p) <= 1.0:
-            raise CaptionerError(f"--top-p must be in (0, 1] (got {top_p:g})")
-        if temperature == 0 and (top_k is not None or top_p is not None):
-            raise CaptionerError(
-                "--temperature 0 always takes the most likely word: --top-k/--top-p would change nothing; drop one"
-            )
-        if int(num_captions) < 1:
-            raise CaptionerError(f"--num-captions must be at least 1 (got {num_captions})")
+        self.check(temperature, top_k, top_p, num_captions)
         self.temperature, self.num_captions, self.length_penalty = temperature, int(num_captions), float(length_penalty)
         self.top_k = None if top_k is None else int(top_k)
         self.top_p = None if top_p is None else float(top_p)

@@ -8,8 +8,6 @@ go in and answer logits (batch, questions_per_image, num_answers) come out.
 
 from __future__ import annotations
 
-import dataclasses
-
 import keras
 from keras import ops
 
@@ -86,24 +84,6 @@ class CaptionModel(keras.Model):
         encoder = keras.saving.deserialize_keras_object(config.pop("encoder"))
         decoder = keras.saving.deserialize_keras_object(config.pop("decoder"))
         return cls(encoder=encoder, decoder=decoder, **config)
-
-
-def resolve_auto(run_config):
-    """The run config with every "auto" (None) model field written out as what the builders make of it:
-    `encoder_trainable`, `state_init` and `encoder_pooling`. Called once when a run starts, so its config.json
-    says what was built. An encoder taken from another run (`vqa.encoder_from`) keeps that run's pooling."""
-    model = run_config.model
-    attention = model.decoder == "attention" if run_config.task == "caption" else run_config.vqa.attention
-    state_init = model.state_init or ("grid_mean" if attention and run_config.task == "caption" else "pooled")
-    pooling = model.encoder_pooling
-    if pooling is None and not (run_config.task == "vqa" and run_config.vqa.encoder_from):
-        # nothing reads the pooled vector
-        grid_only = state_init == "grid_mean" if run_config.task == "caption" else attention
-        pooling = "avg" if grid_only or model.encoder != "small_cnn" else "flatten"
-    taken = run_config.task == "vqa" and run_config.vqa.encoder_from  # a caption run's encoder: frozen by default
-    trainable = bool(model.encoder_trainable) if taken else encoder_is_trainable(model)
-    resolved = dataclasses.replace(model, encoder_trainable=trainable, state_init=state_init, encoder_pooling=pooling)
-    return dataclasses.replace(run_config, model=resolved)
 
 
 def training_work(run_config) -> str:

@@ -39,7 +39,8 @@ class Setup:
     train_images: int  # image encodings per epoch
     train_items: int  # captions or questions per epoch
     stats: dict[str, Any]  # task-specific lines for metrics.json
-    vocab: Any = None  # caption runs: the Vocabulary (self-critical training decodes with it)
+    vocab: Any = None  # the Vocabulary of the captions or questions (self-critical training decodes with it)
+    answers: Any = None  # VQA runs: the AnswerVocabulary
 
 
 @dataclass

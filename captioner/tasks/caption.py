@@ -27,7 +27,7 @@ from captioner.models.features import FeatureCache
 from captioner.models.losses import TokenCrossentropy
 from captioner.models.networks import build_caption_model, build_image_encoder, copy_weights, training_work
 from captioner.precision import precision_scope, resolve_precision
-from captioner.run import VOCAB_FILE, Run, save_config
+from captioner.run import VOCAB_FILE, Run
 from captioner.tasks import base
 from captioner.tasks.base import EvalOptions, Setup, Task
 from captioner.viz import attention_figure, attention_path
@@ -100,17 +100,11 @@ class CaptionTask(Task):
                 )
             image_size = data.image_size
             config = replace(config, data=base.resolved_folders(data))
-            run_dir.mkdir(parents=True, exist_ok=True)
-            vocab.save(run_dir / VOCAB_FILE)
-            save_config(config, run_dir)
         else:
             vocab = Vocabulary.build((c for r in distinct_train for c in r.captions), min_count=data.min_word_count)
             longest = padded_caption_length(distinct_train, data.max_caption_length, data.max_length_percentile)
             data = replace(base.resolved_folders(data), image_size=image_size, max_caption_length=longest)
             config = replace(config, data=data)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            vocab.save(run_dir / VOCAB_FILE)
-            save_config(config, run_dir)
         model = build_caption_model(config.model, len(vocab), image_size)
         if source is not None:
             copy_weights(source, model)

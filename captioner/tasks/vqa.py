@@ -23,7 +23,7 @@ from captioner.generation.answering import Answerer
 from captioner.models.encoder import ImageEncoder, default_image_size
 from captioner.models.losses import TokenCrossentropy
 from captioner.models.networks import build_vqa_model, copy_weights, training_work
-from captioner.run import ANSWERS_FILE, VOCAB_FILE, Run, load_run, save_config
+from captioner.run import ANSWERS_FILE, VOCAB_FILE, Run, load_run
 from captioner.tasks import base
 from captioner.tasks.base import EvalOptions, Setup, Task
 
@@ -188,10 +188,6 @@ class VQATask(Task):
                     encoder_from=str(Path(vqa.encoder_from).resolve()) if vqa.encoder_from else None,
                 )
             config = replace(config, data=data, vqa=vqa)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            vocab.save(run_dir / VOCAB_FILE)
-            answers.save(run_dir / ANSWERS_FILE)
-            save_config(config, run_dir)
 
         model = build_vqa_model(config, len(vocab), len(answers), image_size, encoder)
         if source is not None:
@@ -272,6 +268,8 @@ class VQATask(Task):
                 "unknown_word_rate_val": vocab.unknown_rate(r.question for r in val_records),
                 **stats,
             },
+            vocab=vocab,
+            answers=answers,
         )
 
 
