@@ -1,10 +1,9 @@
 """Numeric precision of a run: float32, or mixed precision (bfloat16/float16 compute, float32 variables).
 
-Keras takes a layer's dtype policy when the layer is created, from the global policy unless one is passed;
-captioner's layers create their sub-layers themselves, so a model is built (and loaded) inside
-`precision_scope`, which sets the policy for the duration and puts the previous one back. Variables stay
-float32 under every policy, so a model saved under one precision loads under any other; the loss, the
-softmax of generation and beam scores stay float32.
+A model's precision is passed, not global: the builders and `load_run` give what they built or loaded to
+`apply_precision`, which sets the dtype policy of every layer inside it (Keras's global policy is never touched).
+Variables stay float32 under every policy, so a model saved under one precision loads under any other; the loss,
+the softmax of generation and beam scores stay float32.
 
 `auto` is chosen per kind of work and per kind of hardware from a table of measurements (`AUTO_RULES`,
 BENCHMARKS.md "Green on every CPU"): mixed precision only where it measured faster than float32 on
@@ -14,9 +13,7 @@ that hardware *and* kept the quality; float32 everywhere else. `CAPTIONER_AUTO_P
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,12 +103,18 @@ def rnn_use_cudnn(compute_dtype: str) -> str | bool:
     return "auto" if compute_dtype == "float32" else False
 
 
-@contextlib.contextmanager
-def precision_scope(name: str, work: str = "decode") -> Iterator[None]:
-    """Layers created inside use `name` ("auto" resolved for `work`); the previous global policy is restored after."""
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(resolve_precision(name, work))
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
+def apply_precision(model, name: str, work: str = "decode"):
+    """`model` (a Keras layer or model) with it and every layer inside it computing at precision `name` ("auto"
+    resolved for `work`), returned. The policy is passed to each layer, never set globally: the builders and
+    `load_run` call this on what they built or loaded. Variables stay float32 under every policy, so weights built,
+    trained or loaded under one precision serve any other; a recurrent layer uses cuDNN only in float32
+    (`rnn_use_cudnn`). Keras's `_flatten_layers` is the walk over nested layers (keras.applications backbones
+    take no dtype argument, so theirs are set here too)."""
+    policy = keras.dtype_policies.get(resolve_precision(name, work))
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if isinstance(layer, keras.layers.InputLayer):  # its dtype is the input's, not a compute policy
+            continue
+        layer.dtype_policy = policy
+        if isinstance(layer, (keras.layers.LSTM, keras.layers.GRU)):
+            layer.use_cudnn = rnn_use_cudnn(policy.compute_dtype)
+    return model

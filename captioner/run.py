@@ -23,7 +23,7 @@ from captioner.data.vocab import AnswerVocabulary, Vocabulary
 from captioner.errors import CaptionerError
 from captioner.fileio import atomic_path, file_sha256, update_lock, write_json, write_text
 from captioner.models.networks import CaptionModel, VQAModel, build_caption_model, build_vqa_model, weight_key
-from captioner.precision import precision_scope
+from captioner.precision import apply_precision
 
 MODEL_FILE, VOCAB_FILE, CONFIG_FILE = "model.keras", "vocab.json", "config.json"
 HISTORY_FILE, METRICS_FILE, MANIFEST_FILE = "history.json", "metrics.json", "manifest.json"
@@ -227,11 +227,11 @@ def load_shipped(folder: Path, task: str, precision: str | None = None) -> Run:
     vocab = Vocabulary.load(folder / VOCAB_FILE)
     answers = AnswerVocabulary.load(folder / ANSWERS_FILE) if task == "vqa" else None
     try:
-        with precision_scope(precision or config.model.precision), weights_from_file():
+        with weights_from_file():
             if task == "caption":
-                model = build_caption_model(config.model, len(vocab), config.data.image_size)
+                model = build_caption_model(config.model, len(vocab), config.data.image_size, precision)
             else:
-                model = build_vqa_model(config, len(vocab), len(answers), config.data.image_size)
+                model = build_vqa_model(config, len(vocab), len(answers), config.data.image_size, precision=precision)
     except CaptionerError as exc:
         raise CaptionerError(f"cannot build the shipped {task} model: {exc}") from None
     variables = shipped_variables(model)
@@ -290,8 +290,9 @@ def load_run(run_dir: str | Path | None, task: str = "caption", precision: str |
     vocab = Vocabulary.load(path / VOCAB_FILE)
     answers = AnswerVocabulary.load(path / ANSWERS_FILE) if task == "vqa" else None
     try:
-        with precision_scope(precision or config.model.precision), weights_from_file():
+        with weights_from_file():
             model = keras.saving.load_model(path / MODEL_FILE, compile=False, safe_mode=True)
+        apply_precision(model, precision or config.model.precision)  # the file's own policy, or the one asked for
     except Exception as exc:  # Keras raises many types for damaged or foreign files
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise CaptionerError(f"cannot load {path / MODEL_FILE}: {first_line[:300]}") from None

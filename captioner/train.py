@@ -34,7 +34,6 @@ from captioner.data.preprocessing import PipelineFailure, pipeline_error
 from captioner.distribute import Parallel, ParallelConfig
 from captioner.errors import CaptionerError
 from captioner.fileio import atomic_path, directory_lock, is_disk_full, remove_stale_temporaries, write_json
-from captioner.precision import precision_scope
 from captioner.resolve import MONITORS, Machine, resolve, source_run
 from captioner.run import (
     ANSWERS_FILE,
@@ -382,7 +381,6 @@ def _train(
             f"precision {config.model.precision}"
             + (f" ({config.model.precision_reason})" if config.model.precision_reason else "")
         )
-    scope.enter_context(precision_scope(config.model.precision))  # every layer is built (and trained) at it
     keras.utils.set_random_seed(config.train.seed)
     skipped = skipped if skipped is not None else Skipped()
     shard = parallel.shard()

@@ -22,7 +22,7 @@ from interleaved import median_step_seconds
 
 from captioner.config import preset
 from captioner.models.networks import build_caption_model
-from captioner.precision import precision_scope, resolve_precision
+from captioner.precision import resolve_precision
 
 VOCAB, LENGTH, CAPTIONS = 2539, 20, 5  # the Flickr8k preset's vocabulary, padded caption length and captions per image
 
@@ -63,8 +63,7 @@ def main() -> None:
         model_config.encoder, model_config.encoder_weights, model_config.encoder_trainable = "mobilenet_v2", None, False
         model_config.decoder, model_config.cell, model_config.num_layers = args.decoder, cell, int(layers)
         keras.utils.set_random_seed(0)
-        with precision_scope(precision):
-            model = build_caption_model(model_config, VOCAB, 224)
+        model = build_caption_model(model_config, VOCAB, 224, precision)
         model.compile(
             optimizer=keras.optimizers.Adam(1e-4, global_clipnorm=config.train.clip_norm),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),

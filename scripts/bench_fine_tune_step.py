@@ -25,7 +25,7 @@ from interleaved import median_step_seconds
 from captioner.config import preset
 from captioner.models.encoder import default_image_size
 from captioner.models.networks import build_caption_model
-from captioner.precision import precision_scope, resolve_precision
+from captioner.precision import resolve_precision
 
 VOCAB, LENGTH, CAPTIONS = 2539, 20, 5  # the Flickr8k preset's vocabulary, padded caption length and captions per image
 
@@ -54,8 +54,7 @@ def main() -> None:
             n,
         )
         model_config.encoder_trainable = False
-        with precision_scope(precision):
-            model = build_caption_model(model_config, VOCAB, default_image_size(args.encoder, 224))
+        model = build_caption_model(model_config, VOCAB, default_image_size(args.encoder, 224), precision)
         model.compile(
             optimizer=keras.optimizers.Adam(1e-4, global_clipnorm=config.train.clip_norm),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),

@@ -40,7 +40,6 @@ from captioner.config import DecodeConfig, ModelConfig, preset
 from captioner.data.vocab import Vocabulary
 from captioner.generation.decoding import CaptionGenerator
 from captioner.models.networks import build_caption_model, build_image_encoder
-from captioner.precision import precision_scope
 
 
 def matmul_peak(dtype: str, n: int = 2048, reps: int = 20, highest: bool = False) -> float:
@@ -171,10 +170,10 @@ def train_row_inputs(name: str):
     return config, 60, {"images": rng.integers(0, 255, (32, 64, 64, 3)).astype("uint8"), "tokens": tokens}, tokens
 
 
-def compiled_caption_model(config, vocab_size: int):
-    """The row's model from seed 0, compiled as training compiles it."""
+def compiled_caption_model(config, vocab_size: int, precision: str):
+    """The row's model from seed 0 at `precision`, compiled as training compiles it."""
     keras.utils.set_random_seed(0)
-    model = build_caption_model(config.model, vocab_size, config.data.image_size)
+    model = build_caption_model(config.model, vocab_size, config.data.image_size, precision)
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3, global_clipnorm=5.0),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
@@ -182,9 +181,9 @@ def compiled_caption_model(config, vocab_size: int):
     return model
 
 
-def train_step_row(name: str, reps: int) -> dict:
+def train_step_row(name: str, reps: int, precision: str) -> dict:
     config, vocab_size, inputs, targets = train_row_inputs(name)
-    model = compiled_caption_model(config, vocab_size)
+    model = compiled_caption_model(config, vocab_size, precision)
     seconds = time_calls(lambda: model.train_on_batch(inputs, targets), reps)
     images, captions, steps = targets.shape
     forward = decoder_flops(model, images, captions, steps, with_cnn="images" in inputs)
@@ -200,48 +199,47 @@ def train_step_row(name: str, reps: int) -> dict:
 def rows_for(precision: str, reps: int, skip: set[str]):
     """Yields one row (a dict) at a time, so a slow machine prints as it goes."""
     rng = np.random.default_rng(0)
-    with precision_scope(precision):
-        if "train" not in skip:
-            for name in TRAIN_ROWS:
-                yield train_step_row(name, reps)
-        if "features" not in skip:
-            for backbone in ("mobilenet_v2", "efficientnet_b0"):
-                keras.utils.set_random_seed(0)
-                encoder = build_image_encoder(
-                    ModelConfig(encoder=backbone, encoder_weights=None, encoder_trainable=False), 224
-                )
-                batch = rng.integers(0, 255, (32, 224, 224, 3)).astype("uint8")
-                run = CompiledFunction(
-                    lambda x, encoder=encoder: encoder(x, training=False),
-                    encoder.variables,
-                    [((None, 224, 224, 3), "uint8")],
-                )
-                seconds = time_calls(lambda run=run, batch=batch: run(batch), max(2, reps // 2))
-                flops = cnn_flops(encoder.cnn, 224)
-                yield {
-                    "name": f"features {backbone}, batch 32",
-                    "seconds": seconds,
-                    "flops": 32 * flops if flops else None,
-                    "items": f"{32 / seconds:.0f} images/s",
-                }
-        if "decode" not in skip:
+    if "train" not in skip:
+        for name in TRAIN_ROWS:
+            yield train_step_row(name, reps, precision)
+    if "features" not in skip:
+        for backbone in ("mobilenet_v2", "efficientnet_b0"):
             keras.utils.set_random_seed(0)
-            shapes = preset("shapes")
-            model = build_caption_model(shapes.model, 60, 64)
-            vocab = Vocabulary.build(" ".join(f"w{i}" for i in range(56)) for _ in range(1))
-            batch = rng.integers(0, 255, (512, 64, 64, 3)).astype("uint8")
-            for beam in (1, 5):
-                generator = CaptionGenerator(
-                    model, vocab, DecodeConfig(max_length=shapes.decode.max_length, beam_size=beam)
-                )
-                generator(batch)  # trace
-                seconds = time_calls(lambda generator=generator: generator(batch), 2)
-                yield {
-                    "name": f"decode shapes Show-and-Tell, batch 512, {'greedy' if beam == 1 else f'beam {beam}'}",
-                    "seconds": seconds,
-                    "flops": None,
-                    "items": f"{512 / seconds:.0f} captions/s",
-                }
+            encoder = build_image_encoder(
+                ModelConfig(encoder=backbone, encoder_weights=None, encoder_trainable=False), 224, precision=precision
+            )
+            batch = rng.integers(0, 255, (32, 224, 224, 3)).astype("uint8")
+            run = CompiledFunction(
+                lambda x, encoder=encoder: encoder(x, training=False),
+                encoder.variables,
+                [((None, 224, 224, 3), "uint8")],
+            )
+            seconds = time_calls(lambda run=run, batch=batch: run(batch), max(2, reps // 2))
+            flops = cnn_flops(encoder.cnn, 224)
+            yield {
+                "name": f"features {backbone}, batch 32",
+                "seconds": seconds,
+                "flops": 32 * flops if flops else None,
+                "items": f"{32 / seconds:.0f} images/s",
+            }
+    if "decode" not in skip:
+        keras.utils.set_random_seed(0)
+        shapes = preset("shapes")
+        model = build_caption_model(shapes.model, 60, 64, precision)
+        vocab = Vocabulary.build(" ".join(f"w{i}" for i in range(56)) for _ in range(1))
+        batch = rng.integers(0, 255, (512, 64, 64, 3)).astype("uint8")
+        for beam in (1, 5):
+            generator = CaptionGenerator(
+                model, vocab, DecodeConfig(max_length=shapes.decode.max_length, beam_size=beam)
+            )
+            generator(batch)  # trace
+            seconds = time_calls(lambda generator=generator: generator(batch), 2)
+            yield {
+                "name": f"decode shapes Show-and-Tell, batch 512, {'greedy' if beam == 1 else f'beam {beam}'}",
+                "seconds": seconds,
+                "flops": None,
+                "items": f"{512 / seconds:.0f} captions/s",
+            }
 
 
 def main() -> None:

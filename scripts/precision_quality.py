@@ -38,7 +38,6 @@ from captioner.evaluation.metrics import bleu_scores, vqa_accuracy
 from captioner.generation.answering import Answerer
 from captioner.generation.decoding import CaptionGenerator
 from captioner.models.networks import build_caption_model, build_vqa_model
-from captioner.precision import precision_scope
 from captioner.resolve import resolve
 
 
@@ -124,8 +123,7 @@ def caption_quality(
     rows = []
     for precision in precisions:
         keras.utils.set_random_seed(config.train.seed)
-        with precision_scope(precision):
-            model = build_caption_model(config.model, len(vocab), size)
+        model = build_caption_model(config.model, len(vocab), size, precision)
         row = {
             "task": f"shapes {decoder}",
             "precision": precision,
@@ -176,8 +174,7 @@ def vqa_quality(precisions: list[str], epochs: int | None, limit: int | None, ve
     rows = []
     for precision in precisions:
         keras.utils.set_random_seed(config.train.seed)
-        with precision_scope(precision):
-            model = build_vqa_model(config, len(vocab), len(answers), size)
+        model = build_vqa_model(config, len(vocab), len(answers), size, precision=precision)
         row = {
             "task": "easy-vqa",
             "precision": precision,

@@ -56,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     for name in args.rows.split(","):
         config, vocab_size, inputs, targets = train_row_inputs(name)
-        model = compiled_caption_model(config, vocab_size)
+        model = compiled_caption_model(config, vocab_size, "float32")
         for _ in range(2):
             model.train_on_batch(inputs, targets)
         with tempfile.TemporaryDirectory() as trace_dir:

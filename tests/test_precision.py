@@ -16,7 +16,6 @@ from captioner.precision import (
     WORKS,
     choose_auto,
     hardware,
-    precision_scope,
     resolve_precision,
 )
 from captioner.run import load_config, load_run
@@ -80,13 +79,23 @@ def test_a_run_records_what_auto_became_and_why(tiny_data, tmp_path, monkeypatch
     assert load_run(run).model.decoder.lstm.compute_dtype == forced.removeprefix("mixed_")
 
 
-def test_the_scope_puts_the_previous_policy_back_even_after_an_error():
+def test_precision_is_passed_to_every_layer_and_never_set_globally(tmp_path):
+    """The builders pass the precision to every layer inside the model (the backbone's, the LSTM's cell) and leave
+    Keras's global policy alone; a saved run keeps its policy in its file, and `load_run` applies the one asked for."""
+    from captioner.config import preset
+    from captioner.models.networks import build_caption_model
+
     before = keras.config.dtype_policy().name
-    with pytest.raises(RuntimeError):
-        with precision_scope("mixed_bfloat16"):
-            assert keras.layers.Dense(2).dtype_policy.name == "mixed_bfloat16"
-            raise RuntimeError("boom")
+    config = preset("tiny")
+    config.model.decoder = "attention"
+    model = build_caption_model(config.model, 20, 32, "mixed_bfloat16")
     assert keras.config.dtype_policy().name == before
+    inner = [layer for layer in model._flatten_layers() if not isinstance(layer, keras.layers.InputLayer)]
+    assert len(inner) > 10 and {layer.dtype_policy.name for layer in inner} == {"mixed_bfloat16"}
+    assert model.decoder.lstm.use_cudnn is False and {w.dtype for w in model.weights} == {"float32"}
+    assert keras.layers.Dense(2).dtype_policy.name == before
+    twin = build_caption_model(config.model, 20, 32, "float32")
+    assert twin.decoder.lstm.use_cudnn == "auto" and twin.decoder.output_projection.compute_dtype == "float32"
 
 
 def _train(tiny_data, run, precision):
@@ -165,13 +174,12 @@ def test_every_decoder_takes_a_training_step_under_mixed_precision(decoder, prec
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (4, 32, 32, 3)).astype("uint8")
     tokens = rng.integers(1, 20, (4, 2, 6)).astype("int32")
-    with precision_scope(precision):
-        model = build_caption_model(config.model, 20, 32)
-        model.compile(
-            optimizer=keras.optimizers.Adam(1e-3),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
-        )
-        loss = model.train_on_batch({"images": images, "tokens": tokens}, tokens)
+    model = build_caption_model(config.model, 20, 32, precision)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
+    )
+    loss = model.train_on_batch({"images": images, "tokens": tokens}, tokens)
     assert np.isfinite(loss) and {w.dtype for w in model.weights} == {"float32"}
     assert model.decoder.output_projection.compute_dtype == precision.removeprefix("mixed_")
 

@@ -60,6 +60,5 @@ class SoftAttention(layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.pop("dtype", None)  # the run's precision decides (captioner.precision), not the file
         config.update(attention_dim=self.attention_dim)
         return config

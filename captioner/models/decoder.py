@@ -384,7 +384,6 @@ class RNNDecoder(layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.pop("dtype", None)  # the run's precision decides (captioner.precision), not the file
         config.update(
             vocab_size=self.vocab_size,
             embedding_dim=self.embedding_dim,

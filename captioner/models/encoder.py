@@ -281,7 +281,6 @@ class ImageEncoder(layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.pop("dtype", None)  # the run's precision decides (captioner.precision), not the file
         config.update(
             encoder=self.encoder,
             image_size=self.image_size,

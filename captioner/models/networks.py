@@ -15,6 +15,7 @@ from captioner.errors import CaptionerError
 from captioner.models.decoder import RNNDecoder
 from captioner.models.encoder import BACKBONES, ImageEncoder
 from captioner.models.vqa_head import QuestionEncoder, VQAHead
+from captioner.precision import apply_precision
 
 
 @keras.saving.register_keras_serializable(package="captioner")
@@ -71,7 +72,6 @@ class CaptionModel(keras.Model):
 
     def get_config(self):
         config = super().get_config()
-        config.pop("dtype", None)  # the run's precision decides (captioner.precision), not the file
         config.update(
             encoder=keras.saving.serialize_keras_object(self.encoder),
             decoder=keras.saving.serialize_keras_object(self.decoder),
@@ -105,9 +105,11 @@ def encoder_is_trainable(model_config) -> bool:
     return bool(model_config.encoder_trainable)
 
 
-def build_image_encoder(model_config, image_size: int, pooling: str | None = None) -> ImageEncoder:
+def build_image_encoder(
+    model_config, image_size: int, pooling: str | None = None, precision: str | None = None
+) -> ImageEncoder:
     """An ImageEncoder from a ModelConfig (captioner.config)."""
-    return ImageEncoder(
+    encoder = ImageEncoder(
         encoder=model_config.encoder,
         image_size=image_size,
         filters=model_config.encoder_filters,
@@ -120,9 +122,10 @@ def build_image_encoder(model_config, image_size: int, pooling: str | None = Non
         fine_tune_blocks=model_config.fine_tune_blocks,
         name="image_encoder",
     )
+    return apply_precision(encoder, precision or model_config.precision)
 
 
-def build_caption_model(model_config, vocab_size: int, image_size: int) -> CaptionModel:
+def build_caption_model(model_config, vocab_size: int, image_size: int, precision: str | None = None) -> CaptionModel:
     """A built CaptionModel from a ModelConfig (captioner.config)."""
     attention = model_config.decoder == "attention"
     if model_config.attention == "hard" and not attention:
@@ -151,7 +154,7 @@ def build_caption_model(model_config, vocab_size: int, image_size: int) -> Capti
     )
     model = CaptionModel(encoder, decoder, name="caption_model")
     model.build()
-    return model
+    return apply_precision(model, precision or model_config.precision)
 
 
 @keras.saving.register_keras_serializable(package="captioner")
@@ -243,7 +246,6 @@ class VQAModel(keras.Model):
 
     def get_config(self):
         config = super().get_config()
-        config.pop("dtype", None)  # the run's precision decides (captioner.precision), not the file
         config.update(
             encoder=keras.saving.serialize_keras_object(self.encoder),
             question_encoder=keras.saving.serialize_keras_object(self.question_encoder),
@@ -264,7 +266,12 @@ class VQAModel(keras.Model):
 
 
 def build_vqa_model(
-    run_config, question_vocab_size: int, num_answers: int, image_size: int, encoder: ImageEncoder | None = None
+    run_config,
+    question_vocab_size: int,
+    num_answers: int,
+    image_size: int,
+    encoder: ImageEncoder | None = None,
+    precision: str | None = None,
 ) -> VQAModel:
     """A built VQAModel from a RunConfig's `model` and `vqa` sections.
 
@@ -306,7 +313,7 @@ def build_vqa_model(
         for layer in (question_encoder, head.question_projection, head.soft_attention):
             if layer is not None:
                 layer.trainable = False
-    return model
+    return apply_precision(model, precision or run_config.model.precision)
 
 
 def weight_key(model: keras.Model, variable) -> str:

@@ -56,7 +56,6 @@ class QuestionEncoder(layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.pop("dtype", None)  # the run's precision decides (captioner.precision), not the file
         config.update(vocab_size=self.vocab_size, embedding_dim=self.embedding_dim, hidden_dim=self.hidden_dim)
         return config
 
@@ -195,7 +194,6 @@ class VQAHead(layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.pop("dtype", None)  # the run's precision decides (captioner.precision), not the file
         config.update(
             num_answers=self.num_answers,
             fusion=self.fusion,

@@ -22,7 +22,7 @@ from captioner.distribute import InputShard, share
 from captioner.errors import CaptionerError
 from captioner.models.features import FeatureCache
 from captioner.models.networks import build_image_encoder
-from captioner.precision import precision_scope, resolve_precision
+from captioner.precision import resolve_precision
 from captioner.run import Run
 
 
@@ -189,8 +189,7 @@ def cache_encoder(encoder, config: RunConfig):
     precision = resolve_precision(config.data.feature_precision, "features")
     if encoder.cnn.compute_dtype == keras.dtype_policies.get(precision).compute_dtype:
         return encoder
-    with precision_scope(precision):
-        copy = build_image_encoder(config.model, encoder.image_size)
+    copy = build_image_encoder(config.model, encoder.image_size, precision=precision)
     copy.cnn.set_weights(encoder.cnn.get_weights())
     return copy
 

@@ -26,7 +26,7 @@ from captioner.models.encoder import BACKBONES, default_image_size
 from captioner.models.features import FeatureCache
 from captioner.models.losses import TokenCrossentropy
 from captioner.models.networks import build_caption_model, build_image_encoder, copy_weights, training_work
-from captioner.precision import precision_scope, resolve_precision
+from captioner.precision import resolve_precision
 from captioner.run import VOCAB_FILE, Run
 from captioner.tasks import base
 from captioner.tasks.base import EvalOptions, Setup, Task
@@ -272,8 +272,8 @@ def extract_features(
         precision=precision,
         fine_tune_blocks=fine_tune_blocks,
     )
-    with precision_scope(precision):  # the CNN computes at this precision (part of the cache key unless float32)
-        image_encoder = build_image_encoder(model_config, default_image_size(encoder, 224))
+    # the CNN computes at this precision (part of the cache key unless float32)
+    image_encoder = build_image_encoder(model_config, default_image_size(encoder, 224), precision=precision)
     load = load_split if dataset in DATASETS else load_qa_split  # caption datasets, or question ones (VQA's photos)
     records = [r for split in splits if split.strip() for r in load(dataset, data_dir, split.strip(), skipped)]
     index, count = shard
