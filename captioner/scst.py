@@ -305,15 +305,9 @@ def setup(
     the captions it learns from are sampled at every step (`SelfCritic`)."""
     train_cfg = config.train
     if training_work(config) == "train_cached":
-        cache, kept, computed = base.filled_cache(
-            config,
-            model.encoder,
-            {train_cfg.train_split: train_records, train_cfg.val_split: val_records},
-            verbose,
-            skipped,
+        cache, train_records, val_records = base.cached_train_val(
+            config, model.encoder, train_records, val_records, verbose, skipped, stats
         )
-        train_records, val_records = kept[train_cfg.train_split], kept[train_cfg.val_split]
-        stats.update(feature_cache=str(cache.folder), features_computed=computed)
 
         def source(records) -> CaptionSource:
             features = cache.rows([r.image for r in records])  # (images, positions, channels), read per batch

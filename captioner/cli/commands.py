@@ -136,9 +136,7 @@ def _start(config):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from captioner.data import Skipped
     from captioner.errors import CaptionerError
-    from captioner.train import train
 
     if args.init_from and args.preset:
         raise CaptionerError("--init-from takes its settings from that run; drop --preset")
@@ -146,28 +144,11 @@ def run_train(args: argparse.Namespace) -> int:
         args.decoder = "attention"
     config = _configure(args, args.preset or "shapes", config_keys(CAPTION), {})
     config.task = "caption"  # also where --init-from names a VQA run: train then says it cannot start from one
-    parallel = _start(args.parallel)
-    skipped = Skipped()
-    metrics = train(
-        config,
-        args.run,
-        verbose=progress_verbosity(args.quiet),
-        restart=args.restart,
-        skipped=skipped,
-        notify=_notify,
-        log=_log,
-        parallel=parallel,
-    )
-    if not parallel.writer:  # process 0 reports
-        return EXIT_OK
-    _report_skipped(skipped, "entries", args.verbose)
-    return _report_training(metrics, args.run, "captions")
+    return _train_and_report(args, config, "entries", "captions")
 
 
 def run_train_vqa(args: argparse.Namespace) -> int:
-    from captioner.data import Skipped
     from captioner.errors import CaptionerError
-    from captioner.train import train
 
     if args.init_from and args.preset:
         raise CaptionerError("--init-from takes its settings from that run; drop --preset")
@@ -185,6 +166,15 @@ def run_train_vqa(args: argparse.Namespace) -> int:
         fixed["vqa.use_question"] = "false"
     config = _configure(args, name, config_keys(VQA), {k: v for k, v in fixed.items() if k != "task"})
     config.task = "vqa"
+    return _train_and_report(args, config, "questions", "questions")
+
+
+def _train_and_report(args: argparse.Namespace, config, skipped_what: str, item_name: str) -> int:
+    """Train `config` into `args.run` on the command's data parallelism; process 0 reports what was skipped and the
+    training's one-line summary."""
+    from captioner.data import Skipped
+    from captioner.train import train
+
     parallel = _start(args.parallel)
     skipped = Skipped()
     metrics = train(
@@ -199,8 +189,8 @@ def run_train_vqa(args: argparse.Namespace) -> int:
     )
     if not parallel.writer:  # process 0 reports
         return EXIT_OK
-    _report_skipped(skipped, "questions", args.verbose)
-    return _report_training(metrics, args.run, "questions")
+    _report_skipped(skipped, skipped_what, args.verbose)
+    return _report_training(metrics, args.run, item_name)
 
 
 def expand_image_arguments(arguments: Sequence[str]) -> list[str]:

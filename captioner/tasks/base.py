@@ -232,6 +232,26 @@ def filled_cache(
     return cache, kept, computed
 
 
+def cached_train_val(
+    config: RunConfig,
+    encoder,
+    train_records: list,
+    val_records: list,
+    verbose: int | str,
+    skipped: Skipped,
+    stats: dict[str, Any],
+    shard: InputShard = InputShard(),
+) -> tuple[FeatureCache, list, list]:
+    """`filled_cache` for a training's two splits: the cache, the train and val records whose image could be read;
+    `stats` gets the cache's folder and how many images were computed."""
+    train_split, val_split = config.train.train_split, config.train.val_split
+    cache, kept, computed = filled_cache(
+        config, encoder, {train_split: train_records, val_split: val_records}, verbose, skipped, shard
+    )
+    stats.update(feature_cache=str(cache.folder), features_computed=computed)
+    return cache, kept[train_split], kept[val_split]
+
+
 def _progress(verbose: int | str) -> int:
     """Keras's verbosity for a progress bar: 0 none, 1 a bar redrawn in place, 2 a line when done ("auto": 1)."""
     return 1 if verbose == "auto" else int(verbose)

@@ -119,15 +119,9 @@ class CaptionTask(Task):
             return scst.setup(config, model, vocab, train_records, val_records, verbose, skipped, stats)
         if training_work(config) == "train_cached":
             # A frozen pretrained CNN: run it once per image (cached on disk), then train on its features.
-            cache, kept, computed = base.filled_cache(
-                config,
-                model.encoder,
-                {train_cfg.train_split: train_records, train_cfg.val_split: val_records},
-                verbose,
-                skipped,
-                shard,
+            cache, train_records, val_records = base.cached_train_val(
+                config, model.encoder, train_records, val_records, verbose, skipped, stats, shard
             )
-            train_records, val_records = kept[train_cfg.train_split], kept[train_cfg.val_split]
 
             def batches(records, shuffle):
                 # (images, num_pixels, encoder_dim) float16, read per batch
@@ -144,7 +138,6 @@ class CaptionTask(Task):
                     shard=shard,
                 )
 
-            stats.update(feature_cache=str(cache.folder), features_computed=computed)
         else:
 
             def batches(records, shuffle):

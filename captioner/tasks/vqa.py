@@ -200,16 +200,9 @@ class VQATask(Task):
         cache = None
         if training_work(config) == "train_cached":
             # A frozen pretrained CNN: run it once per photo (the cache captioning uses), then train on its features.
-            cache, kept, computed = base.filled_cache(
-                config,
-                model.encoder,
-                {train_cfg.train_split: train_records, train_cfg.val_split: val_records},
-                verbose,
-                skipped,
-                shard,
+            cache, train_records, val_records = base.cached_train_val(
+                config, model.encoder, train_records, val_records, verbose, skipped, stats, shard
             )
-            train_records, val_records = kept[train_cfg.train_split], kept[train_cfg.val_split]
-            stats.update(feature_cache=str(cache.folder), features_computed=computed)
 
         def batches(records, shuffle):
             groups = group_questions(records, vqa.questions_per_image)
