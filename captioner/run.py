@@ -28,6 +28,7 @@ from captioner.precision import apply_precision
 MODEL_FILE, VOCAB_FILE, CONFIG_FILE = "model.keras", "vocab.json", "config.json"
 HISTORY_FILE, METRICS_FILE, MANIFEST_FILE = "history.json", "metrics.json", "manifest.json"
 ANSWERS_FILE = "answers.json"  # VQA runs: the answer vocabulary
+REQUEST_FILE = "request.json"  # the settings the command that started the run asked for (compared on a resume)
 REQUIRED_FILES = (MODEL_FILE, VOCAB_FILE, CONFIG_FILE, MANIFEST_FILE)
 CHECKED_FILES = (MODEL_FILE, VOCAB_FILE, CONFIG_FILE, ANSWERS_FILE)  # what the manifest vouches for, where present
 TASK_COMMANDS = {"caption": "captioner caption", "vqa": "captioner ask"}
@@ -88,22 +89,27 @@ def verify_manifest(run_dir: Path) -> None:
 
 
 def start_run(
-    run_dir: str | Path, config: RunConfig, vocab: Vocabulary, answers: AnswerVocabulary | None = None
+    run_dir: str | Path,
+    config: RunConfig,
+    request: dict[str, Any],
+    vocab: Vocabulary,
+    answers: AnswerVocabulary | None = None,
 ) -> None:
-    """What a new run holds before its first epoch: vocab.json (and answers.json), then config.json, the settings
-    as resolved and as the data decided them. `train` calls it once the task's setup has succeeded, so a request
-    that fails (a bad setting, unreadable data) leaves no run behind; the run's settings have this one writer
-    (and `save_config`, which a resume uses for the changes it may make)."""
+    """What a new run holds before its first epoch: vocab.json (and answers.json), then its settings
+    (`save_config`). `train` calls it once the task's setup has succeeded, so a request that fails (a bad setting,
+    unreadable data) leaves no run behind."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     vocab.save(run_dir / VOCAB_FILE)
     if answers is not None:
         answers.save(run_dir / ANSWERS_FILE)
-    save_config(config, run_dir)
+    save_config(config, run_dir, request)
 
 
-def save_config(config: RunConfig, run_dir: str | Path) -> None:
-    """config.json, atomically; where a manifest vouches for the old one, it is kept true at every instant."""
+def save_config(config: RunConfig, run_dir: str | Path, request: dict[str, Any] | None = None) -> None:
+    """A run's settings, the one writer of them: config.json (resolved, with what the data decided), atomically
+    (where a manifest vouches for the old one, it is kept true at every instant), and then, given `request`,
+    request.json, the flattened settings the command asked for, which a later command is compared with."""
     run_dir = Path(run_dir)
     text = json.dumps({"captioner_version": __version__, **config.to_dict()}, indent=2, ensure_ascii=False) + "\n"
     guarded = (run_dir / MANIFEST_FILE).exists()
@@ -112,6 +118,8 @@ def save_config(config: RunConfig, run_dir: str | Path) -> None:
     write_text(run_dir / CONFIG_FILE, text)
     if guarded:
         write_manifest(run_dir)
+    if request is not None:  # after config.json: a kill between leaves the change to be applied again, never lost
+        write_json(run_dir / REQUEST_FILE, request)
 
 
 def read_json(path: Path, default: Any = None) -> Any:

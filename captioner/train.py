@@ -42,6 +42,7 @@ from captioner.run import (
     MANIFEST_FILE,
     METRICS_FILE,
     MODEL_FILE,
+    REQUEST_FILE,
     VOCAB_FILE,
     Run,
     load_config,
@@ -56,7 +57,6 @@ from captioner.tasks import get_task
 from captioner.viz import history_figure
 
 BACKUP_DIR = "backup"  # keras.callbacks.BackupAndRestore state (weights, optimizer, epoch); kept when training ends
-REQUEST_FILE = "request.json"  # the settings the command that started the run asked for (compared on a resume)
 
 
 class FinalBackup(keras.callbacks.BackupAndRestore):
@@ -370,8 +370,7 @@ def _train(
             )
         if changes:
             notify(f"resuming {run_dir}: " + "; ".join(changes))
-            save_config(config, run_dir)
-            write_json(run_dir / REQUEST_FILE, _as_requested(requested))
+            save_config(config, run_dir, _as_requested(requested))
         if finished is not None:
             update_metrics(run_dir, {"status": "training"})
     task = get_task(config.task)
@@ -386,8 +385,7 @@ def _train(
     shard = parallel.shard()
     setup = task.setup(config, run_dir, resuming, verbose, skipped, source.model if source is not None else None, shard)
     if not resuming:
-        start_run(run_dir, setup.config, setup.vocab, setup.answers)
-        write_json(run_dir / REQUEST_FILE, _as_requested(requested))  # what a later command is compared with
+        start_run(run_dir, setup.config, _as_requested(requested), setup.vocab, setup.answers)
     train_cfg, model = setup.config.train, setup.model
     if source is not None:
         setup.stats["init_from"] = str(Path(train_cfg.init_from).resolve())
