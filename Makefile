@@ -72,7 +72,7 @@ coco: RUN = runs/coco
 coco: ENCODER = efficientnet_lite2
 coco: install encoders
 	$(BIN)/captioner features --dataset karpathy --data-dir $(DATA) $(ENCODER_ARGS)
-	$(BIN)/captioner train --preset flickr8k --dataset karpathy --data-dir $(DATA) $(ENCODER_ARGS) --set decode.no_repeat_ngram=3 --run $(RUN)
+	$(BIN)/captioner train --preset flickr8k --dataset karpathy --data-dir $(DATA) $(ENCODER_ARGS) --set decode.no_repeat_ngram=2 --run $(RUN)
 	$(BIN)/captioner evaluate --run $(RUN) --split test --meteor --out $(RUN)/test_captions.json
 	$(BIN)/python scripts/caption_grid.py --captions $(RUN)/test_captions.json --count 10 --out $(RUN)/test_captions.png
 
