@@ -29,7 +29,7 @@ from captioner.models.decoder import ATTENTIONS, CELLS, MAX_LAYERS
 from captioner.models.encoder import ENCODERS
 from captioner.models.networks import encoder_is_trainable, training_work
 from captioner.models.vqa_head import FUSIONS, IMAGE_NORMS
-from captioner.precision import choose_auto, hardware, resolve_precision
+from captioner.precision import choose_auto, hardware
 from captioner.run import CONFIG_FILE, METRICS_FILE, Run, load_run, read_json, stored_task
 from captioner.tasks import TASKS
 
@@ -180,10 +180,10 @@ def resolve(request: RunConfig, machine: Machine = Machine()) -> RunConfig:
         precision, reasons["model.precision"] = choice.precision, choice.reason
     else:
         precision = config.model.precision
-    if config.data.feature_precision == "auto":
+    feature_precision = config.data.feature_precision
+    if feature_precision == "auto":  # on the machine's kind, as the model's precision above
         feature = choose_auto("features", kind)
-        reasons["data.feature_precision"] = feature.reason
-    feature_precision = resolve_precision(config.data.feature_precision, "features")
+        feature_precision, reasons["data.feature_precision"] = feature.precision, feature.reason
     config = with_settings(
         config,
         {

@@ -54,7 +54,10 @@ def test_several_devices_refuse_what_they_cannot_train():
         check(hard, Machine("tensorflow", replicas=2))
 
 
-def test_every_auto_is_written_out_with_its_reason():
+def test_every_auto_is_written_out_with_its_reason(monkeypatch):
+    from captioner.precision import AUTO_ENV
+
+    monkeypatch.delenv(AUTO_ENV, raising=False)  # the `cpu` kind's own choices, whatever the suite forces
     request = preset("flickr8k")  # a frozen backbone with attention: every "auto" left to resolve
     assert request.model.state_init is None and request.model.encoder_trainable is None
     config = resolve(request, Machine(hardware="cpu"))
